@@ -1,0 +1,39 @@
+# The targets are the interface: CI runs `make test` through .ci/run, exactly as developers do.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+
+.PHONY: venv run test test-unit lint typecheck clean
+
+venv: $(STAMP)
+
+# torch is pinned and installed first, on its own: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): $(PYPROJECTS) requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e 'libs/vecsync[cli]' $(addprefix -e ,$(filter-out libs/vecsync,$(PACKAGES))) -r requirements-dev.txt
+	touch $(STAMP)
+
+# Starts every stage locally on the embedded default, loads the sample data, runs until Ctrl-C.
+run: $(STAMP)
+	$(BIN)/python -m vecsync.localstack
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy libs/vecsync/vecsync
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""Every Redis name the pipeline uses, in one place.
+
+The defaults are the names operators already know; each can be overridden by
+the settings (STAGE1_STREAM, STAGE1_GROUP, STAGE2_STREAM, STAGE2_GROUP).
+"""
+
+STAGE1_STREAM = "raw_document_changes"
+STAGE1_GROUP = "embedding_processors"
+STAGE2_STREAM = "embedded_documents"
+STAGE2_GROUP = "qdrant_upserters"
+
+DLQ_SUFFIX = ":dlq"
+
+# Producer state: the change stream's resume token, written in the same
+# MULTI/EXEC as the entries it covers.
+RESUME_TOKEN_KEY = "vecsync:producer:resume_token"
+RESUME_TOKEN_UPDATED_KEY = "vecsync:producer:resume_token_updated_at"
+
+# Upserter state: the newest version written to Qdrant per point (deletes
+# included, as tombstones), and the per-point write locks.
+APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"
+POINT_LOCK_PREFIX = "vecsync:upserter:lock:"
+
+# Version of the stage entry layout. Entries with another version are
+# dead-lettered instead of being guessed at.
+SCHEMA_VERSION = "1"
+
+
+def dlq_stream(stream: str) -> str:
+    """Name of the dead-letter stream that belongs to ``stream``."""
+    return stream + DLQ_SUFFIX

@@ -1,0 +1,322 @@
+"""The stream consumer loop, written once for every stage.
+
+A stage supplies a batch handler; this loop does the rest:
+
+* reads batches through the consumer group (XREADGROUP with BLOCK), starting
+  with the entries this consumer already held when it last stopped;
+* reclaims entries that another consumer left idle longer than CLAIM_IDLE_MS
+  (XAUTOCLAIM), and dead-letters those delivered more than MAX_DELIVERIES times;
+* acknowledges a batch in the same MULTI/EXEC as the commands the handler
+  queued, so the output of a stage and the ack of its input commit together;
+* retries transient failures (a dependency down) with exponential backoff and
+  jitter, forever: the backlog waits in the stream, nothing is dead-lettered;
+* isolates a failing batch entry by entry, dead-letters bad input at once, and
+  leaves an entry that failed for an unknown reason pending for redelivery;
+* stops on request after the batch in hand, and in drain mode returns once
+  there is nothing left to read, so tests need no sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import redis
+
+from vecsync import metrics
+from vecsync.constants import dlq_stream
+from vecsync.errors import PermanentError, TransientError
+from vecsync.settings import ConsumerSettings
+from vecsync.streams import dead_letter_fields, ensure_group
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "try again later": the Redis connection, or a dependency the handler reported.
+RETRYABLE = (TransientError, redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass
+class Entry:
+    id: str
+    fields: dict[str, str]
+    deliveries: int = 1
+
+
+@dataclass
+class Batch:
+    """What a handler gets: the entries, and a transaction that commits with their acks."""
+
+    entries: list[Entry]
+    tx: redis.client.Pipeline
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def reject(self, entry: Entry, reason: str) -> None:
+        """Send ``entry`` to the dead-letter stream with ``reason`` instead of processing it."""
+        self.rejected[entry.id] = reason
+
+
+Handler = Callable[[Batch], None]
+T = TypeVar("T")
+
+
+class Backoff:
+    """Exponential backoff with jitter, interruptible by a stop event."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.max_s, self.initial_s * 2**self.attempts)
+        self.attempts += 1
+        # Half fixed, half random: spreads retries from many workers without ever retrying at once.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def wait(self, stopping: threading.Event) -> bool:
+        """Sleep for the next delay; False when asked to stop meanwhile."""
+        return not stopping.wait(self.next_delay())
+
+
+class StreamConsumer:
+    """Runs ``handler`` over a stream through a consumer group. See the module docstring."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        stage: str,
+        stream: str,
+        group: str,
+        handler: Handler,
+        settings: ConsumerSettings,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.stage = stage
+        self.stream = stream
+        self.group = group
+        self.handler = handler
+        self.settings = settings
+        self.consumer = settings.consumer_name
+        self.stopping = stopping or threading.Event()
+        self._labels = {"stage": stage, "stream": stream, "group": group}
+        self._reading_own_history = True
+        self._last_claim = 0.0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self, *, drain: bool = False) -> None:
+        """Consume until stopped; with ``drain``, until nothing is left to read or reclaim."""
+        log.info("%s consuming %s as %s/%s", self.stage, self.stream, self.group, self.consumer)
+        self._with_retry(lambda: ensure_group(self.client, self.stream, self.group))
+        while not self.stopping.is_set():
+            entries = self._with_retry(lambda: self._next_entries(drain=drain))
+            if entries is None:
+                if drain:
+                    break
+                continue
+            if entries:
+                self._process(entries)
+        log.info("%s stopped", self.stage)
+
+    # Reading ----------------------------------------------------------------
+
+    def _next_entries(self, *, drain: bool) -> list[Entry] | None:
+        """The next batch to handle; [] when there is nothing to do yet, None when drained."""
+        if self._reading_own_history:
+            # After a restart, first finish what this consumer had been given before.
+            entries = self._read("0", block=None)
+            if entries:
+                metrics.MESSAGES_RECLAIMED.labels(**self._labels).inc(len(entries))
+                return self._set_deliveries(entries)
+            self._reading_own_history = False
+        if self._claim_due(drain):
+            claimed = self._claim_idle()
+            if claimed:
+                return claimed
+        entries = self._read(">", block=None if drain else self.settings.block_ms)
+        if entries:
+            return entries
+        if drain:
+            claimed = self._claim_idle()
+            return claimed or None
+        return []
+
+    def _read(self, start: str, block: int | None) -> list[Entry]:
+        response = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=self.settings.batch_size, block=block
+        )
+        entries: list[Entry] = []
+        for _stream, messages in response or []:
+            entries.extend(self._entries(messages))
+        return entries
+
+    def _claim_due(self, drain: bool) -> bool:
+        interval = min(self.settings.claim_idle_ms / 1000.0, 5.0)
+        return drain or time.monotonic() - self._last_claim >= interval
+
+    def _claim_idle(self) -> list[Entry]:
+        self._last_claim = time.monotonic()
+        response = self.client.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.settings.claim_idle_ms,
+            start_id="0-0",
+            count=self.settings.batch_size,
+        )
+        entries = self._entries(response[1])
+        if not entries:
+            return []
+        log.warning(
+            "%s reclaimed %d entries idle for over %d ms", self.stage, len(entries), self.settings.claim_idle_ms
+        )
+        metrics.MESSAGES_RECLAIMED.labels(**self._labels).inc(len(entries))
+        return self._set_deliveries(entries)
+
+    def _entries(self, messages: list[tuple[str, dict[str, str] | None]]) -> list[Entry]:
+        entries, trimmed = [], []
+        for entry_id, fields in messages:
+            if fields is None:
+                trimmed.append(entry_id)  # trimmed while pending: nothing left to process
+            else:
+                entries.append(Entry(entry_id, fields))
+        if trimmed:
+            self.client.xack(self.stream, self.group, *trimmed)
+        return entries
+
+    def _set_deliveries(self, entries: list[Entry]) -> list[Entry]:
+        """Fill in delivery counts, and dead-letter the entries that were delivered too often."""
+        pending = self.client.xpending_range(
+            self.stream,
+            self.group,
+            min=entries[0].id,
+            max=entries[-1].id,
+            count=len(entries) * 4 + 100,
+            consumername=self.consumer,
+        )
+        counts = {item["message_id"]: int(item["times_delivered"]) for item in pending}
+        fresh = []
+        for entry in entries:
+            entry.deliveries = counts.get(entry.id, entry.deliveries)
+            if entry.deliveries > self.settings.max_deliveries:
+                reason = (
+                    f"delivered {entry.deliveries} times (MAX_DELIVERIES={self.settings.max_deliveries}) "
+                    "without being acknowledged: its consumer crashed, hung or failed on it each time"
+                )
+                self._dead_letter(entry, reason)
+            else:
+                fresh.append(entry)
+        return fresh
+
+    # Handling ---------------------------------------------------------------
+
+    def _process(self, entries: list[Entry]) -> None:
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        while True:
+            try:
+                self._handle_and_ack(entries)
+                return
+            except RETRYABLE as exc:
+                metrics.MESSAGES_FAILED.labels(**self._labels, reason="transient").inc(len(entries))
+                metrics.MESSAGES_RETRIED.labels(**self._labels).inc(len(entries))
+                log.warning(
+                    "%s: %s; retrying %d entries (attempt %d)", self.stage, exc, len(entries), backoff.attempts + 1
+                )
+                if not backoff.wait(self.stopping):
+                    return  # stopping: the entries stay pending and are re-read at the next start
+            except Exception as exc:  # noqa: BLE001 - any other failure is isolated, never fatal
+                if len(entries) > 1:
+                    log.warning("%s: batch of %d failed (%s); retrying entry by entry", self.stage, len(entries), exc)
+                    for entry in entries:
+                        if self.stopping.is_set():
+                            return
+                        self._process([entry])
+                    return
+                self._single_entry_failed(entries[0], exc)
+                return
+
+    def _handle_and_ack(self, entries: list[Entry]) -> None:
+        started = time.perf_counter()
+        tx = self.client.pipeline(transaction=True)
+        batch = Batch(entries, tx)
+        self.handler(batch)
+        for entry in entries:
+            if entry.id in batch.rejected:
+                tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, batch.rejected[entry.id]))
+        tx.xack(self.stream, self.group, *(entry.id for entry in entries))
+        tx.execute()
+        elapsed = time.perf_counter() - started
+        if batch.rejected:
+            for reason in batch.rejected.values():
+                log.error("%s dead-lettered an entry: %s", self.stage, reason)
+            metrics.MESSAGES_FAILED.labels(**self._labels, reason="invalid").inc(len(batch.rejected))
+            metrics.MESSAGES_DEAD_LETTERED.labels(**self._labels).inc(len(batch.rejected))
+        metrics.MESSAGES_PROCESSED.labels(**self._labels).inc(len(entries) - len(batch.rejected))
+        metrics.BATCH_SIZE.labels(**self._labels).observe(len(entries))
+        metrics.BATCH_DURATION.labels(**self._labels).observe(elapsed)
+
+    def _single_entry_failed(self, entry: Entry, exc: Exception) -> None:
+        if isinstance(exc, PermanentError):
+            metrics.MESSAGES_FAILED.labels(**self._labels, reason="invalid").inc()
+            self._with_retry(lambda: self._dead_letter(entry, str(exc)))
+            return
+        metrics.MESSAGES_FAILED.labels(**self._labels, reason="error").inc()
+        if entry.deliveries >= self.settings.max_deliveries:
+            log.exception("%s: entry %s failed on its last allowed delivery", self.stage, entry.id)
+            self._with_retry(lambda: self._dead_letter(entry, f"{type(exc).__name__}: {exc}"))
+            return
+        # Unknown failure: leave it pending. It is redelivered after CLAIM_IDLE_MS, and
+        # dead-lettered once it has been delivered MAX_DELIVERIES times.
+        log.exception(
+            "%s: entry %s failed (delivery %d of %d); it will be retried",
+            self.stage,
+            entry.id,
+            entry.deliveries,
+            self.settings.max_deliveries,
+        )
+
+    def _dead_letter(self, entry: Entry, reason: str) -> None:
+        tx = self.client.pipeline(transaction=True)
+        tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, reason))
+        tx.xack(self.stream, self.group, entry.id)
+        tx.execute()
+        log.error("%s dead-lettered entry %s: %s", self.stage, entry.id, reason)
+        metrics.MESSAGES_DEAD_LETTERED.labels(**self._labels).inc()
+
+    def _dead_letter_fields(self, entry: Entry, reason: str) -> dict[str, str]:
+        return dead_letter_fields(
+            stream=self.stream,
+            group=self.group,
+            entry_id=entry.id,
+            fields=entry.fields,
+            error=reason,
+            deliveries=entry.deliveries,
+            consumer=self.consumer,
+        )
+
+    def _with_retry(self, operation: Callable[[], T]) -> T | None:
+        """Run a Redis operation, backing off while Redis is unreachable; None once stopping."""
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        while not self.stopping.is_set():
+            try:
+                return operation()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("%s: Redis unavailable (%s); retrying", self.stage, exc)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The stream or group vanished (Redis lost its data, or an operator deleted it): recreate it.
+                log.error("%s: consumer group %s is missing on %s; recreating it", self.stage, self.group, self.stream)
+                ensure_group(self.client, self.stream, self.group)
+                continue
+            if not backoff.wait(self.stopping):
+                return None
+        return None

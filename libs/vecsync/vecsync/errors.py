@@ -1,0 +1,25 @@
+"""The error tree that decides what the consumer loop does with a failure."""
+
+
+class VecsyncError(Exception):
+    """Base class for every error raised on purpose by vecsync."""
+
+
+class ConfigurationError(VecsyncError):
+    """Raised when a setting is missing or invalid, or contradicts the world (e.g. a collection's size)."""
+
+
+class TransientError(VecsyncError):
+    """Raised when a dependency is unavailable; the batch is retried with backoff and never dead-lettered."""
+
+
+class PermanentError(VecsyncError):
+    """Raised when an input can never be processed; the entry is dead-lettered at once."""
+
+
+class InvalidEntry(PermanentError):
+    """Raised when a stream entry is missing fields, has garbled fields or an unknown schema version."""
+
+
+class HistoryLost(VecsyncError):
+    """Raised when the change stream can no longer resume from the stored token."""

@@ -1,0 +1,152 @@
+"""The entries each stage writes, and the checks each stage applies when reading them.
+
+Stage 1 (``raw_document_changes``) carries one document change::
+
+    v=1  op=upsert|delete  source=<db>.<collection>  mongo_id=<id>
+    changed_at=<unix seconds>  doc=<the document as plain JSON, upserts only>
+
+Stage 2 (``embedded_documents``) carries what the upserter writes::
+
+    v=1  op=upsert|delete  source  mongo_id  changed_at
+    version=<the stage 1 entry id, which orders changes of one document>
+    vector=<base64 of little-endian float32>  payload=<JSON object>  (upserts only)
+
+A reader that finds a missing or garbled field, or another schema version,
+raises InvalidEntry, and the consumer loop dead-letters that entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vecsync.constants import SCHEMA_VERSION
+from vecsync.errors import InvalidEntry
+
+Operation = Literal["upsert", "delete"]
+OPERATIONS = ("upsert", "delete")
+
+
+@dataclass(frozen=True)
+class DocumentChange:
+    """A stage 1 entry: the state of one document after a change."""
+
+    op: Operation
+    source: str
+    mongo_id: str
+    changed_at: float
+    document: dict[str, Any] | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        fields = _common_fields(self.op, self.source, self.mongo_id, self.changed_at)
+        if self.op == "upsert":
+            fields["doc"] = json.dumps(self.document, ensure_ascii=False, separators=(",", ":"))
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> DocumentChange:
+        op, source, mongo_id, changed_at = _read_common_fields(fields)
+        document = None
+        if op == "upsert":
+            document = _json_object(fields, "doc")
+        return cls(op=op, source=source, mongo_id=mongo_id, changed_at=changed_at, document=document)
+
+
+@dataclass(frozen=True)
+class EmbeddedDocument:
+    """A stage 2 entry: what the upserter applies to one point."""
+
+    op: Operation
+    source: str
+    mongo_id: str
+    changed_at: float
+    version: str
+    vector: list[float] | None = None
+    payload: dict[str, Any] | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        fields = _common_fields(self.op, self.source, self.mongo_id, self.changed_at)
+        fields["version"] = self.version
+        if self.op == "upsert":
+            assert self.vector is not None and self.payload is not None
+            fields["vector"] = pack_vector(self.vector)
+            fields["payload"] = json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> EmbeddedDocument:
+        op, source, mongo_id, changed_at = _read_common_fields(fields)
+        version = _required(fields, "version")
+        parse_version(version)
+        if op == "delete":
+            return cls(op=op, source=source, mongo_id=mongo_id, changed_at=changed_at, version=version)
+        vector = unpack_vector(_required(fields, "vector"))
+        payload = _json_object(fields, "payload")
+        return cls(op, source, mongo_id, changed_at, version, vector, payload)
+
+
+def pack_vector(vector: list[float]) -> str:
+    """Encode a vector as base64 of little-endian float32: a third of the size of JSON text, and exact."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def unpack_vector(text: str) -> list[float]:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise InvalidEntry(f"field 'vector' is not valid base64: {exc}") from None
+    if not raw or len(raw) % 4:
+        raise InvalidEntry(f"field 'vector' holds {len(raw)} bytes, not a non-empty whole number of float32 values")
+    vector = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    if not all(math.isfinite(value) for value in vector):
+        raise InvalidEntry("field 'vector' contains NaN or infinite values")
+    return vector
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """Split a stream entry id ``<ms>-<seq>`` into a tuple that sorts like the stream does."""
+    millis, sep, seq = version.partition("-")
+    if not sep or not millis.isdigit() or not seq.isdigit():
+        raise InvalidEntry(f"field 'version' must be a stream entry id like '1700000000000-0', got {version!r}")
+    return int(millis), int(seq)
+
+
+def _common_fields(op: str, source: str, mongo_id: str, changed_at: float) -> dict[str, str]:
+    return {"v": SCHEMA_VERSION, "op": op, "source": source, "mongo_id": mongo_id, "changed_at": repr(changed_at)}
+
+
+def _read_common_fields(fields: dict[str, str]) -> tuple[Operation, str, str, float]:
+    version = fields.get("v")
+    if version != SCHEMA_VERSION:
+        raise InvalidEntry(f"unknown schema version {version!r}; this build reads version {SCHEMA_VERSION!r}")
+    op = _required(fields, "op")
+    if op not in OPERATIONS:
+        raise InvalidEntry(f"field 'op' must be 'upsert' or 'delete', got {op!r}")
+    source = _required(fields, "source")
+    mongo_id = _required(fields, "mongo_id")
+    try:
+        changed_at = float(_required(fields, "changed_at"))
+    except ValueError:
+        raise InvalidEntry(f"field 'changed_at' is not a number: {fields['changed_at']!r}") from None
+    return op, source, mongo_id, changed_at  # type: ignore[return-value]
+
+
+def _required(fields: dict[str, str], name: str) -> str:
+    value = fields.get(name)
+    if not value:
+        raise InvalidEntry(f"field {name!r} is missing or empty")
+    return value
+
+
+def _json_object(fields: dict[str, str], name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_required(fields, name))
+    except ValueError as exc:
+        raise InvalidEntry(f"field {name!r} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidEntry(f"field {name!r} must be a JSON object, got {type(value).__name__}")
+    return value

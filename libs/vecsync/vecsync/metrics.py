@@ -1,0 +1,120 @@
+"""Prometheus metrics shared by the stages.
+
+Names follow Prometheus conventions: the ``vecsync_`` prefix, ``_total`` on
+counters, ``_seconds`` on durations. Labels are ``stage``, ``stream`` and
+``group`` only; a document id is never a label.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import redis
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+
+from vecsync.streams import StreamStats, stream_stats
+
+log = logging.getLogger(__name__)
+
+_STAGE_LABELS = ["stage", "stream", "group"]
+
+MESSAGES_PROCESSED = Counter(
+    "vecsync_messages_processed_total", "Stream entries handled and acknowledged.", _STAGE_LABELS
+)
+MESSAGES_FAILED = Counter(
+    "vecsync_messages_failed_total",
+    "Stream entries whose handling failed, by reason (transient, invalid, error).",
+    [*_STAGE_LABELS, "reason"],
+)
+MESSAGES_RETRIED = Counter(
+    "vecsync_messages_retried_total", "Stream entries retried after a transient failure.", _STAGE_LABELS
+)
+MESSAGES_RECLAIMED = Counter(
+    "vecsync_messages_reclaimed_total",
+    "Stream entries taken over from an idle consumer with XAUTOCLAIM, or re-read after a restart.",
+    _STAGE_LABELS,
+)
+MESSAGES_DEAD_LETTERED = Counter(
+    "vecsync_messages_dead_lettered_total", "Stream entries moved to the dead-letter stream.", _STAGE_LABELS
+)
+BATCH_SIZE = Histogram(
+    "vecsync_batch_size",
+    "Entries per handled batch.",
+    _STAGE_LABELS,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+BATCH_DURATION = Histogram(
+    "vecsync_batch_duration_seconds",
+    "Time to handle and acknowledge one batch.",
+    _STAGE_LABELS,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+END_TO_END_LATENCY = Histogram(
+    "vecsync_end_to_end_latency_seconds",
+    "Time from the MongoDB change to its write in Qdrant being confirmed.",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+
+
+class StreamStatsCollector(Collector):
+    """Reads stream length, lag, pending and DLQ length from Redis at each scrape.
+
+    Reading at scrape time means the numbers are current even while a stage is
+    stuck or down, which is exactly when operators look at them.
+    """
+
+    def __init__(self, client: redis.Redis, streams: Iterable[tuple[str, str]]) -> None:
+        self._client = client
+        self._streams = list(streams)
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("vecsync_redis_up", "Whether the last Redis read for stream statistics succeeded.")
+        families = {
+            "length": GaugeMetricFamily("vecsync_stream_length", "Entries in the stream.", labels=["stream"]),
+            "lag": GaugeMetricFamily(
+                "vecsync_stream_group_lag", "Entries not yet delivered to the group.", labels=["stream", "group"]
+            ),
+            "pending": GaugeMetricFamily(
+                "vecsync_stream_group_pending",
+                "Entries delivered to the group and not yet acknowledged.",
+                labels=["stream", "group"],
+            ),
+            "oldest": GaugeMetricFamily(
+                "vecsync_stream_oldest_pending_age_seconds",
+                "Age of the oldest unacknowledged entry (0 when none).",
+                labels=["stream", "group"],
+            ),
+            "dlq": GaugeMetricFamily(
+                "vecsync_stream_dlq_length", "Entries in the stream's dead-letter stream.", labels=["stream"]
+            ),
+        }
+        try:
+            all_stats = [stream_stats(self._client, stream, group) for stream, group in self._streams]
+        except redis.RedisError as exc:
+            log.warning("Could not read stream statistics from Redis: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for stats in all_stats:
+            _add_stats(families, stats)
+        yield from families.values()
+
+
+def _add_stats(families: dict[str, GaugeMetricFamily], stats: StreamStats) -> None:
+    families["length"].add_metric([stats.stream], stats.length)
+    families["dlq"].add_metric([stats.stream], stats.dlq_length)
+    group_labels = [stats.stream, stats.group]
+    if stats.lag is not None:
+        families["lag"].add_metric(group_labels, stats.lag)
+    families["pending"].add_metric(group_labels, stats.pending)
+    families["oldest"].add_metric(group_labels, stats.oldest_pending_age_s)
+
+
+def register_stream_stats(client: redis.Redis, streams: Iterable[tuple[str, str]]) -> None:
+    REGISTRY.register(StreamStatsCollector(client, streams))

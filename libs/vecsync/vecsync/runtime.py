@@ -1,0 +1,160 @@
+"""Process plumbing every service shares: logging, signals, the /metrics server, the exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import redis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from vecsync.consumer import Handler, StreamConsumer
+from vecsync.errors import ConfigurationError, HistoryLost
+from vecsync.metrics import register_stream_stats
+from vecsync.settings import ConsumerSettings
+from vecsync.streams import connect
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+EXIT_HISTORY_LOST = 3
+EXIT_INVALIDATED = 4
+
+# A POST route takes the decoded JSON body and returns (status, JSON-able body).
+PostRoute = Callable[[Any], tuple[int, Any]]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+
+
+def stop_on_signals(stopping: threading.Event) -> None:
+    """Set ``stopping`` on SIGTERM or SIGINT, so the service finishes its batch and exits 0."""
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("Received %s; finishing the current batch, then stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+class MetricsServer:
+    """Serves GET /metrics and /healthz, plus any POST routes a service adds, on a background thread."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        healthy: Callable[[], bool] = lambda: True,
+        post_routes: dict[str, PostRoute] | None = None,
+    ) -> None:
+        handler = _make_handler(healthy, post_routes or {})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        log.info("Serving /metrics and /healthz on port %d", self.port)
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _make_handler(healthy: Callable[[], bool], post_routes: dict[str, PostRoute]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, CONTENT_TYPE_LATEST, generate_latest())
+            elif path == "/healthz":
+                ok = healthy()
+                self._reply(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+            else:
+                self._reply(404, "text/plain", b"not found\n")
+
+        def do_POST(self) -> None:
+            route = post_routes.get(self.path.split("?", 1)[0])
+            if route is None:
+                self._reply(404, "text/plain", b"not found\n")
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+            except ValueError:
+                self._json(400, {"detail": "The request body must be JSON."})
+                return
+            try:
+                status, result = route(body)
+            except Exception as exc:
+                log.exception("POST %s failed", self.path)
+                status, result = 500, {"detail": f"{type(exc).__name__}: {exc}"}
+            self._json(status, result)
+
+        def _json(self, status: int, body: Any) -> None:
+            self._reply(status, "application/json", json.dumps(body).encode())
+
+        def _reply(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug(format, *args)
+
+    return Handler
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a service's main, turning the errors an operator must act on into one clear line and an exit code."""
+    try:
+        main()
+    except ConfigurationError as exc:
+        logging.getLogger("vecsync").error("%s", exc)
+        sys.exit(EXIT_CONFIG)
+    except HistoryLost as exc:
+        logging.getLogger("vecsync").error("%s", exc)
+        sys.exit(EXIT_HISTORY_LOST)
+
+
+def serve_consumer(
+    settings: ConsumerSettings,
+    *,
+    stage: str,
+    stream: str,
+    group: str,
+    build_handler: Callable[[redis.Redis], Handler],
+    post_routes: dict[str, PostRoute] | None = None,
+) -> None:
+    """Run one consumer stage as a service: metrics server, signal handling, the consumer loop."""
+    stopping = threading.Event()
+    stop_on_signals(stopping)
+    client = connect(settings.redis_url)
+    register_stream_stats(client, [(stream, group)])
+    handler = build_handler(client)
+    server = MetricsServer(settings.metrics_host, settings.metrics_port, post_routes=post_routes).start()
+    consumer = StreamConsumer(
+        client, stage=stage, stream=stream, group=group, handler=handler, settings=settings, stopping=stopping
+    )
+    try:
+        consumer.run()
+    finally:
+        server.close()

@@ -1,0 +1,142 @@
+"""Settings, read from the environment and validated at start-up.
+
+Each service has one settings class built from the mixins below. Field names
+are the environment variable names (case-insensitive), so ``redis_url`` is
+``REDIS_URL``. ``load()`` turns a validation failure into one clear message
+that names every offending variable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from vecsync import constants
+from vecsync.errors import ConfigurationError
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class CommonSettings(BaseSettings):
+    """Fields every vecsync process shares."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    log_level: str = "INFO"
+    # Where the embedded default keeps its state (Qdrant local mode, Redis and MongoDB stand-in files).
+    data_dir: Path = Path("data")
+
+    stage1_stream: str = constants.STAGE1_STREAM
+    stage1_group: str = constants.STAGE1_GROUP
+    stage2_stream: str = constants.STAGE2_STREAM
+    stage2_group: str = constants.STAGE2_GROUP
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+
+class ServiceSettings(CommonSettings):
+    """A long-running service with a /metrics and /healthz server."""
+
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+
+
+class ConsumerSettings(ServiceSettings):
+    """A stage that reads a stream through a consumer group."""
+
+    consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)
+    batch_size: int = Field(default=64, ge=1, le=10_000)
+    block_ms: int = Field(default=1000, ge=1)
+    # Entries pending longer than this (their consumer died or hung) are reclaimed by another consumer.
+    claim_idle_ms: int = Field(default=60_000, ge=1)
+    max_deliveries: int = Field(default=5, ge=1)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+
+
+class MongoSettings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    mongo_uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    mongo_database: str = Field(default="app", min_length=1)
+    mongo_collection: str = Field(default="documents", min_length=1)
+
+    @property
+    def source(self) -> str:
+        return f"{self.mongo_database}.{self.mongo_collection}"
+
+
+class QdrantSettings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    qdrant_url: str | None = None
+    qdrant_path: Path | None = None
+    qdrant_api_key: str | None = Field(default=None, repr=False)
+    qdrant_collection: str = Field(default="documents", min_length=1)
+    qdrant_timeout_s: float = Field(default=30.0, gt=0)
+    embedding_dim: int = Field(default=384, ge=1)
+
+    @model_validator(mode="after")
+    def _url_or_path(self) -> QdrantSettings:
+        if self.qdrant_url and self.qdrant_path:
+            raise ValueError("set QDRANT_URL (a Qdrant server) or QDRANT_PATH (embedded local mode), not both")
+        return self
+
+    def embedded_path(self, data_dir: Path) -> Path | None:
+        """The local-mode folder to open, or None when a server URL is configured."""
+        if self.qdrant_url:
+            return None
+        return self.qdrant_path or data_dir / "qdrant"
+
+
+class TextSettings(BaseSettings):
+    """How a document becomes the text to embed and the payload to store."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    text_fields: CommaList = Field(default_factory=lambda: ["subject", "content"], min_length=1)
+    payload_fields: CommaList = Field(default_factory=lambda: ["product", "customer", "owner", "date", "subject"])
+    # Longer texts are cut here before embedding: the model only reads its first 256 tokens,
+    # so this bounds memory and payload size without changing the vector.
+    max_text_chars: int = Field(default=8192, ge=1)
+
+    _split_text_fields = field_validator("text_fields", "payload_fields", mode="before")(_split_commas)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load(cls: type[SettingsT]) -> SettingsT:
+    """Build ``cls`` from the environment, or raise ConfigurationError naming each bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "configuration"
+            given = error.get("input")
+            shown = "" if isinstance(given, dict) or name.endswith("KEY") else f" (got {given!r})"
+            problems.append(f"{name}: {error['msg']}{shown}")
+        raise ConfigurationError("Invalid configuration: " + "; ".join(problems)) from None

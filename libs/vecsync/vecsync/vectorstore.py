@@ -1,0 +1,153 @@
+"""The Qdrant collection: a server (QDRANT_URL) or embedded local mode (QDRANT_PATH).
+
+Only one process may open an embedded path. In the embedded default that is
+the upserter, which also answers the operator CLI's reads over HTTP; with a
+Qdrant server every process talks to it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from vecsync.errors import ConfigurationError, PermanentError, TransientError
+from vecsync.settings import QdrantSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Point:
+    id: str
+    vector: list[float]
+    payload: dict[str, Any]
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class VectorStore:
+    """The operations the pipeline needs on one collection, with errors mapped to transient or permanent."""
+
+    def __init__(self, client: QdrantClient, collection: str, dim: int) -> None:
+        self.client = client
+        self.collection = collection
+        self.dim = dim
+
+    @classmethod
+    def open(cls, settings: QdrantSettings, data_dir: Path) -> VectorStore:
+        path = settings.embedded_path(data_dir)
+        if path is None:
+            client = QdrantClient(
+                url=settings.qdrant_url, api_key=settings.qdrant_api_key, timeout=int(settings.qdrant_timeout_s)
+            )
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                client = QdrantClient(path=str(path))
+            except RuntimeError as exc:
+                raise ConfigurationError(
+                    f"The embedded Qdrant store at {path} is already open in another process ({exc}). "
+                    "Only one process may open it: stop that process, or run a Qdrant server and set QDRANT_URL."
+                ) from None
+        return cls(client, settings.qdrant_collection, settings.embedding_dim)
+
+    def ensure_collection(self) -> None:
+        """Create the collection if missing; refuse to start if it exists with another vector size."""
+        with _mapped_errors("check the collection"):
+            if self.client.collection_exists(self.collection):
+                size = _vector_size(self.client.get_collection(self.collection))
+                if size != self.dim:
+                    raise ConfigurationError(
+                        f"Qdrant collection {self.collection!r} holds vectors of {size} dimensions, but "
+                        f"EMBEDDING_DIM is {self.dim}. Use another QDRANT_COLLECTION, or rebuild the collection."
+                    )
+                return
+            self.client.create_collection(
+                self.collection, vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE)
+            )
+            self.client.create_payload_index(self.collection, "mongo_id", models.PayloadSchemaType.KEYWORD)
+            log.info("Created Qdrant collection %r (%d dimensions, cosine)", self.collection, self.dim)
+
+    def upsert(self, points: list[Point]) -> None:
+        if not points:
+            return
+        structs = [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points]
+        with _mapped_errors("upsert points"):
+            self.client.upsert(self.collection, points=structs, wait=True)
+
+    def delete(self, point_ids: list[str]) -> None:
+        if not point_ids:
+            return
+        with _mapped_errors("delete points"):
+            self.client.delete(self.collection, points_selector=models.PointIdsList(points=point_ids), wait=True)  # type: ignore[arg-type]
+
+    def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
+        query_filter = None
+        if match:
+            query_filter = models.Filter(
+                must=[
+                    models.FieldCondition(key=key, match=models.MatchValue(value=value)) for key, value in match.items()
+                ]
+            )
+        with _mapped_errors("search"):
+            result = self.client.query_points(
+                self.collection, query=vector, limit=limit, query_filter=query_filter, with_payload=True
+            )
+        return [Hit(str(point.id), point.score, point.payload or {}) for point in result.points]
+
+    def count(self) -> int:
+        with _mapped_errors("count points"):
+            return self.client.count(self.collection, exact=True).count
+
+    def retrieve(self, point_ids: list[str], *, with_vectors: bool = False) -> list[models.Record]:
+        with _mapped_errors("retrieve points"):
+            return self.client.retrieve(
+                self.collection,
+                ids=point_ids,
+                with_payload=True,
+                with_vectors=with_vectors,  # type: ignore[arg-type]
+            )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _vector_size(info: models.CollectionInfo) -> int | None:
+    vectors = info.config.params.vectors
+    if isinstance(vectors, models.VectorParams):
+        return vectors.size
+    return None
+
+
+class _mapped_errors:  # noqa: N801 - used as a context manager
+    """Turn Qdrant client errors into TransientError (unreachable, 5xx) or PermanentError (4xx)."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+        if exc is None or isinstance(exc, (ConfigurationError, TransientError, PermanentError)):
+            return False
+        if isinstance(exc, UnexpectedResponse):
+            status = exc.status_code or 0
+            if status in (401, 403):
+                raise ConfigurationError(f"Qdrant refused the credentials (check QDRANT_API_KEY): {exc}") from None
+            if status >= 500 or status in (408, 429):
+                raise TransientError(f"Qdrant could not {self.action}: {exc}") from exc
+            raise PermanentError(f"Qdrant rejected the request to {self.action}: {exc}") from exc
+        if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError, OSError)):
+            raise TransientError(f"Qdrant is unreachable, could not {self.action}: {exc}") from exc
+        return False

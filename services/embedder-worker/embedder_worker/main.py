@@ -1,0 +1,39 @@
+"""``vecsync-embedder-worker``: embed stage 1 changes into stage 2."""
+
+import logging
+
+from embedder_worker.embedding_client import EmbeddingClient
+from embedder_worker.service import Embedder
+from embedder_worker.settings import EmbedderSettings
+from vecsync import settings as settings_module
+from vecsync.runtime import run_main, serve_consumer, setup_logging
+from vecsync.streams import redact_url
+
+log = logging.getLogger("vecsync.embedder_worker")
+
+
+def main() -> None:
+    settings = settings_module.load(EmbedderSettings)
+    setup_logging(settings.log_level)
+    log.info(
+        "Embedder-worker %s: %s -> %s via %s on %s",
+        settings.consumer_name,
+        settings.stage1_stream,
+        settings.stage2_stream,
+        settings.embedding_url,
+        redact_url(settings.redis_url),
+    )
+    embedding = EmbeddingClient(
+        settings.embedding_url, dim=settings.embedding_dim, timeout_s=settings.embedding_timeout_s
+    )
+    serve_consumer(
+        settings,
+        stage="embedder",
+        stream=settings.stage1_stream,
+        group=settings.stage1_group,
+        build_handler=lambda _client: Embedder(settings, embedding).handle,
+    )
+
+
+def cli() -> None:
+    run_main(main)

@@ -1,0 +1,51 @@
+"""``vecsync-producer``: follow a MongoDB collection's changes into stage 1."""
+
+import logging
+import threading
+
+from bson.codec_options import DatetimeConversion
+from pymongo import MongoClient
+
+from producer.service import Producer
+from producer.settings import ProducerSettings
+from vecsync import settings as settings_module
+from vecsync.metrics import register_stream_stats
+from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals
+from vecsync.streams import connect, redact_url
+
+log = logging.getLogger("vecsync.producer")
+
+
+def mongo_collection(settings: ProducerSettings):  # type: ignore[no-untyped-def]
+    client: MongoClient = MongoClient(
+        settings.mongo_uri,
+        # Dates outside Python's range and invalid UTF-8 must not make a document unreadable.
+        datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+        unicode_decode_error_handler="replace",
+        appname="vecsync-producer",
+    )
+    return client[settings.mongo_database][settings.mongo_collection]
+
+
+def main() -> None:
+    settings = settings_module.load(ProducerSettings)
+    setup_logging(settings.log_level)
+    log.info(
+        "Producer for %s, publishing to %s on %s",
+        settings.source,
+        settings.stage1_stream,
+        redact_url(settings.redis_url),
+    )
+    stopping = threading.Event()
+    stop_on_signals(stopping)
+    client = connect(settings.redis_url)
+    register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])
+    server = MetricsServer(settings.metrics_host, settings.metrics_port).start()
+    try:
+        Producer(settings, client, mongo_collection(settings), stopping).run()
+    finally:
+        server.close()
+
+
+def cli() -> None:
+    run_main(main)

@@ -1,0 +1,248 @@
+"""The producer: MongoDB change stream in, one stage 1 entry per change out.
+
+Each published batch and the resume token that covers it are written in one
+MULTI/EXEC, so after any crash the producer resumes exactly after the last
+change it published: nothing is lost, and at worst nothing is duplicated.
+
+Entries carry the document as re-read by its key right after the change, not
+the change event's own copy. The read happens after the change, so it shows
+that change or a newer state, and changes to one document are published in
+order, so the last entry of every document holds its current state.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from bson import json_util
+from prometheus_client import Counter, Gauge
+from pymongo.change_stream import CollectionChangeStream
+from pymongo.collection import Collection
+from pymongo.errors import OperationFailure, PyMongoError
+
+from producer.plain_json import mongo_id_of, to_plain
+from producer.settings import ProducerSettings
+from vecsync.constants import RESUME_TOKEN_KEY, RESUME_TOKEN_UPDATED_KEY
+from vecsync.consumer import Backoff
+from vecsync.errors import ConfigurationError, HistoryLost
+from vecsync.messages import DocumentChange
+
+log = logging.getLogger(__name__)
+
+CHANGE_STREAM_HISTORY_LOST = 286
+MONGO_AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
+DOCUMENT_OPERATIONS = {"insert", "update", "replace", "delete"}
+# After these the change stream is invalidated; see "Collection drops and renames" in docs/design.md.
+INVALIDATING_OPERATIONS = {"drop", "rename", "dropDatabase", "invalidate"}
+
+EVENTS_READ = Counter("vecsync_producer_events_total", "Change events read, by operation type.", ["operation"])
+SNAPSHOT_DOCUMENTS = Counter(
+    "vecsync_producer_snapshot_documents_total", "Documents published by the initial snapshot."
+)
+ENTRIES_PUBLISHED = Counter("vecsync_producer_entries_published_total", "Entries added to stage 1.", ["op"])
+INVALIDATIONS = Counter(
+    "vecsync_producer_invalidations_total",
+    "Drop, rename and invalidate events: the watched collection went away.",
+    ["operation"],
+)
+HISTORY_LOST = Counter(
+    "vecsync_producer_history_lost_total", "Times the change stream could not resume from the stored token."
+)
+ERRORS = Counter("vecsync_producer_errors_total", "Failures talking to MongoDB or Redis, retried.", ["dependency"])
+TOKEN_AGE = Gauge("vecsync_producer_resume_token_age_seconds", "Seconds since the stored resume token last advanced.")
+
+
+class Producer:
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        client: redis.Redis,
+        collection: Collection[dict[str, Any]],
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.collection = collection
+        self.stopping = stopping or threading.Event()
+        self.source = settings.source
+        self._token_stored_at = time.time()
+        TOKEN_AGE.set_function(lambda: time.time() - self._token_stored_at)
+
+    def run(self, *, drain: bool = False) -> None:
+        """Publish changes until stopped; with ``drain``, until no change is waiting."""
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        while not self.stopping.is_set():
+            try:
+                self._follow_changes(drain=drain)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                ERRORS.labels("redis").inc()
+                log.warning("Redis unavailable (%s); resuming from the stored token after a pause", exc)
+            except OperationFailure as exc:
+                if exc.code in MONGO_AUTH_FAILURES:
+                    raise ConfigurationError(
+                        f"MongoDB refused the credentials in MONGO_URI ({exc}). "
+                        "Check the user, password and authSource."
+                    ) from None
+                if exc.code != CHANGE_STREAM_HISTORY_LOST:
+                    raise
+                self._history_lost(exc)
+                continue
+            except PyMongoError as exc:
+                ERRORS.labels("mongodb").inc()
+                log.warning("MongoDB unavailable (%s); resuming from the stored token after a pause", exc)
+            if not backoff.wait(self.stopping):
+                return
+
+    def _follow_changes(self, *, drain: bool) -> None:
+        token = self._stored_token()
+        with self._open_change_stream(token) as stream:
+            if token is None:
+                self._snapshot(stream)
+            while not self.stopping.is_set():
+                events = self._next_events(stream)
+                if events:
+                    self._publish(events, events[-1]["_id"])
+                elif drain:
+                    return
+                elif stream.resume_token and stream.resume_token != token:
+                    # An idle stream still advances on real MongoDB; storing that keeps the
+                    # token inside the oplog window even when the collection is quiet.
+                    self._publish([], stream.resume_token)
+                token = stream.resume_token
+
+    @contextmanager
+    def _open_change_stream(self, token: dict[str, Any] | None) -> Iterator[CollectionChangeStream[Any]]:
+        # start_after (not resume_after) so that a token of an invalidate event resumes too.
+        stream = self.collection.watch(start_after=token, max_await_time_ms=self.settings.max_await_ms)
+        log.info("Watching %s from %s", self.source, "the stored resume token" if token else "now")
+        try:
+            yield stream
+        finally:
+            stream.close()
+
+    def _snapshot(self, stream: CollectionChangeStream[Any]) -> None:
+        """Publish every existing document, in _id order.
+
+        The change stream is already open, so a change made during the scan is
+        also read from it afterwards and published after the scanned state.
+        """
+        log.info("No resume token stored: snapshotting %s before following its changes", self.source)
+        published = 0
+        batch: list[DocumentChange] = []
+        cursor = self.collection.find({}, sort=[("_id", 1)], batch_size=self.settings.batch_size)
+        for document in cursor:
+            batch.append(self._change("upsert", document["_id"], document, time.time()))
+            if len(batch) >= self.settings.batch_size:
+                published += self._write(batch, token=None)
+                batch = []
+            if self.stopping.is_set():
+                log.info("Stopped during the snapshot; it restarts from the beginning next time")
+                return
+        published += self._write(batch, token=stream.resume_token)
+        SNAPSHOT_DOCUMENTS.inc(published)
+        log.info("Snapshot of %s published %d documents", self.source, published)
+
+    def _next_events(self, stream: CollectionChangeStream[Any]) -> list[dict[str, Any]]:
+        events = []
+        while len(events) < self.settings.batch_size:
+            event = stream.try_next()
+            if event is None:
+                break
+            events.append(event)
+        return events
+
+    def _publish(self, events: list[dict[str, Any]], token: dict[str, Any]) -> None:
+        current = self._reread([event["documentKey"]["_id"] for event in events if "documentKey" in event])
+        changes = []
+        for event in events:
+            operation = event["operationType"]
+            EVENTS_READ.labels(operation).inc()
+            if operation in DOCUMENT_OPERATIONS:
+                key = event["documentKey"]["_id"]
+                document = None if operation == "delete" else current.get(mongo_id_of(key))
+                # A document gone by the time it is re-read was deleted since; its delete event follows.
+                changes.append(self._change("upsert" if document else "delete", key, document, _event_time(event)))
+            elif operation in INVALIDATING_OPERATIONS:
+                INVALIDATIONS.labels(operation).inc()
+                log.error(
+                    "Change stream event %r on %s: the collection is gone or renamed. Existing points are kept; "
+                    "watching continues after this event. Run `vecsync verify --repair` if the collection "
+                    "is not coming back.",
+                    operation,
+                    self.source,
+                )
+            else:
+                log.info("Ignoring change stream event %r on %s: it changes no document", operation, self.source)
+        self._write(changes, token=token)
+
+    def _reread(self, keys: list[Any]) -> dict[str, dict[str, Any]]:
+        if not keys:
+            return {}
+        return {mongo_id_of(doc["_id"]): doc for doc in self.collection.find({"_id": {"$in": keys}})}
+
+    def _change(self, op: str, key: Any, document: dict[str, Any] | None, changed_at: float) -> DocumentChange:
+        return DocumentChange(
+            op=op,  # type: ignore[arg-type]
+            source=self.source,
+            mongo_id=mongo_id_of(key),
+            changed_at=changed_at,
+            document=to_plain(document) if document is not None else None,
+        )
+
+    def _write(self, changes: list[DocumentChange], *, token: dict[str, Any] | None) -> int:
+        """XADD ``changes`` and store ``token`` in one MULTI/EXEC."""
+        if not changes and token is None:
+            return 0
+        tx = self.client.pipeline(transaction=True)
+        for change in changes:
+            tx.xadd(self.settings.stage1_stream, change.to_fields())  # type: ignore[arg-type]
+        if token is not None:
+            now = time.time()
+            tx.set(RESUME_TOKEN_KEY, json_util.dumps(token))
+            tx.set(RESUME_TOKEN_UPDATED_KEY, repr(now))
+        tx.execute()
+        if token is not None:
+            self._token_stored_at = time.time()
+        for change in changes:
+            ENTRIES_PUBLISHED.labels(change.op).inc()
+        return len(changes)
+
+    def _stored_token(self) -> dict[str, Any] | None:
+        raw = self.client.get(RESUME_TOKEN_KEY)
+        return json_util.loads(raw) if raw else None
+
+    def _history_lost(self, exc: OperationFailure) -> None:
+        HISTORY_LOST.inc()
+        if not self.settings.resync_on_history_lost:
+            raise HistoryLost(
+                f"The change stream of {self.source} cannot resume from the stored token: MongoDB no longer holds "
+                f"that history ({exc}). Changes made meanwhile may be missing. Set RESYNC_ON_HISTORY_LOST=true to "
+                f"snapshot the collection again automatically, or delete the Redis key {RESUME_TOKEN_KEY} and "
+                "restart, then run `vecsync verify --repair` to remove points of documents deleted meanwhile."
+            ) from exc
+        log.error(
+            "The change stream of %s lost its history (%s); RESYNC_ON_HISTORY_LOST is set, so the collection "
+            "is snapshotted again. Points of documents deleted meanwhile remain until `vecsync verify --repair`.",
+            self.source,
+            exc,
+        )
+        self.client.delete(RESUME_TOKEN_KEY)
+
+
+def _event_time(event: dict[str, Any]) -> float:
+    wall_time = event.get("wallTime")
+    if wall_time is not None:
+        # pymongo decodes BSON dates as naive datetimes in UTC.
+        return float(wall_time.replace(tzinfo=wall_time.tzinfo or datetime.UTC).timestamp())
+    cluster_time = event.get("clusterTime")
+    if cluster_time is not None and hasattr(cluster_time, "time"):
+        return float(cluster_time.time)
+    return time.time()

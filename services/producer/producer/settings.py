@@ -1,0 +1,14 @@
+from pydantic import Field
+
+from vecsync.settings import MongoSettings, ServiceSettings
+
+
+class ProducerSettings(ServiceSettings, MongoSettings):
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    # How long one change stream read waits for new events; bounds how fast SIGTERM is noticed.
+    max_await_ms: int = Field(default=500, ge=1)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    # What to do when the stored resume token is older than MongoDB's history: stop (the default) or snapshot again.
+    resync_on_history_lost: bool = False

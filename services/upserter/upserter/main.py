@@ -1,0 +1,59 @@
+"""``vecsync-upserter``: apply stage 2 to the Qdrant collection."""
+
+import logging
+import time
+
+from upserter.read_api import read_routes
+from upserter.service import Upserter
+from upserter.settings import UpserterSettings
+from vecsync import settings as settings_module
+from vecsync.consumer import Backoff
+from vecsync.errors import TransientError
+from vecsync.runtime import run_main, serve_consumer, setup_logging
+from vecsync.streams import redact_url
+from vecsync.vectorstore import VectorStore
+
+log = logging.getLogger("vecsync.upserter")
+
+
+def main() -> None:
+    settings = settings_module.load(UpserterSettings)
+    setup_logging(settings.log_level)
+    store = VectorStore.open(settings, settings.data_dir)
+    _wait_for_collection(store, settings)
+    embedded = settings.embedded_path(settings.data_dir)
+    log.info(
+        "Upserter %s: %s -> Qdrant collection %r at %s, Redis %s",
+        settings.consumer_name,
+        settings.stage2_stream,
+        settings.qdrant_collection,
+        embedded or settings.qdrant_url,
+        redact_url(settings.redis_url),
+    )
+    serve_consumer(
+        settings,
+        stage="upserter",
+        stream=settings.stage2_stream,
+        group=settings.stage2_group,
+        build_handler=lambda client: Upserter(settings, client, store).handle,
+        # The embedded store can only be opened here, so this process answers the CLI's reads.
+        post_routes=read_routes(store) if embedded else None,
+    )
+    store.close()
+
+
+def _wait_for_collection(store: VectorStore, settings: UpserterSettings) -> None:
+    """Create or check the collection, waiting while Qdrant is unreachable."""
+    backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+    while True:
+        try:
+            store.ensure_collection()
+            return
+        except TransientError as exc:
+            delay = backoff.next_delay()
+            log.warning("%s; retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+
+
+def cli() -> None:
+    run_main(main)

@@ -1,0 +1,21 @@
+from pydantic import Field, model_validator
+
+from vecsync.settings import ConsumerSettings, QdrantSettings
+
+
+class UpserterSettings(ConsumerSettings, QdrantSettings):
+    metrics_port: int = Field(default=9103, ge=0, le=65535)
+    # A point's write lock expires after this, so a crashed upserter cannot block a document forever.
+    # It must outlast the slowest Qdrant write (QDRANT_TIMEOUT_S), or two writers could overlap.
+    point_lock_ttl_ms: int = Field(default=120_000, ge=1000)
+    # How long to wait for points locked by another upserter before retrying the batch later.
+    point_lock_wait_ms: int = Field(default=10_000, ge=0)
+
+    @model_validator(mode="after")
+    def _lock_outlasts_writes(self) -> "UpserterSettings":
+        if self.point_lock_ttl_ms <= self.qdrant_timeout_s * 1000:
+            raise ValueError(
+                f"POINT_LOCK_TTL_MS ({self.point_lock_ttl_ms}) must be longer than QDRANT_TIMEOUT_S "
+                f"({self.qdrant_timeout_s} s), so a lock never expires while its write is in flight"
+            )
+        return self
