@@ -132,10 +132,9 @@ class StreamConsumer:
         """The next batch to handle; [] when there is nothing to do yet, None when drained."""
         if self._reading_own_history:
             # After a restart, first finish what this consumer had been given before.
-            entries = self._read("0", block=None)
+            entries = self._reread_own_pending()
             if entries:
-                metrics.MESSAGES_RECLAIMED.labels(**self._labels).inc(len(entries))
-                return self._set_deliveries(entries)
+                return entries
             self._reading_own_history = False
         if self._claim_due(drain):
             claimed = self._claim_idle()
@@ -145,9 +144,17 @@ class StreamConsumer:
         if entries:
             return entries
         if drain:
-            claimed = self._claim_idle()
-            return claimed or None
+            # Draining means nothing left behind: retry this consumer's failed entries now
+            # instead of after CLAIM_IDLE_MS. Each retry counts as a delivery, so it ends.
+            return self._claim_idle() or self._reread_own_pending() or None
         return []
+
+    def _reread_own_pending(self) -> list[Entry]:
+        entries = self._read("0", block=None)
+        if not entries:
+            return []
+        metrics.MESSAGES_RECLAIMED.labels(**self._labels).inc(len(entries))
+        return self._set_deliveries(entries)
 
     def _read(self, start: str, block: int | None) -> list[Entry]:
         response = self.client.xreadgroup(

@@ -1,0 +1,86 @@
+"""The three stages against real Redis, the MongoDB stand-in, the embedding-api and Qdrant local mode."""
+
+from __future__ import annotations
+
+import datetime
+
+from bson import ObjectId
+
+from tests.support.pipeline import Pipeline
+from vecsync.constants import RESUME_TOKEN_KEY
+from vecsync.documents import point_id
+
+
+def test_snapshot_then_changes_reach_qdrant(pipeline: Pipeline) -> None:
+    pipeline.collection.insert_many([{"_id": f"doc-{i}", "subject": f"Subject {i}", "content": "body"} for i in range(5)])
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+    assert pipeline.redis_client.get(RESUME_TOKEN_KEY), "the resume token is stored after the snapshot"
+
+    pipeline.collection.insert_one({"_id": "doc-new", "subject": "New", "content": "fresh"})
+    pipeline.collection.update_one({"_id": "doc-1"}, {"$set": {"subject": "Changed subject"}})
+    pipeline.collection.replace_one({"_id": "doc-2"}, {"subject": "Replaced", "content": "entirely"})
+    pipeline.collection.delete_one({"_id": "doc-3"})
+    pipeline.drain()
+
+    pipeline.assert_matches_mongo()
+    points = pipeline.points()
+    assert points["doc-1"]["subject"] == "Changed subject"
+    assert points["doc-2"]["text"] == "Replaced\n\nentirely"
+    assert "doc-3" not in points
+
+
+def test_update_changes_vector_and_payload(pipeline: Pipeline) -> None:
+    pipeline.collection.insert_one({"_id": "a", "subject": "Printer jams", "content": "paper stuck", "owner": "Ann"})
+    pipeline.drain()
+    before = pipeline.store.retrieve([point_id(pipeline.source, "a")], with_vectors=True)[0]
+    pipeline.collection.update_one({"_id": "a"}, {"$set": {"content": "refund please", "owner": "Bob"}})
+    pipeline.drain()
+    after = pipeline.store.retrieve([point_id(pipeline.source, "a")], with_vectors=True)[0]
+    assert after.payload["owner"] == "Bob"
+    assert after.payload["text"] == "Printer jams\n\nrefund please"
+    assert after.vector != before.vector
+
+
+def test_payload_fields_ids_and_dates(pipeline: Pipeline) -> None:
+    oid = ObjectId()
+    when = datetime.datetime(2026, 3, 14, 9, 26, tzinfo=datetime.timezone.utc)
+    pipeline.collection.insert_one(
+        {"_id": oid, "subject": "S", "content": "C", "product": "P", "customer": "Cu", "owner": "O", "date": when}
+    )
+    pipeline.drain()
+    payload = pipeline.points()[str(oid)]
+    assert payload["source"] == pipeline.source
+    assert payload["date"] == "2026-03-14T09:26:00Z"
+    assert {payload[k] for k in ("product", "customer", "owner")} == {"P", "Cu", "O"}
+    assert payload["version"], "every point carries the version of its change"
+    assert pipeline.store.retrieve([point_id(pipeline.source, str(oid))])
+
+
+def test_document_without_text_gets_no_point(pipeline: Pipeline) -> None:
+    pipeline.collection.insert_one({"_id": "t", "subject": "Has text", "content": None})
+    pipeline.drain()
+    assert "t" in pipeline.points()
+    pipeline.collection.update_one({"_id": "t"}, {"$set": {"subject": ""}})
+    pipeline.drain()
+    assert "t" not in pipeline.points(), "a document whose text went away loses its point"
+
+
+def test_dotted_text_fields(pipeline: Pipeline) -> None:
+    pipeline.overrides["text_fields"] = ["meta.title", "body"]
+    pipeline.collection.insert_one({"_id": "n", "meta": {"title": "Nested title"}, "body": 42})
+    pipeline.drain()
+    assert pipeline.points()["n"]["text"] == "Nested title"
+
+
+def test_producer_restart_resumes_without_loss(pipeline: Pipeline) -> None:
+    pipeline.collection.insert_one({"_id": "first", "subject": "one", "content": "x"})
+    pipeline.run_producer()
+    # Changes made while the producer is down are published when it comes back.
+    pipeline.collection.insert_one({"_id": "second", "subject": "two", "content": "y"})
+    pipeline.collection.delete_one({"_id": "first"})
+    pipeline.run_producer()
+    entries = pipeline.redis_client.xrange("raw_document_changes")
+    assert [(e[1]["mongo_id"], e[1]["op"]) for e in entries] == [("first", "upsert"), ("second", "upsert"), ("first", "delete")]
+    pipeline.drain()
+    pipeline.assert_matches_mongo()

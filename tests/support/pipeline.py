@@ -1,0 +1,116 @@
+"""The pipeline's stages wired in-process, for tests that drain each stage in turn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import redis
+
+from embedder_worker.embedding_client import EmbeddingClient
+from embedder_worker.service import Embedder
+from embedder_worker.settings import EmbedderSettings
+from producer.service import Producer
+from producer.settings import ProducerSettings
+from upserter.service import Upserter
+from upserter.settings import UpserterSettings
+from vecsync.consumer import StreamConsumer
+from vecsync.documents import build_text, point_id, text_sha256
+from vecsync.vectorstore import VectorStore
+
+# Fast retries and reclaims, so that failure paths finish within a test.
+FAST = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "block_ms": 50}
+
+
+@dataclass
+class Pipeline:
+    redis_client: redis.Redis
+    redis_url: str
+    mongo_uri: str
+    collection: pymongo.collection.Collection[dict[str, Any]]
+    embedding_url: str
+    store: VectorStore
+    data_dir: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return f"{self.collection.database.name}.{self.collection.name}"
+
+    def _common(self) -> dict[str, Any]:
+        return {"redis_url": self.redis_url, "data_dir": self.data_dir, **FAST, **self.overrides}
+
+    def producer_settings(self) -> ProducerSettings:
+        common = {k: v for k, v in self._common().items() if k != "block_ms"}
+        return ProducerSettings(
+            mongo_uri=self.mongo_uri,
+            mongo_database=self.collection.database.name,
+            mongo_collection=self.collection.name,
+            max_await_ms=50,
+            **common,
+        )
+
+    def embedder_settings(self, **extra: Any) -> EmbedderSettings:
+        return EmbedderSettings(embedding_url=self.embedding_url, consumer_name="embedder-1", **self._common(), **extra)
+
+    def upserter_settings(self, **extra: Any) -> UpserterSettings:
+        return UpserterSettings(consumer_name="upserter-1", qdrant_path=self.data_dir / "unused", **self._common(), **extra)
+
+    def run_producer(self) -> None:
+        Producer(self.producer_settings(), self.redis_client, self.collection).run(drain=True)
+
+    def embedder_consumer(self, **extra: Any) -> StreamConsumer:
+        settings = self.embedder_settings(**extra)
+        client = EmbeddingClient(settings.embedding_url, dim=settings.embedding_dim, timeout_s=5)
+        return StreamConsumer(
+            self.redis_client,
+            stage="embedder",
+            stream=settings.stage1_stream,
+            group=settings.stage1_group,
+            handler=Embedder(settings, client).handle,
+            settings=settings,
+        )
+
+    def upserter_consumer(self, **extra: Any) -> StreamConsumer:
+        settings = self.upserter_settings(**extra)
+        return StreamConsumer(
+            self.redis_client,
+            stage="upserter",
+            stream=settings.stage2_stream,
+            group=settings.stage2_group,
+            handler=Upserter(settings, self.redis_client, self.store).handle,
+            settings=settings,
+        )
+
+    def drain(self) -> None:
+        self.run_producer()
+        self.embedder_consumer().run(drain=True)
+        self.upserter_consumer().run(drain=True)
+
+    def points(self) -> dict[str, dict[str, Any]]:
+        """Every point's payload, by mongo_id."""
+        records, offset = [], None
+        while True:
+            batch, offset = self.store.client.scroll(self.store.collection, limit=256, offset=offset, with_payload=True)
+            records.extend(batch)
+            if offset is None:
+                break
+        return {record.payload["mongo_id"]: record.payload for record in records}  # type: ignore[index]
+
+    def assert_matches_mongo(self, text_fields: tuple[str, ...] = ("subject", "content")) -> None:
+        """Qdrant holds exactly one current point per MongoDB document with text: none missing, extra or stale."""
+        expected = {}
+        for document in self.collection.find():
+            text = build_text(document, text_fields, 8192)
+            if text:
+                expected[str(document["_id"])] = text
+        points = self.points()
+        assert sorted(points) == sorted(expected), "point ids differ from MongoDB's documents"
+        for mongo_id, text in expected.items():
+            payload = points[mongo_id]
+            assert payload["text"] == text, f"stale text for {mongo_id}"
+            assert payload["text_sha256"] == text_sha256(text)
+            records = self.store.retrieve([point_id(self.source, mongo_id)])
+            assert len(records) == 1

