@@ -23,7 +23,9 @@ def settings(**overrides: object) -> ConsumerSettings:
 
 
 def consumer(client: redis.Redis, handler, **overrides: object) -> StreamConsumer:  # type: ignore[no-untyped-def]
-    return StreamConsumer(client, stage="test", stream=STREAM, group=GROUP, handler=handler, settings=settings(**overrides))
+    return StreamConsumer(
+        client, stage="test", stream=STREAM, group=GROUP, handler=handler, settings=settings(**overrides)
+    )
 
 
 def add(client: redis.Redis, *values: str) -> list[str]:

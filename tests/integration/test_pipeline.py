@@ -12,7 +12,9 @@ from vecsync.documents import point_id
 
 
 def test_snapshot_then_changes_reach_qdrant(pipeline: Pipeline) -> None:
-    pipeline.collection.insert_many([{"_id": f"doc-{i}", "subject": f"Subject {i}", "content": "body"} for i in range(5)])
+    pipeline.collection.insert_many(
+        [{"_id": f"doc-{i}", "subject": f"Subject {i}", "content": "body"} for i in range(5)]
+    )
     pipeline.drain()
     pipeline.assert_matches_mongo()
     assert pipeline.redis_client.get(RESUME_TOKEN_KEY), "the resume token is stored after the snapshot"
@@ -44,7 +46,7 @@ def test_update_changes_vector_and_payload(pipeline: Pipeline) -> None:
 
 def test_payload_fields_ids_and_dates(pipeline: Pipeline) -> None:
     oid = ObjectId()
-    when = datetime.datetime(2026, 3, 14, 9, 26, tzinfo=datetime.timezone.utc)
+    when = datetime.datetime(2026, 3, 14, 9, 26, tzinfo=datetime.UTC)
     pipeline.collection.insert_one(
         {"_id": oid, "subject": "S", "content": "C", "product": "P", "customer": "Cu", "owner": "O", "date": when}
     )
@@ -81,6 +83,10 @@ def test_producer_restart_resumes_without_loss(pipeline: Pipeline) -> None:
     pipeline.collection.delete_one({"_id": "first"})
     pipeline.run_producer()
     entries = pipeline.redis_client.xrange("raw_document_changes")
-    assert [(e[1]["mongo_id"], e[1]["op"]) for e in entries] == [("first", "upsert"), ("second", "upsert"), ("first", "delete")]
+    assert [(e[1]["mongo_id"], e[1]["op"]) for e in entries] == [
+        ("first", "upsert"),
+        ("second", "upsert"),
+        ("first", "delete"),
+    ]
     pipeline.drain()
     pipeline.assert_matches_mongo()

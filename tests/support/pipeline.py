@@ -56,7 +56,9 @@ class Pipeline:
         return EmbedderSettings(embedding_url=self.embedding_url, consumer_name="embedder-1", **self._common(), **extra)
 
     def upserter_settings(self, **extra: Any) -> UpserterSettings:
-        return UpserterSettings(consumer_name="upserter-1", qdrant_path=self.data_dir / "unused", **self._common(), **extra)
+        return UpserterSettings(
+            consumer_name="upserter-1", qdrant_path=self.data_dir / "unused", **self._common(), **extra
+        )
 
     def run_producer(self) -> None:
         Producer(self.producer_settings(), self.redis_client, self.collection).run(drain=True)

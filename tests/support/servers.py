@@ -28,7 +28,7 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 30.0, interval
         try:
             if predicate():
                 return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             pass
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")

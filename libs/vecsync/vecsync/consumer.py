@@ -124,7 +124,16 @@ class StreamConsumer:
                 continue
             if entries:
                 self._process(entries)
+        self._with_retry(self._leave_group_if_idle)
         log.info("%s stopped", self.stage)
+
+    def _leave_group_if_idle(self) -> None:
+        """Remove this consumer from the group when it holds nothing, so restarts leave no stale names behind."""
+        mine = self.client.xpending_range(
+            self.stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+        )
+        if not mine:
+            self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
 
     # Reading ----------------------------------------------------------------
 
