@@ -47,6 +47,10 @@ class LocalStackSettings(CommonSettings, MongoSettings):
     sample_data: Path = Path("samples/support_tickets.jsonl")
     # Seconds to wait for the sample data to become searchable before giving up.
     startup_timeout_s: float = Field(default=600.0, gt=0)
+    producer_metrics_port: int = Field(default=9101, ge=1, le=65535)
+    # Worker i serves /metrics on EMBEDDER_METRICS_PORT + i.
+    embedder_workers: int = Field(default=1, ge=1, le=32)
+    embedder_metrics_port: int = Field(default=9111, ge=1, le=65535)
 
 
 class Interrupted(Exception):
@@ -106,12 +110,17 @@ class LocalStack:
         api = self._stage("embedding-api", {"EMBEDDING_BACKEND": self.settings.embedding_backend, **self._listen()})
         self._start_server(api, f"embedding-api ({self.settings.embedding_backend} backend)", timeout=300)
         self._wait_http(self.settings.embedding_url + "/readyz", "the embedding-api to load its model", 300)
-        for name, env in [
-            ("producer", {}),
-            ("embedder-worker", {}),
-            # The CLI finds the upserter, which holds the embedded Qdrant store, at UPSERTER_URL.
-            ("upserter", {"METRICS_PORT": str(_port(self.settings.upserter_url))}),
-        ]:
+        stages: list[tuple[str, dict[str, str]]] = [
+            ("producer", {"METRICS_PORT": str(self.settings.producer_metrics_port)})
+        ]
+        for index in range(self.settings.embedder_workers):
+            port = self.settings.embedder_metrics_port + index
+            stages.append(("embedder-worker", {"METRICS_PORT": str(port), "CONSUMER_NAME": f"embedder-{index + 1}"}))
+        # The CLI finds the upserter, which holds the embedded Qdrant store, at UPSERTER_URL.
+        stages.append(
+            ("upserter", {"METRICS_PORT": str(_port(self.settings.upserter_url)), "CONSUMER_NAME": "upserter-1"})
+        )
+        for name, env in stages:
             child = self._stage(name, env)
             child.start()
             self.stages.append(child)
@@ -141,8 +150,24 @@ class LocalStack:
         return {"HOST": url.hostname or "127.0.0.1", "PORT": str(url.port or 8080)}
 
     def _stage(self, name: str, env: dict[str, str]) -> Child:
-        full_env = {**os.environ, "DATA_DIR": str(self.data_dir), **env}
-        return Child(name, [str(BIN / f"vecsync-{name}")], full_env, self.logs / f"{name}.log")
+        full_env = {**os.environ, **self._shared_env(), **env}
+        log_name = env.get("CONSUMER_NAME", name)
+        return Child(name, [str(BIN / f"vecsync-{name}")], full_env, self.logs / f"{log_name}.log")
+
+    def _shared_env(self) -> dict[str, str]:
+        """What every stage must agree on, passed explicitly so the stack is exactly what its settings say."""
+        return {
+            "DATA_DIR": str(self.data_dir),
+            "REDIS_URL": self.settings.redis_url,
+            "MONGO_URI": self.settings.mongo_uri,
+            "MONGO_DATABASE": self.settings.mongo_database,
+            "MONGO_COLLECTION": self.settings.mongo_collection,
+            "EMBEDDING_URL": self.settings.embedding_url,
+            "STAGE1_STREAM": self.settings.stage1_stream,
+            "STAGE1_GROUP": self.settings.stage1_group,
+            "STAGE2_STREAM": self.settings.stage2_stream,
+            "STAGE2_GROUP": self.settings.stage2_group,
+        }
 
     def _start_server(self, child: Child, what: str, timeout: float = 30.0) -> None:
         port = child.port or int(child.env.get("PORT", "0"))
@@ -236,12 +261,21 @@ class LocalStack:
                 raise VecsyncError(f"{child.name} exited; see {child.log_path}")
 
     def stop(self) -> None:
+        self.stop_stages()
+        for child in reversed(self.servers):
+            _stop(child)
+
+    def stop_stages(self) -> None:
         self.stopping.set()
         # Upstream first, so that each stage finds its input complete when it stops.
-        for child in [*self.stages, *reversed(self.servers)]:
-            if child.alive():
-                print(f"Stopping {child.name}", flush=True)
-                child.stop()
+        for child in self.stages:
+            _stop(child)
+
+
+def _stop(child: Child) -> None:
+    if child.alive():
+        print(f"Stopping {child.name}", flush=True)
+        child.stop()
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
