@@ -1,0 +1,39 @@
+import datetime
+import json
+import uuid
+
+from bson import Binary, Decimal128, ObjectId
+from bson.datetime_ms import DatetimeMS
+
+from producer.plain_json import mongo_id_of, to_plain
+
+
+def test_mongo_ids() -> None:
+    oid = ObjectId("65f0c0ffee0000000000abcd")
+    assert mongo_id_of(oid) == "65f0c0ffee0000000000abcd"
+    assert mongo_id_of("ticket-1") == "ticket-1"
+    assert mongo_id_of(5) == '{"$numberInt": "5"}'
+    assert mongo_id_of({"a": 1}) == '{"a": {"$numberInt": "1"}}'
+
+
+def test_bson_values_become_json() -> None:
+    document = {
+        "_id": ObjectId("65f0c0ffee0000000000abcd"),
+        "date": datetime.datetime(1960, 5, 1, 12, 0),
+        "far": DatetimeMS(2**62),
+        "uuid": uuid.UUID(int=1),
+        "bin": Binary(b"\x00\x01"),
+        "dec": Decimal128("1.5"),
+        "nan": float("nan"),
+        "nested": [{"when": datetime.datetime(2101, 1, 1, tzinfo=datetime.UTC)}],
+    }
+    plain = to_plain(document)
+    json.dumps(plain, allow_nan=False)  # valid JSON, no NaN
+    assert plain["_id"] == "65f0c0ffee0000000000abcd"
+    assert plain["date"] == "1960-05-01T12:00:00Z"
+    assert plain["far"] == {"$date": 2**62}
+    assert plain["uuid"] == "00000000-0000-0000-0000-000000000001"
+    assert plain["bin"] == "AAE="
+    assert plain["dec"] == "1.5"
+    assert plain["nan"] == "nan"
+    assert plain["nested"][0]["when"] == "2101-01-01T00:00:00Z"

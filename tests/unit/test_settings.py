@@ -1,0 +1,45 @@
+import pytest
+
+from embedder_worker.settings import EmbedderSettings
+from upserter.settings import UpserterSettings
+from vecsync import settings
+from vecsync.errors import ConfigurationError
+
+
+def test_defaults_are_the_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = settings.load(EmbedderSettings)
+    assert (loaded.stage1_stream, loaded.stage1_group) == ("raw_document_changes", "embedding_processors")
+    assert (loaded.stage2_stream, loaded.stage2_group) == ("embedded_documents", "qdrant_upserters")
+    assert loaded.text_fields == ["subject", "content"]
+    assert loaded.payload_fields == ["product", "customer", "owner", "date", "subject"]
+    assert loaded.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_comma_lists_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEXT_FIELDS", "title, body.text ,")
+    assert settings.load(EmbedderSettings).text_fields == ["title", "body.text"]
+
+
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRICS_PORT", "eighty")
+    monkeypatch.setenv("BATCH_SIZE", "0")
+    with pytest.raises(ConfigurationError) as error:
+        settings.load(EmbedderSettings)
+    assert "METRICS_PORT" in str(error.value) and "'eighty'" in str(error.value)
+    assert "BATCH_SIZE" in str(error.value)
+
+
+def test_qdrant_url_and_path_are_exclusive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")
+    monkeypatch.setenv("QDRANT_PATH", "/tmp/q")
+    with pytest.raises(ConfigurationError, match="not both"):
+        settings.load(UpserterSettings)
+
+
+def test_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QDRANT_API_KEY", "hunter2")
+    monkeypatch.setenv("POINT_LOCK_TTL_MS", "1000")
+    with pytest.raises(ConfigurationError) as error:
+        settings.load(UpserterSettings)
+    assert "hunter2" not in str(error.value)
+    assert "POINT_LOCK_TTL_MS" in str(error.value)
