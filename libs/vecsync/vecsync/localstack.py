@@ -43,14 +43,14 @@ BIN = Path(sys.executable).parent
 class LocalStackSettings(CommonSettings, MongoSettings):
     embedding_url: str = "http://127.0.0.1:8080"
     embedding_backend: str = "torch"
-    upserter_url: str = "http://127.0.0.1:9103"
+    upserter_url: str = "http://127.0.0.1:9102"
     sample_data: Path = Path("samples/support_tickets.jsonl")
     # Seconds to wait for the sample data to become searchable before giving up.
     startup_timeout_s: float = Field(default=600.0, gt=0)
     producer_metrics_port: int = Field(default=9101, ge=1, le=65535)
     # Worker i serves /metrics on EMBEDDER_METRICS_PORT + i.
     embedder_workers: int = Field(default=1, ge=1, le=32)
-    embedder_metrics_port: int = Field(default=9111, ge=1, le=65535)
+    embedder_metrics_port: int = Field(default=9103, ge=1, le=65535)
 
 
 class Interrupted(Exception):

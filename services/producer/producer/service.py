@@ -80,7 +80,8 @@ class Producer:
         backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
         while not self.stopping.is_set():
             try:
-                self._follow_changes(drain=drain)
+                if self._follow_changes(drain=drain):
+                    continue
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 ERRORS.labels("redis").inc()
@@ -101,7 +102,8 @@ class Producer:
             if not backoff.wait(self.stopping):
                 return
 
-    def _follow_changes(self, *, drain: bool) -> None:
+    def _follow_changes(self, *, drain: bool) -> bool:
+        """Publish from the stored token on; True when the stream ended (invalidated) and must be reopened."""
         token = self._stored_token()
         with self._open_change_stream(token) as stream:
             if token is None:
@@ -110,13 +112,16 @@ class Producer:
                 events = self._next_events(stream)
                 if events:
                     self._publish(events, events[-1]["_id"])
-                elif drain:
-                    return
-                elif stream.resume_token and stream.resume_token != token:
+                if not stream.alive:
+                    return True
+                if not events and drain:
+                    return False
+                if not events and stream.resume_token and stream.resume_token != token:
                     # An idle stream still advances on real MongoDB; storing that keeps the
                     # token inside the oplog window even when the collection is quiet.
                     self._publish([], stream.resume_token)
                 token = stream.resume_token
+        return False
 
     @contextmanager
     def _open_change_stream(self, token: dict[str, Any] | None) -> Iterator[CollectionChangeStream[Any]]:
@@ -173,9 +178,9 @@ class Producer:
             elif operation in INVALIDATING_OPERATIONS:
                 INVALIDATIONS.labels(operation).inc()
                 log.error(
-                    "Change stream event %r on %s: the collection is gone or renamed. Existing points are kept; "
-                    "watching continues after this event. Run `vecsync verify --repair` if the collection "
-                    "is not coming back.",
+                    "Change stream event %r on %s: the collection is gone or renamed. Existing points are kept "
+                    "and watching continues after this event; if the collection is not coming back, delete its "
+                    "points (see 'Collection drops' in docs/design.md).",
                     operation,
                     self.source,
                 )
@@ -226,11 +231,11 @@ class Producer:
                 f"The change stream of {self.source} cannot resume from the stored token: MongoDB no longer holds "
                 f"that history ({exc}). Changes made meanwhile may be missing. Set RESYNC_ON_HISTORY_LOST=true to "
                 f"snapshot the collection again automatically, or delete the Redis key {RESUME_TOKEN_KEY} and "
-                "restart, then run `vecsync verify --repair` to remove points of documents deleted meanwhile."
+                "restart. Either way, points of documents deleted meanwhile remain and must be deleted by hand."
             ) from exc
         log.error(
             "The change stream of %s lost its history (%s); RESYNC_ON_HISTORY_LOST is set, so the collection "
-            "is snapshotted again. Points of documents deleted meanwhile remain until `vecsync verify --repair`.",
+            "is snapshotted again. Points of documents deleted meanwhile remain and must be deleted.",
             self.source,
             exc,
         )

@@ -6,5 +6,5 @@ from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings
 class CliSettings(CommonSettings, MongoSettings, QdrantSettings):
     embedding_url: str = "http://127.0.0.1:8080"
     # The upserter that holds an embedded Qdrant store open answers searches for the CLI.
-    upserter_url: str = "http://127.0.0.1:9103"
+    upserter_url: str = "http://127.0.0.1:9102"
     http_timeout_s: float = Field(default=30.0, gt=0)

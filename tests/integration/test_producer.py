@@ -1,0 +1,81 @@
+"""Producer policies that the MongoDB stand-in cannot trigger, injected at the driver boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo.errors import OperationFailure
+
+from producer.service import Producer
+from tests.support.pipeline import Pipeline
+from vecsync.constants import RESUME_TOKEN_KEY
+from vecsync.errors import ConfigurationError, HistoryLost
+
+
+class FailingWatch:
+    """A collection whose watch() fails once with ``code`` when resuming; everything else is the real one."""
+
+    def __init__(self, collection: Any, code: int) -> None:
+        self._collection = collection
+        self._code = code
+        self.failed = False
+
+    def watch(self, **kwargs: Any) -> Any:
+        if kwargs.get("start_after") is not None and not self.failed:
+            self.failed = True
+            raise OperationFailure("injected", code=self._code)
+        return self._collection.watch(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+
+def producer(pipeline: Pipeline, collection: Any, **overrides: Any) -> Producer:
+    pipeline.overrides.update(overrides)
+    return Producer(pipeline.producer_settings(), pipeline.redis_client, collection)
+
+
+def stage1(pipeline: Pipeline) -> list[tuple[str, str]]:
+    return [(f["mongo_id"], f["op"]) for _id, f in pipeline.redis_client.xrange("raw_document_changes")]
+
+
+def test_history_lost_stops_loudly_by_default(pipeline: Pipeline) -> None:
+    pipeline.collection.insert_one({"_id": "a", "subject": "s"})
+    pipeline.run_producer()
+    token = pipeline.redis_client.get(RESUME_TOKEN_KEY)
+    with pytest.raises(HistoryLost, match="RESYNC_ON_HISTORY_LOST"):
+        producer(pipeline, FailingWatch(pipeline.collection, 286)).run(drain=True)
+    assert pipeline.redis_client.get(RESUME_TOKEN_KEY) == token, "the token is kept for the operator to decide"
+
+
+def test_history_lost_resyncs_when_enabled(pipeline: Pipeline) -> None:
+    pipeline.collection.insert_one({"_id": "a", "subject": "s"})
+    pipeline.run_producer()
+    pipeline.collection.insert_one({"_id": "b", "subject": "t"})
+    producer(pipeline, FailingWatch(pipeline.collection, 286), resync_on_history_lost=True).run(drain=True)
+    # The fresh snapshot publishes every current document again.
+    assert stage1(pipeline)[-2:] == [("a", "upsert"), ("b", "upsert")]
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+
+
+def test_refused_credentials_are_a_configuration_error(pipeline: Pipeline) -> None:
+    pipeline.collection.insert_one({"_id": "a", "subject": "s"})
+    pipeline.run_producer()
+    with pytest.raises(ConfigurationError, match="MONGO_URI"):
+        producer(pipeline, FailingWatch(pipeline.collection, 18)).run(drain=True)
+
+
+def test_invalidating_events_are_counted_and_watching_continues(pipeline: Pipeline) -> None:
+    from producer.service import INVALIDATIONS
+
+    before = INVALIDATIONS.labels("drop")._value.get()
+    events = [
+        {"_id": {"_data": "t1"}, "operationType": "drop"},
+        {"_id": {"_data": "t2"}, "operationType": "invalidate"},
+    ]
+    producer(pipeline, pipeline.collection)._publish(events, {"_data": "t2"})
+    assert INVALIDATIONS.labels("drop")._value.get() == before + 1
+    assert pipeline.redis_client.get(RESUME_TOKEN_KEY), "the position after the invalidate is stored"
+    assert stage1(pipeline) == []
