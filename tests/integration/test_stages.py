@@ -10,6 +10,7 @@ import redis
 
 from tests.support.pipeline import Pipeline
 from tests.support.servers import free_port, start_embedding_api, wait_for
+from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument
 from vecsync.streams import stream_stats
 
@@ -126,3 +127,18 @@ class TestEmbedder:
         pipeline.upserter_consumer().run(drain=True)
         assert dead_letters(pipeline.redis_client, "raw_document_changes") == []
         pipeline.assert_matches_mongo()
+
+
+class TestPointLocks:
+    def test_a_restarted_upserter_takes_back_its_own_locks(self, pipeline: Pipeline) -> None:
+        from upserter.point_locks import PointLocks
+
+        client = pipeline.redis_client
+        # upserter-1 crashed while holding the lock of point "p".
+        PointLocks(client, holder="upserter-1", ttl_ms=60_000, wait_ms=0).hold(["p"]).__enter__()
+        with pytest.raises(TransientError, match="locked by another upserter"):
+            with PointLocks(client, holder="upserter-2", ttl_ms=60_000, wait_ms=50).hold(["p"]):
+                pass
+        with PointLocks(client, holder="upserter-1", ttl_ms=60_000, wait_ms=0).hold(["p"]):
+            assert client.get("vecsync:upserter:lock:p") == "upserter-1"
+        assert client.get("vecsync:upserter:lock:p") is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -31,7 +30,16 @@ return 1
 
 
 class PointLocks:
-    def __init__(self, client: redis.Redis, *, ttl_ms: int, wait_ms: int) -> None:
+    """Locks held in the name of one consumer.
+
+    The holder is the consumer name, not a random token: consumer names are
+    unique among running consumers, so a restarted upserter with the same name
+    takes over the locks its crashed predecessor left instead of waiting for
+    them to expire.
+    """
+
+    def __init__(self, client: redis.Redis, *, holder: str, ttl_ms: int, wait_ms: int) -> None:
+        self.holder = holder
         self.ttl_ms = ttl_ms
         self.wait_ms = wait_ms
         self._acquire = client.register_script(_ACQUIRE)
@@ -41,7 +49,7 @@ class PointLocks:
     def hold(self, point_ids: Sequence[str]) -> Iterator[None]:
         """Hold the locks of ``point_ids``; TransientError if another upserter keeps them past the wait."""
         keys = [POINT_LOCK_PREFIX + point_id for point_id in point_ids]
-        token = uuid.uuid4().hex
+        token = self.holder
         deadline = time.monotonic() + self.wait_ms / 1000.0
         while not self._acquire(keys=keys, args=[token, self.ttl_ms]):
             if time.monotonic() >= deadline:

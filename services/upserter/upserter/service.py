@@ -36,7 +36,12 @@ class Upserter:
         self.settings = settings
         self.client = client
         self.store = store
-        self.locks = PointLocks(client, ttl_ms=settings.point_lock_ttl_ms, wait_ms=settings.point_lock_wait_ms)
+        self.locks = PointLocks(
+            client,
+            holder=settings.consumer_name,
+            ttl_ms=settings.point_lock_ttl_ms,
+            wait_ms=settings.point_lock_wait_ms,
+        )
 
     def handle(self, batch: Batch) -> None:
         newest: dict[str, EmbeddedDocument] = {}

@@ -7,7 +7,7 @@ class UpserterSettings(ConsumerSettings, QdrantSettings):
     metrics_port: int = Field(default=9102, ge=0, le=65535)
     # A point's write lock expires after this, so a crashed upserter cannot block a document forever.
     # It must outlast the slowest Qdrant write (QDRANT_TIMEOUT_S), or two writers could overlap.
-    point_lock_ttl_ms: int = Field(default=120_000, ge=1000)
+    point_lock_ttl_ms: int = Field(default=60_000, ge=1000)
     # How long to wait for points locked by another upserter before retrying the batch later.
     point_lock_wait_ms: int = Field(default=10_000, ge=0)
 
