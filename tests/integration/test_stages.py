@@ -10,6 +10,7 @@ import redis
 
 from tests.support.pipeline import Pipeline
 from tests.support.servers import free_port, start_embedding_api, wait_for
+from vecsync.constants import POINT_LOCK_PREFIX
 from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument
 from vecsync.streams import stream_stats
@@ -135,10 +136,10 @@ class TestPointLocks:
 
         client = pipeline.redis_client
         # upserter-1 crashed while holding the lock of point "p".
-        PointLocks(client, holder="upserter-1", ttl_ms=60_000, wait_ms=0).hold(["p"]).__enter__()
+        client.set(POINT_LOCK_PREFIX + "p", "upserter-1", px=60_000)
         with pytest.raises(TransientError, match="locked by another upserter"):
             with PointLocks(client, holder="upserter-2", ttl_ms=60_000, wait_ms=50).hold(["p"]):
                 pass
         with PointLocks(client, holder="upserter-1", ttl_ms=60_000, wait_ms=0).hold(["p"]):
-            assert client.get("vecsync:upserter:lock:p") == "upserter-1"
-        assert client.get("vecsync:upserter:lock:p") is None
+            assert client.get(POINT_LOCK_PREFIX + "p") == "upserter-1"
+        assert client.get(POINT_LOCK_PREFIX + "p") is None
