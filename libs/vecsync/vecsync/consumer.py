@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -73,7 +73,7 @@ class Backoff:
         self.attempts = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.initial_s * 2**self.attempts)
+        ceiling = min(self.max_s, self.initial_s * 2.0**self.attempts)
         self.attempts += 1
         # Half fixed, half random: spreads retries from many workers without ever retrying at once.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
@@ -170,7 +170,7 @@ class StreamConsumer:
             self.group, self.consumer, {self.stream: start}, count=self.settings.batch_size, block=block
         )
         entries: list[Entry] = []
-        for _stream, messages in response or []:
+        for _stream, messages in cast(list[tuple[str, Any]], response or []):
             entries.extend(self._entries(messages))
         return entries
 
@@ -266,7 +266,7 @@ class StreamConsumer:
         self.handler(batch)
         for entry in entries:
             if entry.id in batch.rejected:
-                tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, batch.rejected[entry.id]))
+                tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, batch.rejected[entry.id]))  # type: ignore[arg-type]
         tx.xack(self.stream, self.group, *(entry.id for entry in entries))
         tx.execute()
         elapsed = time.perf_counter() - started
@@ -301,7 +301,7 @@ class StreamConsumer:
 
     def _dead_letter(self, entry: Entry, reason: str) -> None:
         tx = self.client.pipeline(transaction=True)
-        tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, reason))
+        tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, reason))  # type: ignore[arg-type]
         tx.xack(self.stream, self.group, entry.id)
         tx.execute()
         log.error("%s dead-lettered entry %s: %s", self.stage, entry.id, reason)

