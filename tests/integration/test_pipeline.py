@@ -90,3 +90,21 @@ def test_producer_restart_resumes_without_loss(pipeline: Pipeline) -> None:
     ]
     pipeline.drain()
     pipeline.assert_matches_mongo()
+
+
+def test_ids_of_every_bson_type_reach_qdrant(pipeline: Pipeline) -> None:
+    import uuid
+
+    from bson import Binary
+
+    ids = [ObjectId(), "text-id", 42, Binary.from_uuid(uuid.UUID(int=7))]
+    pipeline.collection.insert_many([{"_id": i, "subject": f"id {i!r}", "content": "c"} for i in ids])
+    pipeline.drain()
+    pipeline.collection.insert_one({"_id": 43, "subject": "int id after the snapshot"})
+    pipeline.collection.update_one({"_id": 42}, {"$set": {"content": "changed"}})
+    pipeline.drain()
+    points = pipeline.points()
+    assert points['{"$numberInt": "42"}']["text"] == "id 42\n\nchanged"
+    assert '{"$numberInt": "43"}' in points
+    assert "text-id" in points
+    assert len(points) == 5

@@ -165,13 +165,13 @@ class Producer:
         return events
 
     def _publish(self, events: list[dict[str, Any]], token: dict[str, Any]) -> None:
-        current = self._reread([event["documentKey"]["_id"] for event in events if "documentKey" in event])
+        current = self._reread([_document_key(event) for event in events if "documentKey" in event])
         changes = []
         for event in events:
             operation = event["operationType"]
             EVENTS_READ.labels(operation).inc()
             if operation in DOCUMENT_OPERATIONS:
-                key = event["documentKey"]["_id"]
+                key = _document_key(event)
                 document = None if operation == "delete" else current.get(mongo_id_of(key))
                 # A document gone by the time it is re-read was deleted since; its delete event follows.
                 changes.append(self._change("upsert" if document else "delete", key, document, _event_time(event)))
@@ -240,6 +240,20 @@ class Producer:
             exc,
         )
         self.client.delete(RESUME_TOKEN_KEY)
+
+
+def _document_key(event: dict[str, Any]) -> Any:
+    """The changed document's _id.
+
+    documentKey is what every change event carries. Where the event also holds
+    the full document with a plain (non-object) _id, that _id is used: it is the
+    same value, and it keeps its BSON type on servers whose documentKey does not
+    (an int _id reported as a string would not be found when re-read).
+    """
+    full = event.get("fullDocument")
+    if isinstance(full, dict) and "_id" in full and not isinstance(full["_id"], dict):
+        return full["_id"]
+    return event["documentKey"]["_id"]
 
 
 def _event_time(event: dict[str, Any]) -> float:
