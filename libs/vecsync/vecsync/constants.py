@@ -21,6 +21,13 @@ RESUME_TOKEN_UPDATED_KEY = "vecsync:producer:resume_token_updated_at"
 APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"
 POINT_LOCK_PREFIX = "vecsync:upserter:lock:"
 
+# Set to the trim bound once a stream has been trimmed: from then on it no longer holds every change.
+TRIMMED_KEY_PREFIX = "vecsync:trimmed:"
+
+# Progress of the operator CLI's long commands, so an interrupted run resumes.
+RESYNC_PROGRESS_PREFIX = "vecsync:resync:"
+VERIFY_PROGRESS_PREFIX = "vecsync:verify:"
+
 # Version of the stage entry layout. Entries with another version are
 # dead-lettered instead of being guessed at.
 SCHEMA_VERSION = "1"

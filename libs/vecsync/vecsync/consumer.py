@@ -31,6 +31,7 @@ import redis
 from vecsync import metrics
 from vecsync.constants import dlq_stream
 from vecsync.errors import PermanentError, TransientError
+from vecsync.retention import trim
 from vecsync.settings import ConsumerSettings
 from vecsync.streams import dead_letter_fields, ensure_group
 
@@ -108,6 +109,7 @@ class StreamConsumer:
         self._labels = {"stage": stage, "stream": stream, "group": group}
         self._reading_own_history = True
         self._last_claim = 0.0
+        self._last_trim = time.monotonic()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -117,6 +119,7 @@ class StreamConsumer:
         log.info("%s consuming %s as %s/%s", self.stage, self.stream, self.group, self.consumer)
         self._with_retry(lambda: ensure_group(self.client, self.stream, self.group))
         while not self.stopping.is_set():
+            self._trim_if_due()
             entries = self._with_retry(lambda: self._next_entries(drain=drain))
             if entries is None:
                 if drain:
@@ -134,6 +137,24 @@ class StreamConsumer:
         )
         if not mine:
             self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+
+    def _trim_if_due(self) -> None:
+        interval = self.settings.trim_interval_s
+        if not interval or time.monotonic() - self._last_trim < interval:
+            return
+        self._last_trim = time.monotonic()
+        try:
+            removed = trim(
+                self.client,
+                self.stream,
+                keep_count=self.settings.stream_retention_count,
+                keep_age_s=self.settings.stream_retention_age_s,
+            )
+        except redis.RedisError as exc:
+            log.warning("%s: could not trim %s: %s", self.stage, self.stream, exc)
+            return
+        if removed:
+            log.info("%s trimmed %d acknowledged entries from %s", self.stage, removed, self.stream)
 
     # Reading ----------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import requests
 from pydantic import Field
 
 from vecsync import settings as settings_module
-from vecsync.cli.reader import UpserterReader
+from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.settings import CommonSettings, MongoSettings
 
@@ -219,7 +219,7 @@ class LocalStack:
         return total
 
     def wait_until_searchable(self, total: int) -> None:
-        reader = UpserterReader(self.settings.upserter_url, timeout_s=10)
+        reader = UpserterStore(self.settings.upserter_url, "", timeout_s=10)
         deadline = time.monotonic() + self.settings.startup_timeout_s
         searchable = -1
         while not self.stopping.is_set():

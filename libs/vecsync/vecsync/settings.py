@@ -56,6 +56,15 @@ class CommonSettings(BaseSettings):
         return level
 
 
+class RetentionSettings(BaseSettings):
+    """What trimming keeps of a stream even once every group has acknowledged it, for rebuilds and replays."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    stream_retention_count: int = Field(default=100_000, ge=0)
+    stream_retention_age_s: float = Field(default=0.0, ge=0)
+
+
 class ServiceSettings(CommonSettings):
     """A long-running service with a /metrics and /healthz server."""
 
@@ -63,7 +72,7 @@ class ServiceSettings(CommonSettings):
     metrics_port: int = Field(default=9100, ge=0, le=65535)
 
 
-class ConsumerSettings(ServiceSettings):
+class ConsumerSettings(ServiceSettings, RetentionSettings):
     """A stage that reads a stream through a consumer group."""
 
     consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)
@@ -74,6 +83,8 @@ class ConsumerSettings(ServiceSettings):
     max_deliveries: int = Field(default=5, ge=1)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
+    # How often a consumer trims its input stream (see vecsync.retention); 0 turns it off.
+    trim_interval_s: float = Field(default=60.0, ge=0)
 
 
 class MongoSettings(BaseSettings):

@@ -118,6 +118,31 @@ class VectorStore:
                 with_vectors=with_vectors,
             )
 
+    def payloads(self, point_ids: list[str], fields: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The payloads (or just ``fields`` of them) of those ``point_ids`` that exist."""
+        if not point_ids:
+            return {}
+        with _mapped_errors("retrieve points"):
+            records = self.client.retrieve(self.collection, ids=point_ids, with_payload=fields or True)
+        return {str(record.id): record.payload or {} for record in records}
+
+    def scroll(
+        self, *, limit: int, offset: str | None, fields: list[str] | None = None
+    ) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """One page of points in id order: their payloads by id, and the offset of the next page (None at the end)."""
+        with _mapped_errors("scroll points"):
+            records, next_offset = self.client.scroll(
+                self.collection, limit=limit, offset=offset, with_payload=fields or True, with_vectors=False
+            )
+        page = {str(record.id): record.payload or {} for record in records}
+        return page, None if next_offset is None else str(next_offset)
+
+    def recreate(self) -> None:
+        """Drop the collection and create it empty."""
+        with _mapped_errors("delete the collection"):
+            self.client.delete_collection(self.collection)
+        self.ensure_collection()
+
     def close(self) -> None:
         self.client.close()
 

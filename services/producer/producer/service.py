@@ -27,12 +27,12 @@ from pymongo.change_stream import CollectionChangeStream
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
-from producer.plain_json import mongo_id_of, to_plain
 from producer.settings import ProducerSettings
 from vecsync.constants import RESUME_TOKEN_KEY, RESUME_TOKEN_UPDATED_KEY
 from vecsync.consumer import Backoff
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.messages import DocumentChange
+from vecsync.source import document_change, mongo_id_of, read_current
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Producer:
         batch: list[DocumentChange] = []
         cursor = self.collection.find({}, sort=[("_id", 1)], batch_size=self.settings.batch_size)
         for document in cursor:
-            batch.append(self._change("upsert", document["_id"], document, time.time()))
+            batch.append(document_change(self.source, document["_id"], document, time.time()))
             if len(batch) >= self.settings.batch_size:
                 published += self._write(batch, token=None)
                 batch = []
@@ -165,7 +165,7 @@ class Producer:
         return events
 
     def _publish(self, events: list[dict[str, Any]], token: dict[str, Any]) -> None:
-        current = self._reread([_document_key(event) for event in events if "documentKey" in event])
+        current = read_current(self.collection, [_document_key(event) for event in events if "documentKey" in event])
         changes = []
         for event in events:
             operation = event["operationType"]
@@ -174,7 +174,7 @@ class Producer:
                 key = _document_key(event)
                 document = None if operation == "delete" else current.get(mongo_id_of(key))
                 # A document gone by the time it is re-read was deleted since; its delete event follows.
-                changes.append(self._change("upsert" if document else "delete", key, document, _event_time(event)))
+                changes.append(document_change(self.source, key, document, _event_time(event)))
             elif operation in INVALIDATING_OPERATIONS:
                 INVALIDATIONS.labels(operation).inc()
                 log.error(
@@ -187,20 +187,6 @@ class Producer:
             else:
                 log.info("Ignoring change stream event %r on %s: it changes no document", operation, self.source)
         self._write(changes, token=token)
-
-    def _reread(self, keys: list[Any]) -> dict[str, dict[str, Any]]:
-        if not keys:
-            return {}
-        return {mongo_id_of(doc["_id"]): doc for doc in self.collection.find({"_id": {"$in": keys}})}
-
-    def _change(self, op: str, key: Any, document: dict[str, Any] | None, changed_at: float) -> DocumentChange:
-        return DocumentChange(
-            op=op,  # type: ignore[arg-type]
-            source=self.source,
-            mongo_id=mongo_id_of(key),
-            changed_at=changed_at,
-            document=to_plain(document) if document is not None else None,
-        )
 
     def _write(self, changes: list[DocumentChange], *, token: dict[str, Any] | None) -> int:
         """XADD ``changes`` and store ``token`` in one MULTI/EXEC."""

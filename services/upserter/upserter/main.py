@@ -3,7 +3,7 @@
 import logging
 import time
 
-from upserter.read_api import read_routes
+from upserter.read_api import store_routes
 from upserter.service import Upserter
 from upserter.settings import UpserterSettings
 from vecsync import settings as settings_module
@@ -37,7 +37,7 @@ def main() -> None:
         group=settings.stage2_group,
         build_handler=lambda client: Upserter(settings, client, store).handle,
         # The embedded store can only be opened here, so this process answers the CLI's reads.
-        post_routes=read_routes(store) if embedded else None,
+        post_routes=store_routes(store) if embedded else None,
     )
     store.close()
 

@@ -1,7 +1,8 @@
-"""Reads served on the upserter's HTTP port when it holds an embedded Qdrant store.
+"""The collection's operations served on the upserter's HTTP port when it holds an embedded Qdrant store.
 
-Only one process may open an embedded store, so the operator CLI searches and
-counts through the upserter instead of opening the store itself.
+Only one process may open an embedded store, so the operator CLI searches,
+counts, scrolls and recreates the collection through the upserter instead of
+opening the store itself (see vecsync.cli.store.UpserterStore).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from vecsync.runtime import PostRoute
 from vecsync.vectorstore import VectorStore
 
 
-def read_routes(store: VectorStore) -> dict[str, PostRoute]:
+def store_routes(store: VectorStore) -> dict[str, PostRoute]:
     def search(body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("vector"), list):
             return 400, {"detail": "Send a JSON object with 'vector' (a list of numbers), 'limit' and 'match'."}
@@ -22,4 +23,20 @@ def read_routes(store: VectorStore) -> dict[str, PostRoute]:
     def count(_body: Any) -> tuple[int, Any]:
         return 200, {"count": store.count()}
 
-    return {"/search": search, "/count": count}
+    def payloads(body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
+            return 400, {"detail": "Send a JSON object with 'ids' (a list of point ids) and optional 'fields'."}
+        return 200, {"payloads": store.payloads(body["ids"], body.get("fields"))}
+
+    def scroll(body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict):
+            return 400, {"detail": "Send a JSON object with 'limit', 'offset' and optional 'fields'."}
+        limit, offset, fields = int(body.get("limit", 256)), body.get("offset"), body.get("fields")
+        page, next_offset = store.scroll(limit=limit, offset=offset, fields=fields)
+        return 200, {"payloads": page, "next_offset": next_offset}
+
+    def recreate(_body: Any) -> tuple[int, Any]:
+        store.recreate()
+        return 200, {"recreated": store.collection}
+
+    return {"/search": search, "/count": count, "/payloads": payloads, "/scroll": scroll, "/recreate": recreate}

@@ -1,4 +1,9 @@
-"""``vecsync``: the operator CLI."""
+"""``vecsync``: the operator CLI.
+
+Exit codes: 0 success, 1 failure, 2 bad usage or configuration (or a change not
+confirmed), 3 `verify` found differences it did not repair, 130 interrupted
+(long commands save their progress and resume when run again).
+"""
 
 from __future__ import annotations
 
@@ -11,98 +16,155 @@ from typing import Any
 import redis
 
 from vecsync import settings as settings_module
-from vecsync.cli.reader import embed_query, open_reader
+from vecsync.cli import dlq, maintenance
+from vecsync.cli.context import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Context, Declined
 from vecsync.cli.settings import CliSettings
+from vecsync.cli.store import embed_query
 from vecsync.constants import RESUME_TOKEN_UPDATED_KEY
 from vecsync.errors import ConfigurationError, VecsyncError
-from vecsync.streams import StreamStats, connect, redact_url, stream_stats
+from vecsync.streams import StreamStats, redact_url, stream_stats
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        settings = settings_module.load(CliSettings)
-        return int(args.command(settings, args))
-    except ConfigurationError as exc:
+        ctx = ctx or Context(settings_module.load(CliSettings))
+        ctx.assume_yes = ctx.assume_yes or args.yes
+        return int(args.command(ctx, args))
+    except (ConfigurationError, Declined) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (VecsyncError, redis.RedisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            "\nInterrupted. Long commands saved their progress: run the same command again to resume.", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        if ctx is not None:
+            ctx.close()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vecsync", description="Operate the vecsync pipeline.")
+    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    status = commands.add_parser("status", help="show each stage's backlog, lag, pending entries and dead letters")
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status = commands.add_parser("status", help="each stage's backlog, lag, pending entries, consumers, dead letters")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
     status.set_defaults(command=status_command)
 
     search = commands.add_parser("search", help="semantic search over the Qdrant collection")
     search.add_argument("text", help="what to search for")
     search.add_argument("--limit", type=int, default=5, help="number of hits (default 5)")
     search.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="keep hits whose payload FIELD equals VALUE",
+        "--filter", action="append", default=[], metavar="FIELD=VALUE", help="payload FIELD equals VALUE"
     )
     search.add_argument("--json", action="store_true", help="print JSON")
     search.set_defaults(command=search_command)
+
+    dead = commands.add_parser("dlq", help="dead letters: list, show, replay, purge").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    stage = argparse.ArgumentParser(add_help=False)
+    stage.add_argument("--stage", type=int, choices=[1, 2], help="only this stage's DLQ (default: both)")
+    listing = dead.add_parser("list", parents=[stage], help="list dead letters, oldest first")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(command=lambda ctx, a: dlq.list_command(ctx, a.stage, a.json))
+    show = dead.add_parser("show", parents=[stage], help="show one dead letter in full")
+    show.add_argument("id")
+    show.set_defaults(command=lambda ctx, a: dlq.show_command(ctx, a.id, a.stage))
+    replay = dead.add_parser("replay", parents=[stage], help="put dead letters back on their stream")
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.set_defaults(command=lambda ctx, a: dlq.replay_command(ctx, a.ids, a.all, a.stage))
+    purge = dead.add_parser("purge", parents=[stage], help="delete dead letters for good")
+    purge.set_defaults(command=lambda ctx, a: dlq.purge_command(ctx, a.stage))
+
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument("--batch-size", type=int, default=500, help="documents per batch (default 500)")
+    resync = commands.add_parser("resync", parents=[batch], help="publish MongoDB's current documents to stage 1 again")
+    resync.add_argument("--filter", help="only documents matching this MongoDB query (JSON)")
+    resync.add_argument("--restart", action="store_true", help="discard the progress of an interrupted resync")
+    resync.set_defaults(command=lambda ctx, a: maintenance.resync_command(ctx, a.filter, a.restart, a.batch_size))
+
+    verify = commands.add_parser("verify", parents=[batch], help="compare MongoDB with Qdrant")
+    verify.add_argument("--repair", action="store_true", help="re-enqueue exactly the documents that differ")
+    verify.add_argument("--restart", action="store_true", help="discard the progress of an interrupted verify")
+    verify.set_defaults(command=lambda ctx, a: maintenance.verify_command(ctx, a.repair, a.restart, a.batch_size))
+
+    rebuild = commands.add_parser("rebuild", parents=[batch], help="recreate the Qdrant collection from the streams")
+    rebuild.add_argument("--from-mongo", action="store_true", help="re-embed everything from MongoDB instead")
+    rebuild.set_defaults(command=lambda ctx, a: maintenance.rebuild_command(ctx, a.from_mongo, a.batch_size))
+
+    trim = commands.add_parser("trim", help="remove acknowledged entries outside the retention window")
+    trim.set_defaults(command=lambda ctx, a: maintenance.trim_command(ctx))
     return parser
 
 
-def status_command(settings: CliSettings, args: argparse.Namespace) -> int:
-    client = connect(settings.redis_url)
-    stages = [
-        ("stage1", stream_stats(client, settings.stage1_stream, settings.stage1_group, with_consumers=True)),
-        ("stage2", stream_stats(client, settings.stage2_stream, settings.stage2_group, with_consumers=True)),
-    ]
-    updated = client.get(RESUME_TOKEN_UPDATED_KEY)
-    token_age = time.time() - float(updated) if updated else None
-    if args.json:
-        report: dict[str, Any] = {name: stats.as_dict() for name, stats in stages}
-        report["producer"] = {"resume_token_age_s": token_age}
-        print(json.dumps(report, indent=2))
-        return EXIT_OK
-    print(f"Redis {redact_url(settings.redis_url)}")
-    for name, stats in stages:
-        _print_stage(name, stats)
-    age = "never stored" if token_age is None else f"advanced {token_age:.1f} s ago"
-    print(f"producer resume token: {age}")
-    return EXIT_OK
+def status_command(ctx: Context, args: argparse.Namespace) -> int:
+    while True:
+        report = _status(ctx)
+        if args.watch:
+            print("\033[2J\033[H", end="")  # clear the terminal
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_status(ctx, report)
+        if not args.watch:
+            return EXIT_OK
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return EXIT_OK
 
 
-def _print_stage(name: str, stats: StreamStats) -> None:
-    lag = "unknown" if stats.lag is None else str(stats.lag)
-    print(
-        f"{name} {stats.stream} / {stats.group}: length {stats.length}, lag {lag}, pending {stats.pending}, "
-        f"oldest pending {stats.oldest_pending_age_s:.1f} s, dead letters {stats.dlq_length}"
-    )
-    if not stats.group_exists:
-        print("  (no consumer group yet: no worker has started)")
-    for consumer in stats.consumers:
-        print(f"  consumer {consumer.name}: pending {consumer.pending}, idle {consumer.idle_s:.1f} s")
+def _status(ctx: Context) -> dict[str, Any]:
+    settings = ctx.settings
+    stages = {
+        "stage1": stream_stats(ctx.redis, settings.stage1_stream, settings.stage1_group, with_consumers=True),
+        "stage2": stream_stats(ctx.redis, settings.stage2_stream, settings.stage2_group, with_consumers=True),
+    }
+    updated = ctx.redis.get(RESUME_TOKEN_UPDATED_KEY)
+    report: dict[str, Any] = {name: stats.as_dict() for name, stats in stages.items()}
+    report["producer"] = {"resume_token_age_s": time.time() - float(updated) if updated else None}
+    return report
 
 
-def search_command(settings: CliSettings, args: argparse.Namespace) -> int:
+def _print_status(ctx: Context, report: dict[str, Any]) -> None:
+    print(f"Redis {redact_url(ctx.settings.redis_url)}")
+    for name in ("stage1", "stage2"):
+        stats = StreamStats(**{**report[name], "consumers": []})
+        lag = "unknown" if stats.lag is None else str(stats.lag)
+        print(
+            f"{name} {stats.stream} / {stats.group}: length {stats.length}, lag {lag}, pending {stats.pending}, "
+            f"oldest pending {stats.oldest_pending_age_s:.1f} s, dead letters {stats.dlq_length}"
+        )
+        if not stats.group_exists:
+            print("  (no consumer group yet: no worker has started)")
+        for consumer in report[name]["consumers"]:
+            print(f"  consumer {consumer['name']}: pending {consumer['pending']}, idle {consumer['idle_s']:.1f} s")
+    age = report["producer"]["resume_token_age_s"]
+    print(f"producer resume token: {'never stored' if age is None else f'advanced {age:.1f} s ago'}")
+
+
+def search_command(ctx: Context, args: argparse.Namespace) -> int:
     match = {}
     for item in args.filter:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
             raise ConfigurationError(f"--filter takes FIELD=VALUE, got {item!r}")
-        match[field] = value
+        match[name] = value
     if args.limit < 1:
         raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
-    vector = embed_query(settings, args.text)
-    hits = open_reader(settings).search(vector, limit=args.limit, match=match or None)
+    vector = embed_query(ctx.settings, args.text)
+    hits = ctx.store.search(vector, limit=args.limit, match=match or None)
     if args.json:
         print(json.dumps([hit.__dict__ for hit in hits], indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -111,11 +173,7 @@ def search_command(settings: CliSettings, args: argparse.Namespace) -> int:
     for hit in hits:
         payload = hit.payload
         print(f"{hit.score:.3f}  {payload.get('mongo_id')}  {payload.get('subject', '')}")
-        fields = {
-            k: v
-            for k, v in payload.items()
-            if k not in {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
-        }
+        fields = {key: value for key, value in payload.items() if key not in HIDDEN_PAYLOAD}
         if fields:
             print("       " + ", ".join(f"{key}={value}" for key, value in fields.items()))
         snippet = " ".join(str(payload.get("text", "")).split())

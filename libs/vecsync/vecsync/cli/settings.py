@@ -1,9 +1,9 @@
 from pydantic import Field
 
-from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings
+from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, RetentionSettings, TextSettings
 
 
-class CliSettings(CommonSettings, MongoSettings, QdrantSettings):
+class CliSettings(CommonSettings, MongoSettings, QdrantSettings, TextSettings, RetentionSettings):
     embedding_url: str = "http://127.0.0.1:8080"
     # The upserter that holds an embedded Qdrant store open answers searches for the CLI.
     upserter_url: str = "http://127.0.0.1:9102"

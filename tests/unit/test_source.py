@@ -5,7 +5,7 @@ import uuid
 from bson import Binary, Decimal128, ObjectId
 from bson.datetime_ms import DatetimeMS
 
-from producer.plain_json import mongo_id_of, to_plain
+from vecsync.source import mongo_id_of, to_plain
 
 
 def test_mongo_ids() -> None:

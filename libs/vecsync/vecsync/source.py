@@ -1,0 +1,143 @@
+"""The MongoDB side: document ids, BSON to plain JSON, and publishing current document states to stage 1.
+
+Used by the producer and by the operator CLI's resync, verify --repair and
+dead-letter replay, so that every writer of stage 1 follows one rule: an entry
+holds the document as re-read after the change, never an older copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+from bson import ObjectId, json_util
+from bson.binary import Binary
+from bson.datetime_ms import DatetimeMS
+from bson.json_util import CANONICAL_JSON_OPTIONS
+from pymongo.collection import Collection
+
+from vecsync.constants import RESUME_TOKEN_KEY
+from vecsync.messages import DocumentChange
+
+
+def mongo_id_of(value: Any) -> str:
+    """The id string of a document: an ObjectId's 24 hex digits, a string as is, else canonical Extended JSON."""
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` with every BSON type replaced by a JSON one: dates become ISO 8601 strings in UTC."""
+    if isinstance(value, dict):
+        return {str(key): to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, datetime.datetime):
+        return _iso(value)
+    if isinstance(value, DatetimeMS):
+        # Outside the years Python's datetime can hold: keep the instant as milliseconds.
+        return {"$date": int(value)}
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Binary) and value.subtype in (3, 4):
+        return str(value.as_uuid(value.subtype))
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)  # ObjectId, Decimal128, Timestamp, Regex, Code and friends
+
+
+def _iso(value: datetime.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def id_candidates(mongo_id: str) -> list[Any]:
+    """The _id values a mongo_id string may stand for (the inverse of mongo_id_of)."""
+    if mongo_id.startswith("{"):
+        try:
+            return [json_util.loads(mongo_id)]
+        except ValueError:
+            return [mongo_id]
+    if ObjectId.is_valid(mongo_id) and len(mongo_id) == 24:
+        return [ObjectId(mongo_id), mongo_id]
+    return [mongo_id]
+
+
+def read_current(collection: Collection[dict[str, Any]], keys: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """The documents with these _ids as they are now, by mongo_id; missing ones are absent."""
+    wanted = list(keys)
+    if not wanted:
+        return {}
+    return {mongo_id_of(doc["_id"]): doc for doc in collection.find({"_id": {"$in": wanted}})}
+
+
+def document_change(source: str, key: Any, document: dict[str, Any] | None, changed_at: float) -> DocumentChange:
+    """The stage 1 entry for a document's state: an upsert, or a delete when the document is gone."""
+    return DocumentChange(
+        op="upsert" if document is not None else "delete",
+        source=source,
+        mongo_id=mongo_id_of(key),
+        changed_at=changed_at,
+        document=to_plain(document) if document is not None else None,
+    )
+
+
+def changes_for_ids(collection: Collection[dict[str, Any]], source: str, mongo_ids: list[str]) -> list[DocumentChange]:
+    """The current state of each document named by ``mongo_ids``: an upsert, or a delete when it is gone."""
+    current = read_current(collection, [key for mongo_id in mongo_ids for key in id_candidates(mongo_id)])
+    now = time.time()
+    return [
+        DocumentChange(
+            op="upsert" if mongo_id in current else "delete",
+            source=source,
+            mongo_id=mongo_id,
+            changed_at=now,
+            document=to_plain(current[mongo_id]) if mongo_id in current else None,
+        )
+        for mongo_id in mongo_ids
+    ]
+
+
+def publish_beside_producer(
+    client: redis.Redis,
+    stream: str,
+    read_changes: Callable[[], list[DocumentChange]],
+    also: Callable[[redis.client.Pipeline], None] | None = None,
+) -> list[DocumentChange]:
+    """XADD what ``read_changes`` reads from MongoDB, without ever publishing an older state after a newer one.
+
+    A state read here could be older than one the running producer publishes
+    between this read and this write. So the resume token (which the producer
+    rewrites with every batch it publishes) is WATCHed across the read and the
+    write: if the producer published meanwhile, the transaction aborts and the
+    documents are read again. A producer batch published afterwards is newer.
+    ``also`` queues further commands (progress markers, deletes) in the same transaction.
+    """
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(RESUME_TOKEN_KEY)
+                changes = read_changes()
+                pipe.multi()
+                for change in changes:
+                    pipe.xadd(stream, change.to_fields())  # type: ignore[arg-type]
+                if also is not None:
+                    also(pipe)
+                pipe.execute()
+                return changes
+            except redis.WatchError:
+                time.sleep(0.01)
