@@ -179,8 +179,8 @@ class Producer:
                 INVALIDATIONS.labels(operation).inc()
                 log.error(
                     "Change stream event %r on %s: the collection is gone or renamed. Existing points are kept "
-                    "and watching continues after this event; if the collection is not coming back, delete its "
-                    "points (see 'Collection drops' in docs/design.md).",
+                    "and watching continues after this event; if the collection is not coming back, run "
+                    "`vecsync verify --repair` to delete its points.",
                     operation,
                     self.source,
                 )
@@ -217,11 +217,11 @@ class Producer:
                 f"The change stream of {self.source} cannot resume from the stored token: MongoDB no longer holds "
                 f"that history ({exc}). Changes made meanwhile may be missing. Set RESYNC_ON_HISTORY_LOST=true to "
                 f"snapshot the collection again automatically, or delete the Redis key {RESUME_TOKEN_KEY} and "
-                "restart. Either way, points of documents deleted meanwhile remain and must be deleted by hand."
+                "restart; then run `vecsync verify --repair` to remove points of documents deleted meanwhile."
             ) from exc
         log.error(
             "The change stream of %s lost its history (%s); RESYNC_ON_HISTORY_LOST is set, so the collection "
-            "is snapshotted again. Points of documents deleted meanwhile remain and must be deleted.",
+            "is snapshotted again; run `vecsync verify --repair` to remove points of documents deleted meanwhile.",
             self.source,
             exc,
         )
