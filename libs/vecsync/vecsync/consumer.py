@@ -287,7 +287,7 @@ class StreamConsumer:
         self.handler(batch)
         for entry in entries:
             if entry.id in batch.rejected:
-                tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, batch.rejected[entry.id]))  # type: ignore[arg-type]
+                tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, batch.rejected[entry.id]))
         tx.xack(self.stream, self.group, *(entry.id for entry in entries))
         tx.execute()
         elapsed = time.perf_counter() - started
@@ -322,7 +322,7 @@ class StreamConsumer:
 
     def _dead_letter(self, entry: Entry, reason: str) -> None:
         tx = self.client.pipeline(transaction=True)
-        tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, reason))  # type: ignore[arg-type]
+        tx.xadd(dlq_stream(self.stream), self._dead_letter_fields(entry, reason))
         tx.xack(self.stream, self.group, entry.id)
         tx.execute()
         log.error("%s dead-lettered entry %s: %s", self.stage, entry.id, reason)

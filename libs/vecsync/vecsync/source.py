@@ -134,7 +134,7 @@ def publish_beside_producer(
                 changes = read_changes()
                 pipe.multi()
                 for change in changes:
-                    pipe.xadd(stream, change.to_fields())  # type: ignore[arg-type]
+                    pipe.xadd(stream, change.to_fields())
                 if also is not None:
                     also(pipe)
                 pipe.execute()

@@ -58,7 +58,7 @@ class Embedder:
         vector_of = {id(item): vector for item, vector in zip(to_embed, vectors, strict=True)}
 
         for item in work:
-            batch.tx.xadd(self.settings.stage2_stream, self._output(item, vector_of.get(id(item))).to_fields())  # type: ignore[arg-type]
+            batch.tx.xadd(self.settings.stage2_stream, self._output(item, vector_of.get(id(item))).to_fields())
 
     def _output(self, item: _Work, vector: list[float] | None) -> EmbeddedDocument:
         change = item.change

@@ -2,9 +2,11 @@
 
 import logging
 import threading
+from typing import Any
 
 from bson.codec_options import DatetimeConversion
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from producer.service import Producer
 from producer.settings import ProducerSettings
@@ -16,8 +18,8 @@ from vecsync.streams import connect, redact_url
 log = logging.getLogger("vecsync.producer")
 
 
-def mongo_collection(settings: ProducerSettings):  # type: ignore[no-untyped-def]
-    client: MongoClient = MongoClient(
+def mongo_collection(settings: ProducerSettings) -> Collection[dict[str, Any]]:
+    client: MongoClient[dict[str, Any]] = MongoClient(
         settings.mongo_uri,
         # Dates outside Python's range and invalid UTF-8 must not make a document unreadable.
         datetime_conversion=DatetimeConversion.DATETIME_AUTO,

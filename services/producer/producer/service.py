@@ -16,7 +16,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -104,7 +104,7 @@ class Producer:
 
     def _follow_changes(self, *, drain: bool) -> bool:
         """Publish from the stored token on; True when the stream ended (invalidated) and must be reopened."""
-        token = self._stored_token()
+        token: Mapping[str, Any] | None = self._stored_token()
         with self._open_change_stream(token) as stream:
             if token is None:
                 self._snapshot(stream)
@@ -124,7 +124,7 @@ class Producer:
         return False
 
     @contextmanager
-    def _open_change_stream(self, token: dict[str, Any] | None) -> Iterator[CollectionChangeStream[Any]]:
+    def _open_change_stream(self, token: Mapping[str, Any] | None) -> Iterator[CollectionChangeStream[Any]]:
         # start_after (not resume_after) so that a token of an invalidate event resumes too.
         stream = self.collection.watch(start_after=token, max_await_time_ms=self.settings.max_await_ms)
         log.info("Watching %s from %s", self.source, "the stored resume token" if token else "now")
@@ -156,7 +156,7 @@ class Producer:
         log.info("Snapshot of %s published %d documents", self.source, published)
 
     def _next_events(self, stream: CollectionChangeStream[Any]) -> list[dict[str, Any]]:
-        events = []
+        events: list[dict[str, Any]] = []
         while len(events) < self.settings.batch_size:
             event = stream.try_next()
             if event is None:
@@ -164,7 +164,7 @@ class Producer:
             events.append(event)
         return events
 
-    def _publish(self, events: list[dict[str, Any]], token: dict[str, Any]) -> None:
+    def _publish(self, events: list[dict[str, Any]], token: Mapping[str, Any]) -> None:
         current = read_current(self.collection, [_document_key(event) for event in events if "documentKey" in event])
         changes = []
         for event in events:
@@ -188,13 +188,13 @@ class Producer:
                 log.info("Ignoring change stream event %r on %s: it changes no document", operation, self.source)
         self._write(changes, token=token)
 
-    def _write(self, changes: list[DocumentChange], *, token: dict[str, Any] | None) -> int:
+    def _write(self, changes: list[DocumentChange], *, token: Mapping[str, Any] | None) -> int:
         """XADD ``changes`` and store ``token`` in one MULTI/EXEC."""
         if not changes and token is None:
             return 0
         tx = self.client.pipeline(transaction=True)
         for change in changes:
-            tx.xadd(self.settings.stage1_stream, change.to_fields())  # type: ignore[arg-type]
+            tx.xadd(self.settings.stage1_stream, change.to_fields())
         if token is not None:
             now = time.time()
             tx.set(RESUME_TOKEN_KEY, json_util.dumps(token))
@@ -206,7 +206,7 @@ class Producer:
             ENTRIES_PUBLISHED.labels(change.op).inc()
         return len(changes)
 
-    def _stored_token(self) -> dict[str, Any] | None:
+    def _stored_token(self) -> Mapping[str, Any] | None:
         raw = self.client.get(RESUME_TOKEN_KEY)
         return json_util.loads(raw) if raw else None
 

@@ -1,0 +1,152 @@
+"""`vecsync dlq`: list, show, replay and purge dead letters."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from vecsync.cli.context import EXIT_FAILED, EXIT_OK, Context, progress
+from vecsync.constants import dlq_stream
+from vecsync.errors import InvalidEntry, VecsyncError
+from vecsync.messages import DocumentChange
+from vecsync.source import changes_for_ids, publish_beside_producer
+
+
+@dataclass
+class DeadLetter:
+    dlq: str
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def original(self) -> dict[str, str]:
+        try:
+            value = json.loads(self.fields.get("fields", "{}"))
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def summary(self) -> str:
+        failed_at = float(self.fields.get("failed_at", "0") or 0)
+        when = datetime.datetime.fromtimestamp(failed_at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        mongo_id = self.original.get("mongo_id", "?")
+        error = " ".join(self.fields.get("error", "").split())
+        return (
+            f"{self.id}  {self.dlq}  {when}  mongo_id={mongo_id}  deliveries={self.fields.get('deliveries')}  {error}"
+        )
+
+
+def dlq_streams(ctx: Context, stage: int | None) -> list[str]:
+    streams = {1: ctx.settings.stage1_stream, 2: ctx.settings.stage2_stream}
+    chosen = [streams[stage]] if stage else list(streams.values())
+    return [dlq_stream(stream) for stream in chosen]
+
+
+def read_letters(ctx: Context, stage: int | None, ids: list[str] | None = None) -> list[DeadLetter]:
+    letters = []
+    for dlq in dlq_streams(ctx, stage):
+        if ids is None:
+            letters += [DeadLetter(dlq, entry_id, fields) for entry_id, fields in ctx.redis.xrange(dlq)]
+            continue
+        for entry_id in ids:
+            letters += [
+                DeadLetter(dlq, found_id, fields) for found_id, fields in ctx.redis.xrange(dlq, entry_id, entry_id)
+            ]
+    return letters
+
+
+def list_command(ctx: Context, stage: int | None, as_json: bool) -> int:
+    letters = read_letters(ctx, stage)
+    if as_json:
+        print(json.dumps([{"dlq": x.dlq, "id": x.id, **x.fields} for x in letters], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for letter in letters:
+        print(letter.summary())
+    print(f"{len(letters)} dead letters")
+    return EXIT_OK
+
+
+def show_command(ctx: Context, entry_id: str, stage: int | None) -> int:
+    letters = read_letters(ctx, stage, [entry_id])
+    if not letters:
+        print(f"No dead letter {entry_id}.")
+        return EXIT_FAILED
+    for letter in letters:
+        shown = {**letter.fields, "fields": letter.original or letter.fields.get("fields")}
+        print(json.dumps({"dlq": letter.dlq, "id": letter.id, **shown}, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def replay_command(ctx: Context, ids: list[str], replay_all: bool, stage: int | None) -> int:
+    if not ids and not replay_all:
+        raise VecsyncError("Name the dead letters to replay, or pass --all.")
+    letters = read_letters(ctx, stage, None if replay_all else ids)
+    missing = sorted(set(ids) - {letter.id for letter in letters})
+    if missing:
+        raise VecsyncError(f"No such dead letter: {', '.join(missing)}. See `vecsync dlq list`.")
+    if not letters:
+        print("Nothing to replay.")
+        return EXIT_OK
+    ctx.confirm(
+        f"Replay {len(letters)} dead letters onto their streams. Changes of stage 1 are re-read from MongoDB, so "
+        "the current state of each document is processed; each letter is removed from its DLQ once replayed."
+    )
+    with progress(len(letters), "letters", "replay") as bar:
+        for letter in letters:
+            _replay(ctx, letter)
+            bar.update()
+    print(f"Replayed {len(letters)} dead letters.")
+    return EXIT_OK
+
+
+def _replay(ctx: Context, letter: DeadLetter) -> None:
+    stream = letter.fields.get("stream", "")
+    remove: Callable[[redis.client.Pipeline], None] = lambda pipe: pipe.xdel(letter.dlq, letter.id)  # noqa: E731
+    if stream == ctx.settings.stage1_stream:
+        change = _parse_change(letter.original)
+        if change is not None and change.source == ctx.settings.source:
+            # Re-read: the letter's copy may be older than changes processed since it failed.
+            publish_beside_producer(
+                ctx.redis,
+                stream,
+                lambda: changes_for_ids(ctx.collection, ctx.settings.source, [change.mongo_id]),
+                also=remove,
+            )
+            return
+    elif stream != ctx.settings.stage2_stream:
+        raise VecsyncError(f"Dead letter {letter.id} came from stream {stream!r}, which this pipeline does not use.")
+    # Stage 2 entries carry their version, so replaying an old one can never overwrite a newer change.
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(stream, letter.original)
+        remove(pipe)
+        pipe.execute()
+
+
+def _parse_change(fields: dict[str, Any]) -> DocumentChange | None:
+    try:
+        return DocumentChange.from_fields(fields)
+    except InvalidEntry:
+        return None
+
+
+def purge_command(ctx: Context, stage: int | None) -> int:
+    streams = dlq_streams(ctx, stage)
+    counts = {dlq: ctx.redis.xlen(dlq) for dlq in streams}
+    total = sum(counts.values())
+    if not total:
+        print("No dead letters.")
+        return EXIT_OK
+    ctx.confirm(
+        "Delete every dead letter: "
+        + ", ".join(f"{count} in {dlq}" for dlq, count in counts.items())
+        + ". They cannot be replayed afterwards."
+    )
+    for dlq in streams:
+        ctx.redis.delete(dlq)
+    print(f"Purged {total} dead letters.")
+    return EXIT_OK

@@ -1,0 +1,318 @@
+"""`vecsync resync`, `verify`, `rebuild` and `trim`: the recoveries that used to be done by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from bson import json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS
+
+from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, progress
+from vecsync.constants import (
+    APPLIED_VERSIONS_KEY,
+    RESYNC_PROGRESS_PREFIX,
+    TRIMMED_KEY_PREFIX,
+    VERIFY_PROGRESS_PREFIX,
+)
+from vecsync.documents import build_text, point_id, text_sha256
+from vecsync.errors import ConfigurationError
+from vecsync.messages import DocumentChange
+from vecsync.retention import trim, trim_bound
+from vecsync.source import (
+    changes_for_ids,
+    document_change,
+    id_candidates,
+    mongo_id_of,
+    publish_beside_producer,
+    read_current,
+)
+from vecsync.streams import ensure_group, stream_stats
+
+# Verify reports this many example ids per kind of difference.
+EXAMPLES = 20
+
+
+def _ejson(value: Any) -> str:
+    return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
+
+
+def _after(last_id: str | None, query: dict[str, Any]) -> dict[str, Any]:
+    if last_id is None:
+        return query
+    after = {"_id": {"$gt": json_util.loads(last_id)}}
+    return {"$and": [query, after]} if query else after
+
+
+# Resync ---------------------------------------------------------------------
+
+
+def parse_filter(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        query = json_util.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--filter must be a MongoDB query in (Extended) JSON: {exc}") from None
+    if not isinstance(query, dict):
+        raise ConfigurationError('--filter must be a JSON object, e.g. \'{"owner": "Ann"}\'.')
+    return query
+
+
+def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_size: int) -> int:
+    source, stream = ctx.settings.source, ctx.settings.stage1_stream
+    key = RESYNC_PROGRESS_PREFIX + source
+    query = parse_filter(filter_text)
+    if restart:
+        ctx.redis.delete(key)
+    state = ctx.redis.hgetall(key)
+    if state and state.get("filter", "") != (filter_text or ""):
+        raise ConfigurationError(
+            f"An interrupted resync with --filter {state.get('filter') or '(none)'} is pending. "
+            "Rerun it with the same filter to finish it, or pass --restart to start this one instead."
+        )
+    last_id = state.get("last_id") or None
+    published = int(state.get("published", 0))
+    total = ctx.collection.count_documents(query)
+    where = f" matching {filter_text}" if filter_text else ""
+    resumed = f", resuming after _id {last_id} ({published} already published)" if last_id else ""
+    ctx.confirm(
+        f"Publish the current state of the {total} documents of {source}{where} to {stream}, in _id order{resumed}. "
+        "The pipeline may keep running: a change made meanwhile is never overwritten by an older state."
+    )
+    with progress(total, "docs", "resync") as bar:
+        bar.update(min(published, total))
+        while batch := _resync_batch(ctx, key, query, filter_text, last_id, published, batch_size):
+            last_id, published = _ejson(batch[-1]["_id"]), published + len(batch)
+            bar.update(len(batch))
+    ctx.redis.delete(key)
+    print(f"Resync published {published} documents of {source} to {stream}.")
+    return EXIT_OK
+
+
+def _resync_batch(
+    ctx: Context,
+    key: str,
+    query: dict[str, Any],
+    filter_text: str | None,
+    last_id: str | None,
+    published: int,
+    size: int,
+) -> list[dict[str, Any]]:
+    """Publish the next ``size`` documents after ``last_id`` and save the progress in the same transaction."""
+    batch: list[dict[str, Any]] = []
+
+    def read() -> list[DocumentChange]:
+        batch[:] = ctx.collection.find(_after(last_id, query)).sort("_id", 1).limit(size)
+        now = time.time()
+        return [document_change(ctx.settings.source, document["_id"], document, now) for document in batch]
+
+    def save_progress(pipe: redis.client.Pipeline) -> None:
+        if batch:
+            mark = {
+                "last_id": _ejson(batch[-1]["_id"]),
+                "filter": filter_text or "",
+                "published": published + len(batch),
+            }
+            pipe.hset(key, mapping=mark)
+
+    publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, read, also=save_progress)
+    return batch
+
+
+# Verify ---------------------------------------------------------------------
+
+
+@dataclass
+class VerifyState:
+    """Progress and findings of a verify run, saved after every batch so an interrupted run resumes."""
+
+    repair: bool
+    phase: str = "documents"  # then "points"
+    last_id: str | None = None
+    offset: str | None = None
+    checked_documents: int = 0
+    checked_points: int = 0
+    found: dict[str, int] = field(default_factory=lambda: {"missing": 0, "stale": 0, "extra": 0})
+    examples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "stale": [], "extra": []})
+    repaired: int = 0
+
+    def record(self, kind: str, mongo_ids: list[str]) -> None:
+        self.found[kind] += len(mongo_ids)
+        room = EXAMPLES - len(self.examples[kind])
+        self.examples[kind].extend(mongo_ids[: max(room, 0)])
+
+
+def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -> int:
+    source = ctx.settings.source
+    key = VERIFY_PROGRESS_PREFIX + source
+    if restart:
+        ctx.redis.delete(key)
+    saved = ctx.redis.get(key)
+    state = VerifyState(**json.loads(saved)) if saved else VerifyState(repair=repair)
+    if saved and state.repair != repair:
+        raise ConfigurationError(
+            f"An interrupted verify {'with' if state.repair else 'without'} --repair is pending. Rerun it the same "
+            "way to finish it, or pass --restart."
+        )
+    in_flight = _in_flight(ctx)
+    action = "re-enqueue every document that differs" if repair else "report the differences"
+    resumed = f" Resuming the {state.phase} phase of an interrupted run." if saved else ""
+    plan = f"Compare {source} with Qdrant collection {ctx.store.collection!r} and {action}.{resumed}"
+    if in_flight:
+        plan += f"\nNote: {in_flight} changes are still in flight in the streams; they may show up as differences."
+    if repair:
+        ctx.confirm(plan)
+    else:
+        print(plan)
+    if state.phase == "documents":
+        _verify_documents(ctx, state, key, batch_size)
+        state.phase = "points"
+        ctx.redis.set(key, json.dumps(state.__dict__))
+    _verify_points(ctx, state, key, batch_size)
+    ctx.redis.delete(key)
+    _report(state)
+    if sum(state.found.values()) and not repair:
+        return EXIT_DRIFT
+    return EXIT_OK
+
+
+def _in_flight(ctx: Context) -> int:
+    total = 0
+    for stream, group in [
+        (ctx.settings.stage1_stream, ctx.settings.stage1_group),
+        (ctx.settings.stage2_stream, ctx.settings.stage2_group),
+    ]:
+        stats = stream_stats(ctx.redis, stream, group)
+        total += (stats.lag or 0) + stats.pending
+    return total
+
+
+def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: int) -> None:
+    """Every document with text must have a point with its current text; one without text must have none."""
+    source, settings = ctx.settings.source, ctx.settings
+    projection = {name.split(".")[0]: 1 for name in settings.text_fields}
+    with progress(ctx.collection.estimated_document_count(), "docs", "verify documents") as bar:
+        bar.update(state.checked_documents)
+        while True:
+            documents = list(
+                ctx.collection.find(_after(state.last_id, {}), projection).sort("_id", 1).limit(batch_size)
+            )
+            if not documents:
+                return
+            hashes = {}
+            for document in documents:
+                text = build_text(document, settings.text_fields, settings.max_text_chars)
+                hashes[mongo_id_of(document["_id"])] = text_sha256(text) if text else None
+            ids = {mongo_id: point_id(source, mongo_id) for mongo_id in hashes}
+            points = ctx.store.payloads(list(ids.values()), fields=["text_sha256"])
+            missing = [m for m, sha in hashes.items() if sha and ids[m] not in points]
+            stale = [
+                m for m, sha in hashes.items() if sha and ids[m] in points and points[ids[m]].get("text_sha256") != sha
+            ]
+            extra = [m for m, sha in hashes.items() if sha is None and ids[m] in points]
+            _repair_and_record(ctx, state, {"missing": missing, "stale": stale, "extra": extra})
+            state.last_id = _ejson(documents[-1]["_id"])
+            state.checked_documents += len(documents)
+            ctx.redis.set(key, json.dumps(state.__dict__))
+            bar.update(len(documents))
+
+
+def _verify_points(ctx: Context, state: VerifyState, key: str, batch_size: int) -> None:
+    """Every point of this source must belong to a document that still exists."""
+    source = ctx.settings.source
+    with progress(ctx.store.count(), "points", "verify points") as bar:
+        bar.update(state.checked_points)
+        while True:
+            page, next_offset = ctx.store.scroll(limit=batch_size, offset=state.offset, fields=["mongo_id", "source"])
+            mongo_ids = [p["mongo_id"] for p in page.values() if p.get("source") == source and p.get("mongo_id")]
+            existing = read_current(ctx.collection, _keys(mongo_ids))
+            _repair_and_record(ctx, state, {"extra": [m for m in mongo_ids if m not in existing]})
+            state.offset = next_offset
+            state.checked_points += len(page)
+            ctx.redis.set(key, json.dumps(state.__dict__))
+            bar.update(len(page))
+            if next_offset is None:
+                return
+
+
+def _keys(mongo_ids: list[str]) -> list[Any]:
+    return [key for mongo_id in mongo_ids for key in id_candidates(mongo_id)]
+
+
+def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, list[str]]) -> None:
+    for kind, mongo_ids in differences.items():
+        state.record(kind, mongo_ids)
+    if not state.repair:
+        return
+    to_repair = sorted({mongo_id for mongo_ids in differences.values() for mongo_id in mongo_ids})
+    if to_repair:
+        source = ctx.settings.source
+        publish_beside_producer(
+            ctx.redis, ctx.settings.stage1_stream, lambda: changes_for_ids(ctx.collection, source, to_repair)
+        )
+        state.repaired += len(to_repair)
+
+
+def _report(state: VerifyState) -> None:
+    print(
+        f"Checked {state.checked_documents} documents and {state.checked_points} points: "
+        f"{state.found['missing']} missing, {state.found['extra']} extra, {state.found['stale']} stale."
+    )
+    for kind, examples in state.examples.items():
+        if examples:
+            more = state.found[kind] - len(examples)
+            print(f"  {kind}: {', '.join(examples)}{f' and {more} more' if more > 0 else ''}")
+    if state.repair:
+        print(f"Re-enqueued {state.repaired} documents; they reach Qdrant as the pipeline drains.")
+
+
+# Rebuild and trim -----------------------------------------------------------
+
+
+def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
+    stage2, group = ctx.settings.stage2_stream, ctx.settings.stage2_group
+    trimmed = ctx.redis.get(TRIMMED_KEY_PREFIX + stage2)
+    if trimmed and not from_mongo:
+        print(f"{stage2} was trimmed (entries before {trimmed} are gone), so the rebuild reads MongoDB instead.")
+    use_mongo = from_mongo or bool(trimmed)
+    how = (
+        f"then snapshot {ctx.settings.source} into {ctx.settings.stage1_stream}, re-embedding every document"
+        if use_mongo
+        else f"then have group {group} re-apply the {ctx.redis.xlen(stage2)} retained entries of {stage2} "
+        "(no re-embedding)"
+    )
+    ctx.confirm(f"Drop and recreate Qdrant collection {ctx.store.collection!r}, forget the applied versions, {how}.")
+    ctx.store.recreate()
+    ctx.redis.delete(APPLIED_VERSIONS_KEY)
+    if use_mongo:
+        ctx.assume_yes = True  # already confirmed as a whole
+        return resync_command(ctx, None, restart=True, batch_size=batch_size)
+    ensure_group(ctx.redis, stage2, group)
+    ctx.redis.xgroup_setid(stage2, group, "0")
+    print(f"Collection recreated; the upserters are re-applying {stage2}. Follow it with `vecsync status`.")
+    return EXIT_OK
+
+
+def trim_command(ctx: Context) -> int:
+    settings = ctx.settings
+    count, age = settings.stream_retention_count, settings.stream_retention_age_s
+    plans = {}
+    for stream in (settings.stage1_stream, settings.stage2_stream):
+        bound = trim_bound(ctx.redis, stream, keep_count=count, keep_age_s=age)
+        if bound:
+            plans[stream] = bound
+    if not plans:
+        print("Nothing to trim: every entry is unacknowledged or inside the retention window.")
+        return EXIT_OK
+    ctx.confirm(
+        "Remove the acknowledged entries outside the retention window: "
+        + "; ".join(f"{stream} before {bound}" for stream, bound in plans.items())
+    )
+    for stream in plans:
+        removed = trim(ctx.redis, stream, keep_count=count, keep_age_s=age)
+        print(f"Trimmed {removed} entries from {stream}.")
+    return EXIT_OK

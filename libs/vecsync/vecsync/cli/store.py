@@ -1,0 +1,103 @@
+"""How the CLI reaches the Qdrant collection: directly, or through the upserter that holds an embedded store."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import requests
+
+from vecsync.cli.settings import CliSettings
+from vecsync.errors import ConfigurationError, PermanentError, TransientError
+from vecsync.vectorstore import Hit, VectorStore
+
+
+class Store(Protocol):
+    """The collection operations the CLI uses; VectorStore and UpserterStore both provide them."""
+
+    collection: str
+
+    def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]: ...
+
+    def count(self) -> int: ...
+
+    def payloads(self, point_ids: list[str], fields: list[str] | None = None) -> dict[str, dict[str, Any]]: ...
+
+    def scroll(
+        self, *, limit: int, offset: str | None, fields: list[str] | None = None
+    ) -> tuple[dict[str, dict[str, Any]], str | None]: ...
+
+    def recreate(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class UpserterStore:
+    """The collection operations over the upserter's HTTP port (see upserter.read_api)."""
+
+    def __init__(self, base_url: str, collection: str, timeout_s: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.collection = collection
+        self.timeout_s = timeout_s
+
+    def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
+        body = self._post("/search", {"vector": vector, "limit": limit, "match": match or {}})
+        return [Hit(hit["id"], hit["score"], hit["payload"]) for hit in body["hits"]]
+
+    def count(self) -> int:
+        return int(self._post("/count", {})["count"])
+
+    def payloads(self, point_ids: list[str], fields: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        return dict(self._post("/payloads", {"ids": point_ids, "fields": fields})["payloads"])
+
+    def scroll(
+        self, *, limit: int, offset: str | None, fields: list[str] | None = None
+    ) -> tuple[dict[str, dict[str, Any]], str | None]:
+        body = self._post("/scroll", {"limit": limit, "offset": offset, "fields": fields})
+        return dict(body["payloads"]), body["next_offset"]
+
+    def recreate(self) -> None:
+        self._post("/recreate", {})
+
+    def close(self) -> None:
+        pass
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            response = requests.post(self.base_url + path, json=body, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise TransientError(f"could not reach the upserter at {self.base_url}: {exc}") from exc
+        if response.status_code != 200:
+            raise PermanentError(f"the upserter answered {response.status_code} to {path}: {response.text[:300]}")
+        return response.json()
+
+
+def open_store(settings: CliSettings) -> Store:
+    """A server's collection directly; an embedded one through its upserter, or directly when none runs."""
+    if settings.qdrant_url:
+        return VectorStore.open(settings, settings.data_dir)
+    remote = UpserterStore(settings.upserter_url, settings.qdrant_collection, settings.http_timeout_s)
+    try:
+        remote.count()
+        return remote
+    except TransientError:
+        pass
+    try:
+        store = VectorStore.open(settings, settings.data_dir)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{exc} No upserter answered at UPSERTER_URL={settings.upserter_url} either: point UPSERTER_URL "
+            "at the upserter that holds the store."
+        ) from None
+    store.ensure_collection()
+    return store
+
+
+def embed_query(settings: CliSettings, text: str) -> list[float]:
+    url = settings.embedding_url.rstrip("/") + "/encode"
+    try:
+        response = requests.post(url, json={"text": text}, timeout=settings.http_timeout_s)
+    except requests.RequestException as exc:
+        raise TransientError(f"could not reach the embedding-api at {settings.embedding_url}: {exc}") from exc
+    if response.status_code != 200:
+        raise PermanentError(f"the embedding-api answered {response.status_code}: {response.text[:300]}")
+    return list(response.json()["embedding"])
