@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from embedder_worker.embedding_client import EmbeddingClient
+from tests.support.fake_api import FakeApi
 from tests.support.servers import free_port
 from vecsync.errors import PermanentError, TransientError
-
-
-class FakeApi:
-    """An embedding-api that answers whatever the test sets."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.body: object = {}
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                payload = json.dumps(fake.body).encode()
-                self.send_response(fake.status)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
 @pytest.fixture

@@ -14,9 +14,18 @@ from vecsync.constants import dlq_stream
 
 
 def connect(url: str) -> redis.Redis:
-    """A Redis client that returns str, with timeouts long enough for blocking stream reads."""
+    """A Redis client that returns str, with timeouts long enough for blocking stream reads.
+
+    Bytes that are not UTF-8 (an entry written by hand) are replaced rather than
+    raised on, so one bad entry can be dead-lettered instead of stopping every read.
+    """
     return redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
+        url,
+        decode_responses=True,
+        encoding_errors="replace",
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=30,
     )
 
 

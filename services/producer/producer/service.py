@@ -28,11 +28,12 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from producer.settings import ProducerSettings
-from vecsync.constants import RESUME_TOKEN_KEY, RESUME_TOKEN_UPDATED_KEY
+from vecsync.constants import RESUME_TOKEN_KEY, RESUME_TOKEN_UPDATED_KEY, dlq_stream
 from vecsync.consumer import Backoff
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.messages import DocumentChange
 from vecsync.source import document_change, mongo_id_of, read_current
+from vecsync.streams import dead_letter_fields
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ INVALIDATIONS = Counter(
     "vecsync_producer_invalidations_total",
     "Drop, rename and invalidate events: the watched collection went away.",
     ["operation"],
+)
+DEAD_LETTERED = Counter(
+    "vecsync_producer_dead_lettered_total", "Changes whose document could not be re-read, sent to the stage 1 DLQ."
 )
 HISTORY_LOST = Counter(
     "vecsync_producer_history_lost_total", "Times the change stream could not resume from the stored token."
@@ -165,13 +169,17 @@ class Producer:
         return events
 
     def _publish(self, events: list[dict[str, Any]], token: Mapping[str, Any]) -> None:
-        current = read_current(self.collection, [_document_key(event) for event in events if "documentKey" in event])
-        changes = []
+        keys = [_document_key(event) for event in events if event["operationType"] in ("insert", "update", "replace")]
+        current, unreadable = self._reread(keys)
+        changes, dead_letters = [], []
         for event in events:
             operation = event["operationType"]
             EVENTS_READ.labels(operation).inc()
             if operation in DOCUMENT_OPERATIONS:
                 key = _document_key(event)
+                if operation != "delete" and mongo_id_of(key) in unreadable:
+                    dead_letters.append(self._unreadable(operation, key, unreadable[mongo_id_of(key)]))
+                    continue
                 document = None if operation == "delete" else current.get(mongo_id_of(key))
                 # A document gone by the time it is re-read was deleted since; its delete event follows.
                 changes.append(document_change(self.source, key, document, _event_time(event)))
@@ -186,15 +194,52 @@ class Producer:
                 )
             else:
                 log.info("Ignoring change stream event %r on %s: it changes no document", operation, self.source)
-        self._write(changes, token=token)
+        self._write(changes, token=token, dead_letters=dead_letters)
 
-    def _write(self, changes: list[DocumentChange], *, token: Mapping[str, Any] | None) -> int:
-        """XADD ``changes`` and store ``token`` in one MULTI/EXEC."""
+    def _reread(self, keys: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """The current documents by mongo_id, and why each document that cannot be read could not be."""
+        try:
+            return read_current(self.collection, keys), {}
+        except OperationFailure as exc:
+            if exc.code in MONGO_AUTH_FAILURES:
+                raise
+        # One bad key must not block the others: read them one by one.
+        current, unreadable = {}, {}
+        for key in keys:
+            try:
+                current.update(read_current(self.collection, [key]))
+            except OperationFailure as exc:
+                unreadable[mongo_id_of(key)] = str(exc)
+        return current, unreadable
+
+    def _unreadable(self, operation: str, key: Any, error: str) -> dict[str, str]:
+        log.error("The %s of document %s cannot be re-read from MongoDB (%s); dead-lettered", operation, key, error)
+        DEAD_LETTERED.inc()
+        return dead_letter_fields(
+            stream=self.settings.stage1_stream,
+            group="producer",
+            entry_id="",
+            fields={"source": self.source, "mongo_id": mongo_id_of(key), "event": operation},
+            error=f"the document could not be re-read from MongoDB: {error}",
+            deliveries=1,
+            consumer="producer",
+        )
+
+    def _write(
+        self,
+        changes: list[DocumentChange],
+        *,
+        token: Mapping[str, Any] | None,
+        dead_letters: list[dict[str, str]] | None = None,
+    ) -> int:
+        """XADD ``changes`` (and ``dead_letters`` to the stage 1 DLQ) and store ``token``, in one MULTI/EXEC."""
         if not changes and token is None:
             return 0
         tx = self.client.pipeline(transaction=True)
         for change in changes:
             tx.xadd(self.settings.stage1_stream, change.to_fields())
+        for letter in dead_letters or []:
+            tx.xadd(dlq_stream(self.settings.stage1_stream), letter)
         if token is not None:
             now = time.time()
             tx.set(RESUME_TOKEN_KEY, json_util.dumps(token))

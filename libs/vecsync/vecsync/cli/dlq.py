@@ -6,14 +6,12 @@ import datetime
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from vecsync.cli.context import EXIT_FAILED, EXIT_OK, Context, progress
 from vecsync.constants import dlq_stream
-from vecsync.errors import InvalidEntry, VecsyncError
-from vecsync.messages import DocumentChange
+from vecsync.errors import VecsyncError
 from vecsync.source import changes_for_ids, publish_beside_producer
 
 
@@ -108,13 +106,14 @@ def _replay(ctx: Context, letter: DeadLetter) -> None:
     stream = letter.fields.get("stream", "")
     remove: Callable[[redis.client.Pipeline], None] = lambda pipe: pipe.xdel(letter.dlq, letter.id)  # noqa: E731
     if stream == ctx.settings.stage1_stream:
-        change = _parse_change(letter.original)
-        if change is not None and change.source == ctx.settings.source:
+        original = letter.original
+        mongo_id = original.get("mongo_id")
+        if mongo_id and original.get("source") == ctx.settings.source:
             # Re-read: the letter's copy may be older than changes processed since it failed.
             publish_beside_producer(
                 ctx.redis,
                 stream,
-                lambda: changes_for_ids(ctx.collection, ctx.settings.source, [change.mongo_id]),
+                lambda: changes_for_ids(ctx.collection, ctx.settings.source, [mongo_id]),
                 also=remove,
             )
             return
@@ -125,13 +124,6 @@ def _replay(ctx: Context, letter: DeadLetter) -> None:
         pipe.xadd(stream, letter.original)
         remove(pipe)
         pipe.execute()
-
-
-def _parse_change(fields: dict[str, Any]) -> DocumentChange | None:
-    try:
-        return DocumentChange.from_fields(fields)
-    except InvalidEntry:
-        return None
 
 
 def purge_command(ctx: Context, stage: int | None) -> int:
