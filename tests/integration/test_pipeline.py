@@ -108,3 +108,15 @@ def test_ids_of_every_bson_type_reach_qdrant(pipeline: Pipeline) -> None:
     assert '{"$numberInt": "43"}' in points
     assert "text-id" in points
     assert len(points) == 5
+
+
+def test_deletes_reach_qdrant_for_every_id_type(pipeline: Pipeline) -> None:
+    oid = ObjectId()
+    pipeline.run_producer()
+    pipeline.collection.insert_many([{"_id": key, "subject": "to delete"} for key in (oid, "str", 5)])
+    pipeline.drain()
+    assert len(pipeline.points()) == 3
+    for key in (oid, "str", 5):
+        pipeline.collection.delete_one({"_id": key})
+    pipeline.drain()
+    assert pipeline.points() == {}

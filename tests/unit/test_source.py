@@ -14,6 +14,8 @@ def test_mongo_ids() -> None:
     assert mongo_id_of("ticket-1") == "ticket-1"
     assert mongo_id_of(5) == '{"$numberInt": "5"}'
     assert mongo_id_of({"a": 1}) == '{"a": {"$numberInt": "1"}}'
+    standard = '{"$binary": {"base64": "AAAAAAAAAAAAAAAAAAAAAQ==", "subType": "04"}}'
+    assert mongo_id_of(uuid.UUID(int=1)) == mongo_id_of(Binary.from_uuid(uuid.UUID(int=1))) == standard
 
 
 def test_bson_values_become_json() -> None:

@@ -32,6 +32,8 @@ def mongo_id_of(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         return value
+    if isinstance(value, uuid.UUID):  # decoded with a uuidRepresentation: encode it as the standard subtype
+        value = Binary.from_uuid(value)
     return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
 
 
