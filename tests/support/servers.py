@@ -81,11 +81,11 @@ class Server:
                 self.process.wait()
 
 
-def start_redis(workdir: Path) -> Server:
+def start_redis(workdir: Path, *extra_args: str) -> Server:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-    args += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+    args += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec", *extra_args]
     return Server(args, port, log=workdir / "redis.log").start()
 
 

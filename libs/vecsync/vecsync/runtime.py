@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from vecsync.consumer import Handler, StreamConsumer
+from vecsync.consumer import Backoff, Handler, StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.metrics import register_stream_stats
 from vecsync.settings import ConsumerSettings
@@ -141,20 +141,50 @@ def serve_consumer(
     stage: str,
     stream: str,
     group: str,
-    build_handler: Callable[[redis.Redis], Handler],
+    build_handler: Callable[[redis.Redis, threading.Event], Handler | None],
     post_routes: dict[str, PostRoute] | None = None,
 ) -> None:
-    """Run one consumer stage as a service: metrics server, signal handling, the consumer loop."""
+    """Run one consumer stage as a service: signal handling, metrics server, the consumer loop.
+
+    ``build_handler`` may wait for the stage's own dependency; it returns None
+    when asked to stop meanwhile. /healthz answers 503 until the loop runs.
+    """
     stopping = threading.Event()
     stop_on_signals(stopping)
-    client = connect(settings.redis_url)
-    register_stream_stats(client, [(stream, group)])
-    handler = build_handler(client)
-    server = MetricsServer(settings.metrics_host, settings.metrics_port, post_routes=post_routes).start()
-    consumer = StreamConsumer(
-        client, stage=stage, stream=stream, group=group, handler=handler, settings=settings, stopping=stopping
-    )
+    running = threading.Event()
+    server = MetricsServer(
+        settings.metrics_host, settings.metrics_port, healthy=running.is_set, post_routes=post_routes
+    ).start()
     try:
+        client = connect(settings.redis_url)
+        if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
+            return
+        register_stream_stats(client, [(stream, group)])
+        handler = build_handler(client, stopping)
+        if handler is None:
+            return
+        consumer = StreamConsumer(
+            client, stage=stage, stream=stream, group=group, handler=handler, settings=settings, stopping=stopping
+        )
+        running.set()
         consumer.run()
     finally:
         server.close()
+
+
+def wait_for_redis(client: redis.Redis, stopping: threading.Event, backoff: Backoff) -> bool:
+    """Wait until Redis answers; False if asked to stop first. Refused credentials are a configuration error."""
+    while not stopping.is_set():
+        try:
+            client.ping()
+            return True
+        except redis.AuthenticationError as exc:
+            raise ConfigurationError(f"Redis refused the credentials in REDIS_URL: {exc}") from None
+        except redis.ResponseError as exc:
+            if any(code in str(exc) for code in ("NOAUTH", "WRONGPASS", "NOPERM")):
+                raise ConfigurationError(f"Redis refused the credentials in REDIS_URL: {exc}") from None
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("Redis is not reachable yet (%s); retrying", exc)
+            backoff.wait(stopping)
+    return False

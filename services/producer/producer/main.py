@@ -11,8 +11,9 @@ from pymongo.collection import Collection
 from producer.service import Producer
 from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
+from vecsync.consumer import Backoff
 from vecsync.metrics import register_stream_stats
-from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals
+from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
 from vecsync.streams import connect, redact_url
 
 log = logging.getLogger("vecsync.producer")
@@ -40,10 +41,12 @@ def main() -> None:
     )
     stopping = threading.Event()
     stop_on_signals(stopping)
-    client = connect(settings.redis_url)
-    register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])
     server = MetricsServer(settings.metrics_host, settings.metrics_port).start()
     try:
+        client = connect(settings.redis_url)
+        if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
+            return
+        register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])
         Producer(settings, client, mongo_collection(settings), stopping).run()
     finally:
         server.close()

@@ -1,7 +1,7 @@
 """``vecsync-upserter``: apply stage 2 to the Qdrant collection."""
 
 import logging
-import time
+import threading
 
 from upserter.read_api import store_routes
 from upserter.service import Upserter
@@ -20,7 +20,6 @@ def main() -> None:
     settings = settings_module.load(UpserterSettings)
     setup_logging(settings.log_level)
     store = VectorStore.open(settings, settings.data_dir)
-    _wait_for_collection(store, settings)
     embedded = settings.embedded_path(settings.data_dir)
     log.info(
         "Upserter %s: %s -> Qdrant collection %r at %s, Redis %s",
@@ -35,24 +34,26 @@ def main() -> None:
         stage="upserter",
         stream=settings.stage2_stream,
         group=settings.stage2_group,
-        build_handler=lambda client: Upserter(settings, client, store).handle,
+        build_handler=lambda client, stopping: (
+            Upserter(settings, client, store).handle if _wait_for_collection(store, settings, stopping) else None
+        ),
         # The embedded store can only be opened here, so this process answers the CLI's reads.
         post_routes=store_routes(store) if embedded else None,
     )
     store.close()
 
 
-def _wait_for_collection(store: VectorStore, settings: UpserterSettings) -> None:
-    """Create or check the collection, waiting while Qdrant is unreachable."""
+def _wait_for_collection(store: VectorStore, settings: UpserterSettings, stopping: threading.Event) -> bool:
+    """Create or check the collection, waiting while Qdrant is unreachable; False if asked to stop first."""
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
-    while True:
+    while not stopping.is_set():
         try:
             store.ensure_collection()
-            return
+            return True
         except TransientError as exc:
-            delay = backoff.next_delay()
-            log.warning("%s; retrying in %.1f s", exc, delay)
-            time.sleep(delay)
+            log.warning("%s; retrying", exc)
+            backoff.wait(stopping)
+    return False
 
 
 def cli() -> None:
