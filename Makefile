@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: venv run test test-unit lint typecheck clean
+.PHONY: venv run test test-unit lint typecheck clean up up-gpu down logs scale config
 
 venv: $(STAMP)
 
@@ -37,3 +37,28 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# Docker Compose (docs/deployment.md). `make scale STAGE=upserter N=2` scales another stage.
+COMPOSE ?= docker compose
+GPU_FILES := -f compose.yaml -f compose.gpu.yaml
+STAGE ?= embedder-worker
+N ?= 3
+
+up:
+	$(COMPOSE) up -d
+
+up-gpu:
+	$(COMPOSE) $(GPU_FILES) up -d
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f
+
+scale:
+	$(COMPOSE) up -d --scale $(STAGE)=$(N)
+
+config:
+	$(COMPOSE) config --quiet
+	$(COMPOSE) $(GPU_FILES) config --quiet
