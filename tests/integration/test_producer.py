@@ -79,3 +79,31 @@ def test_invalidating_events_are_counted_and_watching_continues(pipeline: Pipeli
     assert INVALIDATIONS.labels("drop")._value.get() == before + 1
     assert pipeline.redis_client.get(RESUME_TOKEN_KEY), "the position after the invalidate is stored"
     assert stage1(pipeline) == []
+
+
+def test_writes_lost_by_redis_are_published_again(pipeline: Pipeline) -> None:
+    """Redis can lose its last second of writes in a crash; the producer must notice and republish them."""
+    import threading
+
+    from tests.support.servers import wait_for
+
+    client = pipeline.redis_client
+    pipeline.collection.insert_one({"_id": "before", "subject": "s"})
+    pipeline.run_producer()
+    token_before = client.get(RESUME_TOKEN_KEY)
+    running = producer(pipeline, pipeline.collection)
+    thread = threading.Thread(target=running.run)
+    thread.start()
+    try:
+        pipeline.collection.insert_one({"_id": "lost", "subject": "s"})
+        wait_for(lambda: stage1(pipeline)[-1] == ("lost", "upsert"), what="the producer to publish")
+        # The crash: the entry and the token that covered it are gone, as after a lost AOF tail.
+        [(lost_id, _)] = client.xrevrange("raw_document_changes", count=1)
+        client.xdel("raw_document_changes", lost_id)
+        client.set(RESUME_TOKEN_KEY, token_before)
+        pipeline.collection.insert_one({"_id": "after", "subject": "s"})
+        wait_for(lambda: stage1(pipeline)[-1] == ("after", "upsert"), what="the producer to publish again")
+    finally:
+        running.stopping.set()
+        thread.join(10)
+    assert ("lost", "upsert") in stage1(pipeline)

@@ -63,6 +63,10 @@ ERRORS = Counter("vecsync_producer_errors_total", "Failures talking to MongoDB o
 TOKEN_AGE = Gauge("vecsync_producer_resume_token_age_seconds", "Seconds since the stored resume token last advanced.")
 
 
+class TokenMoved(Exception):
+    """Raised when the stored resume token is not the one this producer last wrote."""
+
+
 class Producer:
     def __init__(
         self,
@@ -77,6 +81,7 @@ class Producer:
         self.stopping = stopping or threading.Event()
         self.source = settings.source
         self._token_stored_at = time.time()
+        self._token_written: str | None = None  # the token JSON this process last stored
         TOKEN_AGE.set_function(lambda: time.time() - self._token_stored_at)
 
     def run(self, *, drain: bool = False) -> None:
@@ -90,6 +95,9 @@ class Producer:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 ERRORS.labels("redis").inc()
                 log.warning("Redis unavailable (%s); resuming from the stored token after a pause", exc)
+            except TokenMoved as exc:
+                ERRORS.labels("redis").inc()
+                log.warning("%s; resuming from the stored token", exc)
             except OperationFailure as exc:
                 if exc.code in MONGO_AUTH_FAILURES:
                     raise ConfigurationError(
@@ -260,17 +268,27 @@ class Producer:
         """XADD ``changes`` (and ``dead_letters`` to the stage 1 DLQ) and store ``token``, in one MULTI/EXEC."""
         if not changes and token is None:
             return 0
-        tx = self.client.pipeline(transaction=True)
-        for change in changes:
-            tx.xadd(self.settings.stage1_stream, change.to_fields())
-        for letter in dead_letters or []:
-            tx.xadd(dlq_stream(self.settings.stage1_stream), letter)
+        with self.client.pipeline(transaction=True) as tx:
+            tx.watch(RESUME_TOKEN_KEY)
+            if tx.get(RESUME_TOKEN_KEY) != self._token_written:
+                # Redis lost its latest writes (a crash within the fsync window), or another producer
+                # runs: what this process thinks it published may not be there. Resume from what is.
+                raise TokenMoved(f"the stored resume token of {self.source} changed under this producer")
+            tx.multi()
+            for change in changes:
+                tx.xadd(self.settings.stage1_stream, change.to_fields())
+            for letter in dead_letters or []:
+                tx.xadd(dlq_stream(self.settings.stage1_stream), letter)
+            if token is not None:
+                token_json = json_util.dumps(token)
+                tx.set(RESUME_TOKEN_KEY, token_json)
+                tx.set(RESUME_TOKEN_UPDATED_KEY, repr(time.time()))
+            try:
+                tx.execute()
+            except redis.WatchError:
+                raise TokenMoved(f"the stored resume token of {self.source} changed while publishing") from None
         if token is not None:
-            now = time.time()
-            tx.set(RESUME_TOKEN_KEY, json_util.dumps(token))
-            tx.set(RESUME_TOKEN_UPDATED_KEY, repr(now))
-        tx.execute()
-        if token is not None:
+            self._token_written = token_json
             self._token_stored_at = time.time()
         for change in changes:
             ENTRIES_PUBLISHED.labels(change.op).inc()
@@ -278,6 +296,7 @@ class Producer:
 
     def _stored_token(self) -> Mapping[str, Any] | None:
         raw = self.client.get(RESUME_TOKEN_KEY)
+        self._token_written = raw
         return json_util.loads(raw) if raw else None
 
     def _history_lost(self, exc: OperationFailure) -> None:
