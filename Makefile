@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: venv run test test-unit lint typecheck clean up up-gpu down logs scale config
+.PHONY: venv run test test-unit lint typecheck chaos clean up up-gpu down logs scale config
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy -p vecsync -p producer -p embedder_worker -p upserter -p embedding_api
+
+# The long chaos test (tests/chaos/harness.py); `make test` runs a short one. SEED=<n> replays a run.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.harness $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,328 @@
+"""Chaos test: a seeded random workload on MongoDB while stages are killed and dependencies fail.
+
+Runs the local stack (real Redis with AOF, the MongoDB stand-in, three
+embedder-workers, one upserter holding the embedded Qdrant store, the `hash`
+embedding backend), applies inserts, updates, replaces and deletes that often
+hit the same documents in quick succession, and meanwhile:
+
+* SIGKILLs a random stage every few seconds (the supervisor restarts it);
+* stops the embedding-api for a while;
+* SIGKILLs Redis once (it restarts from its AOF, possibly without its last second);
+* freezes the upserter, and with it the embedded Qdrant, for a while (SIGSTOP, then SIGCONT).
+
+Then it waits until every stage is drained and compares MongoDB with Qdrant
+point by point: ids, payload fields, text, and the vector against a fresh
+embedding of the current text. It passes with 0 missing, 0 extra, 0 stale and
+0 dead-lettered. The seed and the fault schedule are printed so a failure can
+be replayed: `make chaos SEED=<seed>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymongo
+
+from embedding_api.backends import HashEncoder
+from tests.support.servers import free_port, wait_for
+from vecsync.documents import build_text, point_id
+from vecsync.localstack import Child, LocalStack, LocalStackSettings
+from vecsync.settings import QdrantSettings
+from vecsync.streams import connect, stream_stats
+from vecsync.vectorstore import VectorStore
+
+PAYLOAD_FIELDS = ("product", "customer", "owner", "subject")
+OWNERS = ["Ann", "Bo", "Chen", "Dara", "Eli"]
+WORDS = "refund invoice printer login outage export webhook router sync scanner latency crash upgrade".split()
+
+
+@dataclass
+class ChaosConfig:
+    seed: int
+    operations: int = 5000
+    documents: int = 1000
+    duration_s: float = 90.0
+    workers: int = 3
+    kill_interval_s: float = 4.0
+    api_outage_s: float = 20.0
+    qdrant_outage_s: float = 10.0
+    restart_redis: bool = True
+
+
+@dataclass
+class Fault:
+    at_s: float
+    action: str
+    target: str
+    duration_s: float = 0.0
+
+
+@dataclass
+class ChaosResult:
+    seed: int
+    operations: int
+    documents_in_mongo: int
+    missing: int = 0
+    extra: int = 0
+    stale: int = 0
+    dead_lettered: int = 0
+    examples: list[str] = field(default_factory=list)
+    schedule: list[Fault] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not (self.missing or self.extra or self.stale or self.dead_lettered)
+
+
+def fault_schedule(config: ChaosConfig, stage_names: list[str], rng: random.Random) -> list[Fault]:
+    faults = [
+        Fault(round(at, 1), "kill", rng.choice(stage_names))
+        for at in _frange(config.kill_interval_s, config.duration_s, config.kill_interval_s)
+    ]
+    if config.api_outage_s:
+        faults.append(Fault(round(config.duration_s * 0.2, 1), "stop", "embedding-api", config.api_outage_s))
+    if config.restart_redis:
+        faults.append(Fault(round(config.duration_s * 0.5, 1), "kill", "redis"))
+    if config.qdrant_outage_s:
+        faults.append(Fault(round(config.duration_s * 0.7, 1), "freeze", "upserter", config.qdrant_outage_s))
+    return sorted(faults, key=lambda fault: fault.at_s)
+
+
+def _frange(start: float, stop: float, step: float) -> list[float]:
+    values, value = [], start
+    while value < stop:
+        values.append(value)
+        value += step
+    return values
+
+
+class FaultInjector(threading.Thread):
+    """Applies the schedule to the stack's processes, then puts everything back."""
+
+    def __init__(self, stack: LocalStack, schedule: list[Fault]) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.schedule = schedule
+        self.done = threading.Event()
+        self._timers: list[threading.Timer] = []
+
+    def _child(self, target: str) -> Child:
+        for child in [*self.stack.servers, *self.stack.stages]:
+            name = child.env.get("CONSUMER_NAME", child.name)
+            if target in (name, child.name):
+                return child
+        raise KeyError(target)
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for fault in self.schedule:
+            if self.done.wait(max(0.0, fault.at_s - (time.monotonic() - started))):
+                return
+            child = self._child(fault.target)
+            if child.paused or child.process is None:
+                continue  # already held down by another fault
+            print(f"[chaos {fault.at_s:6.1f}s] {fault.action} {fault.target}", flush=True)
+            if fault.action == "kill":
+                child.process.send_signal(signal.SIGKILL)
+            elif fault.action == "stop":
+                child.paused = True
+                child.stop()
+                self._later(fault.duration_s, lambda child=child: setattr(child, "paused", False))
+            elif fault.action == "freeze":
+                child.paused = True
+                child.process.send_signal(signal.SIGSTOP)
+                self._later(fault.duration_s, lambda child=child: self._thaw(child))
+
+    def _thaw(self, child: Child) -> None:
+        if child.process is not None and child.process.poll() is None:
+            child.process.send_signal(signal.SIGCONT)
+        child.paused = False
+
+    def _later(self, delay: float, action: Any) -> None:
+        timer = threading.Timer(delay, action)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def finish(self) -> None:
+        """Stop injecting, and end every outage now."""
+        self.done.set()
+        for timer in self._timers:
+            timer.cancel()
+        for child in [*self.stack.servers, *self.stack.stages]:
+            if child.paused:
+                self._thaw(child)
+
+
+def apply_workload(collection: Any, config: ChaosConfig, rng: random.Random) -> int:
+    """Random changes, a third of them on a small hot set of documents, paced over the configured duration."""
+    hot = max(1, config.documents // 20)
+    started = time.monotonic()
+    for number in range(config.operations):
+        index = rng.randrange(hot) if rng.random() < 0.35 else rng.randrange(config.documents)
+        doc_id = f"doc-{index}"
+        roll = rng.random()
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+        if roll < 0.12:
+            collection.delete_one({"_id": doc_id})
+        elif roll < 0.3:
+            replacement = {"subject": f"replaced {number}", "content": text, "owner": rng.choice(OWNERS)}
+            if rng.random() < 0.1:
+                replacement = {"owner": rng.choice(OWNERS)}  # no text at all: the point must go
+            collection.replace_one({"_id": doc_id}, replacement, upsert=True)
+        elif roll < 0.45:
+            collection.update_one({"_id": doc_id}, {"$set": {"owner": rng.choice(OWNERS)}})
+        else:
+            change = {"subject": f"ticket {number}", "content": text, "product": rng.choice(WORDS)}
+            collection.update_one({"_id": doc_id}, {"$set": change}, upsert=True)
+        ahead = started + config.duration_s * (number + 1) / config.operations - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    return config.operations
+
+
+def drained(redis_url: str, stack: LocalStack) -> bool:
+    if not all(child.alive() for child in [*stack.servers, *stack.stages]):
+        return False
+    client = connect(redis_url)
+    try:
+        for stream, group in (
+            ("raw_document_changes", "embedding_processors"),
+            ("embedded_documents", "qdrant_upserters"),
+        ):
+            stats = stream_stats(client, stream, group)
+            if stats.lag or stats.pending:
+                return False
+        return True
+    finally:
+        client.close()
+
+
+def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) -> None:
+    """Count missing, extra and stale points, checking ids, text, payload fields and vectors."""
+    encoder = HashEncoder(384)
+    store = VectorStore.open(QdrantSettings(), settings.data_dir.resolve())
+    try:
+        expected = {}
+        for document in collection.find():
+            text = build_text(document, ["subject", "content"], 8192)
+            if text:
+                expected[point_id(settings.source, str(document["_id"]))] = (document, text)
+        points: dict[str, Any] = {}
+        offset = None
+        while True:
+            records, offset = store.client.scroll(
+                store.collection, limit=512, offset=offset, with_payload=True, with_vectors=True
+            )
+            points.update({str(record.id): record for record in records})
+            if offset is None:
+                break
+        for pid in expected.keys() - points.keys():
+            result.missing += 1
+            result.examples.append(f"missing {expected[pid][0]['_id']}")
+        for pid in points.keys() - expected.keys():
+            result.extra += 1
+            result.examples.append(f"extra {points[pid].payload.get('mongo_id')}")
+        for pid in expected.keys() & points.keys():
+            document, text = expected[pid]
+            record = points[pid]
+            payload = record.payload or {}
+            fresh = encoder.encode([text])[0]
+            cosine = sum(a * b for a, b in zip(fresh, record.vector, strict=True))
+            same_fields = all(payload.get(name) == document.get(name) for name in PAYLOAD_FIELDS)
+            if payload.get("text") != text or not same_fields or not math.isclose(cosine, 1.0, abs_tol=1e-4):
+                result.stale += 1
+                result.examples.append(f"stale {document['_id']}")
+    finally:
+        store.close()
+    del result.examples[20:]
+
+
+def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
+    rng = random.Random(config.seed)
+    settings = LocalStackSettings(
+        data_dir=workdir / "data",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        embedding_url=f"http://127.0.0.1:{free_port()}",
+        upserter_url=f"http://127.0.0.1:{free_port()}",
+        producer_metrics_port=free_port(),
+        embedder_metrics_port=free_port(),
+        embedding_backend="hash",
+        embedder_workers=config.workers,
+    )
+    stack = LocalStack(settings)
+    started = time.monotonic()
+    stack.start()
+    stage_names = ["producer", *(f"embedder-{n + 1}" for n in range(config.workers)), "upserter-1"]
+    schedule = fault_schedule(config, stage_names, rng)
+    supervisor = threading.Thread(target=stack.supervise, daemon=True)
+    injector = FaultInjector(stack, schedule)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
+    collection = client[settings.mongo_database][settings.mongo_collection]
+    try:
+        supervisor.start()
+        injector.start()
+        operations = apply_workload(collection, config, rng)
+        injector.finish()
+        collection.insert_one({"_id": "sentinel", "subject": "the last change"})
+        redis_client = connect(settings.redis_url)
+        wait_for(
+            lambda: any(
+                f.get("mongo_id") == "sentinel" for _id, f in redis_client.xrevrange("raw_document_changes", count=50)
+            ),
+            timeout=300,
+            what="the producer to publish the last change",
+        )
+        wait_for(lambda: drained(settings.redis_url, stack), timeout=600, interval=0.5, what="every stage to drain")
+        result = ChaosResult(config.seed, operations, collection.count_documents({}), schedule=schedule)
+        result.dead_lettered = redis_client.xlen("raw_document_changes:dlq") + redis_client.xlen(
+            "embedded_documents:dlq"
+        )
+        stack.stop_stages()  # the upserter releases the embedded store
+        compare(collection, settings, result)
+    finally:
+        injector.finish()
+        stack.stop()
+        client.close()
+    result.elapsed_s = round(time.monotonic() - started, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
+    parser.add_argument("--operations", type=int, default=ChaosConfig.operations)
+    parser.add_argument("--documents", type=int, default=ChaosConfig.documents)
+    parser.add_argument("--duration", type=float, default=ChaosConfig.duration_s, help="seconds of workload")
+    parser.add_argument("--workdir", type=Path, default=Path("data/chaos"))
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else int(time.time())
+    config = ChaosConfig(seed=seed, operations=args.operations, documents=args.documents, duration_s=args.duration)
+    workdir = args.workdir / str(seed)
+    print(f"chaos: seed {seed}, {config.operations} operations over {config.documents} documents, workdir {workdir}")
+    result = run_chaos(config, workdir)
+    summary = {k: v for k, v in asdict(result).items() if k != "schedule"}
+    print(json.dumps(summary, indent=2))
+    print("fault schedule: " + ", ".join(f"{f.at_s}s {f.action} {f.target}" for f in result.schedule))
+    verdict = "PASS" if result.passed else "FAIL"
+    print(
+        f"{verdict}: seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
+        f"{result.dead_lettered} dead-lettered"
+    )
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
