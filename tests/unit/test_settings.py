@@ -43,3 +43,20 @@ def test_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
         settings.load(UpserterSettings)
     assert "hunter2" not in str(error.value)
     assert "POINT_LOCK_TTL_MS" in str(error.value)
+
+
+def test_secrets_can_come_from_files(tmp_path: pytest.TempPathFactory) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    secrets = Path(str(tmp_path))
+    (secrets / "qdrant_api_key").write_text("from-a-file")
+    (secrets / "redis_url").write_text("redis://:pw@redis:6379/0")
+    env = {**os.environ, "VECSYNC_SECRETS_DIR": str(secrets)}
+    env.pop("QDRANT_API_KEY", None)
+    env.pop("REDIS_URL", None)
+    code = "from upserter.settings import UpserterSettings as S; s = S(); print(s.qdrant_api_key, s.redis_url)"
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert output.split() == ["from-a-file", "redis://:pw@redis:6379/0"]

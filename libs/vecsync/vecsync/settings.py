@@ -21,6 +21,13 @@ from vecsync.errors import ConfigurationError
 
 CommaList = Annotated[list[str], NoDecode]
 
+# Secrets can also come from files: with VECSYNC_SECRETS_DIR set (e.g. /run/secrets, where Compose and
+# Kubernetes mount them), a file named after a setting, such as `redis_url` or `qdrant_api_key`, provides
+# its value. The environment wins over a file.
+SETTINGS_CONFIG = SettingsConfigDict(
+    case_sensitive=False, extra="ignore", secrets_dir=os.environ.get("VECSYNC_SECRETS_DIR") or None
+)
+
 
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
@@ -35,7 +42,7 @@ def default_consumer_name() -> str:
 class CommonSettings(BaseSettings):
     """Fields every vecsync process shares."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    model_config = SETTINGS_CONFIG
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     log_level: str = "INFO"
@@ -59,7 +66,7 @@ class CommonSettings(BaseSettings):
 class RetentionSettings(BaseSettings):
     """What trimming keeps of a stream even once every group has acknowledged it, for rebuilds and replays."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    model_config = SETTINGS_CONFIG
 
     stream_retention_count: int = Field(default=100_000, ge=0)
     stream_retention_age_s: float = Field(default=0.0, ge=0)
@@ -88,7 +95,7 @@ class ConsumerSettings(ServiceSettings, RetentionSettings):
 
 
 class MongoSettings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    model_config = SETTINGS_CONFIG
 
     mongo_uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     mongo_database: str = Field(default="app", min_length=1)
@@ -100,7 +107,7 @@ class MongoSettings(BaseSettings):
 
 
 class QdrantSettings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    model_config = SETTINGS_CONFIG
 
     qdrant_url: str | None = None
     qdrant_path: Path | None = None
@@ -125,7 +132,7 @@ class QdrantSettings(BaseSettings):
 class TextSettings(BaseSettings):
     """How a document becomes the text to embed and the payload to store."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    model_config = SETTINGS_CONFIG
 
     text_fields: CommaList = Field(default_factory=lambda: ["subject", "content"], min_length=1)
     payload_fields: CommaList = Field(default_factory=lambda: ["product", "customer", "owner", "date", "subject"])
