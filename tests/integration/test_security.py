@@ -7,6 +7,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -53,3 +54,56 @@ def test_the_right_password_works_and_is_never_logged(secured_redis: Server, tmp
     assert process.returncode == 0, output
     assert PASSWORD not in output
     assert "redis://:***@127.0.0.1" in output
+
+
+def acl_users() -> dict[str, str]:
+    """The least-privilege ACL commands of docs/security.md, by service."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("ACL SETUSER vecsync-")]
+    return {line.split()[2].removeprefix("vecsync-"): line for line in lines}
+
+
+def test_each_service_runs_with_its_documented_least_privilege_redis_user(
+    pipeline: Any, redis_client: Any, tmp_path: Path
+) -> None:
+    from embedder_worker.embedding_client import EmbeddingClient
+    from embedder_worker.service import Embedder
+    from producer.service import Producer
+    from upserter.service import Upserter
+    from vecsync.consumer import StreamConsumer
+    from vecsync.streams import connect
+
+    users = acl_users()
+    assert set(users) == {"producer", "embedder", "upserter"}
+    url = pipeline.redis_url
+    clients = {}
+    for name, line in users.items():
+        redis_client.execute_command(*line.replace("PASSWORD", f"pw-{name}").split())
+        clients[name] = connect(url.replace("redis://", f"redis://vecsync-{name}:pw-{name}@"))
+    try:
+        # The group is created by the operator (or the first consumer); do it as admin here, then drop admin rights.
+        pipeline.collection.insert_many([{"_id": f"d{i}", "subject": f"s {i}"} for i in range(5)])
+        Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)
+        embedder_settings = pipeline.embedder_settings(trim_interval_s=0.001)
+        embedding = EmbeddingClient(embedder_settings.embedding_url, dim=384, timeout_s=5)
+        StreamConsumer(
+            clients["embedder"],
+            stage="embedder",
+            stream="raw_document_changes",
+            group="embedding_processors",
+            handler=Embedder(embedder_settings, embedding).handle,
+            settings=embedder_settings,
+        ).run(drain=True)
+        upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001)
+        StreamConsumer(
+            clients["upserter"],
+            stage="upserter",
+            stream="embedded_documents",
+            group="qdrant_upserters",
+            handler=Upserter(upserter_settings, clients["upserter"], pipeline.store).handle,
+            settings=upserter_settings,
+        ).run(drain=True)
+        pipeline.assert_matches_mongo()
+    finally:
+        for name in users:
+            redis_client.execute_command("ACL", "DELUSER", f"vecsync-{name}")
