@@ -1,7 +1,12 @@
 """The embedding-api's HTTP contract, on the hash backend (the real model is covered in tests/integration)."""
 
+import base64
 import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -54,3 +59,123 @@ def test_health_and_metrics(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     assert 'vecsync_embedding_requests_total{endpoint="/encode",status="200"}' in metrics
     assert 'vecsync_embedding_model_info{backend="hash"' in metrics
+
+
+def test_encode_reports_truncation(client: TestClient) -> None:
+    settings = EmbeddingApiSettings(max_chars_per_text=10_000)
+    long_client = TestClient(create_app(settings, HashEncoder(384)))
+    body = long_client.post("/encode_batch", json={"texts": ["short", "word " * 300]}).json()
+    assert body["truncated"] == [False, True]
+    assert long_client.post("/encode", json={"text": "short"}).json()["truncated"] is False
+    assert "vecsync_embedding_truncated_texts_total 1.0" in long_client.get("/metrics").text
+
+
+def test_openai_embeddings(client: TestClient) -> None:
+    single = client.post("/v1/embeddings", json={"input": "hello", "model": "anything"}).json()
+    assert single["object"] == "list" and single["model"] == "sha256-hash-384"
+    assert single["data"][0]["index"] == 0 and len(single["data"][0]["embedding"]) == 384
+    assert single["usage"]["prompt_tokens"] == 3
+    batch = client.post("/v1/embeddings", json={"input": ["hello", "world"]}).json()
+    assert [item["embedding"] for item in batch["data"]] == client.post(
+        "/encode_batch", json={"texts": ["hello", "world"]}
+    ).json()["embeddings"]
+    encoded = client.post("/v1/embeddings", json={"input": ["hello"], "encoding_format": "base64"}).json()
+    vector = np.frombuffer(base64.b64decode(encoded["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(vector, single["data"][0]["embedding"], atol=1e-6)
+    assert client.get("/v1/models").json()["data"][0]["id"] == "sha256-hash-384"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"input": [1, 2, 3]}, 422, "token arrays are not supported"),
+        ({"input": []}, 422, "at least one text"),
+        ({"input": ""}, 422, "Text 0 is empty"),
+        ({"input": ["a"] * 4}, 413, "MAX_TEXTS_PER_REQUEST=3"),
+        ({"input": "a", "dimensions": 12}, 422, "dimensions=12"),
+        ({"model": "x"}, 422, "input"),
+    ],
+)
+def test_openai_errors_use_openai_shape(client: TestClient, body: dict, status: int, message: str) -> None:  # type: ignore[type-arg]
+    response = client.post("/v1/embeddings", json=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"not json", "not valid JSON"), (b"[1, 2]", "must be a JSON object"), (b"", "must be a JSON object")],
+)
+def test_bodies_that_are_not_json_objects_get_422(client: TestClient, content: bytes, message: str) -> None:
+    response = client.post("/encode_batch", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+def test_huge_requests_are_refused_clearly() -> None:
+    settings = EmbeddingApiSettings(max_request_bytes=1_000_000)
+    big = TestClient(create_app(settings, HashEncoder(384)))
+    too_many = big.post("/encode_batch", json={"texts": ["x"] * 10_000})
+    assert too_many.status_code == 413 and "MAX_TEXTS_PER_REQUEST=512" in too_many.json()["detail"]
+    too_long = big.post("/encode", json={"text": "x" * 200_000})
+    assert too_long.status_code == 413 and "MAX_CHARS_PER_TEXT=100000" in too_long.json()["detail"]
+    too_big = big.post("/encode", json={"text": "x" * 1_000_000})
+    assert too_big.status_code == 413 and "MAX_REQUEST_BYTES=1000000" in too_big.json()["detail"]
+    assert big.get("/healthz").status_code == 200
+
+
+class SlowEncoder(HashEncoder):
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(384)
+        self.delay_s = delay_s
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        time.sleep(self.delay_s)
+        return super().encode(texts)
+
+
+def test_a_full_queue_answers_503_with_retry_after() -> None:
+    settings = EmbeddingApiSettings(max_queue_texts=2, max_texts_per_request=2, max_batch_size=1)
+    slow = TestClient(create_app(settings, SlowEncoder(0.5)))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda i: slow.post("/encode", json={"text": f"t{i}"}), range(8)))
+    statuses = sorted(response.status_code for response in responses)
+    assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
+    refused = next(response for response in responses if response.status_code == 503)
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "MAX_QUEUE_TEXTS=2" in refused.json()["detail"]
+
+
+def test_health_and_metrics_answer_while_the_model_works() -> None:
+    settings = EmbeddingApiSettings()
+    slow = TestClient(create_app(settings, SlowEncoder(1.0)))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        busy = pool.submit(slow.post, "/encode", json={"text": "slow"})
+        time.sleep(0.2)
+        started = time.perf_counter()
+        assert slow.get("/healthz").status_code == 200
+        metrics = slow.get("/metrics").text
+        assert time.perf_counter() - started < 0.5
+        assert "vecsync_embedding_queue_texts 1.0" in metrics
+        assert busy.result().status_code == 200
+    metrics = slow.get("/metrics").text
+    for name in ("vecsync_embedding_model_batch_tokens_bucket", "vecsync_embedding_model_call_duration_seconds"):
+        assert name in metrics
+
+
+def test_readyz_waits_for_the_model() -> None:
+    release = threading.Event()
+
+    def load() -> HashEncoder:
+        release.wait(10)
+        return HashEncoder(384)
+
+    loading = TestClient(create_app(EmbeddingApiSettings(), load=load))
+    assert loading.get("/healthz").status_code == 200
+    assert loading.get("/readyz").status_code == 503
+    early = loading.post("/encode", json={"text": "x"})
+    assert early.status_code == 503 and "Retry-After" in early.headers
+    release.set()
+    loading.app.state.batcher.wait_ready(10)  # type: ignore[attr-defined]
+    assert loading.get("/readyz").json()["status"] == "ready"
+    assert loading.post("/encode", json={"text": "x"}).status_code == 200

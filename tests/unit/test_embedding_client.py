@@ -2,19 +2,66 @@
 
 from __future__ import annotations
 
+import email.utils
+import json
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from embedder_worker.embedding_client import EmbeddingClient
+from embedder_worker.embedding_client import EmbeddingClient, retry_after_s
+from embedder_worker.settings import EmbedderSettings
 from tests.support.fake_api import FakeApi
 from tests.support.servers import free_port
+from vecsync.consumer import Backoff
 from vecsync.errors import PermanentError, TransientError
 
 
 @pytest.fixture
 def api() -> Iterator[FakeApi]:
     fake = FakeApi()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+class RecordingApi:
+    """Like FakeApi, and it also sends headers and records what it was sent."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body: object = {}
+        self.headers: dict[str, str] = {}
+        self.requests: list[tuple[str, object]] = []
+        self.authorization: str | None = None
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received = self.rfile.read(int(self.headers["Content-Length"]))
+                fake.requests.append((self.path, json.loads(received)))
+                fake.authorization = self.headers.get("Authorization")
+                payload = json.dumps(fake.body).encode()
+                self.send_response(fake.status)
+                for name, value in fake.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def recording_api() -> Iterator[RecordingApi]:
+    fake = RecordingApi()
     yield fake
     fake.server.shutdown()
     fake.server.server_close()
@@ -55,3 +102,46 @@ def test_wrong_vectors_are_permanent(api: FakeApi, embeddings: list, message: st
     api.body = {"embeddings": embeddings}
     with pytest.raises(PermanentError, match=message):
         client(api.url).embed(["a"])
+
+
+def test_retry_after_is_carried_by_the_transient_error(recording_api: RecordingApi) -> None:
+    api = recording_api
+    api.status, api.body, api.headers = 503, {"detail": "queue full"}, {"Retry-After": "7"}
+    with pytest.raises(TransientError) as raised:
+        client(api.url).embed(["a"])
+    assert raised.value.retry_after_s == 7
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"), [(None, None), ("2.5", 2.5), ("-3", 0.0), ("99999", 300.0), ("soon", None)]
+)
+def test_retry_after_values(header: str | None, expected: float | None) -> None:
+    assert retry_after_s(header) == expected
+
+
+def test_retry_after_as_a_date() -> None:
+    seconds = retry_after_s(email.utils.formatdate(time.time() + 30, usegmt=True))
+    assert seconds is not None and 25 <= seconds <= 31
+
+
+def test_backoff_waits_at_least_what_the_server_asked() -> None:
+    backoff = Backoff(initial_s=0.001, max_s=0.002)
+    started = time.monotonic()
+    assert backoff.wait(threading.Event(), at_least_s=0.3)
+    assert time.monotonic() - started >= 0.3
+
+
+def test_openai_style(recording_api: RecordingApi) -> None:
+    api = recording_api
+    api.body = {"data": [{"index": 1, "embedding": [0, 1, 0]}, {"index": 0, "embedding": [1, 0, 0]}]}
+    openai = EmbeddingClient(api.url + "/v1", dim=3, timeout_s=5, style="openai", model="m", api_key="k")
+    assert openai.url == api.url + "/v1/embeddings"
+    assert openai.embed(["a", "b"]) == [[1, 0, 0], [0, 1, 0]]
+    assert api.requests[-1] == ("/v1/embeddings", {"input": ["a", "b"], "model": "m", "encoding_format": "float"})
+    assert api.authorization == "Bearer k"
+
+
+def test_client_from_settings() -> None:
+    settings = EmbedderSettings(embedding_url="http://api:8080/", embedding_api_style="openai", embedding_dim=3)
+    made = EmbeddingClient.from_settings(settings)
+    assert made.url == "http://api:8080/v1/embeddings" and made.dim == 3 and made.style == "openai"

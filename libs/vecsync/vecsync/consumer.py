@@ -79,9 +79,9 @@ class Backoff:
         # Half fixed, half random: spreads retries from many workers without ever retrying at once.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    def wait(self, stopping: threading.Event) -> bool:
-        """Sleep for the next delay; False when asked to stop meanwhile."""
-        return not stopping.wait(self.next_delay())
+    def wait(self, stopping: threading.Event, at_least_s: float = 0.0) -> bool:
+        """Sleep for the next delay, or ``at_least_s`` if longer; False when asked to stop meanwhile."""
+        return not stopping.wait(max(self.next_delay(), at_least_s))
 
 
 class StreamConsumer:
@@ -267,7 +267,8 @@ class StreamConsumer:
                 log.warning(
                     "%s: %s; retrying %d entries (attempt %d)", self.stage, exc, len(entries), backoff.attempts + 1
                 )
-                if not backoff.wait(self.stopping):
+                asked = exc.retry_after_s if isinstance(exc, TransientError) else None
+                if not backoff.wait(self.stopping, asked or 0.0):
                     return  # stopping: the entries stay pending and are re-read at the next start
             except Exception as exc:  # noqa: BLE001 - any other failure is isolated, never fatal
                 if len(entries) > 1:

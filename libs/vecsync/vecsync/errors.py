@@ -10,7 +10,15 @@ class ConfigurationError(VecsyncError):
 
 
 class TransientError(VecsyncError):
-    """Raised when a dependency is unavailable; the batch is retried with backoff and never dead-lettered."""
+    """Raised when a dependency is unavailable; the batch is retried with backoff and never dead-lettered.
+
+    ``retry_after_s`` is how long the dependency asked to be left alone (an HTTP Retry-After); the
+    consumer loop then waits at least that long before the retry.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PermanentError(VecsyncError):

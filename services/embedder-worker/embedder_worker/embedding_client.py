@@ -1,45 +1,97 @@
-"""The embedder-worker's client of the embedding-api."""
+"""The embedder-worker's client of the embedding-api, or of any OpenAI-compatible embeddings server."""
 
 from __future__ import annotations
 
+import email.utils
 import math
+import time
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import requests
 
+from embedder_worker.settings import EmbedderSettings
 from vecsync.errors import PermanentError, TransientError
 
 # Statuses that mean "the service is busy or down, try again": never a reason to dead-letter.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+# A Retry-After beyond this is taken as this: a misconfigured server must not park the worker for hours.
+MAX_RETRY_AFTER_S = 300.0
 
 
 class EmbeddingClient:
-    """Calls POST /encode_batch and checks what comes back."""
+    """Calls POST /encode_batch (style ``vecsync``) or POST /v1/embeddings (style ``openai``) and checks the answer."""
 
-    def __init__(self, base_url: str, *, dim: int, timeout_s: float) -> None:
-        self.url = base_url.rstrip("/") + "/encode_batch"
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        dim: int,
+        timeout_s: float,
+        style: Literal["vecsync", "openai"] = "vecsync",
+        model: str = "all-MiniLM-L6-v2",
+        api_key: str | None = None,
+    ) -> None:
+        base = base_url.rstrip("/")
+        if style == "openai":
+            # Accept both "http://host:port" and an OpenAI-style base URL that already ends in /v1.
+            self.url = base + ("/embeddings" if base.endswith("/v1") else "/v1/embeddings")
+        else:
+            self.url = base + "/encode_batch"
+        self.style = style
+        self.model = model
         self.dim = dim
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    @classmethod
+    def from_settings(cls, settings: EmbedderSettings) -> EmbeddingClient:
+        return cls(
+            settings.embedding_url,
+            dim=settings.embedding_dim,
+            timeout_s=settings.embedding_timeout_s,
+            style=settings.embedding_api_style,
+            model=settings.embedding_model,
+            api_key=settings.embedding_api_key,
+        )
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        body: dict[str, Any] = (
+            {"input": list(texts), "model": self.model, "encoding_format": "float"}
+            if self.style == "openai"
+            else {"texts": list(texts)}
+        )
         try:
-            response = self.session.post(self.url, json={"texts": list(texts)}, timeout=self.timeout_s)
+            response = self.session.post(self.url, json=body, timeout=self.timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"embedding-api unreachable at {self.url}: {exc}") from exc
         if response.status_code in RETRY_STATUSES:
-            raise TransientError(f"embedding-api answered {response.status_code}: {response.text[:200]}")
+            raise TransientError(
+                f"embedding-api answered {response.status_code}: {response.text[:200]}",
+                retry_after_s=retry_after_s(response.headers.get("Retry-After")),
+            )
         if response.status_code != 200:
             raise PermanentError(f"embedding-api rejected the texts with {response.status_code}: {response.text[:500]}")
-        try:
-            embeddings = response.json()["embeddings"]
-        except (ValueError, KeyError, TypeError):
-            raise TransientError(f"embedding-api sent a malformed reply: {response.text[:200]}") from None
+        embeddings = self._embeddings(response)
         if not isinstance(embeddings, list) or len(embeddings) != len(texts):
-            raise TransientError(f"embedding-api returned {len(embeddings)} vectors for {len(texts)} texts")
+            count = len(embeddings) if isinstance(embeddings, list) else type(embeddings).__name__
+            raise TransientError(f"embedding-api returned {count} vectors for {len(texts)} texts")
         for vector in embeddings:
             self._check(vector)
         return embeddings
+
+    def _embeddings(self, response: requests.Response) -> Any:
+        try:
+            body = response.json()
+            if self.style == "vecsync":
+                return body["embeddings"]
+            # OpenAI answers carry an index per item; order by it rather than trust the list order.
+            items = sorted(body["data"], key=lambda item: item["index"])
+            return [item["embedding"] for item in items]
+        except (ValueError, KeyError, TypeError):
+            raise TransientError(f"embedding-api sent a malformed reply: {response.text[:200]}") from None
 
     def _check(self, vector: object) -> None:
         if not isinstance(vector, list) or len(vector) != self.dim:
@@ -47,3 +99,21 @@ class EmbeddingClient:
             raise PermanentError(f"embedding-api returned a vector of {size} dimensions; EMBEDDING_DIM is {self.dim}")
         if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in vector):
             raise PermanentError("embedding-api returned a vector with NaN, infinite or non-numeric values")
+
+
+def retry_after_s(header: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not header:
+        return None
+    header = header.strip()
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)

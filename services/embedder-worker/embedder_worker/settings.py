@@ -1,3 +1,5 @@
+from typing import Literal
+
 from pydantic import Field
 
 from vecsync.settings import ConsumerSettings, TextSettings
@@ -6,5 +8,12 @@ from vecsync.settings import ConsumerSettings, TextSettings
 class EmbedderSettings(ConsumerSettings, TextSettings):
     metrics_port: int = Field(default=9103, ge=0, le=65535)
     embedding_url: str = "http://127.0.0.1:8080"
+    # vecsync: POST /encode_batch of vecsync's embedding-api. openai: POST /v1/embeddings of any
+    # OpenAI-compatible server (vecsync's embedding-api too, TEI, Infinity, a hosted API).
+    embedding_api_style: Literal["vecsync", "openai"] = "vecsync"
+    # Sent as "model" in OpenAI-style requests; servers of one model ignore it.
+    embedding_model: str = "all-MiniLM-L6-v2"
+    # Sent as a bearer token when set (hosted APIs).
+    embedding_api_key: str | None = None
     embedding_timeout_s: float = Field(default=60.0, gt=0)
     embedding_dim: int = Field(default=384, ge=1)

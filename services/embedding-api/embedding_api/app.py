@@ -1,25 +1,29 @@
-"""The embedding-api's HTTP interface."""
+"""The embedding-api's HTTP interface: vecsync's own endpoints and an OpenAI-compatible one."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     Counter,
+    Gauge,
     Histogram,
     Info,
     generate_latest,
 )
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedding_api.backends import Encoder
+from embedding_api.batching import Batcher, BatchStats, Encoded, NotReady, QueueFull
 from embedding_api.settings import EmbeddingApiSettings
 
 REQUESTS = Counter(
@@ -32,10 +36,26 @@ REQUEST_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 TEXTS = Counter("vecsync_embedding_texts_total", "Texts encoded.")
+TRUNCATED = Counter(
+    "vecsync_embedding_truncated_texts_total", "Texts longer than the model's window, encoded from their beginning."
+)
 MODEL_BATCH_SIZE = Histogram(
     "vecsync_embedding_model_batch_size", "Texts per model call.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 )
+MODEL_BATCH_TOKENS = Histogram(
+    "vecsync_embedding_model_batch_tokens",
+    "Tokens per model call (after truncation, before padding).",
+    buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
+)
+MODEL_CALL_DURATION = Histogram(
+    "vecsync_embedding_model_call_duration_seconds",
+    "Time of one model call.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_TEXTS = Gauge("vecsync_embedding_queue_texts", "Texts accepted and not yet encoded.")
 MODEL_INFO = Info("vecsync_embedding_model", "The model and backend in use.")
+
+OPENAI_PREFIX = "/v1/"
 
 
 class EncodeRequest(BaseModel):
@@ -46,59 +66,213 @@ class EncodeBatchRequest(BaseModel):
     texts: list[str]
 
 
-def create_app(settings: EmbeddingApiSettings, encoder: Encoder) -> FastAPI:
-    app = FastAPI(title="vecsync embedding-api")
-    # One model call at a time: the model already uses every core, and this keeps
-    # the event loop (and so /healthz and /metrics) free while it works.
-    model_lock = asyncio.Lock()
-    MODEL_INFO.info(
-        {"model": encoder.name, "backend": encoder.backend, "device": encoder.device, "dim": str(encoder.dim)}
-    )
+class OpenAIEmbeddingsRequest(BaseModel):
+    input: str | list[Any]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
 
-    async def encode(texts: list[str]) -> list[list[float]]:
+
+def create_app(
+    settings: EmbeddingApiSettings,
+    encoder: Encoder | None = None,
+    *,
+    load: Callable[[], Encoder] | None = None,
+    on_load_failure: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The app over ``encoder`` (ready at once), or over what ``load`` returns (loaded in the background)."""
+    if (encoder is None) == (load is None):
+        raise ValueError("pass either an encoder or a load function")
+    app = FastAPI(title="vecsync embedding-api")
+    batcher = Batcher(
+        load or (lambda: encoder),  # type: ignore[arg-type, return-value]
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        max_queue_texts=settings.max_queue_texts,
+        warm_up=load is not None,
+        background_load=load is not None,
+        on_batch=_observe_batch,
+        on_ready=_describe_model,
+        on_load_failure=on_load_failure,
+    )
+    app.state.batcher = batcher
+    QUEUE_TEXTS.set_function(lambda: batcher.queued_texts)
+    app.router.add_event_handler("shutdown", batcher.close)
+
+    def model() -> Encoder:
+        assert batcher.encoder is not None
+        return batcher.encoder
+
+    async def embed(texts: list[str]) -> Encoded:
         _check_limits(texts, settings)
-        async with model_lock:
-            vectors = await run_in_threadpool(encoder.encode, texts)
-        MODEL_BATCH_SIZE.observe(len(texts))
+        try:
+            future = batcher.submit(texts)
+        except QueueFull as exc:
+            raise HTTPException(
+                503,
+                f"The embedding queue is full ({batcher.queued_texts} texts waiting, "
+                f"MAX_QUEUE_TEXTS={settings.max_queue_texts}); retry in {exc.retry_after_s} s.",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
+        except NotReady as exc:
+            raise HTTPException(503, f"The model is not ready: {exc}.", headers={"Retry-After": "5"}) from None
+        try:
+            encoded = await asyncio.wrap_future(future)
+        except NotReady as exc:
+            raise HTTPException(503, f"The model is not ready: {exc}.", headers={"Retry-After": "5"}) from None
+        except Exception as exc:  # noqa: BLE001 - the model failed on this batch; the service stays up
+            raise HTTPException(500, f"The model failed on this batch: {type(exc).__name__}: {exc}") from None
         TEXTS.inc(len(texts))
-        return vectors
+        return encoded
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        response: Response = await call_next(request)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_request_bytes:
+            message = (
+                f"The request body has {length} bytes; the limit is MAX_REQUEST_BYTES={settings.max_request_bytes}."
+            )
+            response: Response = _error(request, 413, message)
+        else:
+            response = await call_next(request)
         endpoint = request.url.path
         if endpoint not in ("/metrics", "/healthz", "/readyz"):
-            REQUESTS.labels(endpoint, str(response.status_code)).inc()
-            REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+            REQUESTS.labels(_endpoint_label(app, endpoint), str(response.status_code)).inc()
+            REQUEST_DURATION.labels(_endpoint_label(app, endpoint)).observe(time.perf_counter() - started)
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse(status_code=422, content={"detail": f"Invalid request: {problems}"})
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(request, 422, f"Invalid request: {_describe_validation(exc)}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, str(exc.detail), exc.headers)
 
     @app.post("/encode")
-    async def encode_one(request: EncodeRequest) -> dict[str, Any]:
-        return {"embedding": (await encode([request.text]))[0]}
+    async def encode_one(request: EncodeRequest) -> Response:
+        encoded = await embed([request.text])
+        return JSONResponse({"embedding": encoded.vectors[0], "truncated": encoded.truncated[0]})
 
     @app.post("/encode_batch")
-    async def encode_batch(request: EncodeBatchRequest) -> dict[str, Any]:
-        return {"embeddings": await encode(request.texts), "model": encoder.name, "dim": encoder.dim}
+    async def encode_batch(request: EncodeBatchRequest) -> Response:
+        encoded = await embed(request.texts)
+        encoder = model()
+        return JSONResponse(
+            {"embeddings": encoded.vectors, "model": encoder.name, "dim": encoder.dim, "truncated": encoded.truncated}
+        )
+
+    @app.post("/v1/embeddings")
+    async def openai_embeddings(request: OpenAIEmbeddingsRequest) -> Response:
+        texts = _openai_texts(request.input)
+        encoded = await embed(texts)
+        encoder = model()
+        if request.dimensions is not None and request.dimensions != encoder.dim:
+            raise HTTPException(422, f"dimensions={request.dimensions} is not available; this model has {encoder.dim}.")
+        data = [
+            {"object": "embedding", "index": i, "embedding": _openai_vector(vector, request.encoding_format)}
+            for i, vector in enumerate(encoded.vectors)
+        ]
+        tokens = sum(encoded.tokens)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": encoder.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    @app.get("/v1/models")
+    async def openai_models() -> dict[str, Any]:
+        if not batcher.ready:
+            return {"object": "list", "data": []}
+        return {"object": "list", "data": [{"id": model().name, "object": "model", "owned_by": "vecsync"}]}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> dict[str, Any]:
-        return {"status": "ready", "model": encoder.name, "backend": encoder.backend, "dim": encoder.dim}
+    async def readyz() -> Response:
+        if batcher.load_error is not None:
+            return JSONResponse({"status": "failed", "detail": str(batcher.load_error)}, status_code=503)
+        if not batcher.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        encoder = model()
+        body = {"status": "ready", "model": encoder.name, "backend": encoder.backend, "dim": encoder.dim}
+        return JSONResponse(body | {"device": encoder.device, "max_tokens": encoder.max_tokens})
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _observe_batch(stats: BatchStats) -> None:
+    MODEL_BATCH_SIZE.observe(stats.texts)
+    MODEL_BATCH_TOKENS.observe(stats.tokens)
+    MODEL_CALL_DURATION.observe(stats.seconds)
+    if stats.truncated:
+        TRUNCATED.inc(stats.truncated)
+
+
+def _describe_model(encoder: Encoder) -> None:
+    MODEL_INFO.info(
+        {"model": encoder.name, "backend": encoder.backend, "device": encoder.device, "dim": str(encoder.dim)}
+    )
+
+
+def _endpoint_label(app: FastAPI, path: str) -> str:
+    # Only known routes become label values: probing random paths must not grow the metrics without bound.
+    known = {getattr(route, "path", "") for route in app.routes}
+    return path if path in known else "other"
+
+
+def _error(request: Request, status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    if request.url.path.startswith(OPENAI_PREFIX):
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+    else:
+        body = {"detail": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            reason = error.get("ctx", {}).get("error", "")
+            problems.append(f"the body is not valid JSON ({reason})" if reason else "the body is not valid JSON")
+            continue
+        if tuple(error["loc"]) == ("body",):
+            problems.append("the body must be a JSON object (with Content-Type: application/json)")
+            continue
+        location = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{location}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _openai_texts(value: str | list[Any]) -> list[str]:
+    texts = [value] if isinstance(value, str) else value
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise HTTPException(
+                422, f"input[{index}] is a {type(text).__name__}; send strings (token arrays are not supported)."
+            )
+    return texts
+
+
+def _openai_vector(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "float":
+        return vector
+    import numpy as np
+
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
 def _check_limits(texts: list[str], settings: EmbeddingApiSettings) -> None:

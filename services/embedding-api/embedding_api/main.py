@@ -1,6 +1,7 @@
 """``vecsync-embedding-api``: serve the embedding model over HTTP."""
 
 import logging
+import sys
 
 import uvicorn
 
@@ -16,11 +17,28 @@ log = logging.getLogger("vecsync.embedding_api")
 def main() -> None:
     settings = settings_module.load(EmbeddingApiSettings)
     setup_logging(settings.log_level)
-    # The model loads (and warms up) before the port opens, so a client that connects gets answers.
-    encoder = load_encoder(settings)
-    encoder.encode(["warm-up"])
-    app = create_app(settings, encoder)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False)
+    failed: list[BaseException] = []
+
+    def stop(exc: BaseException) -> None:
+        failed.append(exc)
+        server.should_exit = True
+
+    # The port opens at once, so /healthz answers while the model loads and warms up;
+    # /readyz turns ready (and the encode endpoints answer) only after the warm-up.
+    app = create_app(settings, load=lambda: load_encoder(settings), on_load_failure=stop)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if failed:
+        log.error("The model could not be loaded: %s", failed[0])
+        sys.exit(1)
 
 
 def cli() -> None:

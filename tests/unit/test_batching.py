@@ -1,0 +1,167 @@
+"""Dynamic batching: merged requests each get their own texts' vectors, in order, within the batch limits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from embedding_api.backends import HashEncoder
+from embedding_api.batching import Batcher, NotReady, QueueFull
+
+
+class RecordingEncoder(HashEncoder):
+    """The hash encoder, slowed down a little, remembering every batch it was given."""
+
+    def __init__(self, delay_s: float = 0.01, fail_on: str | None = None) -> None:
+        super().__init__(8)
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.batches: list[list[str]] = []
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        self.batches.append(list(texts))
+        time.sleep(self.delay_s)
+        if self.fail_on in texts:
+            raise RuntimeError("boom")
+        return super().encode(texts)
+
+
+def batcher(encoder: HashEncoder, **overrides: float) -> Batcher:
+    options: dict[str, float] = {
+        "max_batch_size": 16,
+        "max_batch_tokens": 10_000,
+        "max_wait_s": 0.02,
+        "max_queue_texts": 10_000,
+    }
+    options.update(overrides)
+    return Batcher(
+        lambda: encoder,
+        max_batch_size=int(options["max_batch_size"]),
+        max_batch_tokens=int(options["max_batch_tokens"]),
+        max_wait_s=options["max_wait_s"],
+        max_queue_texts=int(options["max_queue_texts"]),
+        warm_up=False,
+        background_load=False,
+    )
+
+
+def requests_of_many_sizes(count: int) -> list[list[str]]:
+    return [[f"request {r} text {i} " + "word " * (i % 5) for i in range(1 + r % 7)] for r in range(count)]
+
+
+def run_concurrently(subject: Batcher, requests: list[list[str]]) -> list[list[list[float]]]:
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        futures = list(pool.map(subject.submit, requests))
+        return [future.result(timeout=30).vectors for future in futures]
+
+
+def test_merged_requests_get_their_own_vectors_in_order() -> None:
+    encoder = RecordingEncoder()
+    subject = batcher(encoder)
+    requests = requests_of_many_sizes(200)
+    results = run_concurrently(subject, requests)
+    reference = HashEncoder(8)
+    for texts, vectors in zip(requests, results, strict=True):
+        assert vectors == reference.encode(texts)
+    # Requests really were merged: some model call held texts of several requests.
+    assert any(len({text.split(" text ")[0] for text in batch}) > 1 for batch in encoder.batches)
+    assert all(len(batch) <= 16 for batch in encoder.batches)
+    assert sum(len(batch) for batch in encoder.batches) == sum(len(texts) for texts in requests)
+    subject.close()
+
+
+def test_a_request_larger_than_a_batch_is_split_and_reassembled() -> None:
+    encoder = RecordingEncoder(delay_s=0)
+    subject = batcher(encoder, max_batch_size=4)
+    texts = [f"text {i}" for i in range(10)]
+    assert subject.submit(texts).result(timeout=10).vectors == HashEncoder(8).encode(texts)
+    assert [len(batch) for batch in encoder.batches] == [4, 4, 2]
+    subject.close()
+
+
+def test_batches_respect_the_token_limit() -> None:
+    encoder = RecordingEncoder()
+    subject = batcher(encoder, max_batch_tokens=20)  # each text below counts 5 tokens (3 words + 2)
+    run_concurrently(subject, [["one two three"] * 3 for _ in range(20)])
+    assert all(len(batch) <= 4 for batch in encoder.batches)
+    subject.close()
+
+
+def test_batch_size_one_never_merges_requests() -> None:
+    encoder = RecordingEncoder()
+    subject = batcher(encoder, max_batch_size=1)
+    requests = requests_of_many_sizes(40)
+    results = run_concurrently(subject, requests)
+    assert results == [HashEncoder(8).encode(texts) for texts in requests]
+    # Each model call is exactly one request's texts.
+    assert sorted(map(tuple, encoder.batches)) == sorted(map(tuple, requests))
+    subject.close()
+
+
+def test_truncation_and_token_counts_are_reported() -> None:
+    subject = batcher(RecordingEncoder(delay_s=0))
+    long_text = "word " * 300
+    encoded = subject.submit(["short text", long_text]).result(timeout=10)
+    assert encoded.truncated == [False, True]
+    assert encoded.tokens == [4, 256]
+    subject.close()
+
+
+def test_a_full_queue_is_refused_with_a_retry_delay() -> None:
+    subject = batcher(RecordingEncoder(delay_s=0.2), max_queue_texts=4, max_batch_size=2)
+    first = subject.submit(["a", "b"])
+    subject.submit(["c", "d"])
+    with pytest.raises(QueueFull) as refused:
+        subject.submit(["e"])
+    assert refused.value.retry_after_s >= 1
+    first.result(timeout=10)
+    subject.close()
+
+
+def test_a_failing_batch_fails_only_its_requests() -> None:
+    encoder = RecordingEncoder(delay_s=0, fail_on="poison")
+    subject = batcher(encoder, max_batch_size=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        subject.submit(["poison"]).result(timeout=10)
+    assert subject.submit(["fine"]).result(timeout=10).vectors == HashEncoder(8).encode(["fine"])
+    assert subject.queued_texts == 0
+    subject.close()
+
+
+def test_not_ready_while_loading() -> None:
+    release = threading.Event()
+
+    def slow_load() -> HashEncoder:
+        release.wait(10)
+        return HashEncoder(8)
+
+    subject = Batcher(slow_load, max_batch_size=8, max_batch_tokens=1000, max_wait_s=0, max_queue_texts=100)
+    with pytest.raises(NotReady, match="loading"):
+        subject.submit(["early"])
+    release.set()
+    assert subject.wait_ready(10)
+    assert len(subject.submit(["late"]).result(timeout=10).vectors[0]) == 8
+    subject.close()
+
+
+def test_a_failed_load_is_reported() -> None:
+    failures: list[BaseException] = []
+
+    def broken_load() -> HashEncoder:
+        raise FileNotFoundError("no model at /nowhere")
+
+    subject = Batcher(
+        broken_load,
+        max_batch_size=8,
+        max_batch_tokens=1000,
+        max_wait_s=0,
+        max_queue_texts=100,
+        on_load_failure=failures.append,
+    )
+    subject.close()
+    assert isinstance(failures[0], FileNotFoundError)
+    with pytest.raises(NotReady, match="no model"):
+        subject.submit(["x"])
