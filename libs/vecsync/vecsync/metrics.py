@@ -88,6 +88,11 @@ class StreamStatsCollector(Collector):
                 "Age of the oldest unacknowledged entry (0 when none).",
                 labels=["stream", "group"],
             ),
+            "idle": GaugeMetricFamily(
+                "vecsync_stream_oldest_pending_idle_seconds",
+                "Time since the oldest unacknowledged entry was last delivered (0 when none).",
+                labels=["stream", "group"],
+            ),
             "dlq": GaugeMetricFamily(
                 "vecsync_stream_dlq_length", "Entries in the stream's dead-letter stream.", labels=["stream"]
             ),
@@ -114,6 +119,7 @@ def _add_stats(families: dict[str, GaugeMetricFamily], stats: StreamStats) -> No
         families["lag"].add_metric(group_labels, stats.lag)
     families["pending"].add_metric(group_labels, stats.pending)
     families["oldest"].add_metric(group_labels, stats.oldest_pending_age_s)
+    families["idle"].add_metric(group_labels, stats.oldest_pending_idle_s)
 
 
 def register_stream_stats(client: redis.Redis, streams: Iterable[tuple[str, str]]) -> None:

@@ -70,6 +70,8 @@ class StreamStats:
     pending: int
     oldest_pending_age_s: float
     dlq_length: int
+    # Since the oldest pending entry was last delivered: large only when no consumer works on it.
+    oldest_pending_idle_s: float = 0.0
     consumers: list[ConsumerInfo] = field(default_factory=list)
     group_exists: bool = True
 
@@ -90,6 +92,9 @@ def stream_stats(client: redis.Redis, stream: str, group: str, *, with_consumers
     pending = int(summary["pending"])
     oldest_age = max(0.0, time.time() - entry_time(summary["min"])) if pending else 0.0
     stats = StreamStats(stream, group, length, _lag(client, stream, group_info), pending, oldest_age, dlq_length)
+    if pending:
+        oldest = client.xpending_range(stream, group, min="-", max="+", count=1)
+        stats.oldest_pending_idle_s = int(oldest[0]["time_since_delivered"]) / 1000.0 if oldest else 0.0
     if with_consumers:
         stats.consumers = [
             ConsumerInfo(c["name"], int(c["pending"]), int(c["idle"]) / 1000.0)
