@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: venv run test test-unit lint typecheck chaos clean up up-gpu down logs scale config
+.PHONY: venv run test test-unit lint typecheck chaos clean up up-gpu down logs scale config bench-embed
 
 venv: $(STAMP)
 
@@ -38,6 +38,11 @@ typecheck: $(STAMP)
 # The long chaos test (tests/chaos/harness.py); `make test` runs a short one. SEED=<n> replays a run.
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.harness $(if $(SEED),--seed $(SEED))
+
+# A benchmark, not a test: backends in-process and over HTTP, concurrent clients with batching on and off.
+# Sizes: BENCH_TEXTS, BENCH_SECONDS, BENCH_BACKENDS, BENCH_CLIENTS; results in bench/results/.
+bench-embed: $(STAMP)
+	$(BIN)/python bench/embed.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -55,3 +56,16 @@ def test_search_finds_the_relevant_document_and_follows_updates(pipeline: Pipeli
     assert [hit.payload["mongo_id"] for hit in hits][:1] == ["printer"]
     assert "billing" not in {hit.payload["mongo_id"] for hit in hits}
     pipeline.assert_matches_mongo()
+
+
+def test_concurrent_single_texts_get_their_own_vectors(model_api: Server) -> None:
+    """Single-text requests merged by dynamic batching each get the vector of their own text."""
+    texts = [f"ticket {i}: the {'printer' if i % 2 else 'invoice'} is broken" + " again" * (i % 9) for i in range(48)]
+    reference = requests.post(
+        f"http://127.0.0.1:{model_api.port}/encode_batch", json={"texts": texts}, timeout=60
+    ).json()["embeddings"]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        vectors = list(pool.map(lambda text: encode(model_api, text), texts))
+    for got, expected in zip(vectors, reference, strict=True):
+        # Padding differs between batches, so allow float noise, never another text's vector.
+        assert sum(a * b for a, b in zip(got, expected, strict=True)) > 0.999
