@@ -91,7 +91,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
             stage="embedder",
             stream="raw_document_changes",
             group="embedding_processors",
-            handler=Embedder(embedder_settings, embedding).handle,
+            handler=Embedder(embedder_settings, embedding, clients["embedder"]).handle,
             settings=embedder_settings,
         ).run(drain=True)
         upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001)

@@ -11,6 +11,7 @@ import redis
 from tests.support.pipeline import Pipeline
 from tests.support.servers import free_port, start_embedding_api, wait_for
 from vecsync.constants import POINT_LOCK_PREFIX
+from vecsync.documents import point_id
 from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument
 from vecsync.streams import stream_stats
@@ -143,3 +144,54 @@ class TestPointLocks:
         with PointLocks(client, holder="upserter-1", ttl_ms=60_000, wait_ms=0).hold(["p"]):
             assert client.get(POINT_LOCK_PREFIX + "p") == "upserter-1"
         assert client.get(POINT_LOCK_PREFIX + "p") is None
+
+
+class TestUnchangedText:
+    """A change that leaves the text as Qdrant holds it costs no embedding call."""
+
+    @staticmethod
+    def embedded() -> float:
+        from embedder_worker.service import TEXTS_EMBEDDED
+
+        return TEXTS_EMBEDDED._value.get()
+
+    def test_a_payload_only_change_is_not_embedded_again(self, pipeline: Pipeline) -> None:
+        pipeline.collection.insert_one({"_id": "t", "subject": "same text", "owner": "Ann"})
+        pipeline.drain()
+        [before] = pipeline.store.retrieve([point_id(pipeline.source, "t")], with_vectors=True)
+        calls = self.embedded()
+        pipeline.collection.update_one({"_id": "t"}, {"$set": {"owner": "Bob"}})
+        pipeline.drain()
+        assert self.embedded() == calls, "the unchanged text was embedded again"
+        [after] = pipeline.store.retrieve([point_id(pipeline.source, "t")], with_vectors=True)
+        assert after.payload["owner"] == "Bob" and after.vector == before.vector
+        assert after.payload["version"] > before.payload["version"]
+        pipeline.assert_matches_mongo()
+
+    def test_a_point_lost_since_gets_its_vector_back(self, pipeline: Pipeline) -> None:
+        pipeline.collection.insert_one({"_id": "t", "subject": "same text", "owner": "Ann"})
+        pipeline.drain()
+        pipeline.store.delete([point_id(pipeline.source, "t")])  # behind the pipeline's back
+        pipeline.collection.update_one({"_id": "t"}, {"$set": {"owner": "Bob"}})
+        pipeline.drain()
+        assert pipeline.points()["t"]["owner"] == "Bob"
+        pipeline.assert_matches_mongo()
+
+    def test_the_skip_can_be_switched_off(self, pipeline: Pipeline) -> None:
+        pipeline.overrides["skip_unchanged_text"] = False
+        pipeline.collection.insert_one({"_id": "t", "subject": "same text", "owner": "Ann"})
+        pipeline.drain()
+        calls = self.embedded()
+        pipeline.collection.update_one({"_id": "t"}, {"$set": {"owner": "Bob"}})
+        pipeline.drain()
+        assert self.embedded() == calls + 1
+
+    def test_repeated_changes_in_one_batch_are_embedded_once(self, pipeline: Pipeline) -> None:
+        pipeline.run_producer()
+        pipeline.collection.insert_one({"_id": "r", "subject": "version 0"})
+        for n in range(1, 5):
+            pipeline.collection.replace_one({"_id": "r"}, {"subject": f"version {n}"})
+        calls = self.embedded()
+        pipeline.drain()
+        assert self.embedded() == calls + 1
+        assert pipeline.points()["r"]["text"] == "version 4"

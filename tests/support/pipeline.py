@@ -18,6 +18,7 @@ from upserter.service import Upserter
 from upserter.settings import UpserterSettings
 from vecsync.consumer import StreamConsumer
 from vecsync.documents import build_text, point_id, text_sha256
+from vecsync.streams import stream_stats
 from vecsync.vectorstore import VectorStore
 
 # Fast retries and reclaims, so that failure paths finish within a test.
@@ -71,7 +72,7 @@ class Pipeline:
             stage="embedder",
             stream=settings.stage1_stream,
             group=settings.stage1_group,
-            handler=Embedder(settings, client).handle,
+            handler=Embedder(settings, client, self.redis_client).handle,
             settings=settings,
         )
 
@@ -87,9 +88,19 @@ class Pipeline:
         )
 
     def drain(self) -> None:
+        """Run each stage to completion, again while any stage fed back work (a change queued to be embedded again)."""
         self.run_producer()
-        self.embedder_consumer().run(drain=True)
-        self.upserter_consumer().run(drain=True)
+        for _ in range(5):
+            self.embedder_consumer().run(drain=True)
+            self.upserter_consumer().run(drain=True)
+            if self._stage_done("raw_document_changes", "embedding_processors"):
+                return
+        stats = stream_stats(self.redis_client, "raw_document_changes", "embedding_processors")
+        raise AssertionError(f"the stages kept feeding each other work: {stats}")
+
+    def _stage_done(self, stream: str, group: str) -> bool:
+        stats = stream_stats(self.redis_client, stream, group)
+        return not stats.lag and not stats.pending
 
     def points(self) -> dict[str, dict[str, Any]]:
         """Every point's payload, by mongo_id."""

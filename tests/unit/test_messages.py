@@ -35,7 +35,7 @@ def test_packed_vectors_are_smaller_than_json() -> None:
     [
         ({}, "unknown schema version None"),
         ({"v": "2"}, "unknown schema version '2'"),
-        ({"v": "1", "op": "merge"}, "'op' must be 'upsert' or 'delete'"),
+        ({"v": "1", "op": "merge"}, "'op' must be one of upsert, delete; got 'merge'"),
         (
             {"v": "1", "op": "upsert", "source": "s", "mongo_id": "m", "changed_at": "soon"},
             "'changed_at' is not a number",

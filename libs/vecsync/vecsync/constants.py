@@ -19,6 +19,8 @@ RESUME_TOKEN_UPDATED_KEY = "vecsync:producer:resume_token_updated_at"
 # Upserter state: the newest version written to Qdrant per point (deletes
 # included, as tombstones), and the per-point write locks.
 APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"
+# The text_sha256 of each point's text as last written: the embedder-worker checks it to skip unchanged texts.
+APPLIED_TEXT_KEY = "vecsync:upserter:applied_text"
 POINT_LOCK_PREFIX = "vecsync:upserter:lock:"
 
 # Set to the trim bound once a stream has been trimmed: from then on it no longer holds every change.

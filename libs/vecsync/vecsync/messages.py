@@ -4,12 +4,14 @@ Stage 1 (``raw_document_changes``) carries one document change::
 
     v=1  op=upsert|delete  source=<db>.<collection>  mongo_id=<id>
     changed_at=<unix seconds>  doc=<the document as plain JSON, upserts only>
+    version=<stage 1 id of the original change>  force=1   (only on a change queued again for embedding)
 
 Stage 2 (``embedded_documents``) carries what the upserter writes::
 
-    v=1  op=upsert|delete  source  mongo_id  changed_at
+    v=1  op=upsert|delete|payload  source  mongo_id  changed_at
     version=<the stage 1 entry id, which orders changes of one document>
-    vector=<base64 of little-endian float32>  payload=<JSON object>  (upserts only)
+    vector=<base64 of little-endian float32>   (upserts only)
+    payload=<JSON object>                       (upserts, and payload: a change that left the text as it was)
 
 A reader that finds a missing or garbled field, or another schema version,
 raises InvalidEntry, and the consumer loop dead-letters that entry.
@@ -27,8 +29,10 @@ from typing import Any, Literal
 from vecsync.constants import SCHEMA_VERSION
 from vecsync.errors import InvalidEntry
 
-Operation = Literal["upsert", "delete"]
-OPERATIONS = ("upsert", "delete")
+Operation = Literal["upsert", "delete", "payload"]
+CHANGE_OPERATIONS = ("upsert", "delete")
+# "payload": the text, so the vector, is unchanged; only the payload is written.
+EMBEDDED_OPERATIONS = ("upsert", "delete", "payload")
 
 
 @dataclass(frozen=True)
@@ -40,20 +44,31 @@ class DocumentChange:
     mongo_id: str
     changed_at: float
     document: dict[str, Any] | None = None
+    # Set on a change queued again because its vector is needed after all: it keeps its original place in the
+    # order of changes, and must be embedded even if its text looks unchanged.
+    version: str | None = None
+    force_embed: bool = False
 
     def to_fields(self) -> dict[str, str]:
         fields = _common_fields(self.op, self.source, self.mongo_id, self.changed_at)
         if self.op == "upsert":
             fields["doc"] = json.dumps(self.document, ensure_ascii=False, separators=(",", ":"))
+        if self.version is not None:
+            fields["version"] = self.version
+        if self.force_embed:
+            fields["force"] = "1"
         return fields
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> DocumentChange:
-        op, source, mongo_id, changed_at = _read_common_fields(fields)
+        op, source, mongo_id, changed_at = _read_common_fields(fields, CHANGE_OPERATIONS)
         document = None
         if op == "upsert":
             document = _json_object(fields, "doc")
-        return cls(op=op, source=source, mongo_id=mongo_id, changed_at=changed_at, document=document)
+        version = fields.get("version") or None
+        if version is not None:
+            parse_version(version)
+        return cls(op, source, mongo_id, changed_at, document, version, fields.get("force") == "1")
 
 
 @dataclass(frozen=True)
@@ -72,20 +87,26 @@ class EmbeddedDocument:
         fields = _common_fields(self.op, self.source, self.mongo_id, self.changed_at)
         fields["version"] = self.version
         if self.op == "upsert":
-            assert self.vector is not None and self.payload is not None
+            assert self.vector is not None
             fields["vector"] = pack_vector(self.vector)
+        if self.op in ("upsert", "payload"):
+            assert self.payload is not None
             fields["payload"] = json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
         return fields
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> EmbeddedDocument:
-        op, source, mongo_id, changed_at = _read_common_fields(fields)
+        op, source, mongo_id, changed_at = _read_common_fields(fields, EMBEDDED_OPERATIONS)
         version = _required(fields, "version")
         parse_version(version)
         if op == "delete":
             return cls(op=op, source=source, mongo_id=mongo_id, changed_at=changed_at, version=version)
-        vector = unpack_vector(_required(fields, "vector"))
         payload = _json_object(fields, "payload")
+        if op == "payload":
+            if not isinstance(payload.get("text_sha256"), str):
+                raise InvalidEntry("a payload-only entry must carry the text_sha256 of its unchanged text")
+            return cls(op, source, mongo_id, changed_at, version, None, payload)
+        vector = unpack_vector(_required(fields, "vector"))
         return cls(op, source, mongo_id, changed_at, version, vector, payload)
 
 
@@ -119,13 +140,13 @@ def _common_fields(op: str, source: str, mongo_id: str, changed_at: float) -> di
     return {"v": SCHEMA_VERSION, "op": op, "source": source, "mongo_id": mongo_id, "changed_at": repr(changed_at)}
 
 
-def _read_common_fields(fields: dict[str, str]) -> tuple[Operation, str, str, float]:
+def _read_common_fields(fields: dict[str, str], operations: tuple[str, ...]) -> tuple[Operation, str, str, float]:
     version = fields.get("v")
     if version != SCHEMA_VERSION:
         raise InvalidEntry(f"unknown schema version {version!r}; this build reads version {SCHEMA_VERSION!r}")
     op = _required(fields, "op")
-    if op not in OPERATIONS:
-        raise InvalidEntry(f"field 'op' must be 'upsert' or 'delete', got {op!r}")
+    if op not in operations:
+        raise InvalidEntry(f"field 'op' must be one of {', '.join(operations)}; got {op!r}")
     source = _required(fields, "source")
     mongo_id = _required(fields, "mongo_id")
     try:

@@ -115,6 +115,10 @@ def _group_info(client: redis.Redis, stream: str, group: str) -> dict[str, Any] 
 
 
 def _lag(client: redis.Redis, stream: str, group_info: dict[str, Any]) -> int | None:
+    # A group that has read up to the stream's last entry has no lag, whatever Redis's counters say: after
+    # entries were XDELeted unread (by an operator), Redis keeps reporting them as lag.
+    if group_info["last-delivered-id"] == client.xinfo_stream(stream)["last-generated-id"]:
+        return 0
     lag = group_info.get("lag")
     if lag is not None:
         return int(lag)

@@ -85,6 +85,17 @@ class VectorStore:
         with _mapped_errors("upsert points"):
             self.client.upsert(self.collection, points=structs, wait=True)
 
+    def overwrite_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
+        """Replace the payloads of existing points, keeping their vectors, in one request."""
+        if not payloads:
+            return
+        operations = [
+            models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=payload, points=[pid]))
+            for pid, payload in payloads.items()
+        ]
+        with _mapped_errors("overwrite payloads"):
+            self.client.batch_update_points(self.collection, update_operations=operations, wait=True)
+
     def delete(self, point_ids: list[str]) -> None:
         if not point_ids:
             return

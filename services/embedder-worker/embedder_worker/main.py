@@ -31,7 +31,7 @@ def main() -> None:
         stage="embedder",
         stream=settings.stage1_stream,
         group=settings.stage1_group,
-        build_handler=lambda _client, _stopping: Embedder(settings, embedding).handle,
+        build_handler=lambda client, _stopping: Embedder(settings, embedding, client).handle,
     )
 
 

@@ -17,3 +17,5 @@ class EmbedderSettings(ConsumerSettings, TextSettings):
     embedding_api_key: str | None = None
     embedding_timeout_s: float = Field(default=60.0, gt=0)
     embedding_dim: int = Field(default=384, ge=1)
+    # When a change leaves a document's text as it was in Qdrant, write only its payload: no embedding call.
+    skip_unchanged_text: bool = True
