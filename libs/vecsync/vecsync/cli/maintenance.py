@@ -13,6 +13,7 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, progress
 from vecsync.constants import (
+    APPLIED_TEXT_KEY,
     APPLIED_VERSIONS_KEY,
     RESYNC_PROGRESS_PREFIX,
     TRIMMED_KEY_PREFIX,
@@ -287,7 +288,7 @@ def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
     )
     ctx.confirm(f"Drop and recreate Qdrant collection {ctx.store.collection!r}, forget the applied versions, {how}.")
     ctx.store.recreate()
-    ctx.redis.delete(APPLIED_VERSIONS_KEY)
+    ctx.redis.delete(APPLIED_VERSIONS_KEY, APPLIED_TEXT_KEY)
     if use_mongo:
         ctx.assume_yes = True  # already confirmed as a whole
         return resync_command(ctx, None, restart=True, batch_size=batch_size)
