@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: venv run test test-unit lint typecheck chaos clean up up-gpu down logs scale config bench-embed
+.PHONY: venv run test test-unit lint typecheck chaos clean up up-gpu down logs scale config bench-embed bench
 
 venv: $(STAMP)
 
@@ -43,6 +43,11 @@ chaos: $(STAMP)
 # Sizes: BENCH_TEXTS, BENCH_SECONDS, BENCH_BACKENDS, BENCH_CLIENTS; results in bench/results/.
 bench-embed: $(STAMP)
 	$(BIN)/python bench/embed.py
+
+# A benchmark, not a test: the pipeline end to end on the embedded default, B1-B6 of docs/performance.md.
+# Sizes: BENCH_DOCS, BENCH_HASH_DOCS, BENCH_PER_DOC_DOCS, BENCH_LOAD_SECONDS, BENCH_B2_BACKENDS.
+bench: $(STAMP)
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,412 @@
+"""Benchmark of the whole pipeline (``make bench``): a measurement, not a test.
+
+Runs on the embedded default (the local stack: real Redis, the MongoDB stand-in, the embedding-api, the producer,
+one embedder-worker, the upserter with an embedded Qdrant store) and measures, in one run:
+
+B1  the limit: in-process model throughput on the benchmark texts, at batch 32 (torch and onnx-int8);
+B2  end-to-end throughput from MongoDB insert to searchable in Qdrant, for BENCH_DOCS documents, per backend;
+B3  end-to-end throughput with the hash backend (the pipeline's own ceiling), against the old per-document design
+    (one XADD, one HTTP call and one Qdrant upsert per document: every BATCH_SIZE set to 1), and Qdrant local
+    mode's own batch-upsert rate, which bounds it here;
+B4  latency from change to searchable, p50/p95/p99, under a steady load at half of B2 (torch);
+B5  memory (RSS) of each process, idle and under the B2 load;
+B6  a re-save of every document with unchanged text: time and embedding calls, with the skip on and off.
+
+Results go to bench/results/pipeline.{json,md,png}. The machine may be shared and is noisy: compare the ratios,
+each measured within one run, rather than absolute rates. Sizes come from the environment: BENCH_DOCS (2000),
+BENCH_HASH_DOCS (3000), BENCH_PER_DOC_DOCS (600), BENCH_LOAD_SECONDS (20), BENCH_B2_BACKENDS (torch,onnx-int8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pymongo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.servers import free_port, wait_for  # noqa: E402
+from vecsync.cli.store import UpserterStore  # noqa: E402
+from vecsync.localstack import LocalStack, LocalStackSettings, read_samples  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+DOCS = int(os.environ.get("BENCH_DOCS", "2000"))
+HASH_DOCS = int(os.environ.get("BENCH_HASH_DOCS", "3000"))
+PER_DOC_DOCS = int(os.environ.get("BENCH_PER_DOC_DOCS", "600"))
+LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "20"))
+B2_BACKENDS = os.environ.get("BENCH_B2_BACKENDS", "torch,onnx-int8").split(",")
+WORKDIR = Path(os.environ.get("BENCH_WORKDIR", str(ROOT / "data" / "bench")))
+ONNX_CACHE = WORKDIR / "onnx-cache"
+
+
+def documents(count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Benchmark documents in the sample data's shape, each with its own text."""
+    samples = read_samples(ROOT / "samples" / "support_tickets.jsonl")
+    rng = random.Random(seed)
+    result = []
+    for number in range(count):
+        sample = dict(samples[number % len(samples)])
+        sample["_id"] = f"bench-{number}"
+        sample["content"] = f"{sample['content']} Reference {number}-{rng.randrange(10**6)}."
+        result.append(sample)
+    return result
+
+
+def texts_of(docs: list[dict[str, Any]]) -> list[str]:
+    return [f"{doc['subject']}\n\n{doc['content']}" for doc in docs]
+
+
+# B1 --------------------------------------------------------------------------------------------------------------
+
+
+def in_process_rate(backend: str, texts: list[str]) -> float:
+    from embedding_api.backends import load_encoder
+    from embedding_api.settings import EmbeddingApiSettings
+
+    encoder = load_encoder(EmbeddingApiSettings(embedding_backend=backend, device="cpu", onnx_cache_dir=ONNX_CACHE))
+    encoder.encode(texts[:32])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(texts), 32):
+        encoder.encode(texts[start : start + 32])
+    return len(texts) / (time.perf_counter() - started)
+
+
+# The stack -------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def stack(name: str, backend: str, **env: str) -> Iterator[tuple[LocalStack, Any]]:
+    """A fresh local stack in its own data folder; yields it and the source collection."""
+    saved = dict(os.environ)
+    os.environ.update({"ONNX_CACHE_DIR": str(ONNX_CACHE), "LOG_LEVEL": "WARNING", **env})
+    settings = LocalStackSettings(
+        data_dir=WORKDIR / name,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        embedding_url=f"http://127.0.0.1:{free_port()}",
+        upserter_url=f"http://127.0.0.1:{free_port()}",
+        producer_metrics_port=free_port(),
+        embedder_metrics_port=free_port(),
+        embedding_backend=backend,
+    )
+    running = LocalStack(settings)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
+    try:
+        running.start()
+        yield running, client[settings.mongo_database][settings.mongo_collection]
+    finally:
+        client.close()
+        running.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def searchable(running: LocalStack) -> int:
+    return UpserterStore(running.settings.upserter_url, "", timeout_s=10).count()
+
+
+def insert_and_time(running: LocalStack, collection: Any, docs: list[dict[str, Any]]) -> float:
+    """Documents per second from the first insert until every document is searchable."""
+    before = searchable(running)
+    started = time.perf_counter()
+    for start in range(0, len(docs), 500):
+        collection.insert_many(docs[start : start + 500])
+    wait_for(lambda: searchable(running) >= before + len(docs), timeout=1800, interval=0.1, what="searchable")
+    return len(docs) / (time.perf_counter() - started)
+
+
+def metric(port: int, name: str) -> float:
+    """The sum of a metric's samples on a service's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    )
+
+
+def rss_mb(running: LocalStack) -> dict[str, float]:
+    usage = {}
+    for child in [*running.servers, *running.stages]:
+        if child.process is None or child.process.poll() is not None:
+            continue
+        status = Path(f"/proc/{child.process.pid}/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        name = child.env.get("CONSUMER_NAME", child.name)
+        usage[name] = max(usage.get(name, 0.0), kib / 1024)
+    return usage
+
+
+@contextmanager
+def peak_rss(running: LocalStack) -> Iterator[dict[str, float]]:
+    peaks: dict[str, float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            for name, mb in rss_mb(running).items():
+                peaks[name] = max(peaks.get(name, 0.0), mb)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        thread.join()
+
+
+def drained(running: LocalStack, stage1_entries: int) -> Callable[[], bool]:
+    from vecsync.streams import connect, stream_stats
+
+    def check() -> bool:
+        client = connect(running.settings.redis_url)
+        try:
+            if client.xlen("raw_document_changes") < stage1_entries:
+                return False
+            for stream, group in (
+                ("raw_document_changes", "embedding_processors"),
+                ("embedded_documents", "qdrant_upserters"),
+            ):
+                stats = stream_stats(client, stream, group)
+                if stats.lag or stats.pending:
+                    return False
+            return True
+        finally:
+            client.close()
+
+    return check
+
+
+def resave(running: LocalStack, collection: Any, count: int) -> tuple[float, float]:
+    """Seconds to apply a re-save of every document with its text unchanged, and the embedding calls it made."""
+    worker_port = running.settings.embedder_metrics_port
+    calls_before = metric(worker_port, "vecsync_embedder_texts_embedded_total")
+    started = time.perf_counter()
+    collection.update_many({}, {"$set": {"owner": "Re-saved"}})
+    wait_for(drained(running, 2 * count), timeout=1800, interval=0.1, what="the re-save to be applied")
+    elapsed = time.perf_counter() - started
+    return elapsed, metric(worker_port, "vecsync_embedder_texts_embedded_total") - calls_before
+
+
+def steady_latency(running: LocalStack, collection: Any, rate: float, seconds: float) -> list[float]:
+    """Insert at ``rate`` documents/s for ``seconds``; return each document's seconds from insert to searchable."""
+    reader = UpserterStore(running.settings.upserter_url, "", timeout_s=10)
+    from vecsync.documents import point_id
+
+    inserted: dict[str, float] = {}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() or inserted:
+            with lock:
+                waiting = dict(inserted)
+            if waiting:
+                found = reader.payloads(list(waiting), fields=["mongo_id"])
+                now = time.perf_counter()
+                with lock:
+                    for pid in found:
+                        latencies.append(now - inserted.pop(pid))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    docs = documents(int(rate * seconds) + 1, seed=11)
+    source = f"{running.settings.mongo_database}.{running.settings.mongo_collection}"
+    started = time.perf_counter()
+    for number, doc in enumerate(docs):
+        doc["_id"] = f"steady-{number}"
+        delay = started + number / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        with lock:
+            inserted[point_id(source, doc["_id"])] = time.perf_counter()
+        collection.insert_one(doc)
+    done.set()
+    watcher.join(timeout=300)
+    return latencies
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def qdrant_local_rate(points: int) -> float:
+    from qdrant_client import QdrantClient, models
+
+    with tempfile.TemporaryDirectory() as folder:
+        client = QdrantClient(path=folder)
+        client.create_collection("bench", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE))
+        rng = random.Random(3)
+        structs = [
+            models.PointStruct(id=n, vector=[rng.random() for _ in range(384)], payload={"n": n}) for n in range(points)
+        ]
+        started = time.perf_counter()
+        for start in range(0, points, 64):
+            client.upsert("bench", points=structs[start : start + 64], wait=True)
+        rate = points / (time.perf_counter() - started)
+        client.close()
+    return rate
+
+
+# The run ---------------------------------------------------------------------------------------------------------
+
+
+def run() -> dict[str, Any]:
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    docs = documents(DOCS)
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "sizes": {"docs": DOCS, "hash_docs": HASH_DOCS, "per_doc_docs": PER_DOC_DOCS, "load_seconds": LOAD_SECONDS},
+    }
+    print("B1: in-process model throughput", flush=True)
+    results["B1"] = {backend: round(in_process_rate(backend, texts_of(docs[:512])), 1) for backend in B2_BACKENDS}
+
+    results["B2"], results["B5"] = {}, {}
+    for backend in B2_BACKENDS:
+        print(f"B2: end to end with {backend}", flush=True)
+        with stack(f"b2-{backend}", backend) as (running, collection):
+            idle = rss_mb(running)
+            with peak_rss(running) as peaks:
+                rate = insert_and_time(running, collection, docs)
+            results["B2"][backend] = {"docs_per_s": round(rate, 1), "of_B1": round(rate / results["B1"][backend], 3)}
+            results["B5"][backend] = {"idle_mb": _round(idle), "under_load_mb": _round(peaks)}
+            if backend == B2_BACKENDS[0]:
+                print("B6: re-save with unchanged text, skip on", flush=True)
+                seconds, calls = resave(running, collection, DOCS)
+                results["B6"] = {"skip_on": {"seconds": round(seconds, 2), "embedding_calls": calls}}
+                print("B4: latency at half of B2", flush=True)
+                latencies = steady_latency(running, collection, rate / 2, LOAD_SECONDS)
+                results["B4"] = {
+                    "backend": backend,
+                    "rate_docs_per_s": round(rate / 2, 1),
+                    "samples": len(latencies),
+                    "p50_s": round(percentile(latencies, 0.50), 3),
+                    "p95_s": round(percentile(latencies, 0.95), 3),
+                    "p99_s": round(percentile(latencies, 0.99), 3),
+                    "mean_s": round(statistics.fmean(latencies), 3),
+                }
+
+    print("B6: re-save with unchanged text, skip off", flush=True)
+    with stack("b6-off", B2_BACKENDS[0], SKIP_UNCHANGED_TEXT="false") as (running, collection):
+        insert_and_time(running, collection, docs)
+        seconds, calls = resave(running, collection, DOCS)
+        results["B6"]["skip_off"] = {"seconds": round(seconds, 2), "embedding_calls": calls}
+
+    print("B3: hash backend, batched and per document", flush=True)
+    with stack("b3-batched", "hash") as (running, collection):
+        batched = insert_and_time(running, collection, documents(HASH_DOCS, seed=5))
+    with stack("b3-per-doc", "hash", BATCH_SIZE="1") as (running, collection):
+        per_document = insert_and_time(running, collection, documents(PER_DOC_DOCS, seed=5))
+    results["B3"] = {
+        "batched_docs_per_s": round(batched, 1),
+        "per_document_docs_per_s": round(per_document, 1),
+        "ratio": round(batched / per_document, 2),
+        "qdrant_local_batch_upsert_points_per_s": round(qdrant_local_rate(HASH_DOCS), 1),
+    }
+    return results
+
+
+def _round(values: dict[str, float]) -> dict[str, float]:
+    return {name: round(mb, 1) for name, mb in sorted(values.items())}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    b1, b2, b3, b4, b6 = (results[key] for key in ("B1", "B2", "B3", "B4", "B6"))
+    lines = [
+        "# Pipeline benchmark (`make bench`)",
+        "",
+        f"{results['machine']['cpus']} CPUs, Python {results['machine']['python']}; sizes: {results['sizes']}.",
+        "",
+        "| measure | result |",
+        "|---|---|",
+    ]
+    for backend, rate in b1.items():
+        lines.append(f"| B1 in-process model, {backend}, batch 32 | {rate} texts/s |")
+    for backend, row in b2.items():
+        lines.append(f"| B2 end to end, {backend} | {row['docs_per_s']} docs/s = {row['of_B1']} x B1 |")
+    lines += [
+        f"| B3 end to end, hash backend, batched | {b3['batched_docs_per_s']} docs/s |",
+        f"| B3 end to end, hash backend, per document (old design) | {b3['per_document_docs_per_s']} docs/s |",
+        f"| B3 ratio batched / per document | {b3['ratio']} x |",
+        f"| Qdrant local mode alone, batch upsert | {b3['qdrant_local_batch_upsert_points_per_s']} points/s |",
+        f"| B4 latency at {b4['rate_docs_per_s']} docs/s ({b4['backend']}) | p50 {b4['p50_s']} s, p95 {b4['p95_s']} s, "
+        f"p99 {b4['p99_s']} s ({b4['samples']} documents) |",
+        f"| B6 re-save of {results['sizes']['docs']} unchanged texts, skip on | {b6['skip_on']['seconds']} s, "
+        f"{b6['skip_on']['embedding_calls']:.0f} embedding calls |",
+        f"| B6 same, skip off | {b6['skip_off']['seconds']} s, "
+        f"{b6['skip_off']['embedding_calls']:.0f} embedding calls |",
+        "",
+        "B5, resident memory in MB (idle / under the B2 load):",
+        "",
+        "| process | " + " | ".join(results["B5"]) + " |",
+        "|---|" + "---|" * len(results["B5"]),
+    ]
+    names = sorted({name for row in results["B5"].values() for name in row["idle_mb"]})
+    for name in names:
+        cells = [
+            f"{row['idle_mb'].get(name, '-')} / {row['under_load_mb'].get(name, '-')}" for row in results["B5"].values()
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values = [], []
+    for backend, rate in results["B1"].items():
+        labels.append(f"B1 model\n{backend}")
+        values.append(rate)
+    for backend, row in results["B2"].items():
+        labels.append(f"B2 pipeline\n{backend}")
+        values.append(row["docs_per_s"])
+    labels += ["B3 hash\nbatched", "B3 hash\nper document"]
+    values += [results["B3"]["batched_docs_per_s"], results["B3"]["per_document_docs_per_s"]]
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    axis.bar(
+        labels,
+        values,
+        color=["#4c72b0"] * len(results["B1"]) + ["#55a868"] * len(results["B2"]) + ["#c44e52", "#8c8c8c"],
+    )
+    axis.set_ylabel("documents (texts) per second")
+    axis.set_yscale("log")
+    axis.set_title("vecsync: model limit (B1), pipeline (B2), pipeline ceiling vs per-document design (B3)")
+    for index, value in enumerate(values):
+        axis.text(index, value, f"{value:.0f}", ha="center", va="bottom")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    results = run()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "pipeline.md").write_text(markdown(results))
+    plot(results, RESULTS / "pipeline.png")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
