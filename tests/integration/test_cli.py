@@ -50,6 +50,22 @@ class TestStatusAndSearch:
         assert cli(pipeline, "status") == EXIT_OK
         assert "raw_document_changes / embedding_processors: length 3, lag 0" in capsys.readouterr().out
 
+    def test_status_watch_refreshes_until_ctrl_c(
+        self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        seed(pipeline, 1)
+        sleeps = []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            if len(sleeps) == 3:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr("vecsync.cli.main.time.sleep", sleep)
+        assert cli(pipeline, "status", "--watch", "--interval", "0.5") == EXIT_OK
+        assert sleeps == [0.5, 0.5, 0.5]
+        assert capsys.readouterr().out.count("raw_document_changes / embedding_processors") == 3
+
     def test_search_prints_hits_and_rejects_bad_filters(
         self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
     ) -> None:
