@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,10 @@ import pymongo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.servers import free_port, wait_for  # noqa: E402
+from tests.support.servers import wait_for  # noqa: E402
+from tests.support.stack import drained, stack_settings  # noqa: E402
 from vecsync.cli.store import UpserterStore  # noqa: E402
-from vecsync.localstack import LocalStack, LocalStackSettings, read_samples  # noqa: E402
+from vecsync.localstack import LocalStack, read_samples  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = int(os.environ.get("BENCH_DOCS", "2000"))
@@ -93,16 +94,7 @@ def stack(name: str, backend: str, **env: str) -> Iterator[tuple[LocalStack, Any
     """A fresh local stack in its own data folder; yields it and the source collection."""
     saved = dict(os.environ)
     os.environ.update({"ONNX_CACHE_DIR": str(ONNX_CACHE), "LOG_LEVEL": "WARNING", **env})
-    settings = LocalStackSettings(
-        data_dir=WORKDIR / name,
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-        embedding_url=f"http://127.0.0.1:{free_port()}",
-        upserter_url=f"http://127.0.0.1:{free_port()}",
-        producer_metrics_port=free_port(),
-        embedder_metrics_port=free_port(),
-        embedding_backend=backend,
-    )
+    settings = stack_settings(WORKDIR / name, embedding_backend=backend)
     running = LocalStack(settings)
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
     try:
@@ -171,35 +163,14 @@ def peak_rss(running: LocalStack) -> Iterator[dict[str, float]]:
         thread.join()
 
 
-def drained(running: LocalStack, stage1_entries: int) -> Callable[[], bool]:
-    from vecsync.streams import connect, stream_stats
-
-    def check() -> bool:
-        client = connect(running.settings.redis_url)
-        try:
-            if client.xlen("raw_document_changes") < stage1_entries:
-                return False
-            for stream, group in (
-                ("raw_document_changes", "embedding_processors"),
-                ("embedded_documents", "qdrant_upserters"),
-            ):
-                stats = stream_stats(client, stream, group)
-                if stats.lag or stats.pending:
-                    return False
-            return True
-        finally:
-            client.close()
-
-    return check
-
-
 def resave(running: LocalStack, collection: Any, count: int) -> tuple[float, float]:
     """Seconds to apply a re-save of every document with its text unchanged, and the embedding calls it made."""
     worker_port = running.settings.embedder_metrics_port
     calls_before = metric(worker_port, "vecsync_embedder_texts_embedded_total")
     started = time.perf_counter()
     collection.update_many({}, {"$set": {"owner": "Re-saved"}})
-    wait_for(drained(running, 2 * count), timeout=1800, interval=0.1, what="the re-save to be applied")
+    redis_url = running.settings.redis_url
+    wait_for(lambda: drained(redis_url, min_stage1_entries=2 * count), timeout=1800, interval=0.1, what="re-save")
     elapsed = time.perf_counter() - started
     return elapsed, metric(worker_port, "vecsync_embedder_texts_embedded_total") - calls_before
 

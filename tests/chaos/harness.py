@@ -34,11 +34,12 @@ from typing import Any
 import pymongo
 
 from embedding_api.backends import HashEncoder
-from tests.support.servers import free_port, wait_for
+from tests.support.servers import wait_for
+from tests.support.stack import drained, stack_settings
 from vecsync.documents import build_text, point_id
 from vecsync.localstack import Child, LocalStack, LocalStackSettings
 from vecsync.settings import QdrantSettings
-from vecsync.streams import connect, stream_stats
+from vecsync.streams import connect
 from vecsync.vectorstore import VectorStore
 
 PAYLOAD_FIELDS = ("product", "customer", "owner", "subject")
@@ -192,23 +193,6 @@ def apply_workload(collection: Any, config: ChaosConfig, rng: random.Random) -> 
     return config.operations
 
 
-def drained(redis_url: str, stack: LocalStack) -> bool:
-    if not all(child.alive() for child in [*stack.servers, *stack.stages]):
-        return False
-    client = connect(redis_url)
-    try:
-        for stream, group in (
-            ("raw_document_changes", "embedding_processors"),
-            ("embedded_documents", "qdrant_upserters"),
-        ):
-            stats = stream_stats(client, stream, group)
-            if stats.lag or stats.pending:
-                return False
-        return True
-    finally:
-        client.close()
-
-
 def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) -> None:
     """Count missing, extra and stale points, checking ids, text, payload fields and vectors."""
     encoder = HashEncoder(384)
@@ -251,17 +235,7 @@ def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) 
 
 def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     rng = random.Random(config.seed)
-    settings = LocalStackSettings(
-        data_dir=workdir / "data",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-        embedding_url=f"http://127.0.0.1:{free_port()}",
-        upserter_url=f"http://127.0.0.1:{free_port()}",
-        producer_metrics_port=free_port(),
-        embedder_metrics_port=free_port(),
-        embedding_backend="hash",
-        embedder_workers=config.workers,
-    )
+    settings = stack_settings(workdir / "data", embedding_backend="hash", embedder_workers=config.workers)
     stack = LocalStack(settings)
     started = time.monotonic()
     stack.start()
@@ -285,7 +259,12 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
             timeout=300,
             what="the producer to publish the last change",
         )
-        wait_for(lambda: drained(settings.redis_url, stack), timeout=600, interval=0.5, what="every stage to drain")
+        wait_for(
+            lambda: all(child.alive() for child in [*stack.servers, *stack.stages]) and drained(settings.redis_url),
+            timeout=600,
+            interval=0.5,
+            what="every stage to drain",
+        )
         result = ChaosResult(config.seed, operations, collection.count_documents({}), schedule=schedule)
         result.dead_lettered = redis_client.xlen("raw_document_changes:dlq") + redis_client.xlen(
             "embedded_documents:dlq"

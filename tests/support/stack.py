@@ -1,0 +1,41 @@
+"""The local stack on free ports, for the end-to-end tests, the chaos test and the benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.support.servers import free_port
+from vecsync.localstack import LocalStackSettings
+from vecsync.streams import connect, stream_stats
+
+STAGES = (("raw_document_changes", "embedding_processors"), ("embedded_documents", "qdrant_upserters"))
+
+
+def stack_settings(data_dir: Path, **overrides: Any) -> LocalStackSettings:
+    """Settings of a local stack whose every port is free, so that it runs beside anything else."""
+    return LocalStackSettings(
+        data_dir=data_dir,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        embedding_url=f"http://127.0.0.1:{free_port()}",
+        upserter_url=f"http://127.0.0.1:{free_port()}",
+        producer_metrics_port=free_port(),
+        embedder_metrics_port=free_port(),
+        **overrides,
+    )
+
+
+def drained(redis_url: str, *, min_stage1_entries: int = 0) -> bool:
+    """Whether both stages have processed everything (and stage 1 holds at least ``min_stage1_entries``)."""
+    client = connect(redis_url)
+    try:
+        if client.xlen(STAGES[0][0]) < min_stage1_entries:
+            return False
+        for stream, group in STAGES:
+            stats = stream_stats(client, stream, group)
+            if stats.lag or stats.pending:
+                return False
+        return True
+    finally:
+        client.close()
