@@ -3,8 +3,10 @@
 One thread owns the model. Requests queue their texts; the thread takes the
 oldest texts into a batch of at most ``max_batch_size`` texts and
 ``max_batch_tokens`` tokens, waiting at most ``max_wait_s`` after the oldest
-text arrived for others to join. While the model works, the next batch fills up
-by itself, so under load no one waits for the timer. Each request gets its own
+text arrived for others to join, and only while fewer texts wait than the last
+batch held (a lone client never waits for company that is not coming). While
+the model works, the next batch fills up by itself, so under load no one waits
+for the timer. Each request gets its own
 texts' vectors back, in order, through a future, and the event loop never runs
 the model.
 """
@@ -105,6 +107,8 @@ class Batcher:
         self._queued = 0
         self._closed = False
         self._rate = 0.0  # texts per second, a moving average, for Retry-After
+        # How many texts the last batch gathered: waiting for company pays only when company came last time.
+        self._expected = 1
         self._ready = threading.Event()
         # Loading in the background lets the port open (and /healthz answer) while a large model loads.
         self._background_load = background_load
@@ -229,10 +233,11 @@ class Batcher:
 
     def _batch_is_full(self) -> bool:
         size = tokens = 0
+        target = min(self.max_batch_size, self._expected)
         for item in self._items:
             size += 1
             tokens += item.tokens
-            if size >= self.max_batch_size or tokens >= self.max_batch_tokens:
+            if size >= target or tokens >= self.max_batch_tokens:
                 return True
         return False
 
@@ -251,6 +256,7 @@ class Batcher:
             item = self._items.popleft()
             tokens += item.tokens
             batch.append(item)
+        self._expected = len(batch)
         return batch
 
     def _encode(self, batch: list[_Item]) -> None:
