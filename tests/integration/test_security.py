@@ -85,7 +85,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         pipeline.collection.insert_many([{"_id": f"d{i}", "subject": f"s {i}"} for i in range(5)])
         Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)
         embedder_settings = pipeline.embedder_settings(trim_interval_s=0.001)
-        embedding = EmbeddingClient(embedder_settings.embedding_url, dim=384, timeout_s=5)
+        embedding = EmbeddingClient.from_settings(embedder_settings)
         StreamConsumer(
             clients["embedder"],
             stage="embedder",

@@ -1,4 +1,4 @@
-"""An embedding-api stand-in that answers whatever a test sets, to provoke the worker's error handling."""
+"""An embedding-api stand-in that answers whatever a test sets and records what it was sent."""
 
 from __future__ import annotations
 
@@ -8,18 +8,30 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeApi:
-    """An embedding-api that answers whatever the test sets."""
+    """Answers every request with ``status``, ``headers`` and ``body``; keeps each (method, path, JSON body)."""
 
     def __init__(self) -> None:
         self.status = 200
         self.body: object = {}
+        self.headers: dict[str, str] = {}
+        self.requests: list[tuple[str, str, object]] = []
+        self.authorization: str | None = None
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._answer("GET", None)
+
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
+                self._answer("POST", json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+            def _answer(self, method: str, received: object) -> None:
+                fake.requests.append((method, self.path, received))
+                fake.authorization = self.headers.get("Authorization")
                 payload = json.dumps(fake.body).encode()
                 self.send_response(fake.status)
+                for name, value in fake.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

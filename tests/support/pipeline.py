@@ -66,7 +66,7 @@ class Pipeline:
 
     def embedder_consumer(self, **extra: Any) -> StreamConsumer:
         settings = self.embedder_settings(**extra)
-        client = EmbeddingClient(settings.embedding_url, dim=settings.embedding_dim, timeout_s=5)
+        client = EmbeddingClient.from_settings(settings)
         return StreamConsumer(
             self.redis_client,
             stage="embedder",

@@ -179,3 +179,18 @@ def test_readyz_waits_for_the_model() -> None:
     loading.app.state.batcher.wait_ready(10)  # type: ignore[attr-defined]
     assert loading.get("/readyz").json()["status"] == "ready"
     assert loading.post("/encode", json={"text": "x"}).status_code == 200
+
+
+def test_a_configured_api_key_is_required_except_on_health_and_metrics() -> None:
+    settings = EmbeddingApiSettings(embedding_api_key="s3cret-key")
+    with TestClient(create_app(settings, HashEncoder(384))) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-key"}):
+            response = client.post("/encode", json={"text": "x"}, headers=headers)
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            assert "EMBEDDING_API_KEY" in response.text and "s3cret-key" not in response.text
+        assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 401
+        authorized = {"Authorization": "Bearer s3cret-key"}
+        assert client.post("/encode", json={"text": "x"}, headers=authorized).status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(path).status_code == 200

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -23,48 +21,12 @@ from vecsync.errors import PermanentError, TransientError
 def api() -> Iterator[FakeApi]:
     fake = FakeApi()
     yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
-
-
-class RecordingApi:
-    """Like FakeApi, and it also sends headers and records what it was sent."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.body: object = {}
-        self.headers: dict[str, str] = {}
-        self.requests: list[tuple[str, object]] = []
-        self.authorization: str | None = None
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                received = self.rfile.read(int(self.headers["Content-Length"]))
-                fake.requests.append((self.path, json.loads(received)))
-                fake.authorization = self.headers.get("Authorization")
-                payload = json.dumps(fake.body).encode()
-                self.send_response(fake.status)
-                for name, value in fake.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+    fake.close()
 
 
 @pytest.fixture
-def recording_api() -> Iterator[RecordingApi]:
-    fake = RecordingApi()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+def recording_api(api: FakeApi) -> FakeApi:
+    return api
 
 
 def client(url: str) -> EmbeddingClient:
@@ -104,7 +66,7 @@ def test_wrong_vectors_are_permanent(api: FakeApi, embeddings: list, message: st
         client(api.url).embed(["a"])
 
 
-def test_retry_after_is_carried_by_the_transient_error(recording_api: RecordingApi) -> None:
+def test_retry_after_is_carried_by_the_transient_error(recording_api: FakeApi) -> None:
     api = recording_api
     api.status, api.body, api.headers = 503, {"detail": "queue full"}, {"Retry-After": "7"}
     with pytest.raises(TransientError) as raised:
@@ -131,13 +93,17 @@ def test_backoff_waits_at_least_what_the_server_asked() -> None:
     assert time.monotonic() - started >= 0.3
 
 
-def test_openai_style(recording_api: RecordingApi) -> None:
+def test_openai_style(recording_api: FakeApi) -> None:
     api = recording_api
     api.body = {"data": [{"index": 1, "embedding": [0, 1, 0]}, {"index": 0, "embedding": [1, 0, 0]}]}
     openai = EmbeddingClient(api.url + "/v1", dim=3, timeout_s=5, style="openai", model="m", api_key="k")
     assert openai.url == api.url + "/v1/embeddings"
     assert openai.embed(["a", "b"]) == [[1, 0, 0], [0, 1, 0]]
-    assert api.requests[-1] == ("/v1/embeddings", {"input": ["a", "b"], "model": "m", "encoding_format": "float"})
+    assert api.requests[-1] == (
+        "POST",
+        "/v1/embeddings",
+        {"input": ["a", "b"], "model": "m", "encoding_format": "float"},
+    )
     assert api.authorization == "Bearer k"
 
 
@@ -145,3 +111,17 @@ def test_client_from_settings() -> None:
     settings = EmbedderSettings(embedding_url="http://api:8080/", embedding_api_style="openai", embedding_dim=3)
     made = EmbeddingClient.from_settings(settings)
     assert made.url == "http://api:8080/v1/embeddings" and made.dim == 3 and made.style == "openai"
+
+
+def test_a_refused_api_key_stops_the_worker_at_start_and_never_dead_letters(api: FakeApi) -> None:
+    from vecsync.errors import ConfigurationError
+
+    api.status, api.body = 401, {"detail": "Missing or wrong API key"}
+    with pytest.raises(ConfigurationError, match="EMBEDDING_API_KEY"):
+        client(api.url).check_credentials()
+    with pytest.raises(TransientError, match="EMBEDDING_API_KEY"):
+        client(api.url).embed(["a"])
+
+
+def test_an_unreachable_api_does_not_fail_the_credential_check() -> None:
+    client(f"http://127.0.0.1:{free_port()}").check_credentials()

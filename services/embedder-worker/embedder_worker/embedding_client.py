@@ -11,10 +11,12 @@ from typing import Any, Literal
 import requests
 
 from embedder_worker.settings import EmbedderSettings
-from vecsync.errors import PermanentError, TransientError
+from vecsync.errors import ConfigurationError, PermanentError, TransientError
 
 # Statuses that mean "the service is busy or down, try again": never a reason to dead-letter.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+# The key was refused: no text is at fault, so nothing is dead-lettered; the backlog waits for the operator.
+AUTH_STATUSES = {401, 403}
 # A Retry-After beyond this is taken as this: a misconfigured server must not park the worker for hours.
 MAX_RETRY_AFTER_S = 300.0
 
@@ -42,9 +44,22 @@ class EmbeddingClient:
         self.model = model
         self.dim = dim
         self.timeout_s = timeout_s
+        self.base_url = base
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def check_credentials(self) -> None:
+        """Stop at start when the server refuses the API key; say nothing when it cannot be reached yet."""
+        try:
+            response = self.session.get(self.base_url + "/v1/models", timeout=self.timeout_s)
+        except requests.RequestException:
+            return
+        if response.status_code in AUTH_STATUSES:
+            raise ConfigurationError(
+                f"The embedding-api at {self.base_url} refused the request ({response.status_code}): "
+                "check EMBEDDING_API_KEY."
+            )
 
     @classmethod
     def from_settings(cls, settings: EmbedderSettings) -> EmbeddingClient:
@@ -67,6 +82,10 @@ class EmbeddingClient:
             response = self.session.post(self.url, json=body, timeout=self.timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"embedding-api unreachable at {self.url}: {exc}") from exc
+        if response.status_code in AUTH_STATUSES:
+            raise TransientError(
+                f"embedding-api refused the API key ({response.status_code}); check EMBEDDING_API_KEY. Retrying."
+            )
         if response.status_code in RETRY_STATUSES:
             raise TransientError(
                 f"embedding-api answered {response.status_code}: {response.text[:200]}",

@@ -23,9 +23,8 @@ def main() -> None:
         settings.embedding_url,
         redact_url(settings.redis_url),
     )
-    embedding = EmbeddingClient(
-        settings.embedding_url, dim=settings.embedding_dim, timeout_s=settings.embedding_timeout_s
-    )
+    embedding = EmbeddingClient.from_settings(settings)
+    embedding.check_credentials()
     serve_consumer(
         settings,
         stage="embedder",

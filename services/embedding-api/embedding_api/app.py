@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -74,6 +75,17 @@ class OpenAIEmbeddingsRequest(BaseModel):
     user: str | None = None
 
 
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _authorized(request: Request, api_key: str | None) -> bool:
+    """Whether the request may go on: always without a configured key, else only with the right bearer token."""
+    if api_key is None or request.url.path in OPEN_PATHS:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
 def create_app(
     settings: EmbeddingApiSettings,
     encoder: Encoder | None = None,
@@ -131,11 +143,16 @@ def create_app(
     async def measure(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_request_bytes:
+        if not _authorized(request, settings.embedding_api_key):
+            response: Response = _error(
+                request, 401, "Missing or wrong API key: send 'Authorization: Bearer <EMBEDDING_API_KEY>'."
+            )
+            response.headers["WWW-Authenticate"] = "Bearer"
+        elif length and length.isdigit() and int(length) > settings.max_request_bytes:
             message = (
                 f"The request body has {length} bytes; the limit is MAX_REQUEST_BYTES={settings.max_request_bytes}."
             )
-            response: Response = _error(request, 413, message)
+            response = _error(request, 413, message)
         else:
             response = await call_next(request)
         endpoint = request.url.path

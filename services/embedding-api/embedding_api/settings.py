@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -8,7 +9,12 @@ Backend = Literal["torch", "onnx", "onnx-int8", "hash"]
 
 
 class EmbeddingApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        protected_namespaces=(),
+        secrets_dir=os.environ.get("VECSYNC_SECRETS_DIR") or None,
+    )
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -27,6 +33,8 @@ class EmbeddingApiSettings(BaseSettings):
     # onnxruntime's threads per model call; 0 lets it use every core.
     onnx_threads: int = Field(default=0, ge=0)
     embedding_dim: int = Field(default=384, ge=1)  # of the hash backend; a model reports its own
+    # When set, every request except /healthz, /readyz and /metrics must carry "Authorization: Bearer <key>".
+    embedding_api_key: str | None = Field(default=None, repr=False)
     # Per-request limits; breaking one is answered with 413.
     max_texts_per_request: int = Field(default=512, ge=1)
     max_chars_per_text: int = Field(default=100_000, ge=1)

@@ -5,6 +5,7 @@ from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, Rete
 
 class CliSettings(CommonSettings, MongoSettings, QdrantSettings, TextSettings, RetentionSettings):
     embedding_url: str = "http://127.0.0.1:8080"
+    embedding_api_key: str | None = Field(default=None, repr=False)
     # The upserter that holds an embedded Qdrant store open answers searches for the CLI.
     upserter_url: str = "http://127.0.0.1:9102"
     http_timeout_s: float = Field(default=30.0, gt=0)

@@ -95,7 +95,8 @@ def open_store(settings: CliSettings) -> Store:
 def embed_query(settings: CliSettings, text: str) -> list[float]:
     url = settings.embedding_url.rstrip("/") + "/encode"
     try:
-        response = requests.post(url, json={"text": text}, timeout=settings.http_timeout_s)
+        headers = {"Authorization": f"Bearer {settings.embedding_api_key}"} if settings.embedding_api_key else {}
+        response = requests.post(url, json={"text": text}, headers=headers, timeout=settings.http_timeout_s)
     except requests.RequestException as exc:
         raise TransientError(f"could not reach the embedding-api at {settings.embedding_url}: {exc}") from exc
     if response.status_code != 200:
