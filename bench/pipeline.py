@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -94,6 +95,7 @@ def stack(name: str, backend: str, **env: str) -> Iterator[tuple[LocalStack, Any
     """A fresh local stack in its own data folder; yields it and the source collection."""
     saved = dict(os.environ)
     os.environ.update({"ONNX_CACHE_DIR": str(ONNX_CACHE), "LOG_LEVEL": "WARNING", **env})
+    shutil.rmtree(WORKDIR / name, ignore_errors=True)  # every measure starts from empty stores
     settings = stack_settings(WORKDIR / name, embedding_backend=backend)
     running = LocalStack(settings)
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)

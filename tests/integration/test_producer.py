@@ -107,3 +107,25 @@ def test_writes_lost_by_redis_are_published_again(pipeline: Pipeline) -> None:
         running.stopping.set()
         thread.join(10)
     assert ("lost", "upsert") in stage1(pipeline)
+
+
+def test_an_idle_change_stream_is_not_polled_in_a_busy_loop(pipeline: Pipeline, monkeypatch: Any) -> None:
+    """The MongoDB stand-in answers empty reads at once; the producer must still wait between them."""
+    import threading
+    import time
+
+    reads = []
+    real = Producer._next_events
+
+    def counting(self: Producer, stream: Any) -> Any:
+        reads.append(time.monotonic())
+        return real(self, stream)
+
+    monkeypatch.setattr(Producer, "_next_events", counting)
+    running = producer(pipeline, pipeline.collection, idle_poll_ms=100)
+    thread = threading.Thread(target=running.run)
+    thread.start()
+    time.sleep(1.0)
+    running.stopping.set()
+    thread.join(10)
+    assert 5 <= len(reads) <= 15, f"{len(reads)} reads in one idle second"

@@ -121,6 +121,7 @@ class Producer:
             if token is None:
                 self._snapshot(stream)
             while not self.stopping.is_set():
+                read_started = time.monotonic()
                 events = self._next_events(stream)
                 if events:
                     self._publish(events, events[-1]["_id"])
@@ -132,6 +133,10 @@ class Producer:
                     # An idle stream still advances on real MongoDB; storing that keeps the
                     # token inside the oplog window even when the collection is quiet.
                     self._publish([], stream.resume_token)
+                if not events:
+                    # A server that answers an empty read at once, instead of waiting up to MAX_AWAIT_MS for
+                    # changes, would have this loop spin: wait out IDLE_POLL_MS before reading again.
+                    self.stopping.wait(self.settings.idle_poll_ms / 1000 - (time.monotonic() - read_started))
                 token = stream.resume_token
         return False
 

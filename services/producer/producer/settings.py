@@ -8,6 +8,8 @@ class ProducerSettings(ServiceSettings, MongoSettings):
     batch_size: int = Field(default=256, ge=1, le=10_000)
     # How long one change stream read waits for new events; bounds how fast SIGTERM is noticed.
     max_await_ms: int = Field(default=500, ge=1)
+    # The shortest interval between two reads of an idle change stream.
+    idle_poll_ms: int = Field(default=50, ge=0)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     # What to do when the stored resume token is older than MongoDB's history: stop (the default) or snapshot again.
