@@ -10,7 +10,8 @@ B3  end-to-end throughput with the hash backend (the pipeline's own ceiling), ag
     mode's own batch-upsert rate, which bounds it here;
 B4  latency from change to searchable, p50/p95/p99, under a steady load at half of B2 (torch);
 B5  memory (RSS) of each process, idle and under the B2 load;
-B6  a re-save of every document with unchanged text: time and embedding calls, with the skip on and off.
+B6  a re-save of every document with unchanged text: time and embedding calls, with the skip on and off;
+S   the cost of a 384-dimension vector in stage 2: packed float32 in base64 against JSON float text.
 
 Results go to bench/results/pipeline.{json,md,png}. The machine may be shared and is noisy: compare the ratios,
 each measured within one run, rather than absolute rates. Sizes come from the environment: BENCH_DOCS (2000),
@@ -240,6 +241,30 @@ def qdrant_local_rate(points: int) -> float:
     return rate
 
 
+def serialisation(rounds: int = 2000) -> dict[str, float]:
+    """Bytes and microseconds (encode + decode) of one 384-dimension vector, packed against JSON text."""
+    from vecsync.messages import pack_vector, unpack_vector
+
+    rng = random.Random(1)
+    vector = [rng.uniform(-1, 1) for _ in range(384)]
+    started = time.perf_counter()
+    for _ in range(rounds):
+        packed = pack_vector(vector)
+        unpack_vector(packed)
+    packed_us = (time.perf_counter() - started) / rounds * 1e6
+    started = time.perf_counter()
+    for _ in range(rounds):
+        text = json.dumps(vector)
+        json.loads(text)
+    json_us = (time.perf_counter() - started) / rounds * 1e6
+    return {
+        "packed_bytes": len(pack_vector(vector)),
+        "json_bytes": len(json.dumps(vector)),
+        "packed_us": round(packed_us, 1),
+        "json_us": round(json_us, 1),
+    }
+
+
 # The run ---------------------------------------------------------------------------------------------------------
 
 
@@ -250,6 +275,7 @@ def run() -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "sizes": {"docs": DOCS, "hash_docs": HASH_DOCS, "per_doc_docs": PER_DOC_DOCS, "load_seconds": LOAD_SECONDS},
     }
+    results["S"] = serialisation()
     print("B1: in-process model throughput", flush=True)
     results["B1"] = {backend: round(in_process_rate(backend, texts_of(docs[:512])), 1) for backend in B2_BACKENDS}
 
@@ -327,6 +353,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{b6['skip_on']['embedding_calls']:.0f} embedding calls |",
         f"| B6 same, skip off | {b6['skip_off']['seconds']} s, "
         f"{b6['skip_off']['embedding_calls']:.0f} embedding calls |",
+        f"| S one vector in stage 2, packed float32 (base64) | {results['S']['packed_bytes']} bytes, "
+        f"{results['S']['packed_us']} us to encode and decode |",
+        f"| S the same as JSON float text | {results['S']['json_bytes']} bytes, {results['S']['json_us']} us |",
         "",
         "B5, resident memory in MB (idle / under the B2 load):",
         "",
