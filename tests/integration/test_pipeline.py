@@ -7,7 +7,7 @@ import datetime
 from bson import ObjectId
 
 from tests.support.pipeline import Pipeline
-from vecsync.constants import RESUME_TOKEN_KEY
+from vecsync.constants import resume_token_key
 from vecsync.documents import point_id
 
 
@@ -17,7 +17,7 @@ def test_snapshot_then_changes_reach_qdrant(pipeline: Pipeline) -> None:
     )
     pipeline.drain()
     pipeline.assert_matches_mongo()
-    assert pipeline.redis_client.get(RESUME_TOKEN_KEY), "the resume token is stored after the snapshot"
+    assert pipeline.redis_client.get(resume_token_key(pipeline.source)), "the resume token is stored after the snapshot"
 
     pipeline.collection.insert_one({"_id": "doc-new", "subject": "New", "content": "fresh"})
     pipeline.collection.update_one({"_id": "doc-1"}, {"$set": {"subject": "Changed subject"}})

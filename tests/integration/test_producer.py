@@ -9,7 +9,7 @@ from pymongo.errors import OperationFailure
 
 from producer.service import Producer
 from tests.support.pipeline import Pipeline
-from vecsync.constants import RESUME_TOKEN_KEY
+from vecsync.constants import resume_token_key
 from vecsync.errors import ConfigurationError, HistoryLost
 
 
@@ -43,10 +43,12 @@ def stage1(pipeline: Pipeline) -> list[tuple[str, str]]:
 def test_history_lost_stops_loudly_by_default(pipeline: Pipeline) -> None:
     pipeline.collection.insert_one({"_id": "a", "subject": "s"})
     pipeline.run_producer()
-    token = pipeline.redis_client.get(RESUME_TOKEN_KEY)
+    token = pipeline.redis_client.get(resume_token_key(pipeline.source))
     with pytest.raises(HistoryLost, match="RESYNC_ON_HISTORY_LOST"):
         producer(pipeline, FailingWatch(pipeline.collection, 286)).run(drain=True)
-    assert pipeline.redis_client.get(RESUME_TOKEN_KEY) == token, "the token is kept for the operator to decide"
+    assert pipeline.redis_client.get(resume_token_key(pipeline.source)) == token, (
+        "the token is kept for the operator to decide"
+    )
 
 
 def test_history_lost_resyncs_when_enabled(pipeline: Pipeline) -> None:
@@ -77,7 +79,7 @@ def test_invalidating_events_are_counted_and_watching_continues(pipeline: Pipeli
     ]
     producer(pipeline, pipeline.collection)._publish(events, {"_data": "t2"})
     assert INVALIDATIONS.labels("drop")._value.get() == before + 1
-    assert pipeline.redis_client.get(RESUME_TOKEN_KEY), "the position after the invalidate is stored"
+    assert pipeline.redis_client.get(resume_token_key(pipeline.source)), "the position after the invalidate is stored"
     assert stage1(pipeline) == []
 
 
@@ -90,7 +92,7 @@ def test_writes_lost_by_redis_are_published_again(pipeline: Pipeline) -> None:
     client = pipeline.redis_client
     pipeline.collection.insert_one({"_id": "before", "subject": "s"})
     pipeline.run_producer()
-    token_before = client.get(RESUME_TOKEN_KEY)
+    token_before = client.get(resume_token_key(pipeline.source))
     running = producer(pipeline, pipeline.collection)
     thread = threading.Thread(target=running.run)
     thread.start()
@@ -100,7 +102,7 @@ def test_writes_lost_by_redis_are_published_again(pipeline: Pipeline) -> None:
         # The crash: the entry and the token that covered it are gone, as after a lost AOF tail.
         [(lost_id, _)] = client.xrevrange("raw_document_changes", count=1)
         client.xdel("raw_document_changes", lost_id)
-        client.set(RESUME_TOKEN_KEY, token_before)
+        client.set(resume_token_key(pipeline.source), token_before)
         pipeline.collection.insert_one({"_id": "after", "subject": "s"})
         wait_for(lambda: stage1(pipeline)[-1] == ("after", "upsert"), what="the producer to publish again")
     finally:

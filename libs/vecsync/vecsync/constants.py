@@ -11,10 +11,19 @@ STAGE2_GROUP = "qdrant_upserters"
 
 DLQ_SUFFIX = ":dlq"
 
+
 # Producer state: the change stream's resume token, written in the same
 # MULTI/EXEC as the entries it covers.
-RESUME_TOKEN_KEY = "vecsync:producer:resume_token"
-RESUME_TOKEN_UPDATED_KEY = "vecsync:producer:resume_token_updated_at"
+# One per source collection, so that several producers can share a Redis.
+def resume_token_key(source: str) -> str:
+    """The key of the resume token of the producer of ``source`` ("<database>.<collection>")."""
+    return f"vecsync:producer:{source}:resume_token"
+
+
+def resume_token_updated_key(source: str) -> str:
+    """The key of the time at which that resume token last advanced."""
+    return f"vecsync:producer:{source}:resume_token_updated_at"
+
 
 # Upserter state: the newest version written to Qdrant per point (deletes
 # included, as tombstones), and the per-point write locks.

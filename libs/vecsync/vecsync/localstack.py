@@ -159,6 +159,8 @@ class LocalStack:
         """What every stage must agree on, passed explicitly so the stack is exactly what its settings say."""
         return {
             "DATA_DIR": str(self.data_dir),
+            # Local only: the upserter's port also serves the CLI's collection operations (see docs/security.md).
+            "METRICS_HOST": "127.0.0.1",
             "REDIS_URL": self.settings.redis_url,
             "MONGO_URI": self.settings.mongo_uri,
             "MONGO_DATABASE": self.settings.mongo_database,

@@ -22,7 +22,7 @@ from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from pymongo.collection import Collection
 
-from vecsync.constants import RESUME_TOKEN_KEY
+from vecsync.constants import resume_token_key
 from vecsync.messages import DocumentChange
 
 
@@ -117,6 +117,7 @@ def changes_for_ids(collection: Collection[dict[str, Any]], source: str, mongo_i
 def publish_beside_producer(
     client: redis.Redis,
     stream: str,
+    source: str,
     read_changes: Callable[[], list[DocumentChange]],
     also: Callable[[redis.client.Pipeline], None] | None = None,
 ) -> list[DocumentChange]:
@@ -132,7 +133,7 @@ def publish_beside_producer(
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(RESUME_TOKEN_KEY)
+                pipe.watch(resume_token_key(source))
                 changes = read_changes()
                 pipe.multi()
                 for change in changes:

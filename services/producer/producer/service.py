@@ -28,7 +28,7 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from producer.settings import ProducerSettings
-from vecsync.constants import RESUME_TOKEN_KEY, RESUME_TOKEN_UPDATED_KEY, dlq_stream
+from vecsync.constants import dlq_stream, resume_token_key, resume_token_updated_key
 from vecsync.consumer import Backoff
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.messages import DocumentChange
@@ -80,6 +80,8 @@ class Producer:
         self.collection = collection
         self.stopping = stopping or threading.Event()
         self.source = settings.source
+        self.token_key = resume_token_key(self.source)
+        self.token_updated_key = resume_token_updated_key(self.source)
         self._token_stored_at = time.time()
         self._token_written: str | None = None  # the token JSON this process last stored
         TOKEN_AGE.set_function(lambda: time.time() - self._token_stored_at)
@@ -274,8 +276,8 @@ class Producer:
         if not changes and token is None:
             return 0
         with self.client.pipeline(transaction=True) as tx:
-            tx.watch(RESUME_TOKEN_KEY)
-            if tx.get(RESUME_TOKEN_KEY) != self._token_written:
+            tx.watch(self.token_key)
+            if tx.get(self.token_key) != self._token_written:
                 # Redis lost its latest writes (a crash within the fsync window), or another producer
                 # runs: what this process thinks it published may not be there. Resume from what is.
                 raise TokenMoved(f"the stored resume token of {self.source} changed under this producer")
@@ -286,8 +288,8 @@ class Producer:
                 tx.xadd(dlq_stream(self.settings.stage1_stream), letter)
             if token is not None:
                 token_json = json_util.dumps(token)
-                tx.set(RESUME_TOKEN_KEY, token_json)
-                tx.set(RESUME_TOKEN_UPDATED_KEY, repr(time.time()))
+                tx.set(self.token_key, token_json)
+                tx.set(self.token_updated_key, repr(time.time()))
             try:
                 tx.execute()
             except redis.WatchError:
@@ -300,7 +302,7 @@ class Producer:
         return len(changes)
 
     def _stored_token(self) -> Mapping[str, Any] | None:
-        raw = self.client.get(RESUME_TOKEN_KEY)
+        raw = self.client.get(self.token_key)
         self._token_written = raw
         return json_util.loads(raw) if raw else None
 
@@ -310,7 +312,7 @@ class Producer:
             raise HistoryLost(
                 f"The change stream of {self.source} cannot resume from the stored token: MongoDB no longer holds "
                 f"that history ({exc}). Changes made meanwhile may be missing. Set RESYNC_ON_HISTORY_LOST=true to "
-                f"snapshot the collection again automatically, or delete the Redis key {RESUME_TOKEN_KEY} and "
+                f"snapshot the collection again automatically, or delete the Redis key {self.token_key} and "
                 "restart; then run `vecsync verify --repair` to remove points of documents deleted meanwhile."
             ) from exc
         log.error(
@@ -319,7 +321,7 @@ class Producer:
             self.source,
             exc,
         )
-        self.client.delete(RESUME_TOKEN_KEY)
+        self.client.delete(self.token_key)
 
 
 def _document_key(event: dict[str, Any]) -> Any:

@@ -113,6 +113,7 @@ def _replay(ctx: Context, letter: DeadLetter) -> None:
             publish_beside_producer(
                 ctx.redis,
                 stream,
+                ctx.settings.source,
                 lambda: changes_for_ids(ctx.collection, ctx.settings.source, [mongo_id]),
                 also=remove,
             )

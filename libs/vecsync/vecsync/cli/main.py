@@ -20,7 +20,7 @@ from vecsync.cli import dlq, maintenance
 from vecsync.cli.context import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Context, Declined
 from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import embed_query
-from vecsync.constants import RESUME_TOKEN_UPDATED_KEY
+from vecsync.constants import resume_token_updated_key
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.streams import StreamStats, redact_url, stream_stats
 
@@ -131,7 +131,7 @@ def _status(ctx: Context) -> dict[str, Any]:
         "stage1": stream_stats(ctx.redis, settings.stage1_stream, settings.stage1_group, with_consumers=True),
         "stage2": stream_stats(ctx.redis, settings.stage2_stream, settings.stage2_group, with_consumers=True),
     }
-    updated = ctx.redis.get(RESUME_TOKEN_UPDATED_KEY)
+    updated = ctx.redis.get(resume_token_updated_key(settings.source))
     report: dict[str, Any] = {name: stats.as_dict() for name, stats in stages.items()}
     report["producer"] = {"resume_token_age_s": time.time() - float(updated) if updated else None}
     return report

@@ -120,7 +120,7 @@ def _resync_batch(
             }
             pipe.hset(key, mapping=mark)
 
-    publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, read, also=save_progress)
+    publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, ctx.settings.source, read, also=save_progress)
     return batch
 
 
@@ -253,7 +253,7 @@ def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, 
     if to_repair:
         source = ctx.settings.source
         publish_beside_producer(
-            ctx.redis, ctx.settings.stage1_stream, lambda: changes_for_ids(ctx.collection, source, to_repair)
+            ctx.redis, ctx.settings.stage1_stream, source, lambda: changes_for_ids(ctx.collection, source, to_repair)
         )
         state.repaired += len(to_repair)
 
