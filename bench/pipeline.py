@@ -393,7 +393,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
         color=["#4c72b0"] * len(results["B1"]) + ["#55a868"] * len(results["B2"]) + ["#c44e52", "#8c8c8c"],
     )
     axis.set_ylabel("documents (texts) per second")
-    axis.set_yscale("log")
     axis.set_title("vecsync: model limit (B1), pipeline (B2), pipeline ceiling vs per-document design (B3)")
     for index, value in enumerate(values):
         axis.text(index, value, f"{value:.0f}", ha="center", va="bottom")
