@@ -180,3 +180,16 @@ def test_every_entry_is_processed_once_in_order(redis_client: redis.Redis, batch
     add(redis_client, *[str(i) for i in range(200)])
     consumer(redis_client, copy_to_out, batch_size=batch_size).run(drain=True)
     assert [f["value"] for _id, f in redis_client.xrange(OUT)] == [str(i) for i in range(200)]
+
+
+def test_a_stopped_consumer_that_holds_nothing_leaves_its_group(redis_client: redis.Redis) -> None:
+    add(redis_client, "a")
+    loop = consumer(redis_client, copy_to_out)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while redis_client.xlen(OUT) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loop.stop()
+    thread.join(5)
+    assert redis_client.xinfo_consumers(STREAM, GROUP) == []

@@ -127,16 +127,19 @@ class StreamConsumer:
                 continue
             if entries:
                 self._process(entries)
-        self._with_retry(self._leave_group_if_idle)
+        self._leave_group_if_idle()
         log.info("%s stopped", self.stage)
 
     def _leave_group_if_idle(self) -> None:
         """Remove this consumer from the group when it holds nothing, so restarts leave no stale names behind."""
-        mine = self.client.xpending_range(
-            self.stream, self.group, min="-", max="+", count=1, consumername=self.consumer
-        )
-        if not mine:
-            self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+        try:
+            mine = self.client.xpending_range(
+                self.stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+            )
+            if not mine:
+                self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+        except redis.RedisError as exc:  # best effort: a stale name costs nothing but a line in `vecsync status`
+            log.info("%s could not leave group %s: %s", self.stage, self.group, exc)
 
     def _trim_if_due(self) -> None:
         interval = self.settings.trim_interval_s
