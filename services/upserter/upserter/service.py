@@ -5,7 +5,11 @@ its version. Under the points' locks, the upserter drops entries not newer than
 the version last applied to their point (deletes included, as tombstones),
 writes the rest with wait=true, then records their versions. Entries are acked
 only after that, so a crash at any step leads to a redelivery that is either
-re-applied (same version) or skipped (superseded). See docs/design.md.
+re-applied (same version) or skipped (superseded).
+
+A payload-only entry (its text was unchanged) is applied only if its point
+still holds that text; otherwise its change goes back to stage 1 to be
+embedded, keeping its version. See docs/design.md.
 """
 
 from __future__ import annotations
