@@ -84,6 +84,7 @@ class Producer:
         self.token_updated_key = resume_token_updated_key(self.source)
         self._token_stored_at = time.time()
         self._token_written: str | None = None  # the token JSON this process last stored
+        self._wrote_since_failure = False
         TOKEN_AGE.set_function(lambda: time.time() - self._token_stored_at)
 
     def run(self, *, drain: bool = False) -> None:
@@ -113,6 +114,9 @@ class Producer:
             except PyMongoError as exc:
                 ERRORS.labels("mongodb").inc()
                 log.warning("MongoDB unavailable (%s); resuming from the stored token after a pause", exc)
+            if self._wrote_since_failure:  # a fresh failure after a good run starts with a short pause
+                backoff.attempts = 0
+                self._wrote_since_failure = False
             if not backoff.wait(self.stopping):
                 return
 
@@ -294,6 +298,7 @@ class Producer:
                 tx.execute()
             except redis.WatchError:
                 raise TokenMoved(f"the stored resume token of {self.source} changed while publishing") from None
+        self._wrote_since_failure = True
         if token is not None:
             self._token_written = token_json
             self._token_stored_at = time.time()
