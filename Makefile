@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: venv run test test-unit lint typecheck chaos clean up up-gpu down logs scale config bench-embed bench
+.PHONY: venv run test test-unit test-rules lint typecheck chaos clean up up-gpu down logs scale config bench-embed bench
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+# The alert rules and their unit tests (promtool comes with Debian's prometheus package); make test runs them too.
+test-rules:
+	promtool check rules prometheus/rules/*.yml
+	promtool test rules prometheus/tests/*.yml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
