@@ -107,3 +107,23 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     finally:
         for name in users:
             redis_client.execute_command("ACL", "DELUSER", f"vecsync-{name}")
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection:UserWarning")
+def test_a_qdrant_server_refusing_the_api_key_stops_the_upserter_with_a_clear_message() -> None:
+    from qdrant_client import QdrantClient
+
+    from tests.support.fake_api import FakeApi
+    from vecsync.errors import ConfigurationError
+    from vecsync.vectorstore import VectorStore
+
+    qdrant = FakeApi()  # answers every request 401, as Qdrant does for a wrong api-key header
+    qdrant.status, qdrant.body = 401, {"status": {"error": "Invalid api-key"}}
+    try:
+        store = VectorStore(QdrantClient(url=qdrant.url, api_key="wrong-key", timeout=5), "documents", 384)
+        with pytest.raises(ConfigurationError, match="QDRANT_API_KEY") as error:
+            store.ensure_collection()
+        assert "wrong-key" not in str(error.value)
+        assert qdrant.requests, "the client never reached the server"
+    finally:
+        qdrant.close()
