@@ -103,7 +103,9 @@ class TorchEncoder:
         self.model = SentenceTransformer(model_path, device=device)
         if device == "cuda":
             self.model.half()  # fp16 on the GPU: twice the throughput, cosine within 1e-3
-        self.dim = int(self.model.get_sentence_embedding_dimension() or 0)
+        # Renamed in sentence-transformers 6; the old name still works there, with a warning.
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension() or 0)
         self.name = name
         self.max_tokens = int(self.model.max_seq_length or 512)
         # A copy of the model's own tokenizer, so counting never changes the state the model encodes with.
