@@ -23,10 +23,13 @@ import pytest
 import requests
 import yaml
 
-from tests.integration.test_observability import DASHBOARDS, grafana_to_promql, tool
-from tests.support.servers import Server, free_port, wait_for
+from tests.integration.test_observability import DASHBOARDS, grafana_to_promql
+from tests.support import monitoring
+from tests.support.monitoring import tool
+from tests.support.servers import free_port, wait_for
 from tests.support.stack import stack_settings
 from vecsync.localstack import LocalStack
+from vecsync.streams import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKLOG_THRESHOLD = 50
@@ -104,26 +107,13 @@ def test_backlog_alert_fires_and_resolves_and_every_panel_has_data(stack: LocalS
         for webhook_config in receiver.get("webhook_configs", []):
             webhook_config["url"] = webhook.url
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config))
-    am_port = free_port()
-    alertmanager = Server(
-        [
-            tool("prometheus-alertmanager"),
-            f"--config.file={tmp_path / 'alertmanager.yml'}",
-            f"--storage.path={tmp_path / 'am'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-        ],
-        am_port,
-        log=tmp_path / "alertmanager.log",
-    ).start()
-
     targets = {
         "producer": settings.producer_metrics_port,
         "embedder-worker": settings.embedder_metrics_port,
         "upserter": int(settings.upserter_url.rsplit(":", 1)[1]),
         "embedding-api": int(settings.embedding_url.rsplit(":", 1)[1]),
     }
-    prom_port = free_port()
+    am_port, prom_port = free_port(), free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules_for_test(tmp_path) / "*.yml")],
@@ -133,18 +123,16 @@ def test_backlog_alert_fires_and_resolves_and_every_panel_has_data(stack: LocalS
         ]
         + [{"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{prom_port}"]}]}],
     }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    prometheus = Server(
-        [
-            tool("prometheus"),
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        prom_port,
-        log=tmp_path / "prometheus.log",
-    ).start()
-    url = f"http://127.0.0.1:{prom_port}"
+    with (
+        monitoring.alertmanager(tmp_path / "am", tmp_path / "alertmanager.yml", am_port),
+        monitoring.prometheus(tmp_path / "prometheus", config, prom_port) as url,
+    ):
+        _outage_fires_and_resolves_the_backlog_alert(stack, webhook, url)
+        _every_panel_has_data(url)
+
+
+def _outage_fires_and_resolves_the_backlog_alert(stack: LocalStack, webhook: Webhook, url: str) -> None:
+    settings = stack.settings
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
     collection = client[settings.mongo_database][settings.mongo_collection]
     try:
@@ -170,28 +158,22 @@ def test_backlog_alert_fires_and_resolves_and_every_panel_has_data(stack: LocalS
             what="the stage 1 backlog alert to resolve",
         )
         # The rarer series the dashboards draw: a dead letter and a payload-only write.
-        _dead_letter_and_update(settings.redis_url, collection)
+        redis_client = connect(settings.redis_url)
+        redis_client.xadd("raw_document_changes", {"garbled": "entry"})
+        redis_client.close()
+        collection.update_one({"_id": "doc-1"}, {"$set": {"owner": "someone else"}})
         wait_for(lambda: _query(url, "vecsync_stream_dlq_length > 0"), timeout=60, what="the dead letter scraped")
-
-        empty = [
-            f"{dashboard} / {panel}: {expr}"
-            for dashboard, panel, expr in _dashboard_targets()
-            if not _query(url, grafana_to_promql(expr))
-        ]
-        assert empty == [], "dashboard queries without data:\n" + "\n".join(empty)
     finally:
         client.close()
-        prometheus.stop()
-        alertmanager.stop()
 
 
-def _dead_letter_and_update(redis_url: str, collection: Any) -> None:
-    from vecsync.streams import connect
-
-    redis_client = connect(redis_url)
-    redis_client.xadd("raw_document_changes", {"garbled": "entry"})
-    redis_client.close()
-    collection.update_one({"_id": "doc-1"}, {"$set": {"owner": "someone else"}})
+def _every_panel_has_data(url: str) -> None:
+    empty = [
+        f"{dashboard} / {panel}: {expr}"
+        for dashboard, panel, expr in _dashboard_targets()
+        if not _query(url, grafana_to_promql(expr))
+    ]
+    assert empty == [], "dashboard queries without data:\n" + "\n".join(empty)
 
 
 def _dashboard_targets() -> Iterator[tuple[str, str, str]]:

@@ -8,9 +8,7 @@ in CI (the CI environment variable set), where a missing tool is a failure.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,9 @@ import pytest
 import requests
 import yaml
 
-from tests.support.servers import Server, free_port, wait_for
+from tests.support import monitoring
+from tests.support.monitoring import tool
+from tests.support.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "prometheus"
@@ -36,17 +36,6 @@ PRODUCT_CODE = [ROOT / "libs", ROOT / "services"]
 
 # Values a Grafana server would put in place of its variables before sending a query.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
-
-
-def tool(name: str) -> str:
-    """The path of a Prometheus tool; skips the test without it, or fails in CI."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed; install Debian's prometheus and prometheus-alertmanager packages"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set, so this is a failure)")
-    pytest.skip(message)
 
 
 def run_tool(*args: str) -> str:
@@ -198,24 +187,14 @@ def test_dashboards_have_stable_uids_and_use_the_provisioned_datasource() -> Non
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prometheus on a free local port with vecsync's rule files, evaluating every second."""
-    binary = tool("prometheus")
-    workdir = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in RULE_FILES],
         "scrape_configs": [{"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
     }
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    args = [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}"]
-    args += [f"--web.listen-address=127.0.0.1:{port}"]
-    server = Server(args, port, log=workdir / "prometheus.log").start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: requests.get(f"{url}/-/ready", timeout=2).ok, what="Prometheus ready")
+    with monitoring.prometheus(tmp_path_factory.mktemp("prometheus"), config, port) as url:
         yield url
-    finally:
-        server.stop()
 
 
 def test_prometheus_loads_and_evaluates_every_rule(prometheus: str) -> None:
@@ -248,19 +227,8 @@ def test_dashboard_query_runs_on_prometheus(prometheus: str, dashboard: str, pan
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """vecsync's Alertmanager configuration, unchanged, on a free local port."""
-    binary = tool("prometheus-alertmanager")
-    workdir = tmp_path_factory.mktemp("alertmanager")
-    port = free_port()
-    args = [binary, f"--config.file={ALERTMANAGER_CONFIG}", f"--storage.path={workdir}"]
-    # An empty cluster address: otherwise it also binds the gossip port 9094.
-    args += [f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
-    server = Server(args, port, log=workdir / "alertmanager.log").start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: requests.get(f"{url}/-/ready", timeout=2).ok, what="Alertmanager ready")
+    with monitoring.alertmanager(tmp_path_factory.mktemp("alertmanager"), ALERTMANAGER_CONFIG) as url:
         yield url
-    finally:
-        server.stop()
 
 
 def _alert(name: str, **labels: str) -> dict[str, Any]:
