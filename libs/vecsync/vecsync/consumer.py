@@ -175,12 +175,19 @@ class StreamConsumer:
                 return claimed
         entries = self._read(">", block=None if drain else self.settings.block_ms)
         if entries:
-            return entries
+            return self._linger(entries)
         if drain:
             # Draining means nothing left behind: retry this consumer's failed entries now
             # instead of after CLAIM_IDLE_MS. Each retry counts as a delivery, so it ends.
             return self._claim_idle() or self._reread_own_pending() or None
         return []
+
+    def _linger(self, entries: list[Entry]) -> list[Entry]:
+        """Top up a partial batch with what arrives within LINGER_MS."""
+        missing = self.settings.batch_size - len(entries)
+        if missing <= 0 or not self.settings.linger_ms or self.stopping.wait(self.settings.linger_ms / 1000):
+            return entries
+        return entries + self._read(">", block=None, count=missing)
 
     def _reread_own_pending(self) -> list[Entry]:
         entries = self._read("0", block=None)
@@ -189,9 +196,9 @@ class StreamConsumer:
         metrics.MESSAGES_RECLAIMED.labels(**self._labels).inc(len(entries))
         return self._set_deliveries(entries)
 
-    def _read(self, start: str, block: int | None) -> list[Entry]:
+    def _read(self, start: str, block: int | None, count: int | None = None) -> list[Entry]:
         response = self.client.xreadgroup(
-            self.group, self.consumer, {self.stream: start}, count=self.settings.batch_size, block=block
+            self.group, self.consumer, {self.stream: start}, count=count or self.settings.batch_size, block=block
         )
         entries: list[Entry] = []
         for _stream, messages in cast(list[tuple[str, Any]], response or []):
