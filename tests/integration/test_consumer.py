@@ -195,45 +195,33 @@ def test_a_stopped_consumer_that_holds_nothing_leaves_its_group(redis_client: re
     assert redis_client.xinfo_consumers(STREAM, GROUP) == []
 
 
-def test_linger_tops_up_a_partial_batch(redis_client: redis.Redis) -> None:
-    ensure_group(redis_client, STREAM, GROUP)
+def batch_sizes_when_entries_trickle_in(client: redis.Redis, **overrides: object) -> list[int]:
+    """The batch sizes a running consumer handles when one entry arrives, then two more 0.1 s later."""
+    ensure_group(client, STREAM, GROUP)
     sizes: list[int] = []
 
     def record(batch: Batch) -> None:
         sizes.append(len(batch.entries))
         copy_to_out(batch)
 
-    loop = consumer(redis_client, record, batch_size=10, linger_ms=300, block_ms=2000)
+    loop = consumer(client, record, batch_size=10, block_ms=2000, **overrides)
     thread = threading.Thread(target=loop.run)
     thread.start()
-    add(redis_client, "a")
-    time.sleep(0.1)  # the read has returned "a" alone and lingers
-    add(redis_client, "b", "c")
+    add(client, "a")
+    time.sleep(0.1)  # the read has returned "a" alone
+    add(client, "b", "c")
     deadline = time.monotonic() + 5
-    while redis_client.xlen(OUT) < 3 and time.monotonic() < deadline:
+    while client.xlen(OUT) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     loop.stop()
     thread.join(5)
-    assert sizes == [3]
+    return sizes
+
+
+def test_linger_tops_up_a_partial_batch(redis_client: redis.Redis) -> None:
+    assert batch_sizes_when_entries_trickle_in(redis_client, linger_ms=300) == [3]
 
 
 def test_without_linger_a_partial_batch_is_handled_at_once(redis_client: redis.Redis) -> None:
-    ensure_group(redis_client, STREAM, GROUP)
-    sizes: list[int] = []
-
-    def record(batch: Batch) -> None:
-        sizes.append(len(batch.entries))
-        copy_to_out(batch)
-
-    loop = consumer(redis_client, record, batch_size=10, block_ms=2000)
-    thread = threading.Thread(target=loop.run)
-    thread.start()
-    add(redis_client, "a")
-    time.sleep(0.1)
-    add(redis_client, "b", "c")
-    deadline = time.monotonic() + 5
-    while redis_client.xlen(OUT) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    loop.stop()
-    thread.join(5)
+    sizes = batch_sizes_when_entries_trickle_in(redis_client)
     assert sizes[0] == 1 and sum(sizes) == 3, sizes  # "a" was handled without waiting for the others
