@@ -163,6 +163,14 @@ def _outage_fires_and_resolves_the_backlog_alert(stack: LocalStack, webhook: Web
         redis_client.close()
         collection.update_one({"_id": "doc-1"}, {"$set": {"owner": "someone else"}})
         wait_for(lambda: _query(url, "vecsync_stream_dlq_length > 0"), timeout=60, what="the dead letter scraped")
+        # And fresh embedding traffic, so that the restarted embedding-api's rates have samples to work on.
+        for n in range(5):
+            collection.insert_one({"_id": f"late-{n}", "subject": f"late document {n}"})
+            wait_for(
+                lambda: _query(url, "sum(rate(vecsync_embedding_requests_total[1m])) > 0"),
+                timeout=60,
+                what="embedding requests in the rates",
+            )
     finally:
         client.close()
 
