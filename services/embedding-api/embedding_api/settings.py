@@ -48,7 +48,9 @@ class EmbeddingApiSettings(BaseSettings):
     # Texts waiting for the model; beyond this, requests are answered 503 with Retry-After.
     max_queue_texts: int = Field(default=4096, ge=1)
     # Texts per forward pass inside one model call (a merged batch is sorted by length and cut into these).
-    encode_batch_size: int = Field(default=32, ge=1)
+    # Small on a CPU: less padding and warmer caches. Measured on 2 cores with batches of 32 texts: torch 145
+    # texts/s at 8 against 106 at 32, onnx-int8 307 at 8 against 181 at 32. A GPU wants large ones (128).
+    encode_batch_size: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "EmbeddingApiSettings":
