@@ -23,12 +23,12 @@ import pytest
 import requests
 import yaml
 
-from tests.integration.test_observability import DASHBOARDS, grafana_to_promql
+from tests.integration.test_observability import dashboard_targets, grafana_to_promql
 from tests.support import monitoring
 from tests.support.monitoring import tool
 from tests.support.servers import free_port, wait_for
 from tests.support.stack import stack_settings
-from vecsync.localstack import LocalStack
+from vecsync.localstack import LocalStack, LocalStackSettings
 from vecsync.streams import connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +84,16 @@ def rules_for_test(workdir: Path) -> Path:
     return rules
 
 
+def metrics_ports(settings: LocalStackSettings) -> dict[str, int]:
+    """The /metrics port of each service of a local stack, by its Prometheus job name."""
+    return {
+        "producer": settings.producer_metrics_port,
+        "embedder-worker": settings.embedder_metrics_port,
+        "upserter": int(settings.upserter_url.rsplit(":", 1)[1]),
+        "embedding-api": int(settings.embedding_url.rsplit(":", 1)[1]),
+    }
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
     running = LocalStack(stack_settings(tmp_path / "data", embedding_backend="hash"))
@@ -107,12 +117,7 @@ def test_backlog_alert_fires_and_resolves_and_every_panel_has_data(stack: LocalS
         for webhook_config in receiver.get("webhook_configs", []):
             webhook_config["url"] = webhook.url
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config))
-    targets = {
-        "producer": settings.producer_metrics_port,
-        "embedder-worker": settings.embedder_metrics_port,
-        "upserter": int(settings.upserter_url.rsplit(":", 1)[1]),
-        "embedding-api": int(settings.embedding_url.rsplit(":", 1)[1]),
-    }
+    targets = metrics_ports(settings)
     am_port, prom_port = free_port(), free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -178,17 +183,10 @@ def _outage_fires_and_resolves_the_backlog_alert(stack: LocalStack, webhook: Web
 def _every_panel_has_data(url: str) -> None:
     empty = [
         f"{dashboard} / {panel}: {expr}"
-        for dashboard, panel, expr in _dashboard_targets()
+        for dashboard, panel, expr in dashboard_targets()
         if not _query(url, grafana_to_promql(expr))
     ]
     assert empty == [], "dashboard queries without data:\n" + "\n".join(empty)
-
-
-def _dashboard_targets() -> Iterator[tuple[str, str, str]]:
-    for path in DASHBOARDS:
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                yield path.name, panel["title"], target["expr"]
 
 
 def _query(url: str, promql: str) -> bool:
@@ -200,12 +198,7 @@ def _query(url: str, promql: str) -> bool:
 
 def test_every_service_exposes_metrics_that_promtool_accepts(stack: LocalStack) -> None:
     settings = stack.settings
-    ports = {
-        "producer": settings.producer_metrics_port,
-        "embedder-worker": settings.embedder_metrics_port,
-        "upserter": int(settings.upserter_url.rsplit(":", 1)[1]),
-        "embedding-api": int(settings.embedding_url.rsplit(":", 1)[1]),
-    }
+    ports = metrics_ports(settings)
     promtool = tool("promtool")
     for service, port in ports.items():
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

@@ -57,8 +57,11 @@ def _successor(entry_id: str) -> str:
 def trim(client: redis.Redis, stream: str, *, keep_count: int, keep_age_s: float) -> int:
     """Remove what may safely be removed from ``stream``; returns the number of entries removed."""
     bound = trim_bound(client, stream, keep_count=keep_count, keep_age_s=keep_age_s)
-    if bound is None:
-        return 0
+    return 0 if bound is None else trim_to(client, stream, bound)
+
+
+def trim_to(client: redis.Redis, stream: str, bound: str) -> int:
+    """Remove the entries before ``bound``, a bound from trim_bound (acks only move forward, so it stays safe)."""
     removed = int(client.xtrim(stream, minid=bound, approximate=False))
     if removed:
         # Remembered so that `vecsync rebuild` knows the stream no longer holds every change.

@@ -22,7 +22,7 @@ from vecsync.constants import (
 from vecsync.documents import build_text, point_id, text_sha256
 from vecsync.errors import ConfigurationError
 from vecsync.messages import DocumentChange
-from vecsync.retention import trim, trim_bound
+from vecsync.retention import trim_bound, trim_to
 from vecsync.source import (
     changes_for_ids,
     document_change,
@@ -313,7 +313,7 @@ def trim_command(ctx: Context) -> int:
         "Remove the acknowledged entries outside the retention window: "
         + "; ".join(f"{stream} before {bound}" for stream, bound in plans.items())
     )
-    for stream in plans:
-        removed = trim(ctx.redis, stream, keep_count=count, keep_age_s=age)
+    for stream, bound in plans.items():
+        removed = trim_to(ctx.redis, stream, bound)  # exactly what was confirmed
         print(f"Trimmed {removed} entries from {stream}.")
     return EXIT_OK
