@@ -129,7 +129,7 @@ class SlowEncoder(HashEncoder):
         super().__init__(384)
         self.delay_s = delay_s
 
-    def encode(self, texts: list[str]) -> list[list[float]]:
+    def encode(self, texts: list[str]) -> np.ndarray:
         time.sleep(self.delay_s)
         return super().encode(texts)
 

@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from embedding_api.backends import Encoder
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ class NotReady(Exception):
 class Encoded:
     """What a request gets back: one vector per text, with each text's token count and truncation."""
 
-    vectors: list[list[float]]
+    vectors: np.ndarray  # float32, one row per text
     tokens: list[int]
     truncated: list[bool]
 
@@ -52,7 +54,7 @@ class _Request:
     texts: list[str]
     future: concurrent.futures.Future[Encoded]
     arrived: float
-    vectors: list[list[float] | None] = field(default_factory=list)
+    vectors: list[np.ndarray | None] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     remaining: int = 0
 
@@ -291,7 +293,7 @@ class Batcher:
     def _result(self, request: _Request) -> Encoded:
         assert self.encoder is not None
         window = self.encoder.max_tokens
-        vectors = [vector for vector in request.vectors if vector is not None]
+        vectors = np.stack([vector for vector in request.vectors if vector is not None])
         return Encoded(vectors, [min(n, window) for n in request.tokens], [n > window for n in request.tokens])
 
     def _release(self, count: int) -> None:

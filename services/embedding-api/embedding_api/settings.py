@@ -14,6 +14,8 @@ class EmbeddingApiSettings(BaseSettings):
         extra="ignore",
         protected_namespaces=(),
         secrets_dir=os.environ.get("VECSYNC_SECRETS_DIR") or None,
+        # An empty variable (compose's ${NAME:-}) means "use the default".
+        env_ignore_empty=True,
     )
 
     host: str = "0.0.0.0"
@@ -48,9 +50,8 @@ class EmbeddingApiSettings(BaseSettings):
     # Texts waiting for the model; beyond this, requests are answered 503 with Retry-After.
     max_queue_texts: int = Field(default=4096, ge=1)
     # Texts per forward pass inside one model call (a merged batch is sorted by length and cut into these).
-    # Small on a CPU: less padding and warmer caches. Measured on 2 cores with batches of 32 texts: torch 145
-    # texts/s at 8 against 106 at 32, onnx-int8 307 at 8 against 181 at 32. A GPU wants large ones (128).
-    encode_batch_size: int = Field(default=8, ge=1)
+    # Unset: what measured fastest for the backend and device (see backends.forward_batch_size).
+    encode_batch_size: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "EmbeddingApiSettings":
