@@ -106,15 +106,49 @@ class Server:
             self.process.wait()
 
 
-def load_in_process(backend: str) -> Any:
+def load_in_process(backend: str, workers: int = 1) -> Any:
+    """One encoder on every core (``workers=1``: what a program embedding the model gets), or one of ``workers``."""
     from embedding_api.backends import load_encoder
     from embedding_api.settings import EmbeddingApiSettings
 
-    return load_encoder(EmbeddingApiSettings(embedding_backend=backend, device=DEVICE))  # type: ignore[arg-type]
+    settings = EmbeddingApiSettings(embedding_backend=backend, device=DEVICE, model_workers=workers)  # type: ignore[arg-type]
+    return load_encoder(settings)
+
+
+def server_workers(backend: str) -> int:
+    from embedding_api.backends import model_workers
+    from embedding_api.settings import EmbeddingApiSettings
+
+    return model_workers(EmbeddingApiSettings(embedding_backend=backend, device=DEVICE))  # type: ignore[arg-type]
+
+
+def in_process_split(encoders: list[Any], texts: list[str]) -> float:
+    """Texts per second in the server's layout, in this process: each batch of 32 shared by the workers' copies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    share = -(-BATCH // len(encoders))
+    _torch_threads(encoders[0], (os.cpu_count() or 1) // len(encoders))
+    with ThreadPoolExecutor(len(encoders)) as pool:
+        list(pool.map(lambda e: e.encode(texts[:share]), encoders))  # warm-up
+        started = time.perf_counter()
+        for start in range(0, len(texts), BATCH):
+            batch = texts[start : start + BATCH]
+            parts = [batch[i : i + share] for i in range(0, len(batch), share)]
+            list(pool.map(lambda pair: pair[0].encode(pair[1]), zip(encoders, parts, strict=False)))
+    return len(texts) / (time.perf_counter() - started)
+
+
+def _torch_threads(encoder: Any, threads: int) -> None:
+    # torch's thread count is one setting for the whole process: set it for the layout being measured.
+    if encoder.backend == "torch":
+        import torch
+
+        torch.set_num_threads(max(1, threads))
 
 
 def in_process(encoder: Any, texts: list[str]) -> tuple[float, np.ndarray]:
     """Texts per second encoding ``texts`` in batches of 32 in this process, and the vectors."""
+    _torch_threads(encoder, os.cpu_count() or 1)
     encoder.encode(texts[:BATCH])  # warm-up
     started = time.perf_counter()
     vectors: list[list[float]] = []
@@ -189,27 +223,39 @@ def main() -> None:
     vectors: dict[str, np.ndarray] = {}
     for backend in BACKENDS:
         encoder = load_in_process(backend)
+        workers = server_workers(backend)
+        copies = [load_in_process(backend, workers) for _ in range(workers)]
         server = Server(backend)
-        local_rates, http_rates, ratios = [], [], []
+        local_rates, split_rates, http_rates, ratios, split_ratios = [], [], [], [], []
         try:
             # Alternate in-process and HTTP passes, so a neighbour's load shows on both sides of each ratio.
             for _round in range(ROUNDS):
                 rate, vectors[backend] = in_process(encoder, texts)
+                split_rate = in_process_split(copies, texts) if workers > 1 else rate
                 http_rate = over_http(server, texts)
                 local_rates.append(rate)
+                split_rates.append(split_rate)
                 http_rates.append(http_rate)
                 ratios.append(http_rate / rate)
-            del encoder
+                split_ratios.append(http_rate / split_rate)
+            del encoder, copies
         finally:
             server.stop()
         base = statistics.median(local_rates)
         results["backends"][backend] = {
             "in_process_texts_per_s": base,
+            "server_workers": workers,
+            "in_process_as_server_texts_per_s": statistics.median(split_rates),
             "http_texts_per_s": statistics.median(http_rates),
             "http_over_in_process": statistics.median(ratios),
             "http_over_in_process_rounds": ratios,
+            "http_over_in_process_as_server": statistics.median(split_ratios),
         }
-        print(f"{backend}: in-process {base:.0f}/s, HTTP/in-process {statistics.median(ratios):.2f}x", flush=True)
+        print(
+            f"{backend}: in-process {base:.0f}/s, HTTP/in-process {statistics.median(ratios):.2f}x, "
+            f"HTTP/in-process as the server's {workers} workers {statistics.median(split_ratios):.2f}x",
+            flush=True,
+        )
     if LOAD_BACKEND in BACKENDS:
         run_load(results, texts)
     if "torch" in vectors:
@@ -240,14 +286,19 @@ def compare_with_torch(results: dict[str, Any], vectors: dict[str, np.ndarray], 
 def run_load(results: dict[str, Any], texts: list[str]) -> None:
     """Single-text clients against batching on and off, each next to an in-process pass at batch 32."""
     encoder = load_in_process(LOAD_BACKEND)
+    workers = server_workers(LOAD_BACKEND)
+    copies = [load_in_process(LOAD_BACKEND, workers) for _ in range(workers)]
     servers = {True: Server(LOAD_BACKEND), False: Server(LOAD_BACKEND, MAX_BATCH_SIZE="1")}
     try:
         for clients in CLIENTS:
             base, _ = in_process(encoder, texts)
+            split = in_process_split(copies, texts) if workers > 1 else base
             for batching, server in servers.items():
                 run = concurrent_singles(server, texts, clients, SECONDS)
                 run.update({"clients": clients, "batching": batching, "in_process_batch32_texts_per_s": base})
                 run["over_in_process_batch32"] = run["texts_per_s"] / base
+                run["in_process_as_server_texts_per_s"] = split
+                run["over_in_process_as_server"] = run["texts_per_s"] / split
                 results["load"]["runs"].append(run)
                 mode = "on" if batching else "off"
                 print(
@@ -270,9 +321,13 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## Backends: in-process against HTTP at batch 32, and against torch (in-process, interleaved)",
         "",
-        "| backend | in-process texts/s | HTTP texts/s | HTTP / in-process | speed / torch "
-        "| cosine to torch (min, mean) |",
-        "|---|---|---|---|---|---|",
+        "In-process is one copy of the model on every core, as a program embedding the model runs it. The server "
+        "runs MODEL_WORKERS copies side by side; *as server* is that layout in-process (each batch of 32 shared "
+        "by the copies).",
+        "",
+        "| backend | in-process texts/s | as server (workers) | HTTP texts/s | HTTP / in-process "
+        "| HTTP / as server | speed / torch | cosine to torch (min, mean) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for backend, info in results["backends"].items():
         cos = (
@@ -282,21 +337,24 @@ def render(results: dict[str, Any]) -> str:
         )
         speed = f"{info['speed_over_torch']:.2f}x" if "speed_over_torch" in info else "-"
         lines.append(
-            f"| {backend} | {info['in_process_texts_per_s']:.0f} | {info['http_texts_per_s']:.0f} | "
-            f"{info['http_over_in_process']:.2f}x | {speed} | {cos} |"
+            f"| {backend} | {info['in_process_texts_per_s']:.0f} | {info['in_process_as_server_texts_per_s']:.0f} "
+            f"({info['server_workers']}) | {info['http_texts_per_s']:.0f} | {info['http_over_in_process']:.2f}x | "
+            f"{info['http_over_in_process_as_server']:.2f}x | {speed} | {cos} |"
         )
     lines += [
         "",
         f"## Concurrent clients sending single texts ({results['load']['backend']}, "
         f"{results['sizes']['seconds_per_load_run']:.0f} s each)",
         "",
-        "| clients | dynamic batching | texts/s | / in-process at batch 32 | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| clients | dynamic batching | texts/s | / in-process at batch 32 | / as server at batch 32 "
+        "| p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in results["load"]["runs"]:
         lines.append(
             f"| {run['clients']} | {'on' if run['batching'] else 'off'} | {run['texts_per_s']:.0f} | "
-            f"{run.get('over_in_process_batch32', 0):.2f}x | {run['p50_ms']:.0f} | {run['p99_ms']:.0f} | "
+            f"{run.get('over_in_process_batch32', 0):.2f}x | {run.get('over_in_process_as_server', 0):.2f}x | "
+            f"{run['p50_ms']:.0f} | {run['p99_ms']:.0f} | "
             f"{run['errors']:.0f} |"
         )
     return "\n".join(lines) + "\n"

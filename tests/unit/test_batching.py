@@ -30,7 +30,10 @@ class RecordingEncoder(HashEncoder):
         return super().encode(texts)
 
 
-def batcher(encoder: HashEncoder, **overrides: float) -> Batcher:
+def batcher(encoder: HashEncoder | list[HashEncoder], **overrides: float) -> Batcher:
+    """A batcher over ``encoder``, or with one worker per encoder of a list."""
+    encoders = encoder if isinstance(encoder, list) else [encoder]
+    loads = iter(encoders)
     options: dict[str, float] = {
         "max_batch_size": 16,
         "max_batch_tokens": 10_000,
@@ -39,7 +42,8 @@ def batcher(encoder: HashEncoder, **overrides: float) -> Batcher:
     }
     options.update(overrides)
     return Batcher(
-        lambda: encoder,
+        lambda: next(loads),
+        workers=len(encoders),
         max_batch_size=int(options["max_batch_size"]),
         max_batch_tokens=int(options["max_batch_tokens"]),
         max_wait_s=options["max_wait_s"],
@@ -80,6 +84,31 @@ def test_a_request_larger_than_a_batch_is_split_and_reassembled() -> None:
     texts = [f"text {i}" for i in range(10)]
     assert np.array_equal(subject.submit(texts).result(timeout=10).vectors, HashEncoder(8).encode(texts))
     assert [len(batch) for batch in encoder.batches] == [4, 4, 2]
+    subject.close()
+
+
+def test_several_workers_answer_every_request_with_its_own_vectors() -> None:
+    encoders = [RecordingEncoder(), RecordingEncoder()]
+    subject = batcher(encoders)
+    requests = requests_of_many_sizes(200)
+    results = run_concurrently(subject, requests)
+    for texts, vectors in zip(requests, results, strict=True):
+        assert np.array_equal(vectors, HashEncoder(8).encode(texts))
+    assert all(encoder.batches for encoder in encoders), "both workers encoded"
+    assert sum(len(batch) for encoder in encoders for batch in encoder.batches) == sum(map(len, requests))
+    subject.close()
+
+
+def test_idle_workers_share_one_large_request() -> None:
+    encoders = [RecordingEncoder(delay_s=0.2), RecordingEncoder(delay_s=0.2)]
+    subject = batcher(encoders, max_batch_size=64, max_wait_s=0)
+    texts = [f"text {i}" for i in range(32)]
+    deadline = time.monotonic() + 10
+    while subject._idle_workers < 2 and time.monotonic() < deadline:  # both worker threads are up and waiting
+        time.sleep(0.01)
+    assert np.array_equal(subject.submit(texts).result(timeout=10).vectors, HashEncoder(8).encode(texts))
+    # Each worker encoded one half.
+    assert [[len(batch) for batch in encoder.batches] for encoder in encoders] == [[16], [16]]
     subject.close()
 
 

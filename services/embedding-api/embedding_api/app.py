@@ -26,7 +26,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedding_api.backends import Encoder
+from embedding_api.backends import Encoder, model_workers
 from embedding_api.batching import Batcher, BatchStats, Encoded, NotReady, QueueFull
 from embedding_api.settings import EmbeddingApiSettings
 
@@ -109,6 +109,7 @@ def create_app(
     app = FastAPI(title="vecsync embedding-api")
     batcher = Batcher(
         load or (lambda: encoder),  # type: ignore[arg-type, return-value]
+        workers=model_workers(settings) if load is not None else 1,
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_s=settings.max_wait_ms / 1000.0,

@@ -1,14 +1,15 @@
 """Dynamic batching: texts of concurrent requests share model calls.
 
-One thread owns the model. Requests queue their texts; the thread takes the
-oldest texts into a batch of at most ``max_batch_size`` texts and
+Model threads ("workers", each with its own copy of the model) take the oldest
+queued texts into a batch of at most ``max_batch_size`` texts and
 ``max_batch_tokens`` tokens, waiting at most ``max_wait_s`` after the oldest
 text arrived for others to join, and only while fewer texts wait than the last
 batch held (a lone client never waits for company that is not coming). While
 the model works, the next batch fills up by itself, so under load no one waits
-for the timer. Each request gets its own
-texts' vectors back, in order, through a future, and the event loop never runs
-the model.
+for the timer. With several workers, a worker leaves a share of the queue to
+each idle one, so even one large request keeps every worker busy. Each request
+gets its own texts' vectors back, in order, through a future, and the event
+loop never runs the model.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Batcher:
         self,
         load: Callable[[], Encoder],
         *,
+        workers: int = 1,
         max_batch_size: int,
         max_batch_tokens: int,
         max_wait_s: float,
@@ -96,7 +98,10 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.max_queue_texts = max_queue_texts
+        self.workers = workers
+        # The first worker's encoder: the one that describes the model (name, dimension, window).
         self.encoder: Encoder | None = None
+        self._encoders: list[Encoder] = []
         self.load_error: BaseException | None = None
         self._load = load
         self._warm_up = warm_up
@@ -111,12 +116,15 @@ class Batcher:
         self._rate = 0.0  # texts per second, a moving average, for Retry-After
         # How many texts the last batch gathered: waiting for company pays only when company came last time.
         self._expected = 1
+        self._idle_workers = 0
+        self._busy_workers = 0
         self._ready = threading.Event()
         # Loading in the background lets the port open (and /healthz answer) while a large model loads.
         self._background_load = background_load
+        self._others: list[threading.Thread] = []  # the workers after the first, started once the model loaded
         if not background_load and not self._start():
             raise RuntimeError(f"The model failed to load: {self.load_error}")
-        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(0,), name="model-0", daemon=True)
         self._thread.start()
 
     @property
@@ -148,76 +156,99 @@ class Batcher:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
+            self._cond.notify_all()
+        for thread in [self._thread, *self._others]:
+            thread.join(timeout=30)
 
     def _retry_after_s(self) -> int:
         # Time to work through what is queued at the recent pace; at least a second.
         rate = self._rate or 10.0
         return max(1, min(60, round(self._queued / rate)))
 
-    # The model thread -------------------------------------------------------
+    # The model workers ------------------------------------------------------
 
-    def _run(self) -> None:
-        if self._background_load and not self._start():
+    def _run(self, worker: int) -> None:
+        # Worker 0 loads every copy of the model (unless that was done up front), then starts the other workers.
+        if worker == 0 and self._background_load and not self._start():
             return
+        encoder = self._encoders[worker]
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch(encoder)
             if batch is None:
                 break
             if batch:
-                self._encode(batch)
+                self._encode(batch, encoder)
         self._fail_pending(NotReady("the service is shutting down"))
 
     def _start(self) -> bool:
         try:
-            self.encoder = self._load()
-            if self._warm_up:
-                self.encoder.encode(["warm-up", "a second, somewhat longer warm-up text"])
+            # One copy per worker, loaded one after another: the first load may build a cache the others reuse.
+            for _ in range(self.workers):
+                encoder = self._load()
+                if self._warm_up:
+                    encoder.encode(["warm-up", "a second, somewhat longer warm-up text"])
+                self._encoders.append(encoder)
         except BaseException as exc:  # reported through readiness and the callback
             log.exception("The model failed to load")
             self.load_error = exc
             if self._on_load_failure:
                 self._on_load_failure(exc)
             return False
+        self.encoder = self._encoders[0]
+        for worker in range(1, self.workers):
+            thread = threading.Thread(target=self._run, args=(worker,), name=f"model-{worker}", daemon=True)
+            thread.start()
+            self._others.append(thread)
         if self._on_ready:
             self._on_ready(self.encoder)
         self._ready.set()
         return True
 
-    def _next_batch(self) -> list[_Item] | None:
+    def _next_batch(self, encoder: Encoder) -> list[_Item] | None:
         """The oldest texts that fit in one batch; None once closed."""
         with self._cond:
-            while not self._items and not self._requests:
-                if self._closed:
-                    return None
-                self._cond.wait()
+            self._idle_workers += 1
+            try:
+                while not self._items and not self._requests:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+            finally:
+                self._idle_workers -= 1
         while True:
-            self._admit_new_requests()
+            self._admit_new_requests(encoder)
             with self._cond:
                 if self._closed:
                     return None
                 if not self._items:
                     return []  # every request was cancelled
                 wait = self._items[0].arrived + self.max_wait_s - time.monotonic()
-                if self.max_batch_size == 1 or wait <= 0 or self._batch_is_full() or self.max_wait_s == 0:
+                # Waiting for company pays only while the model would otherwise sit idle: when another worker is
+                # busy, the texts are better encoded now, on this worker, than merged later.
+                if (
+                    self.max_batch_size == 1
+                    or wait <= 0
+                    or self.max_wait_s == 0
+                    or self._busy_workers
+                    or self._batch_is_full()
+                ):
+                    self._busy_workers += 1
                     return self._take_batch()
                 if not self._requests:
                     self._cond.wait(wait)
 
-    def _admit_new_requests(self) -> None:
+    def _admit_new_requests(self, encoder: Encoder) -> None:
         """Count the tokens of newly queued requests (outside the lock) and queue their texts as items."""
         with self._cond:
             arrived = list(self._requests)
             self._requests.clear()
-        assert self.encoder is not None
         for request in arrived:
             if not request.future.set_running_or_notify_cancel():
                 with self._cond:
                     self._queued -= len(request.texts)
                 continue
             try:
-                counts = self.encoder.count_tokens(request.texts)
+                counts = encoder.count_tokens(request.texts)
             except Exception as exc:  # noqa: BLE001 - one request's failure is its own
                 request.future.set_exception(exc)
                 with self._cond:
@@ -227,8 +258,7 @@ class Batcher:
             request.vectors = [None] * len(request.texts)
             request.remaining = len(request.texts)
             items = [
-                _Item(request, i, min(count, self.encoder.max_tokens), request.arrived)
-                for i, count in enumerate(counts)
+                _Item(request, i, min(count, encoder.max_tokens), request.arrived) for i, count in enumerate(counts)
             ]
             with self._cond:
                 self._items.extend(items)
@@ -244,6 +274,8 @@ class Batcher:
         return False
 
     def _take_batch(self) -> list[_Item]:
+        # Leave an equal share of what waits to each idle worker: one large request then keeps every worker busy.
+        limit = min(self.max_batch_size, -(-len(self._items) // (self._idle_workers + 1)))
         batch = [self._items.popleft()]
         tokens = batch[0].tokens
         if self.max_batch_size == 1:
@@ -252,41 +284,51 @@ class Batcher:
             while self._items and self._items[0].request is owner:
                 batch.append(self._items.popleft())
             return batch
-        while self._items and len(batch) < self.max_batch_size:
+        while self._items and len(batch) < limit:
             if tokens + self._items[0].tokens > self.max_batch_tokens:
                 break
             item = self._items.popleft()
             tokens += item.tokens
             batch.append(item)
         self._expected = len(batch)
+        if self._idle_workers:
+            self._cond.notify()  # an idle worker takes the next share
         return batch
 
-    def _encode(self, batch: list[_Item]) -> None:
-        assert self.encoder is not None
+    def _encode(self, batch: list[_Item], encoder: Encoder) -> None:
         started = time.perf_counter()
         try:
-            vectors = self.encoder.encode([item.request.texts[item.index] for item in batch])
+            vectors = encoder.encode([item.request.texts[item.index] for item in batch])
             if len(vectors) != len(batch):
                 raise RuntimeError(f"the encoder returned {len(vectors)} vectors for {len(batch)} texts")
         except Exception as exc:  # fail the requests of this batch, keep serving
             log.exception("A model call over %d texts failed", len(batch))
+            with self._cond:
+                self._busy_workers -= 1
             self._release(len(batch))
             for request in {id(item.request): item.request for item in batch}.values():
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
         elapsed = time.perf_counter() - started
-        self._release(len(batch))
-        rate = len(batch) / max(elapsed, 1e-6)
-        self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate
-        for item, vector in zip(batch, vectors, strict=True):
-            request = item.request
-            request.vectors[item.index] = vector
-            request.remaining -= 1
-            if request.remaining == 0 and not request.future.done():
+        finished: list[_Request] = []
+        with self._cond:
+            self._busy_workers -= 1
+            self._queued -= len(batch)
+            rate = self.workers * len(batch) / max(elapsed, 1e-6)
+            self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate
+            # A request's texts may be spread over several workers' batches: the last one to finish answers it.
+            for item, vector in zip(batch, vectors, strict=True):
+                request = item.request
+                request.vectors[item.index] = vector
+                request.remaining -= 1
+                if request.remaining == 0:
+                    finished.append(request)
+        for request in finished:
+            if not request.future.done():
                 request.future.set_result(self._result(request))
         if self._on_batch:
-            max_tokens = self.encoder.max_tokens
+            max_tokens = encoder.max_tokens
             truncated = sum(1 for item in batch if item.request.tokens[item.index] > max_tokens)
             self._on_batch(BatchStats(len(batch), sum(item.tokens for item in batch), truncated, elapsed))
 
