@@ -40,6 +40,7 @@ import pymongo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.support.servers import wait_for  # noqa: E402
 from tests.support.stack import drained, stack_settings  # noqa: E402
@@ -77,15 +78,44 @@ def texts_of(docs: list[dict[str, Any]]) -> list[str]:
 
 
 def in_process_rate(backend: str, texts: list[str]) -> float:
-    from embedding_api.backends import load_encoder
+    """The best of the model in this process at batch 32: one copy on every core, or the embedding-api's layout of
+    MODEL_WORKERS copies sharing each batch (faster for onnx on a CPU)."""
+    from embed import in_process_split
+
+    from embedding_api.backends import load_encoder, model_workers
     from embedding_api.settings import EmbeddingApiSettings
 
-    encoder = load_encoder(EmbeddingApiSettings(embedding_backend=backend, device="cpu", onnx_cache_dir=ONNX_CACHE))
+    def settings(workers: int | None) -> EmbeddingApiSettings:
+        return EmbeddingApiSettings(
+            embedding_backend=backend,  # type: ignore[arg-type]
+            device="cpu",
+            onnx_cache_dir=ONNX_CACHE,
+            model_workers=workers,
+        )
+
+    encoder = load_encoder(settings(1))
     encoder.encode(texts[:32])  # warm-up
     started = time.perf_counter()
     for start in range(0, len(texts), 32):
         encoder.encode(texts[start : start + 32])
-    return len(texts) / (time.perf_counter() - started)
+    one_copy = len(texts) / (time.perf_counter() - started)
+    workers = model_workers(settings(None))
+    if workers == 1:
+        return one_copy
+    return max(one_copy, in_process_split([load_encoder(settings(workers)) for _ in range(workers)], texts))
+
+
+def cpu_seconds(running: LocalStack) -> dict[str, float]:
+    """CPU seconds (user and system) each process of the stack has used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    usage = {}
+    for child in [*running.servers, *running.stages]:
+        if child.process is None or child.process.poll() is not None:
+            continue
+        fields = Path(f"/proc/{child.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        name = child.env.get("CONSUMER_NAME", child.name)
+        usage[name] = usage.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return usage
 
 
 # The stack -------------------------------------------------------------------------------------------------------
@@ -284,9 +314,17 @@ def run() -> dict[str, Any]:
         print(f"B2: end to end with {backend}", flush=True)
         with stack(f"b2-{backend}", backend) as (running, collection):
             idle = rss_mb(running)
+            cpu_before = cpu_seconds(running)
             with peak_rss(running) as peaks:
                 rate = insert_and_time(running, collection, docs)
-            results["B2"][backend] = {"docs_per_s": round(rate, 1), "of_B1": round(rate / results["B1"][backend], 3)}
+            cpu_after = cpu_seconds(running)
+            results["B2"][backend] = {
+                "docs_per_s": round(rate, 1),
+                "of_B1": round(rate / results["B1"][backend], 3),
+                # Where the 2 cores went while B2 ran: what the pipeline's processes take, the model cannot use.
+                "cpu_s": {name: round(cpu_after[name] - cpu_before.get(name, 0.0), 2) for name in sorted(cpu_after)},
+                "seconds": round(len(docs) / rate, 2),
+            }
             results["B5"][backend] = {"idle_mb": _round(idle), "under_load_mb": _round(peaks)}
             if backend == B2_BACKENDS[0]:
                 print("B6: re-save with unchanged text, skip on", flush=True)
@@ -342,6 +380,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| B1 in-process model, {backend}, batch 32 | {rate} texts/s |")
     for backend, row in b2.items():
         lines.append(f"| B2 end to end, {backend} | {row['docs_per_s']} docs/s = {row['of_B1']} x B1 |")
+        if "cpu_s" in row:
+            spent = ", ".join(f"{name} {seconds}" for name, seconds in row["cpu_s"].items())
+            lines.append(f"| B2 {backend}: CPU seconds per process over {row['seconds']} s on 2 cores | {spent} |")
     lines += [
         f"| B3 end to end, hash backend, batched | {b3['batched_docs_per_s']} docs/s |",
         f"| B3 end to end, hash backend, per document (old design) | {b3['per_document_docs_per_s']} docs/s |",
