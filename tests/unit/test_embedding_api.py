@@ -35,6 +35,18 @@ def test_encode_batch_is_deterministic_and_describes_the_model(client: TestClien
     assert body["embeddings"][0] == body["embeddings"][2] != body["embeddings"][1]
 
 
+def test_base64_vectors_are_the_float_vectors_packed(client: TestClient) -> None:
+    texts = ["a", "b"]
+    floats = client.post("/encode_batch", json={"texts": texts}).json()["embeddings"]
+    packed = client.post("/encode_batch", json={"texts": texts, "encoding_format": "base64"}).json()["embeddings"]
+    unpacked = [np.frombuffer(base64.b64decode(item), dtype="<f4") for item in packed]
+    assert np.allclose(unpacked, floats, atol=1e-7)
+    single = client.post("/encode", json={"text": "b", "encoding_format": "base64"}).json()["embedding"]
+    assert single == packed[1]
+    refused = client.post("/encode_batch", json={"texts": texts, "encoding_format": "hex"})
+    assert refused.status_code == 422 and "encoding_format" in refused.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

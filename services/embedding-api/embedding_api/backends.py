@@ -129,7 +129,7 @@ class TorchEncoder:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return self._counter.count(texts)
 
-    def encode(self, texts: list[str]) -> list[list[float]]:
+    def encode(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(
             texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
