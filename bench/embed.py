@@ -123,19 +123,32 @@ def server_workers(backend: str) -> int:
 
 
 def in_process_split(encoders: list[Any], texts: list[str]) -> float:
-    """Texts per second in the server's layout, in this process: each batch of 32 shared by the workers' copies."""
+    """Texts per second in the server's layout, in this process: each batch of 32 shared by the workers' copies,
+    cut, as the server cuts it, into runs of consecutive texts with equal shares of the tokens."""
     from concurrent.futures import ThreadPoolExecutor
 
-    share = -(-BATCH // len(encoders))
     _torch_threads(encoders[0], (os.cpu_count() or 1) // len(encoders))
+    batches = [split_by_tokens(encoders[0], texts[i : i + BATCH], len(encoders)) for i in range(0, len(texts), BATCH)]
     with ThreadPoolExecutor(len(encoders)) as pool:
-        list(pool.map(lambda e: e.encode(texts[:share]), encoders))  # warm-up
+        list(pool.map(lambda pair: pair[0].encode(pair[1]), zip(encoders, batches[0], strict=False)))  # warm-up
         started = time.perf_counter()
-        for start in range(0, len(texts), BATCH):
-            batch = texts[start : start + BATCH]
-            parts = [batch[i : i + share] for i in range(0, len(batch), share)]
+        for parts in batches:
             list(pool.map(lambda pair: pair[0].encode(pair[1]), zip(encoders, parts, strict=False)))
     return len(texts) / (time.perf_counter() - started)
+
+
+def split_by_tokens(encoder: Any, texts: list[str], ways: int) -> list[list[str]]:
+    counts = [min(n, encoder.max_tokens) for n in encoder.count_tokens(texts)]
+    share = -(-sum(counts) // ways)
+    parts: list[list[str]] = [[]]
+    tokens = 0
+    for text, count in zip(texts, counts, strict=True):
+        if parts[-1] and tokens + count > share and len(parts) < ways:
+            parts.append([])
+            tokens = 0
+        parts[-1].append(text)
+        tokens += count
+    return parts
 
 
 def _torch_threads(encoder: Any, threads: int) -> None:

@@ -8,6 +8,7 @@ Qdrant server every process talks to it directly.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class VectorStore:
                     f"The embedded Qdrant store at {path} is already open in another process ({exc}). "
                     "Only one process may open it: stop that process, or run a Qdrant server and set QDRANT_URL."
                 ) from None
+            use_write_ahead_log(client)
         return cls(client, settings.qdrant_collection, settings.embedding_dim)
 
     def ensure_collection(self) -> None:
@@ -76,6 +78,7 @@ class VectorStore:
                 self.collection, vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE)
             )
             self.client.create_payload_index(self.collection, "mongo_id", models.PayloadSchemaType.KEYWORD)
+            use_write_ahead_log(self.client)
             log.info("Created Qdrant collection %r (%d dimensions, cosine)", self.collection, self.dim)
 
     def upsert(self, points: list[Point]) -> None:
@@ -156,6 +159,30 @@ class VectorStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def use_write_ahead_log(client: QdrantClient) -> None:
+    """Embedded mode: let each collection's SQLite file commit to a write-ahead log, synced at checkpoints.
+
+    qdrant-client's local mode commits every point in a transaction of its own, and SQLite's default journal syncs
+    each commit to disk: about a thousand points a second, which bounded the whole pipeline here. With a
+    write-ahead log and synchronous=NORMAL (measured: ten times the rate), a commit still survives the crash of
+    the process; a power loss may take the last moments of writes, as it takes the last second of Redis's
+    default AOF, and `vecsync verify --repair` restores them. This reaches into the local mode's storage; where it
+    has another shape, the store keeps its defaults and says so in the log.
+    """
+    local = getattr(client, "_client", None)
+    collections = getattr(local, "collections", None)
+    if not isinstance(collections, dict):
+        return  # a Qdrant server, or an in-memory store
+    for name, collection in collections.items():
+        connection = getattr(getattr(collection, "storage", None), "storage", None)
+        if not isinstance(connection, sqlite3.Connection):
+            if getattr(collection, "storage", None) is not None:
+                log.warning("The embedded Qdrant collection %r keeps SQLite's default journal: unknown layout", name)
+            continue
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _vector_size(info: models.CollectionInfo) -> int | None:

@@ -274,8 +274,12 @@ class Batcher:
         return False
 
     def _take_batch(self) -> list[_Item]:
-        # Leave an equal share of what waits to each idle worker: one large request then keeps every worker busy.
-        limit = min(self.max_batch_size, -(-len(self._items) // (self._idle_workers + 1)))
+        token_limit = self.max_batch_tokens
+        if self._idle_workers:
+            # Leave an equal share of the waiting tokens to each idle worker: one large request then keeps every
+            # worker busy, and the shares, being equal work, finish together.
+            waiting = sum(item.tokens for item in self._items)
+            token_limit = min(token_limit, -(-waiting // (self._idle_workers + 1)))
         batch = [self._items.popleft()]
         tokens = batch[0].tokens
         if self.max_batch_size == 1:
@@ -284,8 +288,8 @@ class Batcher:
             while self._items and self._items[0].request is owner:
                 batch.append(self._items.popleft())
             return batch
-        while self._items and len(batch) < limit:
-            if tokens + self._items[0].tokens > self.max_batch_tokens:
+        while self._items and len(batch) < self.max_batch_size:
+            if tokens + self._items[0].tokens > token_limit:
                 break
             item = self._items.popleft()
             tokens += item.tokens
