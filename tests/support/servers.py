@@ -23,6 +23,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports (the embedder-workers' metrics ports are such a run)."""
+    for _ in range(100):
+        base = free_port()
+        if base + count <= 65536 and all(_is_free(base + offset) for offset in range(1, count)):
+            return base
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for(predicate: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

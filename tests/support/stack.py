@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, free_port_run
 from vecsync.localstack import LocalStackSettings
 from vecsync.streams import connect, stream_stats
 
@@ -21,7 +21,8 @@ def stack_settings(data_dir: Path, **overrides: Any) -> LocalStackSettings:
         embedding_url=f"http://127.0.0.1:{free_port()}",
         upserter_url=f"http://127.0.0.1:{free_port()}",
         producer_metrics_port=free_port(),
-        embedder_metrics_port=free_port(),
+        # Worker i uses this port plus i.
+        embedder_metrics_port=free_port_run(max(8, overrides.get("embedder_workers", 0))),
         **overrides,
     )
 
