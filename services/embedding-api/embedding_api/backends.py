@@ -21,16 +21,24 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 # Texts per forward pass when ENCODE_BATCH_SIZE is unset. On a CPU, short passes pad less: measured on 2 cores
-# (bench/results/embed.md), torch is fastest at 8 (146 texts/s against 106 at 32) and onnxruntime at 2-4 (onnx-int8
-# 345 at 4 against 181 at 32; on merged batches of unrelated texts 315 at 4 against 270 at 8). A GPU wants long ones.
+# (bench/results/embed.md), torch is fastest at 8 (146 texts/s against 106 at 32) and onnxruntime on both cores at
+# 2-4 (onnx-int8 345 at 4 against 181 at 32). An onnx-int8 copy on one thread (see CPU_MODEL_WORKERS) is fastest at
+# 1-2: two such copies encode batches of 32 at 374-377 texts/s with passes of 1, 351-354 with passes of 4, and
+# merged batches of unrelated texts lose 15-20% at 4. A GPU wants long passes.
 CPU_FORWARD_BATCH = {"torch": 8, "onnx": 4, "onnx-int8": 4}
+SINGLE_THREAD_FORWARD_BATCH = {"onnx-int8": 1}
 GPU_FORWARD_BATCH = 128
 
 
-def forward_batch_size(configured: int | None, backend: str, device: str) -> int:
+def forward_batch_size(configured: int | None, backend: str, device: str, threads: int = 0) -> int:
+    """ENCODE_BATCH_SIZE, or when unset the measured best for the backend, the device and the threads (0: all)."""
     if configured is not None:
         return configured
-    return GPU_FORWARD_BATCH if device == "cuda" else CPU_FORWARD_BATCH.get(backend, 8)
+    if device == "cuda":
+        return GPU_FORWARD_BATCH
+    if threads == 1 and backend in SINGLE_THREAD_FORWARD_BATCH:
+        return SINGLE_THREAD_FORWARD_BATCH[backend]
+    return CPU_FORWARD_BATCH.get(backend, 8)
 
 
 class Encoder(Protocol):
@@ -169,7 +177,7 @@ class OnnxEncoder:
         self.inputs = {item.name for item in self.session.get_inputs()}
         self.backend = backend
         self.name = name
-        self.batch_size = forward_batch_size(batch_size, backend, self.device)
+        self.batch_size = forward_batch_size(batch_size, backend, self.device, threads)
         self.max_tokens = _max_seq_length(model_path)
         self.tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
         self.tokenizer.no_padding()
@@ -232,9 +240,10 @@ def model_location(settings: EmbeddingApiSettings) -> tuple[Path, str]:
 
 
 # Model workers when MODEL_WORKERS is unset, on a CPU (bench/results/embed.md, 2 cores): two single-threaded
-# onnxruntime copies encode 12% more than one on both cores, and 16 single-text clients got 0.88x against 0.81x.
-# torch gains 5% in-process but loses more splitting each request, so it keeps one copy on every core.
-CPU_MODEL_WORKERS = {"onnx": 2, "onnx-int8": 2}
+# onnx-int8 copies encode 12-17% more than one copy on both cores, whose threads wait for each other at every layer.
+# onnx (fp32) gained nothing from a second copy (152-154 texts/s either way), and torch loses splitting each request,
+# so they keep one copy on every core.
+CPU_MODEL_WORKERS = {"onnx-int8": 2}
 
 
 def model_workers(settings: EmbeddingApiSettings) -> int:

@@ -118,6 +118,7 @@ class Batcher:
         self._expected = 1
         self._idle_workers = 0
         self._busy_workers = 0
+        self._tokens_in_flight = 0  # of the batches being encoded
         self._ready = threading.Event()
         # Loading in the background lets the port open (and /healthz answer) while a large model loads.
         self._background_load = background_load
@@ -275,26 +276,30 @@ class Batcher:
 
     def _take_batch(self) -> list[_Item]:
         token_limit = self.max_batch_tokens
-        if self._idle_workers:
-            # Leave an equal share of the waiting tokens to each idle worker: one large request then keeps every
-            # worker busy, and the shares, being equal work, finish together.
+        if self.workers > 1:
+            # Take this worker's equal share of all the work in hand (waiting, and being encoded by the others):
+            # one large request then keeps every worker busy, and no worker sits idle while another works through
+            # a long batch of everything that had queued up.
             waiting = sum(item.tokens for item in self._items)
-            token_limit = min(token_limit, -(-waiting // (self._idle_workers + 1)))
+            token_limit = min(token_limit, -(-(waiting + self._tokens_in_flight) // self.workers))
         batch = [self._items.popleft()]
         tokens = batch[0].tokens
         if self.max_batch_size == 1:
             # Merging off: the first request's texts alone, as one model call.
             owner = batch[0].request
             while self._items and self._items[0].request is owner:
-                batch.append(self._items.popleft())
-            return batch
-        while self._items and len(batch) < self.max_batch_size:
-            if tokens + self._items[0].tokens > token_limit:
-                break
-            item = self._items.popleft()
-            tokens += item.tokens
-            batch.append(item)
-        self._expected = len(batch)
+                item = self._items.popleft()
+                tokens += item.tokens
+                batch.append(item)
+        else:
+            while self._items and len(batch) < self.max_batch_size:
+                if tokens + self._items[0].tokens > token_limit:
+                    break
+                item = self._items.popleft()
+                tokens += item.tokens
+                batch.append(item)
+            self._expected = len(batch)
+        self._tokens_in_flight += tokens
         if self._idle_workers:
             self._cond.notify()  # an idle worker takes the next share
         return batch
@@ -309,6 +314,7 @@ class Batcher:
             log.exception("A model call over %d texts failed", len(batch))
             with self._cond:
                 self._busy_workers -= 1
+                self._tokens_in_flight -= sum(item.tokens for item in batch)
             self._release(len(batch))
             for request in {id(item.request): item.request for item in batch}.values():
                 if not request.future.done():
@@ -318,6 +324,7 @@ class Batcher:
         finished: list[_Request] = []
         with self._cond:
             self._busy_workers -= 1
+            self._tokens_in_flight -= sum(item.tokens for item in batch)
             self._queued -= len(batch)
             rate = self.workers * len(batch) / max(elapsed, 1e-6)
             self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate

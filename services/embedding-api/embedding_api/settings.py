@@ -49,9 +49,9 @@ class EmbeddingApiSettings(BaseSettings):
     max_wait_ms: float = Field(default=5.0, ge=0)
     # Texts waiting for the model; beyond this, requests are answered 503 with Retry-After.
     max_queue_texts: int = Field(default=4096, ge=1)
-    # Model threads, each with its own copy of the model and an equal share of the cores. Unset: 2 for the onnx
-    # backends on a CPU, where two single-threaded copies beat one on two threads (they no longer wait for each
-    # other inside every layer); 1 for torch and on a GPU (see backends.model_workers).
+    # Model threads, each with its own copy of the model and an equal share of the cores. Unset: 2 for onnx-int8
+    # on a CPU, where two single-threaded copies beat one on two threads (they no longer wait for each other inside
+    # every layer); 1 for the other backends and on a GPU (see backends.model_workers).
     model_workers: int | None = Field(default=None, ge=1)
     # Texts per forward pass inside one model call (a merged batch is sorted by length and cut into these).
     # Unset: what measured fastest for the backend and device (see backends.forward_batch_size).
