@@ -15,6 +15,7 @@ from tests.support.fake_api import FakeApi
 from tests.support.servers import free_port
 from vecsync.consumer import Backoff
 from vecsync.errors import PermanentError, TransientError
+from vecsync.messages import pack_vector
 
 
 @pytest.fixture
@@ -36,6 +37,27 @@ def client(url: str) -> EmbeddingClient:
 def test_good_answer(api: FakeApi) -> None:
     api.body = {"embeddings": [[1, 0, 0], [0, 1, 0]]}
     assert client(api.url).embed(["a", "b"]) == [[1, 0, 0], [0, 1, 0]]
+
+
+def test_base64_vectors_are_asked_for_and_read(api: FakeApi) -> None:
+    vectors = [[1.0, 0.0, 0.0], [0.0, 0.5, -0.25]]
+    api.body = {"embeddings": [pack_vector(vector) for vector in vectors]}
+    assert client(api.url).embed(["a", "b"]) == vectors
+    assert api.requests[-1] == ("POST", "/encode_batch", {"texts": ["a", "b"], "encoding_format": "base64"})
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (pack_vector([1.0, 0.0]), "2 dimensions; EMBEDDING_DIM is 3"),
+        (pack_vector([1.0, float("nan"), 0.0]), "NaN"),
+        ("not base64!", "unreadable base64"),
+    ],
+)
+def test_wrong_base64_vectors_are_permanent(api: FakeApi, item: str, message: str) -> None:
+    api.body = {"embeddings": [item]}
+    with pytest.raises(PermanentError, match=message):
+        client(api.url).embed(["a"])
 
 
 def test_unreachable_is_transient() -> None:
@@ -102,7 +124,7 @@ def test_openai_style(recording_api: FakeApi) -> None:
     assert api.requests[-1] == (
         "POST",
         "/v1/embeddings",
-        {"input": ["a", "b"], "model": "m", "encoding_format": "float"},
+        {"input": ["a", "b"], "model": "m", "encoding_format": "base64"},
     )
     assert api.authorization == "Bearer k"
 

@@ -11,7 +11,8 @@ from typing import Any, Literal
 import requests
 
 from embedder_worker.settings import EmbedderSettings
-from vecsync.errors import ConfigurationError, PermanentError, TransientError
+from vecsync.errors import ConfigurationError, InvalidEntry, PermanentError, TransientError
+from vecsync.messages import unpack_vector
 
 # Statuses that mean "the service is busy or down, try again": never a reason to dead-letter.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
@@ -73,10 +74,13 @@ class EmbeddingClient:
         )
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        # Vectors come back as base64 of little-endian float32, the form stage 2 carries: a third of the bytes of
+        # JSON numbers, exact, and no float text to format or parse. A server that ignores the request and sends
+        # numbers is understood too.
         body: dict[str, Any] = (
-            {"input": list(texts), "model": self.model, "encoding_format": "float"}
+            {"input": list(texts), "model": self.model, "encoding_format": "base64"}
             if self.style == "openai"
-            else {"texts": list(texts)}
+            else {"texts": list(texts), "encoding_format": "base64"}
         )
         try:
             response = self.session.post(self.url, json=body, timeout=self.timeout_s)
@@ -97,9 +101,7 @@ class EmbeddingClient:
         if not isinstance(embeddings, list) or len(embeddings) != len(texts):
             count = len(embeddings) if isinstance(embeddings, list) else type(embeddings).__name__
             raise TransientError(f"embedding-api returned {count} vectors for {len(texts)} texts")
-        for vector in embeddings:
-            self._check(vector)
-        return embeddings
+        return [self._vector(item) for item in embeddings]
 
     def _embeddings(self, response: requests.Response) -> Any:
         try:
@@ -111,6 +113,21 @@ class EmbeddingClient:
             return [item["embedding"] for item in items]
         except (ValueError, KeyError, TypeError):
             raise TransientError(f"embedding-api sent a malformed reply: {response.text[:200]}") from None
+
+    def _vector(self, item: object) -> list[float]:
+        """One vector of the reply, from base64 float32 or a list of numbers, checked."""
+        if isinstance(item, str):
+            try:
+                vector = unpack_vector(item)
+            except InvalidEntry as exc:
+                raise PermanentError(f"embedding-api returned an unreadable base64 vector: {exc}") from None
+            if len(vector) != self.dim:
+                raise PermanentError(
+                    f"embedding-api returned a vector of {len(vector)} dimensions; EMBEDDING_DIM is {self.dim}"
+                )
+            return vector
+        self._check(item)
+        return item  # type: ignore[return-value]
 
     def _check(self, vector: object) -> None:
         if not isinstance(vector, list) or len(vector) != self.dim:
