@@ -6,10 +6,11 @@ queued texts into a batch of at most ``max_batch_size`` texts and
 text arrived for others to join, and only while fewer texts wait than the last
 batch held (a lone client never waits for company that is not coming). While
 the model works, the next batch fills up by itself, so under load no one waits
-for the timer. With several workers, a worker leaves a share of the queue to
-each idle one, so even one large request keeps every worker busy. Each request
-gets its own texts' vectors back, in order, through a future, and the event
-loop never runs the model.
+for the timer. With several workers, a free worker takes its equal share (in
+tokens) of all the work in hand, waiting or being encoded, so even one large
+request keeps every worker busy; and it waits for company only while no other
+worker is busy. Each request gets its own texts' vectors back, in order,
+through a future, and the event loop never runs the model.
 """
 
 from __future__ import annotations
