@@ -247,12 +247,10 @@ CPU_MODEL_WORKERS = {"onnx-int8": 2}
 
 
 def model_workers(settings: EmbeddingApiSettings) -> int:
-    """MODEL_WORKERS, or when unset: one copy on a GPU (it keeps the GPU busy), else the measured best."""
+    """MODEL_WORKERS, or when unset the measured best: one copy, except for onnx-int8 (which runs on a CPU only)."""
     if settings.model_workers is not None:
         return settings.model_workers
-    if settings.embedding_backend not in CPU_MODEL_WORKERS or _uses_cuda(settings):
-        return 1
-    return min(CPU_MODEL_WORKERS[settings.embedding_backend], _cores())
+    return min(CPU_MODEL_WORKERS.get(settings.embedding_backend, 1), _cores())
 
 
 def cpu_threads_per_worker(settings: EmbeddingApiSettings) -> int:
@@ -262,15 +260,6 @@ def cpu_threads_per_worker(settings: EmbeddingApiSettings) -> int:
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _uses_cuda(settings: EmbeddingApiSettings) -> bool:
-    if settings.device != "auto" or settings.embedding_backend == "onnx-int8":
-        return settings.device == "cuda"
-    import onnxruntime
-
-    # The onnx backend runs on CUDA when onnxruntime has the provider (see OnnxEncoder).
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def load_encoder(settings: EmbeddingApiSettings) -> Encoder:
