@@ -254,8 +254,10 @@ def model_workers(settings: EmbeddingApiSettings) -> int:
 
 
 def cpu_threads_per_worker(settings: EmbeddingApiSettings) -> int:
-    """The CPU threads one model worker may use: its share of the cores this process may run on."""
-    return max(1, _cores() // model_workers(settings))
+    """The CPU threads one model copy may use: its share of the cores this process may run on; 0 (every core, the
+    backend's own default) when it is the only copy."""
+    workers = model_workers(settings)
+    return max(1, _cores() // workers) if workers > 1 else 0
 
 
 def _cores() -> int:
@@ -267,12 +269,13 @@ def load_encoder(settings: EmbeddingApiSettings) -> Encoder:
         log.warning("EMBEDDING_BACKEND=hash: vectors are deterministic but carry no meaning (load tests only)")
         return HashEncoder(settings.embedding_dim)
     path, name = model_location(settings)
+    threads = cpu_threads_per_worker(settings)
     encoder: Encoder
     if settings.embedding_backend == "torch":
-        if settings.model_workers and settings.model_workers > 1:
+        if threads:
             import torch
 
-            torch.set_num_threads(cpu_threads_per_worker(settings))
+            torch.set_num_threads(threads)
         encoder = TorchEncoder(str(path), name, settings.device, settings.encode_batch_size)
     else:
         from embedding_api.onnx_export import ensure_onnx_model
@@ -285,7 +288,7 @@ def load_encoder(settings: EmbeddingApiSettings) -> Encoder:
             backend=settings.embedding_backend,
             device=settings.device,
             batch_size=settings.encode_batch_size,
-            threads=settings.onnx_threads or (cpu_threads_per_worker(settings) if model_workers(settings) > 1 else 0),
+            threads=settings.onnx_threads or threads,
         )
     log.info(
         "Loaded model %s with the %s backend on %s (%d dimensions)",
