@@ -17,9 +17,7 @@ import http.client
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -29,8 +27,12 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.servers import start_embedding_api  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
-BIN = Path(sys.executable).parent
+WORKDIR = ROOT / "data" / "bench-embed"  # the servers' logs
 SAMPLES = ROOT / "samples" / "support_tickets.jsonl"
 
 TEXTS = int(os.environ.get("BENCH_TEXTS", "256"))
@@ -50,39 +52,15 @@ def sample_texts(count: int) -> list[str]:
     return [f"{texts[i % len(texts)]} ({i // len(texts)})" if i >= len(texts) else texts[i] for i in range(count)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
-    def __init__(self, backend: str, **env: str) -> None:
-        self.port = free_port()
-        full_env = {
-            **os.environ,
-            "EMBEDDING_BACKEND": backend,
-            "PORT": str(self.port),
-            "HOST": "127.0.0.1",
-            "DEVICE": DEVICE,
-            "LOG_LEVEL": "WARNING",
-            **env,
-        }
-        self.process = subprocess.Popen(
-            [str(BIN / "vecsync-embedding-api")], env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    """An embedding-api on its own port, with a keep-alive HTTP client for the benchmark's requests."""
+
+    def __init__(self, backend: str, **settings: str) -> None:
+        # Building an ONNX export at the first start can take minutes.
+        self.server = start_embedding_api(
+            WORKDIR, backend, ready_timeout=300, DEVICE=DEVICE, LOG_LEVEL="WARNING", **settings
         )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the {backend} server exited: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            try:
-                status, _ = self.request("GET", "/readyz", None)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"the {backend} server did not become ready")
+        self.port = self.server.port
 
     def request(
         self, method: str, path: str, body: Any, connection: http.client.HTTPConnection | None = None
@@ -98,12 +76,7 @@ class Server:
         return response.status, data
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.server.stop()
 
 
 def load_in_process(backend: str, workers: int = 1) -> Any:

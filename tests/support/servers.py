@@ -107,11 +107,20 @@ def start_mongo(workdir: Path) -> Server:
     return Server(args, port, log=workdir / "mongo.log").start()
 
 
-def start_embedding_api(workdir: Path, backend: str, port: int | None = None) -> Server:
+def start_embedding_api(
+    workdir: Path, backend: str, port: int | None = None, *, ready_timeout: float = 30.0, **settings: str
+) -> Server:
+    """The embedding-api on the CPU, once /readyz answers; ``settings`` are further environment variables."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "EMBEDDING_BACKEND": backend, "PORT": str(port), "HOST": "127.0.0.1", "DEVICE": "cpu"}
-    server = Server([str(BIN / "vecsync-embedding-api")], port, log=workdir / f"embedding-{backend}.log", env=env)
+    server = Server(
+        [str(BIN / "vecsync-embedding-api")], port, log=workdir / f"embedding-{backend}.log", env=env | settings
+    )
     server.start(timeout=120)
-    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).ok, what="embedding-api ready")
+    wait_for(
+        lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).ok,
+        timeout=ready_timeout,
+        what="embedding-api ready",
+    )
     return server
