@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from embedding_api import backends
 from embedding_api.app import create_app
 from embedding_api.backends import HashEncoder
 from embedding_api.settings import EmbeddingApiSettings
@@ -206,3 +207,43 @@ def test_a_configured_api_key_is_required_except_on_health_and_metrics() -> None
         assert client.post("/encode", json={"text": "x"}, headers=authorized).status_code == 200
         for path in ("/healthz", "/readyz", "/metrics"):
             assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("settings", "workers", "threads"),
+    [
+        ({"embedding_backend": "torch"}, 1, 0),
+        ({"embedding_backend": "onnx"}, 1, 0),
+        ({"embedding_backend": "onnx-int8"}, 2, 1),
+        ({"embedding_backend": "onnx-int8", "model_workers": 1}, 1, 0),
+        ({"embedding_backend": "torch", "model_workers": 2}, 2, 1),
+    ],
+)
+def test_model_copies_and_their_threads_by_backend(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict,
+    workers: int,
+    threads: int,  # type: ignore[type-arg]
+) -> None:
+    monkeypatch.setattr(backends, "_cores", lambda: 2)
+    configured = EmbeddingApiSettings(**settings)
+    assert backends.model_workers(configured) == workers
+    assert backends.cpu_threads_per_worker(configured) == threads  # 0: the backend's own default, every core
+
+
+@pytest.mark.parametrize(
+    ("configured", "backend", "device", "threads", "expected"),
+    [
+        (None, "torch", "cpu", 0, 8),
+        (None, "onnx", "cpu", 0, 4),
+        (None, "onnx-int8", "cpu", 0, 4),
+        (None, "onnx-int8", "cpu", 1, 1),
+        (None, "onnx", "cpu", 1, 4),
+        (None, "torch", "cuda", 0, 128),
+        (16, "onnx-int8", "cpu", 1, 16),
+    ],
+)
+def test_forward_pass_size_by_backend_device_and_threads(
+    configured: int | None, backend: str, device: str, threads: int, expected: int
+) -> None:
+    assert backends.forward_batch_size(configured, backend, device, threads) == expected
