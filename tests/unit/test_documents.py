@@ -34,6 +34,7 @@ def test_payload_has_identity_text_hash_version_and_fields() -> None:
         mongo_id="m",
         text="hello",
         version="1-0",
+        model="all-MiniLM-L6-v2",
     )
     assert payload == {
         "owner": "O",
@@ -43,4 +44,5 @@ def test_payload_has_identity_text_hash_version_and_fields() -> None:
         "text": "hello",
         "text_sha256": text_sha256("hello"),
         "version": "1-0",
+        "model": "all-MiniLM-L6-v2",
     }

@@ -48,16 +48,39 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def text_fingerprint(sha256: str, model: str | None) -> str:
+    """What decides that a point's vector is still right: the hash of its text and the model that embedded it.
+
+    Two models (or the hash backend and a model) make vectors of different spaces, so the same text embedded by
+    another model is not unchanged.
+    """
+    return f"{model or '?'}:{sha256}"
+
+
 def build_payload(
-    document: dict[str, Any], payload_fields: Sequence[str], *, source: str, mongo_id: str, text: str, version: str
+    document: dict[str, Any],
+    payload_fields: Sequence[str],
+    *,
+    source: str,
+    mongo_id: str,
+    text: str,
+    version: str,
+    model: str,
 ) -> dict[str, Any]:
-    """The Qdrant payload of a document: identity, text, version, then the configured fields."""
+    """The Qdrant payload of a document: identity, text, version, the model that embedded it, then the fields."""
     payload: dict[str, Any] = {}
     for field in payload_fields:
         value = lookup(document, field)
         if value is not None:
             payload[field] = value
     payload.update(
-        {"mongo_id": mongo_id, "source": source, "text": text, "text_sha256": text_sha256(text), "version": version}
+        {
+            "mongo_id": mongo_id,
+            "source": source,
+            "text": text,
+            "text_sha256": text_sha256(text),
+            "version": version,
+            "model": model,
+        }
     )
     return payload

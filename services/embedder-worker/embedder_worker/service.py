@@ -17,7 +17,7 @@ from embedder_worker.embedding_client import EmbeddingClient
 from embedder_worker.settings import EmbedderSettings
 from vecsync.constants import APPLIED_TEXT_KEY
 from vecsync.consumer import Batch, Entry
-from vecsync.documents import build_payload, build_text, point_id, text_sha256
+from vecsync.documents import build_payload, build_text, point_id, text_fingerprint, text_sha256
 from vecsync.errors import InvalidEntry
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 
@@ -94,7 +94,12 @@ class Embedder:
         if not self.settings.skip_unchanged_text or not candidates:
             return set()
         stored = self.client.hmget(APPLIED_TEXT_KEY, [item.point_id for item in candidates])
-        return {item.point_id for item, sha in zip(candidates, stored, strict=True) if sha == text_sha256(item.text)}
+        model = self.settings.embedding_model
+        return {
+            item.point_id
+            for item, stored_fingerprint in zip(candidates, stored, strict=True)
+            if stored_fingerprint == text_fingerprint(text_sha256(item.text), model)
+        }
 
     def _output(self, item: _Work, vector: list[float] | None, unchanged: bool) -> EmbeddedDocument:
         change = item.change
@@ -110,6 +115,7 @@ class Embedder:
             mongo_id=change.mongo_id,
             text=item.text,
             version=item.version,
+            model=self.settings.embedding_model,
         )
         op = "payload" if unchanged else "upsert"
         return EmbeddedDocument(op=op, version=item.version, vector=vector, payload=payload, **common)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from upserter.point_locks import PointLocks
 from upserter.settings import UpserterSettings
 from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_VERSIONS_KEY, dlq_stream
 from vecsync.consumer import Batch
-from vecsync.documents import point_id
+from vecsync.documents import point_id, text_fingerprint
 from vecsync.errors import InvalidEntry
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
@@ -130,12 +130,16 @@ class Upserter:
             return
         with self.client.pipeline(transaction=True) as tx:
             tx.hset(APPLIED_VERSIONS_KEY, mapping={pid: doc.version for pid, doc in applied.items()})
-            texts = {pid: (doc.payload or {}).get("text_sha256") for pid, doc in applied.items()}
-            known = {pid: sha for pid, sha in texts.items() if isinstance(sha, str)}
+            payloads = {pid: doc.payload or {} for pid, doc in applied.items()}
+            known = {
+                pid: text_fingerprint(payload["text_sha256"], payload.get("model"))
+                for pid, payload in payloads.items()
+                if isinstance(payload.get("text_sha256"), str)
+            }
             if known:
                 tx.hset(APPLIED_TEXT_KEY, mapping=known)
             # Deleted, or written without a text hash: never skip embedding for these.
-            unknown = [pid for pid in texts if pid not in known]
+            unknown = [pid for pid in payloads if pid not in known]
             if unknown:
                 tx.hdel(APPLIED_TEXT_KEY, *unknown)
             tx.execute()
