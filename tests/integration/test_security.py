@@ -86,27 +86,44 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)
         embedder_settings = pipeline.embedder_settings(trim_interval_s=0.001)
         embedding = EmbeddingClient.from_settings(embedder_settings)
-        StreamConsumer(
+        embedder = StreamConsumer(
             clients["embedder"],
             stage="embedder",
             stream="raw_document_changes",
             group="embedding_processors",
             handler=Embedder(embedder_settings, embedding, clients["embedder"]).handle,
             settings=embedder_settings,
-        ).run(drain=True)
+        )
+        hold_renew_and_hand_back_one_entry(embedder)
+        embedder.run(drain=True)
         upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001)
-        StreamConsumer(
+        upserter = StreamConsumer(
             clients["upserter"],
             stage="upserter",
             stream="embedded_documents",
             group="qdrant_upserters",
             handler=Upserter(upserter_settings, clients["upserter"], pipeline.store).handle,
             settings=upserter_settings,
-        ).run(drain=True)
+        )
+        hold_renew_and_hand_back_one_entry(upserter)
+        upserter.run(drain=True)
         pipeline.assert_matches_mongo()
     finally:
         for name in users:
             redis_client.execute_command("ACL", "DELUSER", f"vecsync-{name}")
+
+
+def hold_renew_and_hand_back_one_entry(consumer: Any) -> None:
+    """What a consumer does through an outage and a stop, under its own Redis user."""
+    from vecsync.streams import ensure_group
+
+    client, stream, group = consumer.client, consumer.stream, consumer.group
+    ensure_group(client, stream, group)
+    [(_stream, [(entry_id, _fields)])] = client.xreadgroup(group, consumer.consumer, {stream: ">"}, count=1)
+    consumer.leases.hold([entry_id])
+    consumer.leases.renew()
+    assert not consumer.leases.lost([entry_id])
+    consumer.leases.release([entry_id])
 
 
 @pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection:UserWarning")

@@ -4,12 +4,18 @@ A stage supplies a batch handler; this loop does the rest:
 
 * reads batches through the consumer group (XREADGROUP with BLOCK), starting
   with the entries this consumer already held when it last stopped;
+* keeps the entries it is working on (vecsync.leases) for as long as its loop is
+  alive, however long a dependency is down, and hands them back uncounted when
+  it stops on request;
 * reclaims entries that another consumer left idle longer than CLAIM_IDLE_MS
-  (XAUTOCLAIM), and dead-letters those delivered more than MAX_DELIVERIES times;
+  (XAUTOCLAIM): that consumer died, or its loop stalled. A delivery is counted
+  only then, or when a consumer failed on the entry, and entries delivered more
+  than MAX_DELIVERIES times are dead-lettered;
 * acknowledges a batch in the same MULTI/EXEC as the commands the handler
   queued, so the output of a stage and the ack of its input commit together;
-* retries transient failures (a dependency down) with exponential backoff and
-  jitter, forever: the backlog waits in the stream, nothing is dead-lettered;
+* retries transient failures (a dependency down, Redis full or read-only) with
+  exponential backoff and jitter, forever: the backlog waits in the stream,
+  nothing is dead-lettered;
 * isolates a failing batch entry by entry, dead-letters bad input at once, and
   leaves an entry that failed for an unknown reason pending for redelivery;
 * stops on request after the batch in hand, and in drain mode returns once
@@ -31,14 +37,16 @@ import redis
 from vecsync import metrics
 from vecsync.constants import dlq_stream
 from vecsync.errors import PermanentError, TransientError
+from vecsync.leases import Leases
+from vecsync.liveness import Liveness
 from vecsync.retention import trim
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import dead_letter_fields, ensure_group
+from vecsync.streams import REDIS_REFUSALS, dead_letter_fields, ensure_group, refusal_reason
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "try again later": the Redis connection, or a dependency the handler reported.
-RETRYABLE = (TransientError, redis.ConnectionError, redis.TimeoutError)
+# Errors that mean "try again later": Redis unreachable, full or read-only, or a dependency the handler reported.
+RETRYABLE = (TransientError, redis.ConnectionError, redis.TimeoutError, *REDIS_REFUSALS)
 
 
 @dataclass
@@ -66,11 +74,15 @@ T = TypeVar("T")
 
 
 class Backoff:
-    """Exponential backoff with jitter, interruptible by a stop event."""
+    """Exponential backoff with jitter, interruptible by a stop event.
 
-    def __init__(self, initial_s: float, max_s: float) -> None:
+    With a ``liveness``, each wait is announced to it: a loop backing off on purpose is alive.
+    """
+
+    def __init__(self, initial_s: float, max_s: float, liveness: Liveness | None = None) -> None:
         self.initial_s = initial_s
         self.max_s = max_s
+        self.liveness = liveness
         self.attempts = 0
 
     def next_delay(self) -> float:
@@ -81,7 +93,10 @@ class Backoff:
 
     def wait(self, stopping: threading.Event, at_least_s: float = 0.0) -> bool:
         """Sleep for the next delay, or ``at_least_s`` if longer; False when asked to stop meanwhile."""
-        return not stopping.wait(max(self.next_delay(), at_least_s))
+        delay = max(self.next_delay(), at_least_s)
+        if self.liveness is not None:
+            self.liveness.beat(waiting_s=delay)
+        return not stopping.wait(delay)
 
 
 class StreamConsumer:
@@ -107,6 +122,15 @@ class StreamConsumer:
         self.consumer = settings.consumer_name
         self.stopping = stopping or threading.Event()
         self._labels = {"stage": stage, "stream": stream, "group": group}
+        self.liveness = Liveness(settings.stall_timeout_s)
+        self.leases = Leases(
+            client,
+            stream=stream,
+            group=group,
+            consumer=self.consumer,
+            claim_idle_ms=settings.claim_idle_ms,
+            liveness=self.liveness,
+        )
         self._reading_own_history = True
         self._last_claim = 0.0
         self._last_trim = time.monotonic()
@@ -117,16 +141,22 @@ class StreamConsumer:
     def run(self, *, drain: bool = False) -> None:
         """Consume until stopped; with ``drain``, until nothing is left to read or reclaim."""
         log.info("%s consuming %s as %s/%s", self.stage, self.stream, self.group, self.consumer)
-        self._with_retry(lambda: ensure_group(self.client, self.stream, self.group))
-        while not self.stopping.is_set():
-            self._trim_if_due()
-            entries = self._with_retry(lambda: self._next_entries(drain=drain))
-            if entries is None:
-                if drain:
-                    break
-                continue
-            if entries:
-                self._process(entries)
+        self.liveness.beat()
+        self.leases.start()
+        try:
+            self._with_retry(lambda: ensure_group(self.client, self.stream, self.group))
+            while not self.stopping.is_set():
+                self.liveness.beat()
+                self._trim_if_due()
+                entries = self._with_retry(lambda: self._next_entries(drain=drain))
+                if entries is None:
+                    if drain:
+                        break
+                    continue
+                if entries:
+                    self._process(entries)
+        finally:
+            self.leases.close()
         self._leave_group_if_idle()
         log.info("%s stopped", self.stage)
 
@@ -266,12 +296,29 @@ class StreamConsumer:
     # Handling ---------------------------------------------------------------
 
     def _process(self, entries: list[Entry]) -> None:
-        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        """Handle ``entries`` until each is acknowledged, dead-lettered, left to be redelivered, or handed back."""
+        ids = [entry.id for entry in entries]
+        self.leases.hold(ids)
+        try:
+            unfinished = self._attempt(entries)
+            if unfinished:
+                self._hand_back(unfinished)
+        finally:
+            self.leases.drop(ids)
+
+    def _attempt(self, entries: list[Entry]) -> list[Entry]:
+        """Handle ``entries``, retrying transient failures; the entries left unfinished because of a stop request."""
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, self.liveness)
         while True:
+            entries = self._still_held(entries)
+            if not entries:
+                return []
+            self.liveness.beat()
             try:
                 self._handle_and_ack(entries)
-                return
+                return []
             except RETRYABLE as exc:
+                self._count_refusal(exc)
                 metrics.MESSAGES_FAILED.labels(**self._labels, reason="transient").inc(len(entries))
                 metrics.MESSAGES_RETRIED.labels(**self._labels).inc(len(entries))
                 log.warning(
@@ -279,17 +326,35 @@ class StreamConsumer:
                 )
                 asked = exc.retry_after_s if isinstance(exc, TransientError) else None
                 if not backoff.wait(self.stopping, asked or 0.0):
-                    return  # stopping: the entries stay pending and are re-read at the next start
+                    return entries
             except Exception as exc:  # noqa: BLE001 - any other failure is isolated, never fatal
-                if len(entries) > 1:
-                    log.warning("%s: batch of %d failed (%s); retrying entry by entry", self.stage, len(entries), exc)
-                    for entry in entries:
-                        if self.stopping.is_set():
-                            return
-                        self._process([entry])
-                    return
-                self._single_entry_failed(entries[0], exc)
-                return
+                if len(entries) == 1:
+                    self._single_entry_failed(entries[0], exc)
+                    self.leases.drop([entries[0].id])  # from now on it idles towards its redelivery
+                    return []
+                log.warning("%s: batch of %d failed (%s); retrying entry by entry", self.stage, len(entries), exc)
+                for index, entry in enumerate(entries):
+                    unfinished = entries[index:] if self.stopping.is_set() else self._attempt([entry])
+                    if unfinished:
+                        return entries[index:]
+                return []
+
+    def _still_held(self, entries: list[Entry]) -> list[Entry]:
+        """Leave out the entries another consumer took over while this one stalled: they are in other hands now."""
+        lost = self.leases.lost(entry.id for entry in entries)
+        if not lost:
+            return entries
+        log.warning("%s: %d entries were taken over by another consumer; leaving them to it", self.stage, len(lost))
+        return [entry for entry in entries if entry.id not in lost]
+
+    def _hand_back(self, entries: list[Entry]) -> None:
+        """Stopping with unfinished entries: let any consumer take them now, without counting a delivery."""
+        try:
+            self.leases.release([entry.id for entry in entries])
+        except redis.RedisError as exc:  # they are then taken over after CLAIM_IDLE_MS, which counts a delivery
+            log.warning("%s: could not hand back %d entries: %s", self.stage, len(entries), exc)
+            return
+        log.info("%s: handed back %d unfinished entries to group %s", self.stage, len(entries), self.group)
 
     def _handle_and_ack(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
@@ -351,13 +416,17 @@ class StreamConsumer:
         )
 
     def _with_retry(self, operation: Callable[[], T]) -> T | None:
-        """Run a Redis operation, backing off while Redis is unreachable; None once stopping."""
-        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        """Run a Redis operation, backing off while Redis is unreachable, full or read-only; None once stopping."""
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, self.liveness)
         while not self.stopping.is_set():
+            self.liveness.beat()
             try:
                 return operation()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("%s: Redis unavailable (%s); retrying", self.stage, exc)
+            except REDIS_REFUSALS as exc:
+                self._count_refusal(exc)
+                log.warning("%s: %s; retrying", self.stage, exc)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -368,3 +437,7 @@ class StreamConsumer:
             if not backoff.wait(self.stopping):
                 return None
         return None
+
+    def _count_refusal(self, exc: Exception) -> None:
+        if isinstance(exc, REDIS_REFUSALS):
+            metrics.REDIS_REFUSED.labels(stage=self.stage, reason=refusal_reason(exc)).inc()

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import redis
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -51,6 +51,17 @@ BATCH_DURATION = Histogram(
     "Time to handle and acknowledge one batch.",
     _STAGE_LABELS,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REDIS_REFUSED = Counter(
+    "vecsync_redis_refused_total",
+    "Redis commands refused because Redis was full (maxmemory, noeviction) or read-only (a replica, as after a "
+    "failover), by reason (oom, readonly); the work was retried.",
+    ["stage", "reason"],
+)
+LOOP_HEALTHY = Gauge(
+    "vecsync_loop_healthy",
+    "1 while the service's main loop keeps coming round within STALL_TIMEOUT_S (what /healthz reports), else 0.",
+    ["stage"],
 )
 END_TO_END_LATENCY = Histogram(
     "vecsync_end_to_end_latency_seconds",

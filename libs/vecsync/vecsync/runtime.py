@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vecsync.consumer import Backoff, Handler, StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
-from vecsync.metrics import register_stream_stats
+from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.settings import ConsumerSettings
 from vecsync.streams import connect
 
@@ -147,13 +147,19 @@ def serve_consumer(
     """Run one consumer stage as a service: signal handling, metrics server, the consumer loop.
 
     ``build_handler`` may wait for the stage's own dependency; it returns None
-    when asked to stop meanwhile. /healthz answers 503 until the loop runs.
+    when asked to stop meanwhile. /healthz answers 503 until the loop runs, and
+    whenever the loop has not come round for STALL_TIMEOUT_S (see Liveness).
     """
     stopping = threading.Event()
     stop_on_signals(stopping)
-    running = threading.Event()
+    consumers: list[StreamConsumer] = []
+
+    def healthy() -> bool:
+        return bool(consumers) and consumers[0].liveness.alive()
+
+    LOOP_HEALTHY.labels(stage).set_function(healthy)
     server = MetricsServer(
-        settings.metrics_host, settings.metrics_port, healthy=running.is_set, post_routes=post_routes
+        settings.metrics_host, settings.metrics_port, healthy=healthy, post_routes=post_routes
     ).start()
     try:
         client = connect(settings.redis_url)
@@ -166,7 +172,7 @@ def serve_consumer(
         consumer = StreamConsumer(
             client, stage=stage, stream=stream, group=group, handler=handler, settings=settings, stopping=stopping
         )
-        running.set()
+        consumers.append(consumer)
         consumer.run()
     finally:
         server.close()

@@ -77,6 +77,10 @@ class ServiceSettings(CommonSettings):
 
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9100, ge=0, le=65535)
+    # /healthz answers 503 once the main loop has not come round for this long, beyond the waits it chose (backing
+    # off while a dependency is down is alive). It must exceed the slowest single call a stage makes (an embedding
+    # call, a Qdrant write). A consumer whose loop stalls also stops keeping its entries: see vecsync.leases.
+    stall_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class ConsumerSettings(ServiceSettings, RetentionSettings):

@@ -12,6 +12,15 @@ import redis
 
 from vecsync.constants import dlq_stream
 
+# Redis refusing a command without being down: full (maxmemory with noeviction) or read-only (a replica, as right
+# after a failover). Both pass; every stage waits them out as it waits out an outage, and never dead-letters for them.
+REDIS_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+
+
+def refusal_reason(exc: Exception) -> str:
+    """The ``reason`` label of a refusal: ``oom`` or ``readonly``."""
+    return "oom" if isinstance(exc, redis.exceptions.OutOfMemoryError) else "readonly"
+
 
 def connect(url: str) -> redis.Redis:
     """A Redis client that returns str, with timeouts long enough for blocking stream reads.
