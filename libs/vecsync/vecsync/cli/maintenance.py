@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -19,7 +19,7 @@ from vecsync.constants import (
     TRIMMED_KEY_PREFIX,
     VERIFY_PROGRESS_PREFIX,
 )
-from vecsync.documents import build_text, point_id, text_sha256
+from vecsync.documents import build_text, lookup, point_id, text_sha256
 from vecsync.errors import ConfigurationError
 from vecsync.messages import DocumentChange
 from vecsync.retention import trim_bound, trim_to
@@ -30,6 +30,7 @@ from vecsync.source import (
     mongo_id_of,
     publish_beside_producer,
     read_current,
+    to_plain,
 )
 from vecsync.streams import ensure_group, stream_stats
 
@@ -193,9 +194,13 @@ def _in_flight(ctx: Context) -> int:
 
 
 def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: int) -> None:
-    """Every document with text must have a point with its current text; one without text must have none."""
+    """Every document with text must have a point holding its current text and payload fields; one without, none.
+
+    The point's payload is compared with the document itself, never with the point's own text_sha256: a payload
+    edited behind the pipeline's back keeps its hash.
+    """
     source, settings = ctx.settings.source, ctx.settings
-    projection = {name.split(".")[0]: 1 for name in settings.text_fields}
+    projection = {name.split(".")[0]: 1 for name in [*settings.text_fields, *settings.payload_fields]}
     with progress(ctx.collection.estimated_document_count(), "docs", "verify documents") as bar:
         bar.update(state.checked_documents)
         while True:
@@ -204,22 +209,38 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
             )
             if not documents:
                 return
-            hashes = {}
-            for document in documents:
-                text = build_text(document, settings.text_fields, settings.max_text_chars)
-                hashes[mongo_id_of(document["_id"])] = text_sha256(text) if text else None
-            ids = {mongo_id: point_id(source, mongo_id) for mongo_id in hashes}
-            points = ctx.store.payloads(list(ids.values()), fields=["text_sha256"])
-            missing = [m for m, sha in hashes.items() if sha and ids[m] not in points]
+            wanted = {mongo_id_of(document["_id"]): _expected_payload(ctx, document) for document in documents}
+            ids = {mongo_id: point_id(source, mongo_id) for mongo_id in wanted}
+            points = ctx.store.payloads(list(ids.values()))
+            missing = [m for m, want in wanted.items() if want is not None and ids[m] not in points]
             stale = [
-                m for m, sha in hashes.items() if sha and ids[m] in points and points[ids[m]].get("text_sha256") != sha
+                m
+                for m, want in wanted.items()
+                if want is not None and ids[m] in points and _differs(points[ids[m]], want)
             ]
-            extra = [m for m, sha in hashes.items() if sha is None and ids[m] in points]
+            extra = [m for m, want in wanted.items() if want is None and ids[m] in points]
             _repair_and_record(ctx, state, {"missing": missing, "stale": stale, "extra": extra})
             state.last_id = _ejson(documents[-1]["_id"])
             state.checked_documents += len(documents)
             ctx.redis.set(key, json.dumps(state.__dict__))
             bar.update(len(documents))
+
+
+def _expected_payload(ctx: Context, document: dict[str, Any]) -> dict[str, Any] | None:
+    """What the point of ``document`` must hold, as the embedder-worker would write it now; None if it has no text."""
+    settings = ctx.settings
+    plain = to_plain(document)  # as the producer publishes it
+    text = build_text(plain, settings.text_fields, settings.max_text_chars)
+    if not text:
+        return None
+    expected = {field: lookup(plain, field) for field in settings.payload_fields}
+    expected.update(text=text, text_sha256=text_sha256(text))
+    return expected
+
+
+def _differs(payload: dict[str, Any], expected: dict[str, Any]) -> bool:
+    # An absent field and a None value are the same: the payload leaves out fields the document lacks.
+    return any(payload.get(field) != value for field, value in expected.items())
 
 
 def _verify_points(ctx: Context, state: VerifyState, key: str, batch_size: int) -> None:
@@ -252,9 +273,12 @@ def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, 
     to_repair = sorted({mongo_id for mongo_ids in differences.values() for mongo_id in mongo_ids})
     if to_repair:
         source = ctx.settings.source
-        publish_beside_producer(
-            ctx.redis, ctx.settings.stage1_stream, source, lambda: changes_for_ids(ctx.collection, source, to_repair)
-        )
+
+        def current_states() -> list[DocumentChange]:
+            # Embedded again even where the text looks unchanged: the point's vector is not to be trusted either.
+            return [replace(change, force_embed=True) for change in changes_for_ids(ctx.collection, source, to_repair)]
+
+        publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, source, current_states)
         state.repaired += len(to_repair)
 
 
