@@ -70,7 +70,7 @@ class HashEncoder:
 
     def __init__(self, dim: int, max_tokens: int = 256) -> None:
         self.dim = dim
-        self.name = f"sha256-hash-{dim}"
+        self.name = f"hash-{dim}"  # its own vector space, one per dimension
         self.max_tokens = max_tokens
 
     def count_tokens(self, texts: list[str]) -> list[int]:
