@@ -171,8 +171,8 @@ def create_app(
     async def texts_failed(request: Request, exc: TextsFailed) -> Response:
         described = "; ".join(f"text {index} ({error})" for index, error in sorted(exc.errors.items()))
         message = (
-            f"The model failed on {described}, while it still encodes other texts: these texts cannot be embedded "
-            "by this model, and sending them again will fail again. Change or leave out these texts."
+            f"The model fails on {described}, each on its own, while it still encodes a known-good text: such a "
+            "text fails again whenever it is sent; change it or leave it out."
         )
         failed = [{"index": index, "error": error} for index, error in sorted(exc.errors.items())]
         return _error(request.url.path, 422, message, extra={"failed": failed})
