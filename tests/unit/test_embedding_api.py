@@ -5,6 +5,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +306,20 @@ def test_a_model_that_fails_on_everything_answers_503_never_4xx() -> None:
         assert response.status_code == 503, path
         assert "Retry-After" in response.headers
         assert "known-good text" in response.text
+
+
+def test_the_model_identity_names_the_model_whatever_the_backend(tmp_path: Path) -> None:
+    for backend in ("torch", "onnx", "onnx-int8"):
+        assert backends.model_location(EmbeddingApiSettings(embedding_backend=backend))[1] == "all-MiniLM-L6-v2"
+    folders = {}
+    for name, weights in [("first", b"weights one"), ("second", b"weights two"), ("copy", b"weights one")]:
+        folder = tmp_path / name / "model"
+        (folder / "1_Pooling").mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(weights)
+        (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+        folders[name] = backends.model_location(EmbeddingApiSettings(model_path=folder))
+    assert folders["first"][0] == tmp_path / "first" / "model"
+    identities = {name: identity for name, (_path, identity) in folders.items()}
+    assert identities["first"] != identities["second"], "another model in a folder of the same name"
+    assert identities["first"] == identities["copy"], "the same model in another place"
+    assert identities["first"].startswith("model@")
