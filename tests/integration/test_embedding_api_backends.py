@@ -1,4 +1,5 @@
-"""The onnx-int8 backend against torch, the API under abuse, and the CUDA path where a GPU exists."""
+"""The onnx-int8 backend against torch, the model each reply names, the API under abuse, and the CUDA path where a GPU
+exists."""
 
 from __future__ import annotations
 
@@ -59,6 +60,19 @@ def test_int8_vectors_match_torch(int8_api: Server, model_api: Server) -> None:
     assert cosines.min() >= 0.98, cosines.min()
     ready = requests.get(f"http://127.0.0.1:{int8_api.port}/readyz", timeout=5).json()
     assert ready["backend"] == "onnx-int8" and ready["dim"] == 384
+
+
+def test_every_reply_names_the_vector_space(hash_api: Server, model_api: Server, int8_api: Server) -> None:
+    # torch and onnx-int8 run one model, so their vectors share a space and an identity; the hash backend has its own.
+    for api, identity in [(hash_api, "hash-384"), (model_api, "all-MiniLM-L6-v2"), (int8_api, "all-MiniLM-L6-v2")]:
+        base = f"http://127.0.0.1:{api.port}"
+        replies = [
+            requests.post(f"{base}/encode", json={"text": "which space?"}, timeout=60).json(),
+            requests.post(f"{base}/encode_batch", json={"texts": ["which space?"]}, timeout=60).json(),
+            requests.post(f"{base}/v1/embeddings", json={"input": "which space?"}, timeout=60).json(),
+        ]
+        assert [reply["model"] for reply in replies] == [identity] * 3, base
+        assert requests.get(f"{base}/v1/models", timeout=5).json()["data"][0]["id"] == identity
 
 
 async def _post(port: int, path: str, body: bytes) -> tuple[int, bytes]:

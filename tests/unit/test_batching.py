@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedding_api.backends import HashEncoder
-from embedding_api.batching import Batcher, NotReady, QueueFull
+from embedding_api.batching import Batcher, ModelUnavailable, NotReady, QueueFull, TextsFailed
 
 
 class RecordingEncoder(HashEncoder):
@@ -154,10 +154,97 @@ def test_a_full_queue_is_refused_with_a_retry_delay() -> None:
 def test_a_failing_batch_fails_only_its_requests() -> None:
     encoder = RecordingEncoder(delay_s=0, fail_on="poison")
     subject = batcher(encoder, max_batch_size=1)
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(TextsFailed) as failed:
         subject.submit(["poison"]).result(timeout=10)
+    assert failed.value.errors == {0: "RuntimeError: boom"}
     assert np.array_equal(subject.submit(["fine"]).result(timeout=10).vectors, HashEncoder(8).encode(["fine"]))
     assert subject.queued_texts == 0
+    subject.close()
+
+
+def test_a_text_the_model_fails_on_fails_only_its_own_request() -> None:
+    encoder = RecordingEncoder(fail_on="poison")
+    subject = batcher(encoder)
+    requests = requests_of_many_sizes(30)
+    requests[7] = ["fine one", "fine two", "poison", "fine three"]
+    futures = [subject.submit(texts) for texts in requests]
+    for index, (texts, future) in enumerate(zip(requests, futures, strict=True)):
+        if index == 7:
+            with pytest.raises(TextsFailed) as failed:
+                future.result(timeout=30)
+            assert failed.value.errors == {2: "RuntimeError: boom"}
+        else:
+            assert np.array_equal(future.result(timeout=30).vectors, HashEncoder(8).encode(texts))
+    merged = next(batch for batch in encoder.batches if "poison" in batch)
+    assert any(text.startswith("request ") for text in merged), "the poison text shared a model call with others"
+    assert subject.queued_texts == 0
+    subject.close()
+
+
+def test_every_failing_text_of_a_request_is_named() -> None:
+    encoder = RecordingEncoder(delay_s=0, fail_on="poison")
+    subject = batcher(encoder)
+    with pytest.raises(TextsFailed) as failed:
+        subject.submit(["a", "poison", "b", "c", "poison", "d"]).result(timeout=10)
+    assert sorted(failed.value.errors) == [1, 4]
+    assert "text 1" in str(failed.value) and "RuntimeError: boom" in str(failed.value)
+    subject.close()
+
+
+def test_a_request_spread_over_two_workers_fails_with_its_failing_index() -> None:
+    encoders = [RecordingEncoder(delay_s=0.1, fail_on="poison"), RecordingEncoder(delay_s=0.1, fail_on="poison")]
+    subject = batcher(encoders, max_batch_size=64, max_wait_s=0)
+    texts = [f"text {i}" for i in range(32)]
+    texts[20] = "poison"
+    deadline = time.monotonic() + 10
+    while subject._idle_workers < 2 and time.monotonic() < deadline:  # both worker threads are up and waiting
+        time.sleep(0.01)
+    with pytest.raises(TextsFailed) as failed:
+        subject.submit(texts).result(timeout=10)
+    assert failed.value.errors == {20: "RuntimeError: boom"}
+    assert all(encoder.batches for encoder in encoders), "both workers encoded"
+    assert subject.queued_texts == 0
+    assert np.array_equal(subject.submit(["after"]).result(timeout=10).vectors, HashEncoder(8).encode(["after"]))
+    subject.close()
+
+
+class BrokenEncoder(HashEncoder):
+    """A model that fails on every text: a server fault, never the texts' fault."""
+
+    def __init__(self) -> None:
+        super().__init__(8)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_model_that_fails_on_everything_is_unavailable_not_a_text_problem() -> None:
+    subject = batcher(BrokenEncoder())
+    futures = [subject.submit(["first", "second"]), subject.submit(["third"])]
+    for future in futures:
+        with pytest.raises(ModelUnavailable, match="known-good text"):
+            future.result(timeout=10)
+    assert subject.queued_texts == 0
+    subject.close()
+
+
+class OutOfMemoryEncoder(HashEncoder):
+    """Runs out of device memory whenever "huge" is in the model call."""
+
+    def __init__(self) -> None:
+        super().__init__(8)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if "huge" in texts:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().encode(texts)
+
+
+def test_out_of_memory_is_transient_not_a_text_problem() -> None:
+    subject = batcher(OutOfMemoryEncoder())
+    with pytest.raises(ModelUnavailable, match="out of memory"):
+        subject.submit(["fine", "huge"]).result(timeout=10)
+    assert np.array_equal(subject.submit(["fine"]).result(timeout=10).vectors, HashEncoder(8).encode(["fine"]))
     subject.close()
 
 

@@ -5,6 +5,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,17 +23,18 @@ def client() -> TestClient:
     return TestClient(create_app(settings, HashEncoder(384)))
 
 
-def test_encode_returns_one_unit_vector(client: TestClient) -> None:
+def test_encode_returns_one_unit_vector_and_names_the_model(client: TestClient) -> None:
     response = client.post("/encode", json={"text": "hello"})
     assert response.status_code == 200
     vector = response.json()["embedding"]
     assert len(vector) == 384
     assert math.isclose(sum(v * v for v in vector), 1.0, rel_tol=1e-6)
+    assert response.json()["model"] == "hash-384"
 
 
 def test_encode_batch_is_deterministic_and_describes_the_model(client: TestClient) -> None:
     body = client.post("/encode_batch", json={"texts": ["a", "b", "a"]}).json()
-    assert body["dim"] == 384 and body["model"] == "sha256-hash-384"
+    assert body["dim"] == 384 and body["model"] == "hash-384"
     assert body["embeddings"][0] == body["embeddings"][2] != body["embeddings"][1]
 
 
@@ -85,7 +87,7 @@ def test_encode_reports_truncation(client: TestClient) -> None:
 
 def test_openai_embeddings(client: TestClient) -> None:
     single = client.post("/v1/embeddings", json={"input": "hello", "model": "anything"}).json()
-    assert single["object"] == "list" and single["model"] == "sha256-hash-384"
+    assert single["object"] == "list" and single["model"] == "hash-384"
     assert single["data"][0]["index"] == 0 and len(single["data"][0]["embedding"]) == 384
     assert single["usage"]["prompt_tokens"] == 3
     batch = client.post("/v1/embeddings", json={"input": ["hello", "world"]}).json()
@@ -95,7 +97,7 @@ def test_openai_embeddings(client: TestClient) -> None:
     encoded = client.post("/v1/embeddings", json={"input": ["hello"], "encoding_format": "base64"}).json()
     vector = np.frombuffer(base64.b64decode(encoded["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(vector, single["data"][0]["embedding"], atol=1e-6)
-    assert client.get("/v1/models").json()["data"][0]["id"] == "sha256-hash-384"
+    assert client.get("/v1/models").json()["data"][0]["id"] == "hash-384"
 
 
 @pytest.mark.parametrize(
@@ -247,3 +249,77 @@ def test_forward_pass_size_by_backend_device_and_threads(
     configured: int | None, backend: str, device: str, threads: int, expected: int
 ) -> None:
     assert backends.forward_batch_size(configured, backend, device, threads) == expected
+
+
+class PoisonEncoder(HashEncoder):
+    """Fails on every model call that holds the text "poison", like a model that cannot read one input."""
+
+    def __init__(self) -> None:
+        super().__init__(384)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if "poison" in texts:
+            raise ValueError("the model cannot read this text")
+        return super().encode(texts)
+
+
+POISON_ERROR = "ValueError: the model cannot read this text"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "index"),
+    [
+        ("/encode", {"text": "poison"}, 0),
+        ("/encode_batch", {"texts": ["fine", "poison", "also fine"]}, 1),
+        ("/v1/embeddings", {"input": ["fine", "also fine", "poison"]}, 2),
+    ],
+)
+def test_a_text_the_model_fails_on_gets_422_naming_its_index_and_the_error(
+    path: str,
+    body: dict,  # type: ignore[type-arg]
+    index: int,
+) -> None:
+    client = TestClient(create_app(EmbeddingApiSettings(), PoisonEncoder()))
+    response = client.post(path, json=body)
+    assert response.status_code == 422
+    answer = response.json()
+    failed = answer["error"]["failed"] if path.startswith("/v1/") else answer["failed"]
+    assert failed == [{"index": index, "error": POISON_ERROR}]
+    message = answer["error"]["message"] if path.startswith("/v1/") else answer["detail"]
+    assert f"text {index}" in message and POISON_ERROR in message
+    assert client.post("/encode_batch", json={"texts": ["fine"]}).status_code == 200
+    assert "vecsync_embedding_failed_texts_total" in client.get("/metrics").text
+
+
+def test_a_model_that_fails_on_everything_answers_503_never_4xx() -> None:
+    class BrokenEncoder(HashEncoder):
+        def encode(self, texts: list[str]) -> np.ndarray:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    client = TestClient(create_app(EmbeddingApiSettings(), BrokenEncoder(384)))
+    for path, body in [
+        ("/encode", {"text": "a"}),
+        ("/encode_batch", {"texts": ["a", "b"]}),
+        ("/v1/embeddings", {"input": "a"}),
+    ]:
+        response = client.post(path, json=body)
+        assert response.status_code == 503, path
+        assert "Retry-After" in response.headers
+        assert "known-good text" in response.text
+
+
+def test_the_model_identity_names_the_model_whatever_the_backend(tmp_path: Path) -> None:
+    for backend in ("torch", "onnx", "onnx-int8"):
+        assert backends.model_location(EmbeddingApiSettings(embedding_backend=backend))[1] == "all-MiniLM-L6-v2"
+    folders = {}
+    for name, weights in [("first", b"weights one"), ("second", b"weights two"), ("copy", b"weights one")]:
+        folder = tmp_path / name / "model"
+        (folder / "1_Pooling").mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(weights)
+        (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+        folders[name] = backends.model_location(EmbeddingApiSettings(model_path=folder))
+    assert folders["first"][0] == tmp_path / "first" / "model"
+    identities = {name: identity for name, (_path, identity) in folders.items()}
+    assert identities["first"] != identities["second"], "another model in a folder of the same name"
+    assert identities["first"] == identities["copy"], "the same model in another place"
+    assert identities["first"].startswith("model@")

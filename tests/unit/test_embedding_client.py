@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from embedder_worker.embedding_client import EmbeddingClient, retry_after_s
+from embedder_worker.embedding_client import EmbeddingClient, TextsRejected, retry_after_s
 from embedder_worker.settings import EmbedderSettings
 from tests.support.fake_api import FakeApi
 from tests.support.servers import free_port
@@ -118,7 +118,7 @@ def test_backoff_waits_at_least_what_the_server_asked() -> None:
 def test_openai_style(recording_api: FakeApi) -> None:
     api = recording_api
     api.body = {"data": [{"index": 1, "embedding": [0, 1, 0]}, {"index": 0, "embedding": [1, 0, 0]}]}
-    openai = EmbeddingClient(api.url + "/v1", dim=3, timeout_s=5, style="openai", model="m", api_key="k")
+    openai = EmbeddingClient(api.url + "/v1", dim=3, timeout_s=5, style="openai", configured_model="m", api_key="k")
     assert openai.url == api.url + "/v1/embeddings"
     assert openai.embed(["a", "b"]) == [[1, 0, 0], [0, 1, 0]]
     assert api.requests[-1] == (
@@ -147,3 +147,85 @@ def test_a_refused_api_key_stops_the_worker_at_start_and_never_dead_letters(api:
 
 def test_an_unreachable_api_does_not_fail_the_credential_check() -> None:
     client(f"http://127.0.0.1:{free_port()}").check_credentials()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"detail": "The model failed on text 1", "failed": [{"index": 1, "error": "ValueError: unreadable"}]},
+        {
+            "error": {
+                "message": "The model failed on text 1",
+                "failed": [{"index": 1, "error": "ValueError: unreadable"}],
+            }
+        },
+    ],
+)
+def test_texts_the_model_fails_on_are_named_by_a_permanent_error(api: FakeApi, body: dict) -> None:  # type: ignore[type-arg]
+    api.status, api.body = 422, body
+    with pytest.raises(TextsRejected) as raised:
+        client(api.url).embed(["a", "b", "c"])
+    assert isinstance(raised.value, PermanentError)
+    assert raised.value.indexes == [1] and raised.value.reasons == {1: "ValueError: unreadable"}
+
+
+@pytest.mark.parametrize(
+    "failed", [[{"index": 3, "error": "x"}], [{"index": "1", "error": "x"}], [{"error": "x"}], "text 1", []]
+)
+def test_a_rejection_naming_no_valid_text_rejects_the_whole_request(api: FakeApi, failed: object) -> None:
+    api.status, api.body = 422, {"detail": "The model failed", "failed": failed}
+    with pytest.raises(PermanentError) as raised:
+        client(api.url).embed(["a", "b", "c"])
+    assert not isinstance(raised.value, TextsRejected)
+
+
+def test_the_model_of_every_reply_is_recorded(api: FakeApi) -> None:
+    subject = client(api.url)
+    assert subject.model is None
+    api.body = {"embeddings": [[1, 0, 0]], "model": "model-a"}
+    subject.embed(["a"])
+    assert subject.model == "model-a" and subject.current_model() == "model-a"
+    api.body = {"embeddings": [[1, 0, 0]], "model": "model-b"}
+    subject.embed(["a"])
+    assert subject.current_model() == "model-b"
+    assert [method for method, _path, _body in api.requests] == ["POST", "POST"], "no probe once a reply named it"
+
+
+def test_an_openai_server_that_names_no_model_stands_for_the_configured_one(api: FakeApi) -> None:
+    subject = EmbeddingClient(api.url, dim=3, timeout_s=5, style="openai", configured_model="text-embedder")
+    api.body = {"data": [{"index": 0, "embedding": [1, 0, 0]}]}
+    subject.embed(["a"])
+    assert subject.model == "text-embedder"
+
+
+@pytest.mark.parametrize(("base", "path"), [("", "/v1/models"), ("/v1", "/v1/models")])
+def test_the_current_model_is_probed_once_when_no_reply_named_it(api: FakeApi, base: str, path: str) -> None:
+    api.body = {"object": "list", "data": [{"id": "hash-384", "object": "model"}]}
+    subject = EmbeddingClient(api.url + base, dim=3, timeout_s=5)
+    assert subject.current_model() == "hash-384"
+    assert subject.current_model() == "hash-384"
+    assert api.requests == [("GET", path, None)]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (503, {"detail": "loading"}, None),
+        (200, {"object": "list", "data": []}, None),  # the embedding-api while its model loads
+        (404, {"detail": "Not Found"}, "configured"),  # a server that does not list its models
+        (200, {"object": "list", "data": [{"object": "model"}]}, "configured"),
+    ],
+)
+def test_the_current_model_when_the_probe_says_nothing(
+    api: FakeApi,
+    status: int,
+    body: dict,
+    expected: str | None,  # type: ignore[type-arg]
+) -> None:
+    api.status, api.body = status, body
+    subject = EmbeddingClient(api.url, dim=3, timeout_s=5, configured_model="configured")
+    assert subject.current_model() == expected
+
+
+def test_the_current_model_is_unknown_while_the_api_is_unreachable() -> None:
+    assert client(f"http://127.0.0.1:{free_port()}").current_model() is None

@@ -22,8 +22,27 @@ AUTH_STATUSES = {401, 403}
 MAX_RETRY_AFTER_S = 300.0
 
 
+class TextsRejected(PermanentError):
+    """Raised when the embedding-api names texts of a request that its model fails on; the other texts are fine.
+
+    ``reasons`` maps the index of each such text in the request to the model's error on it.
+    """
+
+    def __init__(self, message: str, reasons: dict[int, str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+    @property
+    def indexes(self) -> list[int]:
+        return sorted(self.reasons)
+
+
 class EmbeddingClient:
-    """Calls POST /encode_batch (style ``vecsync``) or POST /v1/embeddings (style ``openai``) and checks the answer."""
+    """Calls POST /encode_batch (style ``vecsync``) or POST /v1/embeddings (style ``openai``) and checks the answer.
+
+    ``model`` is the identity of the model that made the vectors of the last reply: what the server names, or
+    ``configured_model`` (EMBEDDING_MODEL, also sent in OpenAI-style requests) for a server that names none.
+    """
 
     def __init__(
         self,
@@ -32,17 +51,17 @@ class EmbeddingClient:
         dim: int,
         timeout_s: float,
         style: Literal["vecsync", "openai"] = "vecsync",
-        model: str = "all-MiniLM-L6-v2",
+        configured_model: str = "all-MiniLM-L6-v2",
         api_key: str | None = None,
     ) -> None:
         base = base_url.rstrip("/")
-        if style == "openai":
-            # Accept both "http://host:port" and an OpenAI-style base URL that already ends in /v1.
-            self.url = base + ("/embeddings" if base.endswith("/v1") else "/v1/embeddings")
-        else:
-            self.url = base + "/encode_batch"
+        # Accept both "http://host:port" and an OpenAI-style base URL that already ends in /v1.
+        openai_base = base if base.endswith("/v1") else base + "/v1"
+        self.url = openai_base + "/embeddings" if style == "openai" else base + "/encode_batch"
+        self.models_url = openai_base + "/models"
         self.style = style
-        self.model = model
+        self.configured_model = configured_model
+        self.model: str | None = None
         self.dim = dim
         self.timeout_s = timeout_s
         self.base_url = base
@@ -53,7 +72,7 @@ class EmbeddingClient:
     def check_credentials(self) -> None:
         """Stop at start when the server refuses the API key; say nothing when it cannot be reached yet."""
         try:
-            response = self.session.get(self.base_url + "/v1/models", timeout=self.timeout_s)
+            response = self.session.get(self.models_url, timeout=self.timeout_s)
         except requests.RequestException:
             return
         if response.status_code in AUTH_STATUSES:
@@ -69,16 +88,39 @@ class EmbeddingClient:
             dim=settings.embedding_dim,
             timeout_s=settings.embedding_timeout_s,
             style=settings.embedding_api_style,
-            model=settings.embedding_model,
+            configured_model=settings.embedding_model,
             api_key=settings.embedding_api_key,
         )
+
+    def current_model(self) -> str | None:
+        """The model the last reply named; else the first of GET /v1/models (one request); None while unknown."""
+        if self.model is None:
+            self.model = self._listed_model()
+        return self.model
+
+    def _listed_model(self) -> str | None:
+        try:
+            response = self.session.get(self.models_url, timeout=self.timeout_s)
+        except requests.RequestException:
+            return None
+        if response.status_code in RETRY_STATUSES or response.status_code in AUTH_STATUSES:
+            return None
+        try:
+            listed = response.json()["data"] if response.status_code == 200 else None
+        except (ValueError, KeyError, TypeError):
+            listed = None
+        if listed == []:
+            return None  # vecsync's embedding-api while its model loads
+        if isinstance(listed, list) and isinstance(listed[0], dict) and isinstance(listed[0].get("id"), str):
+            return str(listed[0]["id"])
+        return self.configured_model  # a server that does not list its models
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         # Vectors come back as base64 of little-endian float32, the form stage 2 carries: a third of the bytes of
         # JSON numbers, exact, and no float text to format or parse. A server that ignores the request and sends
         # numbers is understood too.
         body: dict[str, Any] = (
-            {"input": list(texts), "model": self.model, "encoding_format": "base64"}
+            {"input": list(texts), "model": self.configured_model, "encoding_format": "base64"}
             if self.style == "openai"
             else {"texts": list(texts), "encoding_format": "base64"}
         )
@@ -96,22 +138,27 @@ class EmbeddingClient:
                 retry_after_s=retry_after_s(response.headers.get("Retry-After")),
             )
         if response.status_code != 200:
-            raise PermanentError(f"embedding-api rejected the texts with {response.status_code}: {response.text[:500]}")
-        embeddings = self._embeddings(response)
+            message = f"embedding-api rejected the texts with {response.status_code}: {response.text[:500]}"
+            reasons = _failed_texts(response, len(texts))
+            raise TextsRejected(message, reasons) if reasons else PermanentError(message)
+        embeddings, model = self._embeddings(response)
         if not isinstance(embeddings, list) or len(embeddings) != len(texts):
             count = len(embeddings) if isinstance(embeddings, list) else type(embeddings).__name__
             raise TransientError(f"embedding-api returned {count} vectors for {len(texts)} texts")
-        return [self._vector(item) for item in embeddings]
+        vectors = [self._vector(item) for item in embeddings]
+        self.model = model if isinstance(model, str) and model else self.configured_model
+        return vectors
 
-    def _embeddings(self, response: requests.Response) -> Any:
+    def _embeddings(self, response: requests.Response) -> tuple[Any, Any]:
+        """The reply's vectors and the model it names."""
         try:
             body = response.json()
             if self.style == "vecsync":
-                return body["embeddings"]
+                return body["embeddings"], body.get("model")
             # OpenAI answers carry an index per item; order by it rather than trust the list order.
             items = sorted(body["data"], key=lambda item: item["index"])
-            return [item["embedding"] for item in items]
-        except (ValueError, KeyError, TypeError):
+            return [item["embedding"] for item in items], body.get("model")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise TransientError(f"embedding-api sent a malformed reply: {response.text[:200]}") from None
 
     def _vector(self, item: object) -> list[float]:
@@ -135,6 +182,24 @@ class EmbeddingClient:
             raise PermanentError(f"embedding-api returned a vector of {size} dimensions; EMBEDDING_DIM is {self.dim}")
         if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in vector):
             raise PermanentError("embedding-api returned a vector with NaN, infinite or non-numeric values")
+
+
+def _failed_texts(response: requests.Response, count: int) -> dict[int, str]:
+    """The texts a rejection names as the ones the model fails on (index: error); empty unless every item is valid."""
+    try:
+        body = response.json()
+        failed = body.get("failed", body.get("error", {}).get("failed"))
+    except (ValueError, AttributeError):
+        return {}
+    if not isinstance(failed, list):
+        return {}
+    reasons: dict[int, str] = {}
+    for item in failed:
+        index = item.get("index") if isinstance(item, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            return {}
+        reasons[index] = str(item.get("error") or "the model failed on this text")
+    return reasons
 
 
 def retry_after_s(header: str | None) -> float | None:

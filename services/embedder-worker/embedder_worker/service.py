@@ -1,9 +1,13 @@
 """The embedder-worker: stage 1 changes in, stage 2 vectors out.
 
-Each batch makes at most one embedding-api call: only for the newest change of
-each document, and only when its text differs from the text Qdrant holds
-(otherwise a payload-only entry is written). The stage 2 entries are queued on
-the batch transaction, so they commit in the same MULTI/EXEC as the stage 1 acks.
+Each batch makes one embedding-api call: only for the newest change of each
+document, and only when its text differs from the text Qdrant holds or another
+model embedded it (otherwise a payload-only entry is written). When the
+embedding-api names texts its model fails on, those entries are dead-lettered
+and the rest of the batch is embedded in one more call. Each payload names the
+model the embedding-api reported for its vector. The stage 2 entries are queued
+on the batch transaction, so they commit in the same MULTI/EXEC as the stage 1
+acks.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ from dataclasses import dataclass
 import redis
 from prometheus_client import Counter
 
-from embedder_worker.embedding_client import EmbeddingClient
+from embedder_worker.embedding_client import EmbeddingClient, TextsRejected
 from embedder_worker.settings import EmbedderSettings
 from vecsync.constants import APPLIED_TEXT_KEY
 from vecsync.consumer import Batch, Entry
 from vecsync.documents import build_payload, build_text, point_id, text_fingerprint, text_sha256
-from vecsync.errors import InvalidEntry
+from vecsync.errors import InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 
 DOCUMENTS_WITHOUT_TEXT = Counter(
@@ -52,15 +56,44 @@ class Embedder:
 
     def handle(self, batch: Batch) -> None:
         work = self._newest_per_document(batch)
-        unchanged = self._unchanged_texts(work)
+        model, unchanged = self._unchanged_texts(work)
         to_embed = [item for item in work if item.text and item.point_id not in unchanged]
-        vectors = self.embedding.embed([item.text for item in to_embed]) if to_embed else []
-        TEXTS_EMBEDDED.inc(len(to_embed))
+        embedded = self._embed(batch, to_embed)
+        reported = {made_by for _vector, made_by in embedded.values()}
+        if unchanged and reported - {model}:
+            # The texts kept as unchanged were judged against the old model: judge the batch again against this one.
+            raise TransientError(
+                f"The embedding-api now reports model {', '.join(sorted(reported))}, not {model} as this batch "
+                "assumed; handling the batch again."
+            )
+        TEXTS_EMBEDDED.inc(len(embedded))
         UNCHANGED_TEXTS.inc(len(unchanged))
-        vector_of = {item.point_id: vector for item, vector in zip(to_embed, vectors, strict=True)}
         for item in work:
-            output = self._output(item, vector_of.get(item.point_id), item.point_id in unchanged)
+            if item.entry.id in batch.rejected:
+                continue
+            vector, made_by = embedded.get(item.point_id, (None, model))
+            output = self._output(item, vector, made_by, item.point_id in unchanged)
             batch.tx.xadd(self.settings.stage2_stream, output.to_fields())
+
+    def _embed(self, batch: Batch, to_embed: list[_Work]) -> dict[str, tuple[list[float], str]]:
+        """Each text's vector and the model that made it, by point id.
+
+        Entries whose text the embedding-api's model fails on are dead-lettered, and the rest embedded in one more
+        call, so that no other entry of the batch is retried or dead-lettered with them.
+        """
+        if not to_embed:
+            return {}
+        try:
+            vectors = self.embedding.embed([item.text for item in to_embed])
+        except TextsRejected as exc:
+            for index, reason in exc.reasons.items():
+                batch.reject(
+                    to_embed[index].entry, f"The embedding-api's model failed on this document's text: {reason}"
+                )
+            to_embed = [item for index, item in enumerate(to_embed) if index not in exc.reasons]
+            vectors = self.embedding.embed([item.text for item in to_embed]) if to_embed else []
+        model = self.embedding.model or self.settings.embedding_model
+        return {item.point_id: (vector, model) for item, vector in zip(to_embed, vectors, strict=True)}
 
     def _newest_per_document(self, batch: Batch) -> list[_Work]:
         """Parse the batch, dead-letter what cannot be read, and keep only the newest change of each document.
@@ -88,26 +121,32 @@ class Embedder:
         COLLAPSED.inc(len(batch.entries) - len(batch.rejected) - len(newest))
         return list(newest.values())
 
-    def _unchanged_texts(self, work: list[_Work]) -> set[str]:
-        """Point ids whose text is the one Qdrant already holds: one Redis round trip for the batch."""
+    def _unchanged_texts(self, work: list[_Work]) -> tuple[str | None, set[str]]:
+        """The embedding-api's model, and the point ids whose text Qdrant already holds as embedded by that model.
+
+        One Redis round trip for the batch. While the model is unknown (the embedding-api cannot be reached), no
+        text counts as unchanged.
+        """
         candidates = [item for item in work if item.text and not item.change.force_embed]
         if not self.settings.skip_unchanged_text or not candidates:
-            return set()
+            return None, set()
+        model = self.embedding.current_model()
+        if model is None:
+            return None, set()
         stored = self.client.hmget(APPLIED_TEXT_KEY, [item.point_id for item in candidates])
-        model = self.settings.embedding_model
-        return {
+        return model, {
             item.point_id
             for item, stored_fingerprint in zip(candidates, stored, strict=True)
             if stored_fingerprint == text_fingerprint(text_sha256(item.text), model)
         }
 
-    def _output(self, item: _Work, vector: list[float] | None, unchanged: bool) -> EmbeddedDocument:
+    def _output(self, item: _Work, vector: list[float] | None, model: str | None, unchanged: bool) -> EmbeddedDocument:
         change = item.change
         common = {"source": change.source, "mongo_id": change.mongo_id, "changed_at": change.changed_at}
         if vector is None and not unchanged:
             # A delete, or a document with no text: either way it must have no point.
             return EmbeddedDocument(op="delete", version=item.version, **common)  # type: ignore[arg-type]
-        assert change.document is not None
+        assert change.document is not None and model is not None
         payload = build_payload(
             change.document,
             self.settings.payload_fields,
@@ -115,7 +154,7 @@ class Embedder:
             mongo_id=change.mongo_id,
             text=item.text,
             version=item.version,
-            model=self.settings.embedding_model,
+            model=model,
         )
         op = "payload" if unchanged else "upsert"
         return EmbeddedDocument(op=op, version=item.version, vector=vector, payload=payload, **common)  # type: ignore[arg-type]

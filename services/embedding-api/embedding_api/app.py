@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding_api.backends import Encoder, model_workers
-from embedding_api.batching import Batcher, BatchStats, Encoded, NotReady, QueueFull
+from embedding_api.batching import Batcher, BatchStats, Encoded, ModelUnavailable, NotReady, QueueFull, TextsFailed
 from embedding_api.settings import EmbeddingApiSettings
 
 REQUESTS = Counter(
@@ -55,6 +55,10 @@ MODEL_CALL_DURATION = Histogram(
     "vecsync_embedding_model_call_duration_seconds",
     "Time of one model call.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+FAILED_TEXTS = Counter(
+    "vecsync_embedding_failed_texts_total",
+    "Texts the model failed on by themselves while it still encoded a known-good text; their requests got 422.",
 )
 QUEUE_TEXTS = Gauge("vecsync_embedding_queue_texts", "Texts accepted and not yet encoded.")
 MODEL_INFO = Info("vecsync_embedding_model", "The model and backend in use.")
@@ -119,6 +123,7 @@ def create_app(
         on_batch=_observe_batch,
         on_ready=_describe_model,
         on_load_failure=on_load_failure,
+        on_failed_texts=FAILED_TEXTS.inc,
     )
     app.state.batcher = batcher
     QUEUE_TEXTS.set_function(lambda: batcher.queued_texts)
@@ -145,6 +150,14 @@ def create_app(
             encoded = await asyncio.wrap_future(future)
         except NotReady as exc:
             raise HTTPException(503, f"The model is not ready: {exc}.", headers={"Retry-After": "5"}) from None
+        except ModelUnavailable as exc:
+            raise HTTPException(
+                503,
+                f"The model failed: {exc}. Retry later; if it persists, restart the embedding-api.",
+                headers={"Retry-After": "5"},
+            ) from None
+        except TextsFailed:
+            raise  # answered 422 by its handler, naming the texts
         except Exception as exc:  # noqa: BLE001 - the model failed on this batch; the service stays up
             raise HTTPException(500, f"The model failed on this batch: {type(exc).__name__}: {exc}") from None
         TEXTS.inc(len(texts))
@@ -154,6 +167,16 @@ def create_app(
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         return _error(request.url.path, 422, f"Invalid request: {_describe_validation(exc)}")
 
+    @app.exception_handler(TextsFailed)
+    async def texts_failed(request: Request, exc: TextsFailed) -> Response:
+        described = "; ".join(f"text {index} ({error})" for index, error in sorted(exc.errors.items()))
+        message = (
+            f"The model fails on {described}, each on its own, while it still encodes a known-good text: such a "
+            "text fails again whenever it is sent; change it or leave it out."
+        )
+        failed = [{"index": index, "error": error} for index, error in sorted(exc.errors.items())]
+        return _error(request.url.path, 422, message, extra={"failed": failed})
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(request.url.path, exc.status_code, str(exc.detail), exc.headers)
@@ -162,7 +185,7 @@ def create_app(
     async def encode_one(request: EncodeRequest) -> Response:
         encoded = await embed([request.text])
         vector = _vectors(encoded.vectors, request.encoding_format)[0]
-        return _json({"embedding": vector, "truncated": encoded.truncated[0]})
+        return _json({"embedding": vector, "model": model().name, "truncated": encoded.truncated[0]})
 
     @app.post("/encode_batch")
     async def encode_batch(request: EncodeBatchRequest) -> Response:
@@ -283,12 +306,21 @@ class GuardAndMeasure:
         return None
 
 
-def _error(path: str, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+def _error(
+    path: str,
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> Response:
+    """An error in the shape of the route's API; ``extra`` fields go next to the message."""
     if path.startswith(OPENAI_PREFIX):
         kind = "server_error" if status >= 500 else "invalid_request_error"
-        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+        error = {"message": message, "type": kind, "param": None, "code": str(status), **(extra or {})}
+        body: dict[str, Any] = {"error": error}
     else:
-        body = {"detail": message}
+        body = {"detail": message, **(extra or {})}
     return _json(body, status, headers)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -70,7 +71,7 @@ class HashEncoder:
 
     def __init__(self, dim: int, max_tokens: int = 256) -> None:
         self.dim = dim
-        self.name = f"sha256-hash-{dim}"
+        self.name = f"hash-{dim}"  # its own vector space, one per dimension
         self.max_tokens = max_tokens
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -233,10 +234,32 @@ def default_model_path() -> str:
 
 
 def model_location(settings: EmbeddingApiSettings) -> tuple[Path, str]:
-    """The model folder and the name the API reports for it."""
+    """The model folder and the identity the API reports for it: the name of the vector space its vectors live in.
+
+    Every backend of one model (torch, onnx, onnx-int8) reports the same identity: their vectors are
+    interchangeable. The packaged model is all-MiniLM-L6-v2; a MODEL_PATH folder is "<folder name>@<digest>", the
+    digest being the first 12 hex digits of a SHA-256 over its files, so another model under the same path (or in a
+    folder of the same name) gets another identity.
+    """
     if settings.model_path:
-        return settings.model_path, settings.model_path.name
+        return settings.model_path, f"{settings.model_path.name}@{_folder_digest(settings.model_path)}"
     return Path(default_model_path()), DEFAULT_MODEL_NAME
+
+
+@functools.cache
+def _folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    hash_model_files(digest, folder)
+    return digest.hexdigest()[:12]
+
+
+def hash_model_files(digest: Any, folder: Path) -> None:
+    """Feed every file under ``folder`` into ``digest``: its path, then its content, in path order."""
+    for file in sorted(path for path in folder.rglob("*") if path.is_file()):
+        digest.update(str(file.relative_to(folder)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
 
 
 # Model workers when MODEL_WORKERS is unset, on a CPU (bench/results/embed.md, 2 cores): two single-threaded

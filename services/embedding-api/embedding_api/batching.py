@@ -11,6 +11,14 @@ tokens) of all the work in hand, waiting or being encoded, so even one large
 request keeps every worker busy; and it waits for company only while no other
 worker is busy. Each request gets its own texts' vectors back, in order,
 through a future, and the event loop never runs the model.
+
+When a model call fails, its texts are encoded again in halves, and the
+failing halves in halves again, down to the texts the model fails on alone:
+every other request still gets its vectors, and a request holding such a text
+fails with ``TextsFailed`` naming it. Before any text is blamed, the model must
+still encode a known-good text (the warm-up text); a model that fails on that
+too is broken, and so is one out of memory: every request of the call then
+fails with ``ModelUnavailable``, which callers answer as retryable.
 """
 
 from __future__ import annotations
@@ -29,6 +37,11 @@ from embedding_api.backends import Encoder
 
 log = logging.getLogger(__name__)
 
+# Encoded at load, and again to tell a broken model from a text the model fails on.
+KNOWN_GOOD_TEXTS = ["warm-up", "a second, somewhat longer warm-up text"]
+# Room for a model's error in a reply and a dead letter, not for a whole stack dump.
+MAX_ERROR_CHARS = 500
+
 
 class QueueFull(Exception):
     """Raised by ``submit`` when taking the texts would exceed the queue's capacity."""
@@ -40,6 +53,22 @@ class QueueFull(Exception):
 
 class NotReady(Exception):
     """Raised by ``submit`` while the model is still loading, or when it failed to load."""
+
+
+class ModelUnavailable(Exception):
+    """Raised to the requests of a model call when the model, not a text, is at fault; a retry may work."""
+
+
+class TextsFailed(Exception):
+    """Raised to a request when the model fails on some of its texts alone while it still encodes a known-good text.
+
+    ``errors`` maps the index of each such text in the request to the model's error on it.
+    """
+
+    def __init__(self, errors: dict[int, str]) -> None:
+        described = "; ".join(f"text {index}: {error}" for index, error in sorted(errors.items()))
+        super().__init__(f"the model failed on {described}")
+        self.errors = errors
 
 
 @dataclass
@@ -59,6 +88,7 @@ class _Request:
     vectors: list[np.ndarray | None] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     remaining: int = 0
+    errors: dict[int, str] = field(default_factory=dict)  # the model's error on each text it failed on alone
 
 
 @dataclass
@@ -94,6 +124,7 @@ class Batcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         on_ready: Callable[[Encoder], None] | None = None,
         on_load_failure: Callable[[BaseException], None] | None = None,
+        on_failed_texts: Callable[[int], None] | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -109,6 +140,7 @@ class Batcher:
         self._on_batch = on_batch
         self._on_ready = on_ready
         self._on_load_failure = on_load_failure
+        self._on_failed_texts = on_failed_texts
         self._cond = threading.Condition()
         self._requests: deque[_Request] = deque()
         self._items: deque[_Item] = deque()
@@ -188,7 +220,7 @@ class Batcher:
             for _ in range(self.workers):
                 encoder = self._load()
                 if self._warm_up:
-                    encoder.encode(["warm-up", "a second, somewhat longer warm-up text"])
+                    encoder.encode(KNOWN_GOOD_TEXTS)
                 self._encoders.append(encoder)
         except BaseException as exc:  # reported through readiness and the callback
             log.exception("The model failed to load")
@@ -307,52 +339,70 @@ class Batcher:
 
     def _encode(self, batch: list[_Item], encoder: Encoder) -> None:
         started = time.perf_counter()
+        texts = [item.request.texts[item.index] for item in batch]
+        merged = True
         try:
-            vectors = encoder.encode([item.request.texts[item.index] for item in batch])
-            if len(vectors) != len(batch):
-                raise RuntimeError(f"the encoder returned {len(vectors)} vectors for {len(batch)} texts")
-        except Exception as exc:  # fail the requests of this batch, keep serving
-            log.exception("A model call over %d texts failed", len(batch))
-            with self._cond:
-                self._busy_workers -= 1
-                self._tokens_in_flight -= sum(item.tokens for item in batch)
-            self._release(len(batch))
-            for request in {id(item.request): item.request for item in batch}.values():
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            return
+            outcomes: list[np.ndarray | str] = list(_call(encoder, texts))
+        except Exception as exc:  # noqa: BLE001 - a text or the model is at fault: find out which
+            log.warning("A model call over %d texts failed (%s); encoding them in smaller groups", len(batch), exc)
+            merged = False
+            try:
+                outcomes = _isolate(encoder, texts, exc)
+            except ModelUnavailable as unavailable:
+                log.error("The model failed on a call over %d texts: %s", len(batch), unavailable)
+                self._done(batch, 0.0)
+                for request in {id(item.request): item.request for item in batch}.values():
+                    if not request.future.done():
+                        request.future.set_exception(unavailable)
+                return
         elapsed = time.perf_counter() - started
+        self._done(batch, elapsed if merged else 0.0)
         finished: list[_Request] = []
         with self._cond:
-            self._busy_workers -= 1
-            self._tokens_in_flight -= sum(item.tokens for item in batch)
-            self._queued -= len(batch)
-            rate = self.workers * len(batch) / max(elapsed, 1e-6)
-            self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate
             # A request's texts may be spread over several workers' batches: the last one to finish answers it.
-            for item, vector in zip(batch, vectors, strict=True):
+            for item, outcome in zip(batch, outcomes, strict=True):
                 request = item.request
-                request.vectors[item.index] = vector
+                if isinstance(outcome, str):
+                    request.errors[item.index] = outcome
+                else:
+                    request.vectors[item.index] = outcome
                 request.remaining -= 1
                 if request.remaining == 0:
                     finished.append(request)
         for request in finished:
-            if not request.future.done():
+            if request.future.done():
+                continue
+            if request.errors:
+                request.future.set_exception(TextsFailed(dict(request.errors)))
+            else:
                 request.future.set_result(self._result(request))
-        if self._on_batch:
+        failed = sum(1 for outcome in outcomes if isinstance(outcome, str))
+        if failed:
+            log.warning(
+                "The model failed on %d of %d texts by themselves; their requests are refused", failed, len(batch)
+            )
+            if self._on_failed_texts:
+                self._on_failed_texts(failed)
+        if merged and self._on_batch:
             max_tokens = encoder.max_tokens
             truncated = sum(1 for item in batch if item.request.tokens[item.index] > max_tokens)
             self._on_batch(BatchStats(len(batch), sum(item.tokens for item in batch), truncated, elapsed))
+
+    def _done(self, batch: list[_Item], elapsed: float) -> None:
+        """Account for a finished model call; ``elapsed`` (0: unknown) feeds the rate behind Retry-After."""
+        with self._cond:
+            self._busy_workers -= 1
+            self._tokens_in_flight -= sum(item.tokens for item in batch)
+            self._queued -= len(batch)
+            if elapsed:
+                rate = self.workers * len(batch) / max(elapsed, 1e-6)
+                self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate
 
     def _result(self, request: _Request) -> Encoded:
         assert self.encoder is not None
         window = self.encoder.max_tokens
         vectors = np.stack([vector for vector in request.vectors if vector is not None])
         return Encoded(vectors, [min(n, window) for n in request.tokens], [n > window for n in request.tokens])
-
-    def _release(self, count: int) -> None:
-        with self._cond:
-            self._queued -= count
 
     def _fail_pending(self, exc: Exception) -> None:
         with self._cond:
@@ -366,3 +416,62 @@ class Batcher:
                     request.future.set_exception(exc)
                 except concurrent.futures.InvalidStateError:
                     pass
+
+
+def _isolate(encoder: Encoder, texts: list[str], error: Exception) -> list[np.ndarray | str]:
+    """Each text's vector, or the model's error on that text alone; ModelUnavailable when the model is at fault."""
+    _raise_if_out_of_memory(error)
+    outcomes: list[np.ndarray | str | None] = [None] * len(texts)
+    _bisect(encoder, texts, list(range(len(texts))), error, outcomes)
+    if any(isinstance(outcome, str) for outcome in outcomes):
+        try:
+            _call(encoder, KNOWN_GOOD_TEXTS)
+        except Exception as exc:
+            _raise_if_out_of_memory(exc)
+            raise ModelUnavailable(
+                f"the model fails on a known-good text too ({_describe(exc)}), so the model is at fault, not the texts"
+            ) from exc
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _call(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    vectors = encoder.encode(texts)
+    if len(vectors) != len(texts):
+        raise RuntimeError(f"the encoder returned {len(vectors)} vectors for {len(texts)} texts")
+    return vectors
+
+
+def _bisect(
+    encoder: Encoder, texts: list[str], indexes: list[int], error: Exception, outcomes: list[np.ndarray | str | None]
+) -> None:
+    # The texts at ``indexes`` failed together with ``error``: encode each half, and split the failing halves again.
+    if len(indexes) == 1:
+        outcomes[indexes[0]] = _describe(error)
+        return
+    middle = len(indexes) // 2
+    for part in (indexes[:middle], indexes[middle:]):
+        try:
+            vectors = _call(encoder, [texts[i] for i in part])
+        except Exception as exc:  # noqa: BLE001 - narrowed down further
+            _raise_if_out_of_memory(exc)
+            _bisect(encoder, texts, part, exc, outcomes)
+            continue
+        for i, vector in zip(part, vectors, strict=True):
+            outcomes[i] = vector
+
+
+def _raise_if_out_of_memory(exc: Exception) -> None:
+    # torch.cuda.OutOfMemoryError, onnxruntime's "Failed to allocate memory", or the host's MemoryError: the device
+    # was too full for this call, which says nothing about its texts.
+    message = str(exc).lower()
+    if (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or "out of memory" in message
+        or "failed to allocate memory" in message
+    ):
+        raise ModelUnavailable(f"the model ran out of memory ({_describe(exc)})") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]

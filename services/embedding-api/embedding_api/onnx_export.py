@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from embedding_api.backends import hash_model_files
+
 log = logging.getLogger(__name__)
 
 # Bump when the export recipe changes, so old cache entries are not reused.
@@ -50,11 +52,7 @@ def ensure_onnx_model(model_path: Path, cache_dir: Path, *, quantized: bool) -> 
 
 def model_fingerprint(model_path: Path) -> str:
     digest = hashlib.sha256(EXPORT_VERSION.encode())
-    for file in sorted(p for p in model_path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(model_path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    hash_model_files(digest, model_path)
     return digest.hexdigest()[:16]
 
 
