@@ -64,16 +64,20 @@ class Leases:
         self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._renew_until_closed, name=f"leases-{stream}", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> Leases:
+        """Start renewing; a consumer run again after a stop (drain runs, tests) starts again."""
+        self._closed.clear()
+        self._thread = threading.Thread(target=self._renew_until_closed, name=f"leases-{self.stream}", daemon=True)
         self._thread.start()
         return self
 
     def close(self) -> None:
         self._closed.set()
-        if self._thread.is_alive():
+        if self._thread is not None:
             self._thread.join(5)
+            self._thread = None
 
     def hold(self, entry_ids: Iterable[str]) -> None:
         with self._lock:
