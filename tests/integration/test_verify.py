@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import requests
 
 from tests.integration.test_cli import cli
 from tests.support.pipeline import Pipeline
+from tests.support.servers import Server
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK
 from vecsync.documents import point_id
 
@@ -42,5 +44,34 @@ def test_verify_compares_the_payload_with_the_document_and_repair_restores_it(
     assert cli(pipeline, "--yes", "verify", "--repair") == EXIT_OK
     pipeline.drain()
     assert without_versions(pipeline.points()) == without_versions(before)
+    assert cli(pipeline, "verify") == EXIT_OK
+    assert "0 missing, 0 extra, 0 stale" in capsys.readouterr().out
+
+
+def test_switching_from_the_hash_backend_to_the_model_is_found_and_repaired(
+    pipeline: Pipeline, model_api: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline.collection.insert_many(
+        [{"_id": f"d{i}", "subject": f"ticket {i}", "content": f"my printer {i} jams"} for i in range(4)]
+    )
+    pipeline.drain()  # with EMBEDDING_BACKEND=hash
+    assert {payload["model"] for payload in pipeline.points().values()} == {"hash-384"}
+
+    pipeline.embedding_url = f"http://127.0.0.1:{model_api.port}"  # restarted with the real model
+    assert cli(pipeline, "verify") == EXIT_DRIFT
+    report = capsys.readouterr().out
+    assert "4 stale" in report, report
+    assert "made by another model than all-MiniLM-L6-v2 (hash-384): d0, d1, d2, d3" in report, report
+
+    assert cli(pipeline, "--yes", "verify", "--repair") == EXIT_OK
+    pipeline.drain()
+    points = pipeline.points()
+    texts = [points[f"d{i}"]["text"] for i in range(4)]
+    reply = requests.post(f"{pipeline.embedding_url}/encode_batch", json={"texts": texts}, timeout=60).json()
+    for i, expected in enumerate(reply["embeddings"]):
+        [record] = pipeline.store.retrieve([point_id(pipeline.source, f"d{i}")], with_vectors=True)
+        assert record.payload is not None and record.payload["model"] == "all-MiniLM-L6-v2"
+        assert record.vector == pytest.approx(expected, abs=1e-5)
+    capsys.readouterr()
     assert cli(pipeline, "verify") == EXIT_OK
     assert "0 missing, 0 extra, 0 stale" in capsys.readouterr().out

@@ -12,6 +12,7 @@ from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, progress
+from vecsync.cli.store import embedding_model
 from vecsync.constants import (
     APPLIED_TEXT_KEY,
     APPLIED_VERSIONS_KEY,
@@ -141,11 +142,18 @@ class VerifyState:
     found: dict[str, int] = field(default_factory=lambda: {"missing": 0, "stale": 0, "extra": 0})
     examples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "stale": [], "extra": []})
     repaired: int = 0
+    # The model the embedding-api runs now (None when it could not be asked), and the other models found in points.
+    model: str | None = None
+    other_models: list[str] = field(default_factory=list)
 
     def record(self, kind: str, mongo_ids: list[str]) -> None:
-        self.found[kind] += len(mongo_ids)
-        room = EXAMPLES - len(self.examples[kind])
-        self.examples[kind].extend(mongo_ids[: max(room, 0)])
+        self.found[kind] = self.found.get(kind, 0) + len(mongo_ids)
+        examples = self.examples.setdefault(kind, [])
+        examples.extend(mongo_ids[: max(EXAMPLES - len(examples), 0)])
+
+    @property
+    def differences(self) -> int:
+        return self.found["missing"] + self.found["stale"] + self.found["extra"]
 
 
 def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -> int:
@@ -160,6 +168,13 @@ def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -
             f"An interrupted verify {'with' if state.repair else 'without'} --repair is pending. Rerun it the same "
             "way to finish it, or pass --restart."
         )
+    if not saved:
+        state.model = embedding_model(ctx.settings)
+        if state.model is None:
+            print(
+                f"Could not learn from the embedding-api at {ctx.settings.embedding_url} which one model it runs: "
+                "points are not checked for vectors of another model."
+            )
     in_flight = _in_flight(ctx)
     action = "re-enqueue every document that differs" if repair else "report the differences"
     resumed = f" Resuming the {state.phase} phase of an interrupted run." if saved else ""
@@ -177,7 +192,7 @@ def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -
     _verify_points(ctx, state, key, batch_size)
     ctx.redis.delete(key)
     _report(state)
-    if sum(state.found.values()) and not repair:
+    if state.differences and not repair:
         return EXIT_DRIFT
     return EXIT_OK
 
@@ -209,7 +224,7 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
             )
             if not documents:
                 return
-            wanted = {mongo_id_of(document["_id"]): _expected_payload(ctx, document) for document in documents}
+            wanted = {mongo_id_of(d["_id"]): _expected_payload(ctx, d, state.model) for d in documents}
             ids = {mongo_id: point_id(source, mongo_id) for mongo_id in wanted}
             points = ctx.store.payloads(list(ids.values()))
             missing = [m for m, want in wanted.items() if want is not None and ids[m] not in points]
@@ -219,6 +234,10 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
                 if want is not None and ids[m] in points and _differs(points[ids[m]], want)
             ]
             extra = [m for m, want in wanted.items() if want is None and ids[m] in points]
+            other_model = [m for m in stale if state.model and points[ids[m]].get("model") != state.model]
+            for model in {str(points[ids[m]].get("model")) for m in other_model} - set(state.other_models):
+                state.other_models.append(model)
+            state.record("other_model", other_model)
             _repair_and_record(ctx, state, {"missing": missing, "stale": stale, "extra": extra})
             state.last_id = _ejson(documents[-1]["_id"])
             state.checked_documents += len(documents)
@@ -226,8 +245,11 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
             bar.update(len(documents))
 
 
-def _expected_payload(ctx: Context, document: dict[str, Any]) -> dict[str, Any] | None:
-    """What the point of ``document`` must hold, as the embedder-worker would write it now; None if it has no text."""
+def _expected_payload(ctx: Context, document: dict[str, Any], model: str | None) -> dict[str, Any] | None:
+    """What the point of ``document`` must hold, as the embedder-worker would write it now; None if it has no text.
+
+    With ``model`` known, the point must also have been embedded by it: another model's vector is of another space.
+    """
     settings = ctx.settings
     plain = to_plain(document)  # as the producer publishes it
     text = build_text(plain, settings.text_fields, settings.max_text_chars)
@@ -235,6 +257,8 @@ def _expected_payload(ctx: Context, document: dict[str, Any]) -> dict[str, Any] 
         return None
     expected = {field: lookup(plain, field) for field in settings.payload_fields}
     expected.update(text=text, text_sha256=text_sha256(text))
+    if model is not None:
+        expected["model"] = model
     return expected
 
 
@@ -290,7 +314,10 @@ def _report(state: VerifyState) -> None:
     for kind, examples in state.examples.items():
         if examples:
             more = state.found[kind] - len(examples)
-            print(f"  {kind}: {', '.join(examples)}{f' and {more} more' if more > 0 else ''}")
+            label = kind
+            if kind == "other_model":
+                label = f"made by another model than {state.model} ({', '.join(sorted(state.other_models))})"
+            print(f"  {label}: {', '.join(examples)}{f' and {more} more' if more > 0 else ''}")
     if state.repair:
         print(f"Re-enqueued {state.repaired} documents; they reach Qdrant as the pipeline drains.")
 

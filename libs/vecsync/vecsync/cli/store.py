@@ -102,3 +102,15 @@ def embed_query(settings: CliSettings, text: str) -> list[float]:
     if response.status_code != 200:
         raise PermanentError(f"the embedding-api answered {response.status_code}: {response.text[:300]}")
     return list(response.json()["embedding"])
+
+
+def embedding_model(settings: CliSettings) -> str | None:
+    """The model the embedding-api runs now, or None when it cannot be asked or serves several (a hosted API)."""
+    url = settings.embedding_url.rstrip("/") + "/v1/models"
+    headers = {"Authorization": f"Bearer {settings.embedding_api_key}"} if settings.embedding_api_key else {}
+    try:
+        response = requests.get(url, headers=headers, timeout=settings.http_timeout_s)
+        models = response.json()["data"] if response.status_code == 200 else []
+        return str(models[0]["id"]) if len(models) == 1 else None
+    except (requests.RequestException, ValueError, KeyError, TypeError, IndexError):
+        return None
