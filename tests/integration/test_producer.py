@@ -131,3 +131,46 @@ def test_an_idle_change_stream_is_not_polled_in_a_busy_loop(pipeline: Pipeline, 
     running.stopping.set()
     thread.join(10)
     assert 5 <= len(reads) <= 15, f"{len(reads)} reads in one idle second"
+
+
+def test_restarts_replay_changes_of_every_id_type_without_dead_letters(pipeline: Pipeline) -> None:
+    """Each restart resumes from the stored token and replays changes of documents since deleted or changed again.
+
+    Their re-reads find later states or nothing; none may be dead-lettered, and the last entry of every document
+    must hold its current state under the id string of its real _id type.
+    """
+    import json
+    import random
+
+    from bson import ObjectId
+
+    from vecsync.source import mongo_id_of, to_plain
+
+    rng = random.Random(12)
+    keys: list[Any] = [ObjectId() for _ in range(25)] + [f"doc-{n}" for n in range(25)] + list(range(1000, 1025))
+    present: set[Any] = set()
+    pipeline.run_producer()
+    for burst in range(12):
+        for number in range(60):
+            key = rng.choice(keys)
+            change = {"subject": f"burst {burst} change {number}", "owner": rng.choice("abc")}
+            if key not in present:
+                pipeline.collection.insert_one({"_id": key, **change})
+                present.add(key)
+            elif rng.random() < 0.3:
+                pipeline.collection.delete_one({"_id": key})
+                present.discard(key)
+            else:
+                pipeline.collection.update_one({"_id": key}, {"$set": change})
+        pipeline.run_producer()  # a fresh producer: a restart from the stored resume token
+
+    assert pipeline.redis_client.xrange("raw_document_changes:dlq") == []
+    last = {f["mongo_id"]: f for _id, f in pipeline.redis_client.xrange("raw_document_changes")}
+    current = {mongo_id_of(document["_id"]): document for document in pipeline.collection.find()}
+    assert '{"$numberInt": "1000"}' in last, "an int _id keeps its type"
+    for mongo_id, document in current.items():
+        assert last[mongo_id]["op"] == "upsert"
+        assert json.loads(last[mongo_id]["doc"]) == to_plain(document)
+    assert {mongo_id: f["op"] for mongo_id, f in last.items() if mongo_id not in current} == dict.fromkeys(
+        last.keys() - current.keys(), "delete"
+    )
