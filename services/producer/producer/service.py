@@ -32,12 +32,13 @@ from vecsync.constants import dlq_stream, resume_token_key, resume_token_updated
 from vecsync.consumer import Backoff
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.messages import DocumentChange
-from vecsync.source import document_change, mongo_id_of, read_current
+from vecsync.source import document_change, durable_reads, mongo_id_of, read_current
 from vecsync.streams import dead_letter_fields
 
 log = logging.getLogger(__name__)
 
 CHANGE_STREAM_HISTORY_LOST = 286
+CHANGE_STREAM_NEEDS_REPLICA_SET = 40573  # what a standalone server answers to watch()
 MONGO_AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
 DOCUMENT_OPERATIONS = {"insert", "update", "replace", "delete"}
 # After these the change stream is invalidated; see "Collection drops and renames" in docs/design.md.
@@ -107,6 +108,8 @@ class Producer:
                         f"MongoDB refused the credentials in MONGO_URI ({exc}). "
                         "Check the user, password and authSource."
                     ) from None
+                if exc.code == CHANGE_STREAM_NEEDS_REPLICA_SET:
+                    raise ConfigurationError(_standalone_message(exc)) from None
                 if exc.code != CHANGE_STREAM_HISTORY_LOST:
                     raise
                 self._history_lost(exc)
@@ -165,7 +168,7 @@ class Producer:
         log.info("No resume token stored: snapshotting %s before following its changes", self.source)
         published = 0
         batch: list[DocumentChange] = []
-        cursor = self.collection.find({}, sort=[("_id", 1)], batch_size=self.settings.batch_size)
+        cursor = durable_reads(self.collection).find({}, sort=[("_id", 1)], batch_size=self.settings.batch_size)
         for document in cursor:
             batch.append(document_change(self.source, document["_id"], document, time.time()))
             if len(batch) >= self.settings.batch_size:
@@ -311,6 +314,16 @@ class Producer:
             exc,
         )
         self.client.delete(self.token_key)
+
+
+def _standalone_message(exc: OperationFailure) -> str:
+    answer = (exc.details or {}).get("errmsg") or str(exc)
+    return (
+        f"The MongoDB server in MONGO_URI is not a replica set member, and change streams need a replica set "
+        f"(the server answered: {answer}). Run MongoDB as a replica set; a single node will do: start mongod "
+        "with `--replSet rs0`, run `rs.initiate()` once in mongosh, add `replicaSet=rs0` to MONGO_URI, and "
+        "start the producer again."
+    )
 
 
 def _event_time(event: dict[str, Any]) -> float:
