@@ -51,6 +51,7 @@ def apply_corrections() -> None:
 
     def translate_row_decoded(self: Any, stream: Any, rowid: int, row: Any) -> dict[str, Any] | None:
         event: dict[str, Any] | None = translate_row(self, stream, rowid, row)
+        # The stored document holds the _id in its own type; the row's indexed _id is only its text form.
         stored = row[3]
         if event is None or not stored:
             return event
@@ -65,6 +66,7 @@ def apply_corrections() -> None:
             event["fullDocument"] = document
         return event
 
+    # nx-27017 hands neosqlite pymongo's Binary, a bytes, which neosqlite stores as its own Binary of subtype 0.
     def binaries_to_neo(value: Any) -> Any:
         if isinstance(value, bson.Binary):
             return NeoBinary(bytes(value), value.subtype)
@@ -74,6 +76,7 @@ def apply_corrections() -> None:
             return [binaries_to_neo(item) for item in value]
         return value
 
+    # neosqlite's Binary is a bytes too, which BSON encodes with subtype 0.
     def binaries_to_bson(value: Any) -> Any:
         if isinstance(value, NeoBinary):
             return bson.Binary(bytes(value), value.subtype)
