@@ -3,7 +3,8 @@
 Runs the local stack (real Redis with AOF, the MongoDB stand-in, three
 embedder-workers, one upserter holding the embedded Qdrant store, the `hash`
 embedding backend), applies inserts, updates, replaces and deletes that often
-hit the same documents in quick succession, and meanwhile:
+hit the same documents in quick succession, on documents whose `_id`s are
+ObjectIds, strings, integers and UUIDs in equal shares, and meanwhile:
 
 * SIGKILLs a random stage every few seconds (the supervisor restarts it);
 * stops the embedding-api for a while;
@@ -27,11 +28,14 @@ import signal
 import sys
 import threading
 import time
+import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pymongo
+from bson import ObjectId
 
 from embedding_api.backends import HashEncoder
 from tests.support.servers import wait_for
@@ -39,6 +43,7 @@ from tests.support.stack import drained, stack_settings
 from vecsync.documents import build_text, point_id
 from vecsync.localstack import Child, LocalStack, LocalStackSettings
 from vecsync.settings import QdrantSettings
+from vecsync.source import mongo_id_of
 from vecsync.streams import connect
 from vecsync.vectorstore import VectorStore
 
@@ -73,6 +78,8 @@ class ChaosResult:
     seed: int
     operations: int
     documents_in_mongo: int
+    # Documents in MongoDB at the end, by the type of their _id.
+    id_types: dict[str, int] = field(default_factory=dict)
     missing: int = 0
     extra: int = 0
     stale: int = 0
@@ -166,27 +173,48 @@ class FaultInjector(threading.Thread):
                 self._thaw(child)
 
 
+def document_ids(count: int, rng: random.Random) -> list[Any]:
+    """``count`` _ids, a quarter each of ObjectIds, strings, integers and UUIDs, drawn from ``rng``."""
+    makers = (
+        lambda n: ObjectId(rng.randbytes(12)),
+        lambda n: f"doc-{n}",
+        lambda n: 10_000 + n,
+        lambda n: uuid.UUID(int=rng.getrandbits(128), version=4),
+    )
+    return [makers[n % len(makers)](n) for n in range(count)]
+
+
 def apply_workload(collection: Any, config: ChaosConfig, rng: random.Random) -> int:
-    """Random changes, a third of them on a small hot set of documents, paced over the configured duration."""
+    """Random changes, a third of them on a small hot set of documents, paced over the configured duration.
+
+    A document that is absent is inserted; one that is present is deleted, replaced or updated.
+    """
+    ids = document_ids(config.documents, rng)
+    present: set[int] = set()
     hot = max(1, config.documents // 20)
     started = time.monotonic()
     for number in range(config.operations):
         index = rng.randrange(hot) if rng.random() < 0.35 else rng.randrange(config.documents)
-        doc_id = f"doc-{index}"
+        doc_id = ids[index]
         roll = rng.random()
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
-        if roll < 0.12:
+        if index not in present:
+            document = {"_id": doc_id, "subject": f"ticket {number}", "content": text, "product": rng.choice(WORDS)}
+            collection.insert_one(document)
+            present.add(index)
+        elif roll < 0.2:
             collection.delete_one({"_id": doc_id})
-        elif roll < 0.3:
+            present.discard(index)
+        elif roll < 0.4:
             replacement = {"subject": f"replaced {number}", "content": text, "owner": rng.choice(OWNERS)}
             if rng.random() < 0.1:
                 replacement = {"owner": rng.choice(OWNERS)}  # no text at all: the point must go
-            collection.replace_one({"_id": doc_id}, replacement, upsert=True)
-        elif roll < 0.45:
+            collection.replace_one({"_id": doc_id}, replacement)
+        elif roll < 0.55:
             collection.update_one({"_id": doc_id}, {"$set": {"owner": rng.choice(OWNERS)}})
         else:
             change = {"subject": f"ticket {number}", "content": text, "product": rng.choice(WORDS)}
-            collection.update_one({"_id": doc_id}, {"$set": change}, upsert=True)
+            collection.update_one({"_id": doc_id}, {"$set": change})
         ahead = started + config.duration_s * (number + 1) / config.operations - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)
@@ -198,11 +226,13 @@ def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) 
     encoder = HashEncoder(384)
     store = VectorStore.open(QdrantSettings(), settings.data_dir.resolve())
     try:
+        documents = list(collection.find())
+        result.id_types = dict(Counter(type(document["_id"]).__name__ for document in documents))
         expected = {}
-        for document in collection.find():
+        for document in documents:
             text = build_text(document, ["subject", "content"], 8192)
             if text:
-                expected[point_id(settings.source, str(document["_id"]))] = (document, text)
+                expected[point_id(settings.source, mongo_id_of(document["_id"]))] = (document, text)
         points: dict[str, Any] = {}
         offset = None
         while True:
@@ -214,7 +244,7 @@ def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) 
                 break
         for pid in expected.keys() - points.keys():
             result.missing += 1
-            result.examples.append(f"missing {expected[pid][0]['_id']}")
+            result.examples.append(f"missing {mongo_id_of(expected[pid][0]['_id'])}")
         for pid in points.keys() - expected.keys():
             result.extra += 1
             result.examples.append(f"extra {points[pid].payload.get('mongo_id')}")
@@ -227,7 +257,7 @@ def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) 
             same_fields = all(payload.get(name) == document.get(name) for name in PAYLOAD_FIELDS)
             if payload.get("text") != text or not same_fields or not math.isclose(cosine, 1.0, abs_tol=1e-4):
                 result.stale += 1
-                result.examples.append(f"stale {document['_id']}")
+                result.examples.append(f"stale {mongo_id_of(document['_id'])}")
     finally:
         store.close()
     del result.examples[20:]
@@ -243,7 +273,8 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     schedule = fault_schedule(config, stage_names, rng)
     supervisor = threading.Thread(target=stack.supervise, daemon=True)
     injector = FaultInjector(stack, schedule)
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
+    # UUIDs as BSON binary subtype 4, as applications write them.
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri, uuidRepresentation="standard")
     collection = client[settings.mongo_database][settings.mongo_collection]
     try:
         supervisor.start()

@@ -24,6 +24,7 @@ def test_short_chaos_run_converges(tmp_path: Path) -> None:
     )
     result = run_chaos(config, tmp_path)
     assert [fault.target for fault in result.schedule if fault.action == "kill"].count("redis") == 1
+    assert set(result.id_types) == {"ObjectId", "str", "int", "UUID"}, result.id_types
     assert result.passed, (
         f"seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
         f"{result.dead_lettered} dead-lettered; {result.examples}"

@@ -1,7 +1,8 @@
-"""Producer policies that the MongoDB stand-in cannot trigger, injected at the driver boundary."""
+"""Producer policies: those the MongoDB stand-in cannot trigger are injected at the driver boundary."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +132,141 @@ def test_an_idle_change_stream_is_not_polled_in_a_busy_loop(pipeline: Pipeline, 
     running.stopping.set()
     thread.join(10)
     assert 5 <= len(reads) <= 15, f"{len(reads)} reads in one idle second"
+
+
+def test_restarts_replay_changes_of_every_id_type_without_dead_letters(pipeline: Pipeline) -> None:
+    """Each restart resumes from the stored token and replays changes of documents since deleted or changed again.
+
+    Their re-reads find later states or nothing; none may be dead-lettered, and the last entry of every document
+    must hold its current state under the id string of its real _id type.
+    """
+    import json
+    import random
+
+    from bson import ObjectId
+
+    from vecsync.source import mongo_id_of, to_plain
+
+    rng = random.Random(12)
+    keys: list[Any] = [ObjectId() for _ in range(25)] + [f"doc-{n}" for n in range(25)] + list(range(1000, 1025))
+    present: set[Any] = set()
+    pipeline.run_producer()
+    for burst in range(12):
+        for number in range(60):
+            key = rng.choice(keys)
+            change = {"subject": f"burst {burst} change {number}", "owner": rng.choice("abc")}
+            if key not in present:
+                pipeline.collection.insert_one({"_id": key, **change})
+                present.add(key)
+            elif rng.random() < 0.3:
+                pipeline.collection.delete_one({"_id": key})
+                present.discard(key)
+            else:
+                pipeline.collection.update_one({"_id": key}, {"$set": change})
+        pipeline.run_producer()  # a fresh producer: a restart from the stored resume token
+
+    assert pipeline.redis_client.xrange("raw_document_changes:dlq") == []
+    last = {f["mongo_id"]: f for _id, f in pipeline.redis_client.xrange("raw_document_changes")}
+    current = {mongo_id_of(document["_id"]): document for document in pipeline.collection.find()}
+    assert '{"$numberInt": "1000"}' in last, "an int _id keeps its type"
+    for mongo_id, document in current.items():
+        assert last[mongo_id]["op"] == "upsert"
+        assert json.loads(last[mongo_id]["doc"]) == to_plain(document)
+    assert {mongo_id: f["op"] for mongo_id, f in last.items() if mongo_id not in current} == dict.fromkeys(
+        last.keys() - current.keys(), "delete"
+    )
+
+
+class StandaloneWatch:
+    """A collection on a standalone server (no replica set): watch() fails as mongod's does."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    def watch(self, **kwargs: Any) -> Any:
+        raise OperationFailure(
+            "The $changeStream stage is only supported on replica sets",
+            code=40573,
+            details={
+                "ok": 0,
+                "errmsg": "The $changeStream stage is only supported on replica sets",
+                "code": 40573,
+                "codeName": "Location40573",
+            },
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+
+def test_a_standalone_server_is_a_configuration_error_naming_the_replica_set_setup(pipeline: Pipeline) -> None:
+    with pytest.raises(ConfigurationError, match=r"need a replica set.*--replSet.*rs\.initiate\(\)"):
+        producer(pipeline, StandaloneWatch(pipeline.collection)).run(drain=True)
+
+
+def test_snapshot_and_re_reads_are_majority_reads_the_stand_in_answers(pipeline: Pipeline, mongo_uri: str) -> None:
+    import pymongo
+    from pymongo import monitoring
+
+    class Finds(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.commands: list[dict[str, Any]] = []
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "find":
+                self.commands.append(dict(event.command))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    finds = Finds()
+    # A URI asking for local reads from a secondary: the producer must read durably from the primary regardless.
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        mongo_uri + "&readPreference=secondaryPreferred&readConcernLevel=local", event_listeners=[finds]
+    )
+    try:
+        collection = client[pipeline.collection.database.name][pipeline.collection.name]
+        collection.insert_one({"_id": "snapshotted", "subject": "s"})
+        producer(pipeline, collection).run(drain=True)
+        collection.insert_one({"_id": "changed", "subject": "s"})
+        producer(pipeline, collection).run(drain=True)
+    finally:
+        client.close()
+    assert stage1(pipeline) == [("snapshotted", "upsert"), ("changed", "upsert")]
+    assert len(finds.commands) == 2
+    assert all(command["readConcern"] == {"level": "majority"} for command in finds.commands)
+    assert all(command.get("$readPreference", {"mode": "primary"}) == {"mode": "primary"} for command in finds.commands)
+
+
+def test_the_producer_exits_2_with_one_message_on_a_standalone_server(redis_url: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.servers import BIN, Server, free_port
+
+    port = free_port()
+    args = [sys.executable, "-m", "tests.support.standalone_mongo", "--db", str(tmp_path / "mongo.sqlite")]
+    args += ["-p", str(port), "--pid-file", str(tmp_path / "mongo.pid"), "--log-file", str(tmp_path / "server.log")]
+    server = Server(args, port, log=tmp_path / "mongo.log").start()
+    env = {
+        **os.environ,
+        "MONGO_URI": f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        "REDIS_URL": redis_url,
+        "METRICS_PORT": str(free_port()),
+        "DATA_DIR": str(tmp_path),
+    }
+    try:
+        result = subprocess.run(
+            [str(BIN / "vecsync-producer")], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        server.stop()
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "change streams need a replica set" in output
+    assert "rs.initiate()" in output
+    assert "Traceback" not in output

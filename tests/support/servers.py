@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from vecsync.localstack import redis_server_binary
+from vecsync.localstack import mongo_standin_command, redis_server_binary
 
 BIN = Path(sys.executable).parent
 
@@ -101,8 +101,9 @@ def start_redis(workdir: Path, *extra_args: str) -> Server:
 def start_mongo(workdir: Path) -> Server:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    # Launched as the embedded default launches it, so the tests exercise what users run.
     # Its own pid and log files: by default every instance shares one pid file and refuses to start twice.
-    args = [str(BIN / "nx-27017"), "--db", str(workdir / "mongo.sqlite"), "-p", str(port)]
+    args = mongo_standin_command(workdir / "mongo.sqlite", port)
     args += ["--pid-file", str(workdir / "mongo.pid"), "--log-file", str(workdir / "mongo-server.log")]
     return Server(args, port, log=workdir / "mongo.log").start()
 

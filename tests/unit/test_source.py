@@ -1,6 +1,7 @@
 import datetime
 import json
 import uuid
+from typing import Any
 
 from bson import Binary, Decimal128, ObjectId
 from bson.datetime_ms import DatetimeMS
@@ -39,3 +40,21 @@ def test_bson_values_become_json() -> None:
     assert plain["dec"] == "1.5"
     assert plain["nan"] == "nan"
     assert plain["nested"][0]["when"] == "2101-01-01T00:00:00Z"
+
+
+def test_durable_reads_are_primary_majority_reads_whatever_the_uri_asks() -> None:
+    import pymongo
+    from pymongo import ReadPreference
+    from pymongo.read_concern import ReadConcern
+
+    from vecsync.source import durable_reads
+
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        "mongodb://127.0.0.1:1/?readPreference=secondaryPreferred&readConcernLevel=local", connect=False
+    )
+    try:
+        collection = durable_reads(client["app"]["documents"])
+        assert collection.read_preference == ReadPreference.PRIMARY
+        assert collection.read_concern == ReadConcern("majority")
+    finally:
+        client.close()

@@ -1,7 +1,8 @@
 """``make run``: the whole pipeline as local processes, on the embedded default.
 
 Starts a real redis-server (with AOF persistence), the nx-27017 MongoDB
-stand-in, the embedding-api, the producer, an embedder-worker and the upserter
+stand-in (through vecsync.mongo_standin, which corrects it), the
+embedding-api, the producer, an embedder-worker and the upserter
 (which holds the embedded Qdrant store), each configured only through the
 environment, exactly as in the containers. It loads the sample dataset into an
 empty collection, shows progress until every document is searchable, then
@@ -144,7 +145,7 @@ class LocalStack:
         port = _port(self.settings.mongo_uri)
         folder = self.data_dir / "mongo"
         folder.mkdir(parents=True, exist_ok=True)
-        args = [str(BIN / "nx-27017"), "--db", str(folder / "mongo.sqlite"), "-p", str(port)]
+        args = mongo_standin_command(folder / "mongo.sqlite", port)
         args += ["--pid-file", str(folder / "nx-27017.pid"), "--log-file", str(self.logs / "mongo-server.log")]
         return Child("mongo", args, dict(os.environ), self.logs / "mongo.log", port)
 
@@ -300,6 +301,11 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
             raise ConfigurationError(f"{path}:{number} is not a valid sample document: {exc}") from None
         documents.append(document)
     return documents
+
+
+def mongo_standin_command(db_file: Path, port: int) -> list[str]:
+    """The command that serves the MongoDB stand-in from ``db_file``: nx-27017 with vecsync's corrections."""
+    return [sys.executable, "-m", "vecsync.mongo_standin", "--db", str(db_file), "-p", str(port)]
 
 
 def redis_server_binary() -> str:

@@ -20,7 +20,9 @@ from bson import ObjectId, json_util
 from bson.binary import Binary
 from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS
+from pymongo import ReadPreference
 from pymongo.collection import Collection
+from pymongo.read_concern import ReadConcern
 
 from vecsync.constants import resume_token_key
 from vecsync.messages import DocumentChange
@@ -79,12 +81,23 @@ def id_candidates(mongo_id: str) -> list[Any]:
     return [mongo_id]
 
 
+def durable_reads(collection: Collection[dict[str, Any]]) -> Collection[dict[str, Any]]:
+    """``collection`` reading from the primary with majority read concern, whatever MONGO_URI asks for.
+
+    A change stream delivers only majority-committed changes, so a majority read
+    on the primary after an event shows that event or a newer state, never an
+    older one (a secondary may lag behind it), and never a write that a
+    failover rolls back afterwards (which no change event would then correct).
+    """
+    return collection.with_options(read_preference=ReadPreference.PRIMARY, read_concern=ReadConcern("majority"))
+
+
 def read_current(collection: Collection[dict[str, Any]], keys: Iterable[Any]) -> dict[str, dict[str, Any]]:
     """The documents with these _ids as they are now, by mongo_id; missing ones are absent."""
     wanted = list(keys)
     if not wanted:
         return {}
-    return {mongo_id_of(doc["_id"]): doc for doc in collection.find({"_id": {"$in": wanted}})}
+    return {mongo_id_of(doc["_id"]): doc for doc in durable_reads(collection).find({"_id": {"$in": wanted}})}
 
 
 def document_change(source: str, key: Any, document: dict[str, Any] | None, changed_at: float) -> DocumentChange:

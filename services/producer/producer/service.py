@@ -32,12 +32,13 @@ from vecsync.constants import dlq_stream, resume_token_key, resume_token_updated
 from vecsync.consumer import Backoff
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.messages import DocumentChange
-from vecsync.source import document_change, mongo_id_of, read_current
+from vecsync.source import document_change, durable_reads, mongo_id_of, read_current
 from vecsync.streams import dead_letter_fields
 
 log = logging.getLogger(__name__)
 
 CHANGE_STREAM_HISTORY_LOST = 286
+CHANGE_STREAM_NEEDS_REPLICA_SET = 40573  # what a standalone server answers to watch()
 MONGO_AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
 DOCUMENT_OPERATIONS = {"insert", "update", "replace", "delete"}
 # After these the change stream is invalidated; see "Collection drops and renames" in docs/design.md.
@@ -107,6 +108,8 @@ class Producer:
                         f"MongoDB refused the credentials in MONGO_URI ({exc}). "
                         "Check the user, password and authSource."
                     ) from None
+                if exc.code == CHANGE_STREAM_NEEDS_REPLICA_SET:
+                    raise ConfigurationError(_standalone_message(exc)) from None
                 if exc.code != CHANGE_STREAM_HISTORY_LOST:
                     raise
                 self._history_lost(exc)
@@ -165,7 +168,7 @@ class Producer:
         log.info("No resume token stored: snapshotting %s before following its changes", self.source)
         published = 0
         batch: list[DocumentChange] = []
-        cursor = self.collection.find({}, sort=[("_id", 1)], batch_size=self.settings.batch_size)
+        cursor = durable_reads(self.collection).find({}, sort=[("_id", 1)], batch_size=self.settings.batch_size)
         for document in cursor:
             batch.append(document_change(self.source, document["_id"], document, time.time()))
             if len(batch) >= self.settings.batch_size:
@@ -194,15 +197,12 @@ class Producer:
             operation = event["operationType"]
             EVENTS_READ.labels(operation).inc()
             if operation in DOCUMENT_OPERATIONS:
-                key = _document_key(event)
+                key = event["documentKey"]["_id"]
                 if error is not None:
-                    full_id = _full_document_id(event)
-                    dead_letters.append(self._unreadable(operation, key if full_id is None else full_id, error))
+                    dead_letters.append(self._unreadable(operation, key, error))
                     continue
                 # A document gone by the time it is re-read was deleted since; its delete event follows.
-                changes.append(
-                    document_change(self.source, document["_id"] if document else key, document, _event_time(event))
-                )
+                changes.append(document_change(self.source, key, document, _event_time(event)))
             elif operation in INVALIDATING_OPERATIONS:
                 INVALIDATIONS.labels(operation).inc()
                 log.error(
@@ -217,28 +217,15 @@ class Producer:
         self._write(changes, token=token, dead_letters=dead_letters)
 
     def _reread_changed(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any] | None], list[str | None]]:
-        """Each event's document as it is now (None for deletes and gone documents), and why it could not be read.
-
-        Documents are looked up by documentKey. When that finds nothing and the
-        event's full document names its _id differently (servers that report a
-        documentKey in another BSON type), that _id is tried too.
-        """
-        wanted = [event["operationType"] in ("insert", "update", "replace") for event in events]
-        keys = [event["documentKey"]["_id"] if want else None for event, want in zip(events, wanted, strict=True)]
+        """Each event's document as it is now (None for deletes and gone documents), and why it could not be read."""
+        keys = [
+            event["documentKey"]["_id"] if event["operationType"] in ("insert", "update", "replace") else None
+            for event in events
+        ]
         current, unreadable = self._reread([key for key in keys if key is not None])
         found = [current.get(mongo_id_of(key)) if key is not None else None for key in keys]
-        retry = {
-            index: full_id
-            for index, (event, document) in enumerate(zip(events, found, strict=True))
-            if wanted[index] and document is None and (full_id := _full_document_id(event)) is not None
-        }
         errors = [unreadable.get(mongo_id_of(key)) if key is not None else None for key in keys]
-        if retry:
-            more, more_unreadable = self._reread(list(retry.values()))
-            for index, full_id in retry.items():
-                found[index] = more.get(mongo_id_of(full_id))
-                errors[index] = more_unreadable.get(mongo_id_of(full_id), errors[index])
-        return found, [error if document is None else None for document, error in zip(found, errors, strict=True)]
+        return found, errors
 
     def _reread(self, keys: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """The current documents by mongo_id, and why each document that cannot be read could not be."""
@@ -329,23 +316,14 @@ class Producer:
         self.client.delete(self.token_key)
 
 
-def _document_key(event: dict[str, Any]) -> Any:
-    """The changed document's _id as the event reports it, for events whose document is not read (deletes).
-
-    documentKey, unless the event's full document holds a plain (non-object)
-    _id: the same value, in its own BSON type on servers whose documentKey
-    reports it in another (an int _id as a string).
-    """
-    full_id = _full_document_id(event)
-    return full_id if full_id is not None and not isinstance(full_id, dict) else event["documentKey"]["_id"]
-
-
-def _full_document_id(event: dict[str, Any]) -> Any:
-    """The _id inside the event's full document, when there is one and it differs from documentKey's."""
-    full = event.get("fullDocument")
-    if not isinstance(full, dict) or "_id" not in full or full["_id"] == event["documentKey"]["_id"]:
-        return None
-    return full["_id"]
+def _standalone_message(exc: OperationFailure) -> str:
+    answer = (exc.details or {}).get("errmsg") or str(exc)
+    return (
+        f"The MongoDB server in MONGO_URI is not a replica set member, and change streams need a replica set "
+        f"(the server answered: {answer}). Run MongoDB as a replica set; a single node will do: start mongod "
+        "with `--replSet rs0`, run `rs.initiate()` once in mongosh, add `replicaSet=rs0` to MONGO_URI, and "
+        "start the producer again."
+    )
 
 
 def _event_time(event: dict[str, Any]) -> float:
