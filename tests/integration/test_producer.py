@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from pymongo.errors import OperationFailure
 
 from producer.service import Producer
 from tests.support.pipeline import Pipeline
+from tests.support.servers import BIN, free_port, start_mongo, wait_for
 from vecsync.constants import resume_token_key
 from vecsync.errors import ConfigurationError, HistoryLost
+from vecsync.metrics import REDIS_REFUSED
 
 
 class FailingWatch:
@@ -270,3 +277,66 @@ def test_the_producer_exits_2_with_one_message_on_a_standalone_server(redis_url:
     assert "change streams need a replica set" in output
     assert "rs.initiate()" in output
     assert "Traceback" not in output
+
+
+def refused(reason: str) -> float:
+    return REDIS_REFUSED.labels(stage="producer", reason=reason)._value.get()
+
+
+def test_a_full_redis_is_waited_out_and_nothing_is_lost(pipeline: Pipeline) -> None:
+    client = pipeline.redis_client
+    before = refused("oom")
+    running = producer(pipeline, pipeline.collection)
+    thread = threading.Thread(target=running.run, daemon=True)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", str(int(client.info("memory")["used_memory"])))  # full from now on
+    try:
+        thread.start()
+        pipeline.collection.insert_many([{"_id": f"d{i}", "subject": f"s {i}"} for i in range(20)])
+        wait_for(lambda: refused("oom") > before, timeout=20, what="the producer to meet the full Redis")
+        assert thread.is_alive() and running.liveness.alive()
+    finally:
+        client.config_set("maxmemory", "0")
+    try:
+        wait_for(lambda: len(stage1(pipeline)) == 20, timeout=20, what="the changes to be published")
+    finally:
+        running.stopping.set()
+        thread.join(10)
+    assert sorted(mongo_id for mongo_id, _op in stage1(pipeline)) == sorted(f"d{i}" for i in range(20))
+
+
+def healthz(port: int) -> int:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+    except requests.ConnectionError:
+        return 0
+
+
+def test_healthz_reflects_the_producer_loop(redis_url: str, tmp_path: Path) -> None:
+    mongo = start_mongo(tmp_path / "mongo")
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "MONGO_URI": f"mongodb://127.0.0.1:{mongo.port}/?directConnection=true",
+        "MONGO_COLLECTION": "health",
+        "METRICS_PORT": str(port),
+        "STALL_TIMEOUT_S": "2",
+    }
+    process = subprocess.Popen(
+        [str(BIN / "vecsync-producer")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(lambda: healthz(port) == 200, timeout=30, what="a healthy producer")
+        assert 'vecsync_loop_healthy{stage="producer"} 1.0' in requests.get(f"http://127.0.0.1:{port}/metrics").text
+        assert mongo.process is not None
+        mongo.process.send_signal(signal.SIGSTOP)  # MongoDB stops answering: the producer's read never returns
+        wait_for(lambda: healthz(port) == 503, timeout=15, what="/healthz to report the stuck loop")
+        mongo.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: healthz(port) == 200, timeout=30, what="the producer to recover")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+        if mongo.process is not None:
+            mongo.process.send_signal(signal.SIGCONT)
+        mongo.stop()

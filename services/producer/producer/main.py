@@ -12,7 +12,7 @@ from producer.service import Producer
 from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
 from vecsync.consumer import Backoff
-from vecsync.metrics import register_stream_stats
+from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
 from vecsync.streams import connect, redact_url
 
@@ -41,13 +41,20 @@ def main() -> None:
     )
     stopping = threading.Event()
     stop_on_signals(stopping)
-    server = MetricsServer(settings.metrics_host, settings.metrics_port).start()
+    producers: list[Producer] = []
+
+    def healthy() -> bool:
+        return bool(producers) and producers[0].liveness.alive()
+
+    LOOP_HEALTHY.labels("producer").set_function(healthy)
+    server = MetricsServer(settings.metrics_host, settings.metrics_port, healthy=healthy).start()
     try:
         client = connect(settings.redis_url)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
         register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])
-        Producer(settings, client, mongo_collection(settings), stopping).run()
+        producers.append(Producer(settings, client, mongo_collection(settings), stopping))
+        producers[0].run()
     finally:
         server.close()
 

@@ -31,9 +31,11 @@ from producer.settings import ProducerSettings
 from vecsync.constants import dlq_stream, resume_token_key, resume_token_updated_key
 from vecsync.consumer import Backoff
 from vecsync.errors import ConfigurationError, HistoryLost
+from vecsync.liveness import Liveness
 from vecsync.messages import DocumentChange
+from vecsync.metrics import REDIS_REFUSED
 from vecsync.source import document_change, durable_reads, mongo_id_of, read_current
-from vecsync.streams import dead_letter_fields
+from vecsync.streams import REDIS_REFUSALS, dead_letter_fields, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,15 @@ class Producer:
         self._token_stored_at = time.time()
         self._token_written: str | None = None  # the token JSON this process last stored
         self._wrote_since_failure = False
+        # Beats at every read of the change stream, every snapshot batch and every pause: what /healthz reports.
+        self.liveness = Liveness(settings.stall_timeout_s)
         TOKEN_AGE.set_function(lambda: time.time() - self._token_stored_at)
 
     def run(self, *, drain: bool = False) -> None:
         """Publish changes until stopped; with ``drain``, until no change is waiting."""
-        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, self.liveness)
         while not self.stopping.is_set():
+            self.liveness.beat()
             try:
                 if self._follow_changes(drain=drain):
                     continue
@@ -99,6 +104,10 @@ class Producer:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 ERRORS.labels("redis").inc()
                 log.warning("Redis unavailable (%s); resuming from the stored token after a pause", exc)
+            except REDIS_REFUSALS as exc:  # full, or a read-only replica after a failover: it passes
+                ERRORS.labels("redis").inc()
+                REDIS_REFUSED.labels(stage="producer", reason=refusal_reason(exc)).inc()
+                log.warning("Redis refused the write (%s); resuming from the stored token after a pause", exc)
             except TokenMoved as exc:
                 ERRORS.labels("redis").inc()
                 log.warning("%s; resuming from the stored token", exc)
@@ -130,6 +139,7 @@ class Producer:
             if token is None:
                 self._snapshot(stream)
             while not self.stopping.is_set():
+                self.liveness.beat()
                 read_started = time.monotonic()
                 events = self._next_events(stream)
                 if events:
@@ -174,6 +184,7 @@ class Producer:
             if len(batch) >= self.settings.batch_size:
                 published += self._write(batch, token=None)
                 batch = []
+                self.liveness.beat()
             if self.stopping.is_set():
                 log.info("Stopped during the snapshot; it restarts from the beginning next time")
                 return
