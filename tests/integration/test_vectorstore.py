@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from vecsync.settings import QdrantSettings
 from vecsync.vectorstore import Point, VectorStore
 
@@ -95,3 +97,23 @@ class TestWritesIfNewer:
         store.upsert([Point(PID, [1.0, 0.0, 0.0, 0.0], {"mongo_id": "a", "text": "by hand", "version": "900-0"})])
         store.write_if_newer(upserts=[point("100-0", "a")])
         assert held(store) == ("100-0", "a")
+
+
+@pytest.mark.parametrize(("version", "accepted"), [("1.15.4", False), ("1.16.0", True), ("1.19.1", True)])
+def test_the_fence_refuses_a_qdrant_server_without_conditional_writes(version: str, accepted: bool) -> None:
+    from qdrant_client import QdrantClient
+
+    from tests.support.fake_api import FakeApi
+    from vecsync.errors import ConfigurationError
+
+    qdrant = FakeApi()  # answers GET / as a Qdrant server does
+    qdrant.body = {"title": "qdrant - vector search engine", "version": version, "commit": "0"}
+    try:
+        store = VectorStore(QdrantClient(url=qdrant.url, timeout=5, check_compatibility=False), "documents", 4)
+        if accepted:
+            store.require_conditional_writes()
+        else:
+            with pytest.raises(ConfigurationError, match=r"1\.16"):
+                store.require_conditional_writes()
+    finally:
+        qdrant.close()

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 VERSION_MS = "version_ms"
 VERSION_SEQ = "version_seq"
 
+# The first Qdrant release with conditional upserts (an upsert's update_filter).
+CONDITIONAL_WRITES_SINCE = (1, 16)
+
 # The file under DATA_DIR where an upserter holding an embedded store keeps the key of its store routes.
 STORE_KEY_FILE = "upserter-api-key"
 
@@ -143,6 +146,22 @@ class VectorStore:
             self.client.create_payload_index(self.collection, "mongo_id", models.PayloadSchemaType.KEYWORD)
             use_write_ahead_log(self.client)
             log.info("Created Qdrant collection %r (%d dimensions, cosine)", self.collection, self.dim)
+
+    def require_conditional_writes(self) -> None:
+        """ConfigurationError unless Qdrant applies conditional upserts (update_filter), which the fence relies on."""
+        with _mapped_errors("read the server's version"):
+            version = self.client.info().version
+        parts = version.split(".")[:2]
+        if len(parts) == 2 and all(part.isdigit() for part in parts):
+            if (int(parts[0]), int(parts[1])) < CONDITIONAL_WRITES_SINCE:
+                since = ".".join(map(str, CONDITIONAL_WRITES_SINCE))
+                raise ConfigurationError(
+                    f"The Qdrant server runs version {version}, older than {since}, the first that applies an "
+                    "upsert only over the points its update_filter matches. The upserter relies on that to never "
+                    f"write a change over a newer one: upgrade Qdrant to {since} or later."
+                )
+            return
+        log.warning("Qdrant reports version %r; assuming it applies conditional upserts (since 1.16)", version)
 
     def upsert(self, points: list[Point]) -> None:
         if not points:

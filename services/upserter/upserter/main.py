@@ -70,10 +70,11 @@ def main() -> None:
 
 
 def _wait_for_collection(store: VectorStore, settings: UpserterSettings, stopping: threading.Event) -> bool:
-    """Create or check the collection, waiting while Qdrant is unreachable; False if asked to stop first."""
+    """Check Qdrant and create or check the collection, waiting while it is unreachable; False if asked to stop."""
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
     while not stopping.is_set():
         try:
+            store.require_conditional_writes()
             store.ensure_collection()
             return True
         except TransientError as exc:
