@@ -69,6 +69,8 @@ class _Plan:
     deletes: dict[str, str] = field(default_factory=dict)
     needs_vector: list[str] = field(default_factory=list)
     superseded: int = 0
+    # Points that have no point, or will have none: their skip-unchanged hints go.
+    gone: set[str] = field(default_factory=set)
 
     def written(self) -> dict[str, EmbeddedDocument]:
         return {**self.upserts, **self.payloads}
@@ -139,7 +141,7 @@ class Upserter:
             held.confirm()
             current = self.store.payloads(ids, fields=_STATE_FIELDS)
             plan = _plan(newest, tombstones, current)
-            self.models.check(plan.written().values())
+            self.models.check(list(plan.written().values()))
             held.confirm()
             self.store.write_if_newer(
                 upserts=[_point(pid, doc) for pid, doc in plan.upserts.items()],
@@ -147,7 +149,7 @@ class Upserter:
                 deletes=plan.deletes,
             )
             self._bury_overtaken(plan)
-            self._record_texts(held, plan, newest)
+            self._record_texts(held, plan)
         for pid in plan.needs_vector:
             self._embed_again(newest[pid], batch)
         SUPERSEDED.inc(plan.superseded)
@@ -183,14 +185,15 @@ class Upserter:
             plan.upserts.pop(pid, None)
             plan.payloads.pop(pid, None)
             plan.deletes[pid] = overtaken[pid]
+            plan.gone.add(pid)
 
-    def _record_texts(self, held: HeldLocks, plan: _Plan, newest: dict[str, EmbeddedDocument]) -> None:
+    def _record_texts(self, held: HeldLocks, plan: _Plan) -> None:
         """Update the skip-unchanged hint of each point written, in one step with a last check of the locks.
 
         Only a hint (the upserter checks a payload-only entry against the point itself), but one that an upserter
         whose locks lapsed must not write: it could be older than what another upserter wrote since.
         """
-        fields: dict[str, str | None] = {pid: None for pid in plan.deletes}
+        fields: dict[str, str | None] = dict.fromkeys(plan.gone)
         for pid, doc in plan.written().items():
             payload = doc.payload or {}
             sha = payload.get("text_sha256")
@@ -231,6 +234,7 @@ def _plan(
     for pid, doc in newest.items():
         version, point = parse_version(doc.version), current.get(pid)
         if doc.op == "delete":
+            plan.gone.add(pid)
             if point is not None:
                 plan.deletes[pid] = doc.version
             continue
@@ -238,6 +242,7 @@ def _plan(
         if tombstone is not None and tombstone >= version:
             # A newer delete: no point may hold an older state (a write that lost its locks could have left one).
             plan.superseded += 1
+            plan.gone.add(pid)
             if point is not None:
                 plan.deletes[pid] = _version_text(tombstone)
             continue
@@ -298,13 +303,14 @@ class ModelCheck:
         self.store = store
         self.done = False
 
-    def check(self, documents: Any) -> None:
+    def check(self, documents: list[EmbeddedDocument]) -> None:
         if self.done:
             return
-        models = {(doc.payload or {}).get("model") for doc in documents}
-        if not models:
+        if not documents:
             return
-        model = sorted(models, key=str)[0]
+        # The newest entry's model is the one the embedder-workers use now.
+        newest = max(documents, key=lambda doc: parse_version(doc.version))
+        model = (newest.payload or {}).get("model")
         page, _next = self.store.scroll(limit=self.SAMPLE, offset=None, fields=["model"])
         self.done = True
         counts = collections.Counter(payload.get("model") for payload in page.values())
