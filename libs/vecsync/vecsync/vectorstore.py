@@ -12,6 +12,7 @@ than it, so the collection itself is the version fence (see docs/design.md).
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,7 +64,8 @@ def with_version_numbers(payload: Mapping[str, Any]) -> dict[str, Any]:
     """``payload`` with its `version` string also as the numbers that Qdrant's conditions compare."""
     version = version_of(payload)
     if version is None:
-        raise ValueError(f"a payload written under the version fence needs a 'version' like '1-0', got {payload!r}")
+        given = payload.get("version")
+        raise ValueError(f"a payload written under the version fence needs a 'version' like '1-0', got {given!r}")
     return {**payload, VERSION_MS: version[0], VERSION_SEQ: version[1]}
 
 
@@ -115,7 +117,10 @@ class VectorStore:
         path = settings.embedded_path(data_dir)
         if path is None:
             client = QdrantClient(
-                url=settings.qdrant_url, api_key=settings.qdrant_api_key, timeout=int(settings.qdrant_timeout_s)
+                url=settings.qdrant_url,
+                api_key=settings.qdrant_api_key,
+                # The client takes whole seconds; rounding down would turn a timeout under 1 s into none at all.
+                timeout=math.ceil(settings.qdrant_timeout_s),
             )
         else:
             path.mkdir(parents=True, exist_ok=True)
@@ -164,6 +169,7 @@ class VectorStore:
         log.warning("Qdrant reports version %r; assuming it applies conditional upserts (since 1.16)", version)
 
     def upsert(self, points: list[Point]) -> None:
+        """Write ``points`` unconditionally, past the version fence: for tools and tests, never the pipeline."""
         if not points:
             return
         structs = [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points]
@@ -209,18 +215,8 @@ class VectorStore:
         with _mapped_errors("write points"):
             self.client.batch_update_points(self.collection, update_operations=operations, wait=True)
 
-    def overwrite_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
-        """Replace the payloads of existing points, keeping their vectors, in one request."""
-        if not payloads:
-            return
-        operations = [
-            models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=payload, points=[pid]))
-            for pid, payload in payloads.items()
-        ]
-        with _mapped_errors("overwrite payloads"):
-            self.client.batch_update_points(self.collection, update_operations=operations, wait=True)
-
     def delete(self, point_ids: list[str]) -> None:
+        """Delete points unconditionally, past the version fence: for tools and tests, never the pipeline."""
         if not point_ids:
             return
         with _mapped_errors("delete points"):

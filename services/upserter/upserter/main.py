@@ -49,7 +49,7 @@ def main() -> None:
     def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
         if not _wait_for_collection(store, settings, stopping):
             return None
-        if client.exists(APPLIED_VERSIONS_KEY):
+        if _exists(client, APPLIED_VERSIONS_KEY):
             log.warning(
                 "The Redis hash %s is no longer used: the version fence lives in each point's payload and deletes "
                 "in the tombstones (docs/design.md). Delete it to free its memory: DEL %s",
@@ -67,6 +67,13 @@ def main() -> None:
         post_routes=routes,
     )
     store.close()
+
+
+def _exists(client: redis.Redis, key: str) -> bool:
+    try:
+        return bool(client.exists(key))
+    except redis.RedisError:  # only decides whether to log a hint
+        return False
 
 
 def _wait_for_collection(store: VectorStore, settings: UpserterSettings, stopping: threading.Event) -> bool:
