@@ -233,20 +233,23 @@ def _plan(
     plan = _Plan()
     for pid, doc in newest.items():
         version, point = parse_version(doc.version), current.get(pid)
-        if doc.op == "delete":
-            plan.gone.add(pid)
-            if point is not None:
-                plan.deletes[pid] = doc.version
-            continue
-        tombstone = tombstones.get(pid)
-        if tombstone is not None and tombstone >= version:
-            # A newer delete: no point may hold an older state (a write that lost its locks could have left one).
-            plan.superseded += 1
-            plan.gone.add(pid)
-            if point is not None:
-                plan.deletes[pid] = _version_text(tombstone)
-            continue
+        # Read from the `version` string, which points written before the numeric fields also carry.
         held_version = version_of(point) if point is not None else None
+        tombstone = tombstones.get(pid)
+        if doc.op == "delete" or (tombstone is not None and tombstone >= version):
+            # A delete, or an entry that a newer delete overtook: no point may keep an older state (a write that
+            # lost its locks could have left one behind).
+            deleted_at = version if doc.op == "delete" else tombstone
+            assert deleted_at is not None
+            if held_version is not None and held_version >= deleted_at:
+                plan.superseded += 1  # the document was written again since
+                continue
+            if doc.op != "delete":
+                plan.superseded += 1
+            plan.gone.add(pid)
+            if point is not None:
+                plan.deletes[pid] = _version_text(deleted_at)
+            continue
         if held_version is not None and held_version >= version:
             plan.superseded += 1
         elif doc.op == "upsert":
