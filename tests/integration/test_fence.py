@@ -283,3 +283,19 @@ class TestModel:
         assert len(warnings) == 1, warnings
         assert "new-model" in warnings[0] and "vecsync verify --repair" in warnings[0]
         assert OTHER_MODEL_POINTS._value.get() == 3
+
+
+class TestUpgrade:
+    def test_a_point_of_an_earlier_release_is_fenced_by_its_version_string(self, pipeline: Pipeline) -> None:
+        from vecsync.vectorstore import Point
+
+        pid = point_id(SOURCE, "d")
+        legacy = {"mongo_id": "d", "source": SOURCE, "text": "legacy", "text_sha256": "x", "version": "500-0"}
+        pipeline.store.upsert([Point(pid, [1.0] * 384, legacy)])  # no version_ms, no model
+        pipeline.redis_client.xadd(STAGE2_STREAM, entry("d", "300-0", "older"))
+        pipeline.upserter_consumer().run(drain=True)
+        assert pipeline.points()["d"]["text"] == "legacy"
+        pipeline.redis_client.xadd(STAGE2_STREAM, entry("d", "600-0", "newer"))
+        pipeline.upserter_consumer().run(drain=True)
+        payload = pipeline.points()["d"]
+        assert (payload["text"], payload["version_ms"], payload["version_seq"]) == ("newer", 600, 0)
