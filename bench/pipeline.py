@@ -48,6 +48,7 @@ from tests.support.servers import wait_for  # noqa: E402
 from tests.support.stack import drained, stack_settings  # noqa: E402
 from vecsync.cli.store import UpserterStore  # noqa: E402
 from vecsync.localstack import LocalStack, read_samples  # noqa: E402
+from vecsync.vectorstore import store_key_file  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = int(os.environ.get("BENCH_DOCS", "2000"))
@@ -146,7 +147,9 @@ def stack(name: str, backend: str, **env: str) -> Iterator[tuple[LocalStack, Any
 
 
 def searchable(running: LocalStack) -> int:
-    return UpserterStore(running.settings.upserter_url, "", timeout_s=10).count()
+    return UpserterStore(
+        running.settings.upserter_url, "", timeout_s=10, key_file=store_key_file(running.data_dir)
+    ).count()
 
 
 def insert_and_time(running: LocalStack, collection: Any, docs: list[dict[str, Any]]) -> float:
@@ -224,7 +227,7 @@ def texts_embedded(running: LocalStack) -> float:
 
 def steady_latency(running: LocalStack, collection: Any, rate: float, seconds: float) -> list[float]:
     """Insert at ``rate`` documents/s for ``seconds``; return each document's seconds from insert to searchable."""
-    reader = UpserterStore(running.settings.upserter_url, "", timeout_s=10)
+    reader = UpserterStore(running.settings.upserter_url, "", timeout_s=10, key_file=store_key_file(running.data_dir))
     from vecsync.documents import point_id
 
     inserted: dict[str, float] = {}

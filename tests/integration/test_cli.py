@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from tests.support.pipeline import Pipeline
-from vecsync.cli.context import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Context
+from vecsync.cli.context import EXIT_DRIFT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Context
 from vecsync.cli.main import main
 from vecsync.cli.settings import CliSettings
-from vecsync.constants import APPLIED_VERSIONS_KEY, VERIFY_PROGRESS_PREFIX
+from vecsync.constants import VERIFY_PROGRESS_PREFIX
 from vecsync.documents import point_id
+from vecsync.streams import dead_letter_fields
 from vecsync.vectorstore import Point
 
 
@@ -30,6 +32,25 @@ def cli(pipeline: Pipeline, *argv: str, **overrides: Any) -> int:
     return main(list(argv), ctx)
 
 
+def dead_letter_stage2(pipeline: Pipeline, mongo_id: str) -> None:
+    """Put the first stage 2 entry of ``mongo_id`` in the stage 2 DLQ, as an upserter does with an entry it fails."""
+    entry_id, fields = next(
+        (entry_id, fields)
+        for entry_id, fields in pipeline.redis_client.xrange("embedded_documents")
+        if fields["mongo_id"] == mongo_id
+    )
+    letter = dead_letter_fields(
+        stream="embedded_documents",
+        group="qdrant_upserters",
+        entry_id=entry_id,
+        fields=fields,
+        error="Qdrant rejected the request",
+        deliveries=5,
+        consumer="upserter-1",
+    )
+    pipeline.redis_client.xadd("embedded_documents:dlq", letter)
+
+
 def seed(pipeline: Pipeline, count: int = 6) -> None:
     pipeline.collection.insert_many(
         [{"_id": f"d{i}", "subject": f"ticket {i}", "content": "text"} for i in range(count)]
@@ -41,8 +62,6 @@ class TestStatusAndSearch:
     def test_status_reports_each_stage(self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:
         seed(pipeline, 3)
         assert cli(pipeline, "status", "--json") == EXIT_OK
-        import json
-
         report = json.loads(capsys.readouterr().out)
         assert report["stage1"]["length"] == 3 and report["stage1"]["lag"] == 0 and report["stage1"]["pending"] == 0
         assert report["stage2"]["dlq_length"] == 0
@@ -101,17 +120,55 @@ class TestDeadLetters:
         # The replay re-read the document, so its current state, not the failed copy, is searchable.
         assert pipeline.points()["poison"]["subject"] == "fixed since"
 
-    def test_stage2_letters_replay_as_they_were(self, pipeline: Pipeline) -> None:
+    def test_a_stage2_letter_is_replayed_from_mongodb(self, pipeline: Pipeline) -> None:
         seed(pipeline, 1)
-        fields = pipeline.redis_client.xrange("embedded_documents")[0][1]
+        dead_letter_stage2(pipeline, "d0")
         pipeline.store.delete([point_id(pipeline.source, "d0")])
-        pipeline.redis_client.delete(APPLIED_VERSIONS_KEY)
-        pipeline.redis_client.xadd(
-            "embedded_documents:dlq", {"stream": "embedded_documents", "fields": __import__("json").dumps(fields)}
-        )
+        assert cli(pipeline, "--yes", "dlq", "replay", "--all", "--stage", "2") == EXIT_OK
+        assert pipeline.redis_client.xlen("embedded_documents:dlq") == 0
+        pipeline.drain()
+        assert "d0" in pipeline.points()
+
+    def test_a_stage2_letter_replayed_after_a_rebuild_keeps_a_deleted_document_deleted(
+        self, pipeline: Pipeline
+    ) -> None:
+        seed(pipeline, 2)
+        dead_letter_stage2(pipeline, "d0")
+        pipeline.collection.delete_one({"_id": "d0"})
+        pipeline.drain()
+        assert cli(pipeline, "--yes", "rebuild", "--from-mongo") == EXIT_OK
+        pipeline.drain()
+        assert cli(pipeline, "--yes", "dlq", "replay", "--all", "--stage", "2") == EXIT_OK
+        pipeline.drain()
+        assert "d0" not in pipeline.points()
+        pipeline.assert_matches_mongo()
+
+    def test_a_stage2_letter_replayed_after_a_rebuild_yields_the_current_state(self, pipeline: Pipeline) -> None:
+        seed(pipeline, 1)
+        dead_letter_stage2(pipeline, "d0")
+        pipeline.collection.update_one({"_id": "d0"}, {"$set": {"subject": "edited since"}})
+        pipeline.drain()
+        assert cli(pipeline, "--yes", "rebuild", "--from-mongo") == EXIT_OK
         assert cli(pipeline, "--yes", "dlq", "replay", "--all", "--stage", "2") == EXIT_OK
         pipeline.upserter_consumer().run(drain=True)
-        assert "d0" in pipeline.points()
+        assert pipeline.points().get("d0", {}).get("subject") in (None, "edited since"), "an older state came back"
+        pipeline.drain()
+        assert pipeline.points()["d0"]["subject"] == "edited since"
+
+    def test_a_stage2_letter_of_another_collection_is_left_in_its_dlq(
+        self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        seed(pipeline, 1)
+        dead_letter_stage2(pipeline, "d0")
+        [(entry_id, fields)] = pipeline.redis_client.xrange("embedded_documents:dlq")
+        original = {**json.loads(fields["fields"]), "source": "other.documents"}
+        pipeline.redis_client.xadd("embedded_documents:dlq", {**fields, "fields": json.dumps(original)})
+        pipeline.redis_client.xdel("embedded_documents:dlq", entry_id)
+        before = pipeline.redis_client.xlen("embedded_documents")
+        assert cli(pipeline, "--yes", "dlq", "replay", "--all", "--stage", "2") == EXIT_FAILED
+        assert "other.documents" in capsys.readouterr().err
+        assert pipeline.redis_client.xlen("embedded_documents:dlq") == 1
+        assert pipeline.redis_client.xlen("embedded_documents") == before
 
     def test_purge(self, pipeline: Pipeline) -> None:
         pipeline.redis_client.xadd("raw_document_changes:dlq", {"error": "x"})

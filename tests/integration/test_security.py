@@ -82,32 +82,44 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         clients[name] = connect(url.replace("redis://", f"redis://vecsync-{name}:pw-{name}@"))
     try:
         # The group is created by the operator (or the first consumer); do it as admin here, then drop admin rights.
-        pipeline.collection.insert_many([{"_id": f"d{i}", "subject": f"s {i}"} for i in range(5)])
-        Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)
         embedder_settings = pipeline.embedder_settings(trim_interval_s=0.001)
         embedding = EmbeddingClient.from_settings(embedder_settings)
-        embedder = StreamConsumer(
-            clients["embedder"],
-            stage="embedder",
-            stream="raw_document_changes",
-            group="embedding_processors",
-            handler=Embedder(embedder_settings, embedding, clients["embedder"]).handle,
-            settings=embedder_settings,
-        )
-        hold_renew_and_hand_back_one_entry(embedder)
-        embedder.run(drain=True)
         upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001)
-        upserter = StreamConsumer(
-            clients["upserter"],
-            stage="upserter",
-            stream="embedded_documents",
-            group="qdrant_upserters",
-            handler=Upserter(upserter_settings, clients["upserter"], pipeline.store).handle,
-            settings=upserter_settings,
-        )
-        hold_renew_and_hand_back_one_entry(upserter)
-        upserter.run(drain=True)
+
+        def run_stages(*, through_an_outage: bool = False) -> None:
+            Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)
+            embedder = StreamConsumer(
+                clients["embedder"],
+                stage="embedder",
+                stream="raw_document_changes",
+                group="embedding_processors",
+                handler=Embedder(embedder_settings, embedding, clients["embedder"]).handle,
+                settings=embedder_settings,
+            )
+            if through_an_outage:
+                hold_renew_and_hand_back_one_entry(embedder)
+            embedder.run(drain=True)
+            upserter = StreamConsumer(
+                clients["upserter"],
+                stage="upserter",
+                stream="embedded_documents",
+                group="qdrant_upserters",
+                handler=Upserter(upserter_settings, clients["upserter"], pipeline.store).handle,
+                settings=upserter_settings,
+            )
+            if through_an_outage:
+                hold_renew_and_hand_back_one_entry(upserter)
+            upserter.run(drain=True)
+
+        pipeline.collection.insert_many([{"_id": f"d{i}", "subject": f"s {i}"} for i in range(5)])
+        run_stages(through_an_outage=True)
+        pipeline.collection.delete_one({"_id": "d4"})  # so that the upserter writes a tombstone too
+        pipeline.collection.update_one({"_id": "d3"}, {"$set": {"owner": "Bob"}})  # and a payload-only change
+        run_stages()
         pipeline.assert_matches_mongo()
+        for stream in ("raw_document_changes", "embedded_documents"):
+            assert redis_client.xlen(stream + ":dlq") == 0, f"a service lacked a permission on {stream}"
+        assert redis_client.hlen("vecsync:upserter:tombstones:documents") == 1
     finally:
         for name in users:
             redis_client.execute_command("ACL", "DELUSER", f"vecsync-{name}")
@@ -145,3 +157,59 @@ def test_a_qdrant_server_refusing_the_api_key_stops_the_upserter_with_a_clear_me
         assert qdrant.requests, "the client never reached the server"
     finally:
         qdrant.close()
+
+
+def _post(url: str, body: dict[str, Any]) -> requests.Response:
+    return requests.post(url, json=body, timeout=10)
+
+
+class TestUpserterStoreRoutes:
+    """The collection operations the embedded upserter serves for the CLI answer only a caller with its key."""
+
+    def test_an_unauthenticated_caller_gets_401_and_the_collection_is_untouched(self, store: Any) -> None:
+        from upserter.read_api import store_routes
+        from vecsync.cli.store import UpserterStore
+        from vecsync.errors import ConfigurationError
+        from vecsync.runtime import MetricsServer
+        from vecsync.vectorstore import Point
+
+        store.upsert([Point("00000000-0000-0000-0000-000000000001", [1.0] * 384, {"mongo_id": "a"})])
+        server = MetricsServer("127.0.0.1", 0, post_routes=store_routes(store, api_key="the-key")).start()
+        base = f"http://127.0.0.1:{server.port}"
+        try:
+            for path in ("/recreate", "/count", "/search", "/payloads", "/scroll"):
+                assert _post(base + path, {}).status_code == 401, path
+                assert _post(base + path, {"api_key": "not-the-key"}).status_code == 401, path
+            assert store.count() == 1, "the collection was touched"
+            assert requests.get(base + "/metrics", timeout=10).ok and requests.get(base + "/healthz", timeout=10).ok
+            assert UpserterStore(base, "documents", 10, api_key="the-key").count() == 1
+            with pytest.raises(ConfigurationError, match="UPSERTER_API_KEY") as error:
+                UpserterStore(base, "documents", 10, api_key="not-the-key").count()
+            assert "not-the-key" not in str(error.value)
+        finally:
+            server.close()
+
+    def test_the_embedded_upserter_keeps_its_key_in_a_private_file_that_the_local_cli_reads(
+        self, redis_url: str, tmp_path: Path
+    ) -> None:
+        from vecsync.cli.settings import CliSettings
+        from vecsync.cli.store import UpserterStore, open_store
+
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": redis_url, "METRICS_PORT": str(port), "DATA_DIR": str(tmp_path)}
+        process = subprocess.Popen(
+            [str(BIN / "vecsync-upserter")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, what="a healthy upserter")
+            [key_file] = [path for path in tmp_path.iterdir() if "key" in path.name]
+            assert key_file.stat().st_mode & 0o777 == 0o600
+            assert _post(base + "/recreate", {}).status_code == 401
+            store = open_store(CliSettings(redis_url=redis_url, data_dir=tmp_path, upserter_url=base))
+            assert isinstance(store, UpserterStore) and store.count() == 0
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, output
+        assert key_file.read_text().strip() not in output, "the key was logged"

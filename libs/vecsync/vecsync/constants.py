@@ -25,12 +25,23 @@ def resume_token_updated_key(source: str) -> str:
     return f"vecsync:producer:{source}:resume_token_updated_at"
 
 
-# Upserter state: the newest version written to Qdrant per point (deletes
-# included, as tombstones), and the per-point write locks.
+# Upserter state. The version fence itself lives in each point's payload in Qdrant (see docs/design.md).
+# No longer used: the newest version applied per point, as earlier upserters kept it. `vecsync rebuild` deletes it.
 APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"
-# The text_sha256 of each point's text as last written: the embedder-worker checks it to skip unchanged texts.
+# The text fingerprint (vecsync.documents.text_fingerprint) of each point as last written: only a hint, which the
+# embedder-worker checks to skip unchanged texts.
 APPLIED_TEXT_KEY = "vecsync:upserter:applied_text"
 POINT_LOCK_PREFIX = "vecsync:upserter:lock:"
+
+
+def tombstones_key(collection: str) -> str:
+    """The hash of the newest delete version per point of Qdrant collection ``collection``.
+
+    Deletes leave no point to carry their version, so their tombstones live here. They record MongoDB's order of
+    changes, so they stay valid when the collection is emptied, recreated or rebuilt.
+    """
+    return f"vecsync:upserter:tombstones:{collection}"
+
 
 # Set to the trim bound once a stream has been trimmed: from then on it no longer holds every change.
 TRIMMED_KEY_PREFIX = "vecsync:trimmed:"

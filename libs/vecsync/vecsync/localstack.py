@@ -36,6 +36,7 @@ from vecsync import settings as settings_module
 from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.settings import CommonSettings, MongoSettings
+from vecsync.vectorstore import store_key_file
 
 log = logging.getLogger("vecsync.localstack")
 BIN = Path(sys.executable).parent
@@ -225,7 +226,7 @@ class LocalStack:
         return total
 
     def wait_until_searchable(self, total: int) -> None:
-        reader = UpserterStore(self.settings.upserter_url, "", timeout_s=10)
+        reader = UpserterStore(self.settings.upserter_url, "", timeout_s=10, key_file=store_key_file(self.data_dir))
         deadline = time.monotonic() + self.settings.startup_timeout_s
         searchable = -1
         while not self.stopping.is_set():

@@ -3,12 +3,18 @@
 Only one process may open an embedded path. In the embedded default that is
 the upserter, which also answers the operator CLI's reads over HTTP; with a
 Qdrant server every process talks to it directly.
+
+The pipeline's writes are conditional (``write_if_newer``): each point carries
+its version in its payload, and Qdrant applies a write only over a point older
+than it, so the collection itself is the version fence (see docs/design.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +22,72 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from vecsync.errors import ConfigurationError, PermanentError, TransientError
+from vecsync.errors import ConfigurationError, InvalidEntry, PermanentError, TransientError
+from vecsync.messages import parse_version
 from vecsync.settings import QdrantSettings
 
 log = logging.getLogger(__name__)
+
+# A point's version as numbers, beside the `version` string: Qdrant's range conditions compare numbers as
+# floats, so one combined integer of milliseconds and sequence would lose precision; each part alone is exact.
+VERSION_MS = "version_ms"
+VERSION_SEQ = "version_seq"
+
+# The first Qdrant release with conditional upserts (an upsert's update_filter).
+CONDITIONAL_WRITES_SINCE = (1, 16)
+
+# The file under DATA_DIR where an upserter holding an embedded store keeps the key of its store routes.
+STORE_KEY_FILE = "upserter-api-key"
+
+
+def store_key_file(data_dir: Path) -> Path:
+    """Where the embedded upserter writes the key that its collection operations require (mode 0600)."""
+    return data_dir / STORE_KEY_FILE
+
+
+class CollectionMissing(TransientError):
+    """Raised when the collection does not exist (deleted by hand or by a rebuild); create it and try again."""
+
+
+def version_of(payload: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The version a point's payload records, or None when it has none that parses."""
+    version = payload.get("version")
+    if not isinstance(version, str):
+        return None
+    try:
+        return parse_version(version)
+    except InvalidEntry:
+        return None
+
+
+def with_version_numbers(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` with its `version` string also as the numbers that Qdrant's conditions compare."""
+    version = version_of(payload)
+    if version is None:
+        given = payload.get("version")
+        raise ValueError(f"a payload written under the version fence needs a 'version' like '1-0', got {given!r}")
+    return {**payload, VERSION_MS: version[0], VERSION_SEQ: version[1]}
+
+
+def older_than(version: tuple[int, int]) -> models.Filter:
+    """Matches a point whose version is older than ``version``, or that records none as numbers."""
+    millis, seq = version
+    return models.Filter(
+        should=[
+            models.IsEmptyCondition(is_empty=models.PayloadField(key=VERSION_MS)),
+            models.FieldCondition(key=VERSION_MS, range=models.Range(lt=millis)),
+            models.Filter(
+                must=[
+                    models.FieldCondition(key=VERSION_MS, match=models.MatchValue(value=millis)),
+                    models.FieldCondition(key=VERSION_SEQ, range=models.Range(lt=seq)),
+                ]
+            ),
+        ]
+    )
+
+
+def _this_point_if_older(point_id: str, version: tuple[int, int]) -> list[models.Condition]:
+    return [models.HasIdCondition(has_id=[point_id]), older_than(version)]
 
 
 @dataclass
@@ -49,7 +117,10 @@ class VectorStore:
         path = settings.embedded_path(data_dir)
         if path is None:
             client = QdrantClient(
-                url=settings.qdrant_url, api_key=settings.qdrant_api_key, timeout=int(settings.qdrant_timeout_s)
+                url=settings.qdrant_url,
+                api_key=settings.qdrant_api_key,
+                # The client takes whole seconds; rounding down would turn a timeout under 1 s into none at all.
+                timeout=math.ceil(settings.qdrant_timeout_s),
             )
         else:
             path.mkdir(parents=True, exist_ok=True)
@@ -81,25 +152,71 @@ class VectorStore:
             use_write_ahead_log(self.client)
             log.info("Created Qdrant collection %r (%d dimensions, cosine)", self.collection, self.dim)
 
+    def require_conditional_writes(self) -> None:
+        """ConfigurationError unless Qdrant applies conditional upserts (update_filter), which the fence relies on."""
+        with _mapped_errors("read the server's version"):
+            version = self.client.info().version
+        parts = version.split(".")[:2]
+        if len(parts) == 2 and all(part.isdigit() for part in parts):
+            if (int(parts[0]), int(parts[1])) < CONDITIONAL_WRITES_SINCE:
+                since = ".".join(map(str, CONDITIONAL_WRITES_SINCE))
+                raise ConfigurationError(
+                    f"The Qdrant server runs version {version}, older than {since}, the first that applies an "
+                    "upsert only over the points its update_filter matches. The upserter relies on that to never "
+                    f"write a change over a newer one: upgrade Qdrant to {since} or later."
+                )
+            return
+        log.warning("Qdrant reports version %r; assuming it applies conditional upserts (since 1.16)", version)
+
     def upsert(self, points: list[Point]) -> None:
+        """Write ``points`` unconditionally, past the version fence: for tools and tests, never the pipeline."""
         if not points:
             return
         structs = [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points]
         with _mapped_errors("upsert points"):
             self.client.upsert(self.collection, points=structs, wait=True)
 
-    def overwrite_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
-        """Replace the payloads of existing points, keeping their vectors, in one request."""
-        if not payloads:
+    def write_if_newer(
+        self,
+        *,
+        upserts: Sequence[Point] = (),
+        payloads: Mapping[str, dict[str, Any]] | None = None,
+        deletes: Mapping[str, str] | None = None,
+    ) -> None:
+        """Apply the writes in one request, each only over a point older than the write's version.
+
+        ``upserts`` and ``payloads`` carry their version in their payload's `version`; ``deletes`` maps point ids
+        to the version of the delete. An upsert inserts a missing point; a payload replaces the payload of an
+        existing point that also holds the same `text_sha256` and `model` (the vector is kept, so it must be the
+        vector of that text by that model); a delete removes an existing point. Versions are compared in Qdrant,
+        so a writer that lost its locks can never move a point backwards.
+        """
+        operations: list[models.UpdateOperation] = []
+        for pid, version in (deletes or {}).items():
+            selector = models.FilterSelector(
+                filter=models.Filter(must=_this_point_if_older(pid, parse_version(version)))
+            )
+            operations.append(models.DeleteOperation(delete=selector))
+        for point in upserts:
+            payload = with_version_numbers(point.payload)
+            struct = models.PointStruct(id=point.id, vector=point.vector, payload=payload)
+            update_filter = older_than((payload[VERSION_MS], payload[VERSION_SEQ]))
+            operations.append(
+                models.UpsertOperation(upsert=models.PointsList(points=[struct], update_filter=update_filter))
+            )
+        for pid, raw in (payloads or {}).items():
+            payload = with_version_numbers(raw)
+            must = _this_point_if_older(pid, (payload[VERSION_MS], payload[VERSION_SEQ]))
+            must += [_equals("text_sha256", payload.get("text_sha256")), _equals("model", payload.get("model"))]
+            selection = models.SetPayload(payload=payload, filter=models.Filter(must=must))
+            operations.append(models.OverwritePayloadOperation(overwrite_payload=selection))
+        if not operations:
             return
-        operations = [
-            models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=payload, points=[pid]))
-            for pid, payload in payloads.items()
-        ]
-        with _mapped_errors("overwrite payloads"):
+        with _mapped_errors("write points"):
             self.client.batch_update_points(self.collection, update_operations=operations, wait=True)
 
     def delete(self, point_ids: list[str]) -> None:
+        """Delete points unconditionally, past the version fence: for tools and tests, never the pipeline."""
         if not point_ids:
             return
         with _mapped_errors("delete points"):
@@ -185,6 +302,12 @@ def use_write_ahead_log(client: QdrantClient) -> None:
         connection.execute("PRAGMA synchronous=NORMAL")
 
 
+def _equals(key: str, value: Any) -> models.Condition:
+    if value is None:
+        return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
 def _vector_size(info: models.CollectionInfo) -> int | None:
     vectors = info.config.params.vectors
     if isinstance(vectors, models.VectorParams):
@@ -204,6 +327,10 @@ class _mapped_errors:  # noqa: N801 - used as a context manager
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
         if exc is None or isinstance(exc, (ConfigurationError, TransientError, PermanentError)):
             return
+        if _collection_missing(exc):
+            raise CollectionMissing(
+                f"Qdrant could not {self.action}: the collection does not exist (deleted by hand or by a rebuild)"
+            ) from exc
         if isinstance(exc, UnexpectedResponse):
             status = exc.status_code or 0
             if status in (401, 403):
@@ -213,3 +340,11 @@ class _mapped_errors:  # noqa: N801 - used as a context manager
             raise PermanentError(f"Qdrant rejected the request to {self.action}: {exc}") from exc
         if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError, OSError)):
             raise TransientError(f"Qdrant is unreachable, could not {self.action}: {exc}") from exc
+
+
+def _collection_missing(exc: BaseException) -> bool:
+    """A server answers 404 "Collection `x` doesn't exist"; local mode raises ValueError "Collection x not found"."""
+    text = str(exc)
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code == 404 and "Collection" in text
+    return isinstance(exc, ValueError) and text.startswith("Collection ") and text.endswith(" not found")

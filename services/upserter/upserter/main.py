@@ -3,15 +3,18 @@
 import logging
 import threading
 
-from upserter.read_api import store_routes
+import redis
+
+from upserter.read_api import store_routes, write_store_key
 from upserter.service import Upserter
 from upserter.settings import UpserterSettings
 from vecsync import settings as settings_module
-from vecsync.consumer import Backoff
+from vecsync.constants import APPLIED_VERSIONS_KEY
+from vecsync.consumer import Backoff, Handler
 from vecsync.errors import TransientError
 from vecsync.runtime import run_main, serve_consumer, setup_logging
 from vecsync.streams import redact_url
-from vecsync.vectorstore import VectorStore
+from vecsync.vectorstore import VectorStore, store_key_file
 
 log = logging.getLogger("vecsync.upserter")
 
@@ -29,25 +32,56 @@ def main() -> None:
         embedded or settings.qdrant_url,
         redact_url(settings.redis_url),
     )
+    routes = None
+    if embedded:
+        # The embedded store can only be opened here, so this process answers the CLI's collection operations,
+        # to callers that hold its key only.
+        key = settings.upserter_api_key
+        if key is None:
+            key = write_store_key(settings.data_dir)
+            log.info(
+                "The collection operations on port %d need the key in %s",
+                settings.metrics_port,
+                store_key_file(settings.data_dir),
+            )
+        routes = store_routes(store, api_key=key)
+
+    def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
+        if not _wait_for_collection(store, settings, stopping):
+            return None
+        if _exists(client, APPLIED_VERSIONS_KEY):
+            log.warning(
+                "The Redis hash %s is no longer used: the version fence lives in each point's payload and deletes "
+                "in the tombstones (docs/design.md). Delete it to free its memory: DEL %s",
+                APPLIED_VERSIONS_KEY,
+                APPLIED_VERSIONS_KEY,
+            )
+        return Upserter(settings, client, store).handle
+
     serve_consumer(
         settings,
         stage="upserter",
         stream=settings.stage2_stream,
         group=settings.stage2_group,
-        build_handler=lambda client, stopping: (
-            Upserter(settings, client, store).handle if _wait_for_collection(store, settings, stopping) else None
-        ),
-        # The embedded store can only be opened here, so this process answers the CLI's reads.
-        post_routes=store_routes(store) if embedded else None,
+        build_handler=build_handler,
+        post_routes=routes,
     )
     store.close()
 
 
+def _exists(client: redis.Redis, key: str) -> bool:
+    try:
+        return bool(client.exists(key))
+    except redis.RedisError:  # only decides whether to log a hint
+        return False
+
+
 def _wait_for_collection(store: VectorStore, settings: UpserterSettings, stopping: threading.Event) -> bool:
-    """Create or check the collection, waiting while Qdrant is unreachable; False if asked to stop first."""
+    """Check Qdrant and create or check the collection, waiting while it is unreachable; False if asked to stop."""
     backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
     while not stopping.is_set():
         try:
+            store.require_conditional_writes()
             store.ensure_collection()
             return True
         except TransientError as exc:

@@ -2,18 +2,56 @@
 
 Only one process may open an embedded store, so the operator CLI searches,
 counts, scrolls and recreates the collection through the upserter instead of
-opening the store itself (see vecsync.cli.store.UpserterStore).
+opening the store itself (see vecsync.cli.store.UpserterStore). Every one of
+these routes requires the upserter's key in the request body (``api_key``):
+UPSERTER_API_KEY, or else a random key the upserter writes at start to a file
+under DATA_DIR that only its user may read, where a CLI on the same host finds
+it. /metrics and /healthz stay open.
 """
 
 from __future__ import annotations
 
+import hmac
+import os
+import secrets
+from pathlib import Path
 from typing import Any
 
 from vecsync.runtime import PostRoute
-from vecsync.vectorstore import VectorStore
+from vecsync.vectorstore import VectorStore, store_key_file
+
+_REFUSED = (
+    401,
+    {
+        "detail": "This route needs the upserter's key as 'api_key' in the JSON body: the value of UPSERTER_API_KEY, "
+        "or of the file upserter-api-key under the upserter's DATA_DIR."
+    },
+)
 
 
-def store_routes(store: VectorStore) -> dict[str, PostRoute]:
+def write_store_key(data_dir: Path) -> str:
+    """A new random key, written to the key file under ``data_dir`` with mode 0600 (replacing any older one)."""
+    key = secrets.token_urlsafe(32)
+    path = store_key_file(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # the mode given to open() only applies to a file it creates
+        file.write(key + "\n")
+    os.replace(partial, path)
+    return key
+
+
+def store_routes(store: VectorStore, *, api_key: str) -> dict[str, PostRoute]:
+    if not api_key:
+        raise ValueError("the store routes need a non-empty key")
+    expected = api_key.encode()
+
+    def authorised(body: Any) -> bool:
+        given = body.get("api_key") if isinstance(body, dict) else None
+        return isinstance(given, str) and hmac.compare_digest(given.encode(), expected)
+
     def search(body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("vector"), list):
             return 400, {"detail": "Send a JSON object with 'vector' (a list of numbers), 'limit' and 'match'."}
@@ -39,4 +77,11 @@ def store_routes(store: VectorStore) -> dict[str, PostRoute]:
         store.recreate()
         return 200, {"recreated": store.collection}
 
-    return {"/search": search, "/count": count, "/payloads": payloads, "/scroll": scroll, "/recreate": recreate}
+    def guarded(route: PostRoute) -> PostRoute:
+        def checked(body: Any) -> tuple[int, Any]:
+            return route(body) if authorised(body) else _REFUSED
+
+        return checked
+
+    routes = {"/search": search, "/count": count, "/payloads": payloads, "/scroll": scroll, "/recreate": recreate}
+    return {path: guarded(route) for path, route in routes.items()}

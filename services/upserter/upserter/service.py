@@ -1,45 +1,79 @@
 """The upserter: stage 2 entries in, Qdrant points out.
 
 No stale overwrite: every entry carries the stage 1 entry id of its change as
-its version. Under the points' locks, the upserter drops entries not newer than
-the version last applied to their point (deletes included, as tombstones),
-writes the rest with wait=true, then records their versions. Entries are acked
-only after that, so a crash at any step leads to a redelivery that is either
-re-applied (same version) or skipped (superseded).
+its version, and every point carries the version it was written at. Each write
+is conditional in Qdrant itself (applied only over an older point), deletes
+leave a tombstone in Redis (set only if greater), and upserts older than their
+point's tombstone are dropped. Under the points' locks, confirmed before every
+write, the upserter reads the batch's points and tombstones, drops what is not
+newer, writes the rest in one request, and re-checks the tombstones of what it
+wrote. Entries are acked only after that, so a crash at any step leads to a
+redelivery that is either re-applied (a no-op) or skipped (superseded).
 
 A payload-only entry (its text was unchanged) is applied only if its point
-still holds that text; otherwise its change goes back to stage 1 to be
-embedded, keeping its version. See docs/design.md.
+still holds that text, embedded by the same model; otherwise its change goes
+back to stage 1 to be embedded, keeping its version. See docs/design.md.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
-from upserter.point_locks import PointLocks
+from upserter.fence import Tombstones
+from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
-from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_VERSIONS_KEY, dlq_stream
+from vecsync.constants import APPLIED_TEXT_KEY, dlq_stream
 from vecsync.consumer import Batch
 from vecsync.documents import point_id, text_fingerprint
 from vecsync.errors import InvalidEntry
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
 from vecsync.streams import dead_letter_fields
-from vecsync.vectorstore import Point, VectorStore
+from vecsync.vectorstore import CollectionMissing, Point, VectorStore, version_of
+
+log = logging.getLogger("vecsync.upserter")
 
 POINTS_WRITTEN = Counter("vecsync_upserter_points_total", "Points written to Qdrant, by operation.", ["op"])
 EMBEDDED_AGAIN = Counter(
     "vecsync_upserter_embedded_again_total",
-    "Payload-only changes sent back to stage 1 for a vector, because their point no longer held their text.",
+    "Payload-only changes sent back to stage 1 for a vector, because their point no longer held their text "
+    "embedded by their model.",
 )
 SUPERSEDED = Counter(
     "vecsync_upserter_superseded_total", "Entries skipped because a newer change of their document was already applied."
 )
+OTHER_MODEL_POINTS = Gauge(
+    "vecsync_upserter_other_model_points",
+    "Points made by another model than the entries this upserter applies (or with none recorded), in the sample of "
+    "the collection it takes at its first entry; 0 when none.",
+)
+
+# The fields of a point that decide whether an entry still applies to it.
+_STATE_FIELDS = ["version", "text_sha256", "model"]
+
+
+@dataclass
+class _Plan:
+    """What one batch writes, once the points' versions and tombstones are known."""
+
+    upserts: dict[str, EmbeddedDocument] = field(default_factory=dict)
+    payloads: dict[str, EmbeddedDocument] = field(default_factory=dict)
+    # Point id -> version of a delete: the batch's deletes, and points that a newer tombstone buries.
+    deletes: dict[str, str] = field(default_factory=dict)
+    needs_vector: list[str] = field(default_factory=list)
+    superseded: int = 0
+    # Points that have no point, or will have none: their skip-unchanged hints go.
+    gone: set[str] = field(default_factory=set)
+
+    def written(self) -> dict[str, EmbeddedDocument]:
+        return {**self.upserts, **self.payloads}
 
 
 class Upserter:
@@ -53,9 +87,25 @@ class Upserter:
             ttl_ms=settings.point_lock_ttl_ms,
             wait_ms=settings.point_lock_wait_ms,
         )
+        self.tombstones = Tombstones(client, store.collection)
+        self.models = ModelCheck(store)
 
     def handle(self, batch: Batch) -> None:
+        newest = self._newest_per_point(batch)
+        if not newest:
+            return
+        try:
+            self._apply(newest, batch)
+        except CollectionMissing:
+            # Deleted by hand or by a rebuild: create it empty; the consumer loop retries the batch, which the
+            # points' own versions then fence as in any other collection.
+            log.warning("Qdrant collection %r is missing; creating it", self.store.collection)
+            self.store.ensure_collection()
+            raise
+
+    def _newest_per_point(self, batch: Batch) -> dict[str, EmbeddedDocument]:
         newest: dict[str, EmbeddedDocument] = {}
+        upserts: dict[str, list[EmbeddedDocument]] = collections.defaultdict(list)
         for entry in batch.entries:
             try:
                 document = self._read(entry.fields)
@@ -63,11 +113,15 @@ class Upserter:
                 batch.reject(entry, str(exc))
                 continue
             pid = point_id(document.source, document.mongo_id)
+            if document.op == "upsert":
+                upserts[pid].append(document)
             if pid not in newest or parse_version(document.version) > parse_version(newest[pid].version):
                 newest[pid] = document
         SUPERSEDED.inc(len(batch.entries) - len(batch.rejected) - len(newest))
-        if newest:
-            self._apply(newest, batch)
+        for pid, document in newest.items():
+            if document.op == "payload":
+                newest[pid] = _with_vector_of_same_text(document, upserts[pid])
+        return newest
 
     def _read(self, fields: dict[str, str]) -> EmbeddedDocument:
         document = EmbeddedDocument.from_fields(fields)
@@ -80,69 +134,71 @@ class Upserter:
 
     def _apply(self, newest: dict[str, EmbeddedDocument], batch: Batch) -> None:
         ids = list(newest)
-        with self.locks.hold(ids):
-            applied = self.client.hmget(APPLIED_VERSIONS_KEY, ids)
-            fresh = {
-                pid: doc
-                for pid, doc, version in zip(ids, newest.values(), applied, strict=True)
-                if version is None or parse_version(doc.version) > parse_version(version)
-            }
-            upserts = [Point(pid, doc.vector, doc.payload) for pid, doc in fresh.items() if doc.op == "upsert"]  # type: ignore[arg-type]
-            deletes = [pid for pid, doc in fresh.items() if doc.op == "delete"]
-            payloads, needs_vector = self._payload_updates(fresh)
-            self.store.upsert(upserts)
-            self.store.delete(deletes)
-            self.store.overwrite_payloads(payloads)
-            applied_now = {pid: doc for pid, doc in fresh.items() if pid not in needs_vector}
-            self._record(applied_now)
-        for pid in needs_vector:
-            self._embed_again(fresh[pid], batch)
-        SUPERSEDED.inc(len(newest) - len(fresh))
-        POINTS_WRITTEN.labels("upsert").inc(len(upserts))
-        POINTS_WRITTEN.labels("delete").inc(len(deletes))
-        POINTS_WRITTEN.labels("payload").inc(len(payloads))
+        with self.locks.hold(ids) as held:
+            tombstones = self.tombstones.get(ids)
+            # Recorded before the points go, so that an upsert racing with this delete finds it when it re-checks.
+            self.tombstones.record({pid: doc.version for pid, doc in newest.items() if doc.op == "delete"})
+            held.confirm()
+            current = self.store.payloads(ids, fields=_STATE_FIELDS)
+            plan = _plan(newest, tombstones, current)
+            self.models.check(list(plan.written().values()))
+            held.confirm()
+            self.store.write_if_newer(
+                upserts=[_point(pid, doc) for pid, doc in plan.upserts.items()],
+                payloads={pid: _payload(doc) for pid, doc in plan.payloads.items()},
+                deletes=plan.deletes,
+            )
+            self._bury_overtaken(plan)
+            self._record_texts(held, plan)
+        for pid in plan.needs_vector:
+            self._embed_again(newest[pid], batch)
+        SUPERSEDED.inc(plan.superseded)
+        POINTS_WRITTEN.labels("upsert").inc(len(plan.upserts))
+        POINTS_WRITTEN.labels("delete").inc(len(plan.deletes))
+        POINTS_WRITTEN.labels("payload").inc(len(plan.payloads))
         now = time.time()
-        for doc in applied_now.values():
+        for doc in [*plan.written().values(), *(d for d in newest.values() if d.op == "delete")]:
             END_TO_END_LATENCY.labels("upserter").observe(max(0.0, now - doc.changed_at))
 
-    def _payload_updates(self, fresh: dict[str, EmbeddedDocument]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """Split payload-only changes into those whose point still holds their text, and those that need a vector.
+    def _bury_overtaken(self, plan: _Plan) -> None:
+        """Delete what this batch wrote where a newer delete landed meanwhile.
 
-        The embedder-worker skipped embedding because the text looked unchanged; Qdrant decides: the point may have
-        been deleted, rebuilt or rewritten with another text since the worker looked.
+        Possible only once this upserter's locks lapsed mid-write: the other upserter's delete may have run before
+        this write inserted the point again. The delete's tombstone was recorded before its point went, so one of
+        the two always sees the other. A delete fenced by a tombstone can only remove a state older than a delete
+        MongoDB made, so it runs whoever holds the locks now.
         """
-        wanted = {pid: doc for pid, doc in fresh.items() if doc.op == "payload"}
-        if not wanted:
-            return {}, []
-        current = self.store.payloads(list(wanted), fields=["text_sha256"])
-        payloads, needs_vector = {}, []
-        for pid, doc in wanted.items():
-            assert doc.payload is not None
-            if current.get(pid, {}).get("text_sha256") == doc.payload["text_sha256"]:
-                payloads[pid] = doc.payload
-            else:
-                needs_vector.append(pid)
-        return payloads, needs_vector
-
-    def _record(self, applied: dict[str, EmbeddedDocument]) -> None:
-        """Remember each point's version (deletes too, as tombstones) and the hash of its text."""
-        if not applied:
+        written = plan.written()
+        if not written:
             return
-        with self.client.pipeline(transaction=True) as tx:
-            tx.hset(APPLIED_VERSIONS_KEY, mapping={pid: doc.version for pid, doc in applied.items()})
-            payloads = {pid: doc.payload or {} for pid, doc in applied.items()}
-            known = {
-                pid: text_fingerprint(payload["text_sha256"], payload.get("model"))
-                for pid, payload in payloads.items()
-                if isinstance(payload.get("text_sha256"), str)
-            }
-            if known:
-                tx.hset(APPLIED_TEXT_KEY, mapping=known)
-            # Deleted, or written without a text hash: never skip embedding for these.
-            unknown = [pid for pid in payloads if pid not in known]
-            if unknown:
-                tx.hdel(APPLIED_TEXT_KEY, *unknown)
-            tx.execute()
+        tombstones = self.tombstones.get(list(written))
+        overtaken = {
+            pid: _version_text(version)
+            for pid, version in tombstones.items()
+            if version >= parse_version(written[pid].version)
+        }
+        if not overtaken:
+            return
+        log.warning("%d points written by this batch were deleted meanwhile; deleting them again", len(overtaken))
+        self.store.write_if_newer(deletes=overtaken)
+        for pid in overtaken:
+            plan.upserts.pop(pid, None)
+            plan.payloads.pop(pid, None)
+            plan.deletes[pid] = overtaken[pid]
+            plan.gone.add(pid)
+
+    def _record_texts(self, held: HeldLocks, plan: _Plan) -> None:
+        """Update the skip-unchanged hint of each point written, in one step with a last check of the locks.
+
+        Only a hint (the upserter checks a payload-only entry against the point itself), but one that an upserter
+        whose locks lapsed must not write: it could be older than what another upserter wrote since.
+        """
+        fields: dict[str, str | None] = dict.fromkeys(plan.gone)
+        for pid, doc in plan.written().items():
+            payload = doc.payload or {}
+            sha = payload.get("text_sha256")
+            fields[pid] = text_fingerprint(sha, payload.get("model")) if isinstance(sha, str) else None
+        held.confirm_and_set(APPLIED_TEXT_KEY, fields)
 
     def _embed_again(self, doc: EmbeddedDocument, batch: Batch) -> None:
         """Queue the change behind a payload-only entry again to be embedded, keeping its place in the order."""
@@ -160,9 +216,119 @@ class Upserter:
             group=self.settings.stage2_group,
             entry_id=doc.version,
             fields={"source": doc.source, "mongo_id": doc.mongo_id},
-            error="the text was unchanged but the point no longer holds it, and the change was trimmed from "
-            f"{stage1}: replay this letter to embed the document again",
+            error="the text was unchanged but the point no longer holds it embedded by the same model, and the "
+            f"change was trimmed from {stage1}: replay this letter to embed the document again",
             deliveries=1,
             consumer=self.settings.consumer_name,
         )
         batch.tx.xadd(dlq_stream(stage1), letter)
+
+
+def _plan(
+    newest: dict[str, EmbeddedDocument],
+    tombstones: dict[str, tuple[int, int]],
+    current: dict[str, dict[str, Any]],
+) -> _Plan:
+    """Sort the batch's entries by what each needs, given their points as they are and their tombstones."""
+    plan = _Plan()
+    for pid, doc in newest.items():
+        version, point = parse_version(doc.version), current.get(pid)
+        # Read from the `version` string, which points written before the numeric fields also carry.
+        held_version = version_of(point) if point is not None else None
+        tombstone = tombstones.get(pid)
+        if doc.op == "delete" or (tombstone is not None and tombstone >= version):
+            # A delete, or an entry that a newer delete overtook: no point may keep an older state (a write that
+            # lost its locks could have left one behind).
+            deleted_at = version if doc.op == "delete" else tombstone
+            assert deleted_at is not None
+            if held_version is not None and held_version >= deleted_at:
+                plan.superseded += 1  # the document was written again since
+                continue
+            if doc.op != "delete":
+                plan.superseded += 1
+            plan.gone.add(pid)
+            if point is not None:
+                plan.deletes[pid] = _version_text(deleted_at)
+            continue
+        if held_version is not None and held_version >= version:
+            plan.superseded += 1
+        elif doc.op == "upsert":
+            plan.upserts[pid] = doc
+        elif point is not None and _same_text_and_model(point, doc.payload or {}):
+            plan.payloads[pid] = doc
+        else:
+            plan.needs_vector.append(pid)
+    return plan
+
+
+def _same_text_and_model(point: dict[str, Any], payload: dict[str, Any]) -> bool:
+    return point.get("text_sha256") == payload.get("text_sha256") and point.get("model") == payload.get("model")
+
+
+def _with_vector_of_same_text(document: EmbeddedDocument, upserts: list[EmbeddedDocument]) -> EmbeddedDocument:
+    """A payload-only entry as an upsert, when its batch holds an older upsert of the same text by the same model.
+
+    Collapsing a batch to the newest entry per point would otherwise lose the vector that a replay of stage 2
+    (a rebuild) carries, and send the change back to be embedded although its vector is at hand.
+    """
+    payload = document.payload or {}
+    for upsert in reversed(upserts):
+        if _same_text_and_model(upsert.payload or {}, payload):
+            return replace(document, op="upsert", vector=upsert.vector)
+    return document
+
+
+def _payload(doc: EmbeddedDocument) -> dict[str, Any]:
+    # The entry's version is the one the fence compares, whatever its payload says.
+    return {**(doc.payload or {}), "version": doc.version}
+
+
+def _point(pid: str, doc: EmbeddedDocument) -> Point:
+    assert doc.vector is not None
+    return Point(pid, doc.vector, _payload(doc))
+
+
+def _version_text(version: tuple[int, int]) -> str:
+    return f"{version[0]}-{version[1]}"
+
+
+class ModelCheck:
+    """Warns once when the collection holds points made by another model than the entries being applied.
+
+    Vectors of two models live in different spaces, so searches over a collection that mixes them rank badly.
+    The upserter does not know its model until it applies an entry; the first such entry is compared with a sample
+    of the collection taken then, before this upserter wrote anything.
+    """
+
+    SAMPLE = 1000
+
+    def __init__(self, store: VectorStore) -> None:
+        self.store = store
+        self.done = False
+
+    def check(self, documents: list[EmbeddedDocument]) -> None:
+        if self.done:
+            return
+        if not documents:
+            return
+        # The newest entry's model is the one the embedder-workers use now.
+        newest = max(documents, key=lambda doc: parse_version(doc.version))
+        model = (newest.payload or {}).get("model")
+        page, _next = self.store.scroll(limit=self.SAMPLE, offset=None, fields=["model"])
+        self.done = True
+        counts = collections.Counter(payload.get("model") for payload in page.values())
+        others = {name: count for name, count in counts.items() if name != model}
+        OTHER_MODEL_POINTS.set(sum(others.values()))
+        if others:
+            found = ", ".join(
+                f"{n} by {name!r}" if name else f"{n} with no model recorded" for name, n in others.items()
+            )
+            log.warning(
+                "Qdrant collection %r holds points made by another model than %r, the model of the entries this "
+                "upserter applies: %s, in a sample of %d points. Searches mix vectors of different models until "
+                "those points are embedded again: run `vecsync verify --repair`.",
+                self.store.collection,
+                model,
+                found,
+                len(page),
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,42 +88,68 @@ def replay_command(ctx: Context, ids: list[str], replay_all: bool, stage: int | 
     missing = sorted(set(ids) - {letter.id for letter in letters})
     if missing:
         raise VecsyncError(f"No such dead letter: {', '.join(missing)}. See `vecsync dlq list`.")
+    for letter in letters:
+        if letter.fields.get("stream") not in (ctx.settings.stage1_stream, ctx.settings.stage2_stream):
+            raise VecsyncError(
+                f"Dead letter {letter.id} came from stream {letter.fields.get('stream')!r}, which this pipeline "
+                "does not use."
+            )
+    stuck = [letter for letter in letters if letter.fields["stream"] == ctx.settings.stage2_stream]
+    stuck = [letter for letter in stuck if _document_of(ctx, letter) is None]
+    replayable = [letter for letter in letters if letter not in stuck]
     if not letters:
         print("Nothing to replay.")
         return EXIT_OK
-    ctx.confirm(
-        f"Replay {len(letters)} dead letters onto their streams. Changes of stage 1 are re-read from MongoDB, so "
-        "the current state of each document is processed; each letter is removed from its DLQ once replayed."
-    )
-    with progress(len(letters), "letters", "replay") as bar:
-        for letter in letters:
-            _replay(ctx, letter)
-            bar.update()
-    print(f"Replayed {len(letters)} dead letters.")
+    if replayable:
+        ctx.confirm(
+            f"Replay {len(replayable)} dead letters. The document of each is re-read from MongoDB and its current "
+            f"state published to {ctx.settings.stage1_stream}, so a replay never brings back a state older than "
+            "MongoDB's (a stage 2 letter is embedded again); each letter leaves its DLQ once replayed."
+        )
+        with progress(len(replayable), "letters", "replay") as bar:
+            for letter in replayable:
+                _replay(ctx, letter)
+                bar.update()
+        print(f"Replayed {len(replayable)} dead letters.")
+    if stuck:
+        names = ", ".join(f"{letter.id} ({letter.original.get('source') or 'no source'})" for letter in stuck)
+        print(
+            f"error: left {len(stuck)} dead letters of {ctx.settings.stage2_stream} in their DLQ, because they name "
+            f"no document of {ctx.settings.source} to re-read from MongoDB: {names}. Replay them with "
+            "MONGO_DATABASE and MONGO_COLLECTION set to their collection, or purge them.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 
+def _document_of(ctx: Context, letter: DeadLetter) -> str | None:
+    """The mongo_id of the letter's document, when it belongs to the collection this CLI reads."""
+    original = letter.original
+    mongo_id = original.get("mongo_id")
+    if isinstance(mongo_id, str) and mongo_id and original.get("source") == ctx.settings.source:
+        return mongo_id
+    return None
+
+
 def _replay(ctx: Context, letter: DeadLetter) -> None:
-    stream = letter.fields.get("stream", "")
     remove: Callable[[redis.client.Pipeline], None] = lambda pipe: pipe.xdel(letter.dlq, letter.id)  # noqa: E731
-    if stream == ctx.settings.stage1_stream:
-        original = letter.original
-        mongo_id = original.get("mongo_id")
-        if mongo_id and original.get("source") == ctx.settings.source:
-            # Re-read: the letter's copy may be older than changes processed since it failed.
-            publish_beside_producer(
-                ctx.redis,
-                stream,
-                ctx.settings.source,
-                lambda: changes_for_ids(ctx.collection, ctx.settings.source, [mongo_id]),
-                also=remove,
-            )
-            return
-    elif stream != ctx.settings.stage2_stream:
-        raise VecsyncError(f"Dead letter {letter.id} came from stream {stream!r}, which this pipeline does not use.")
-    # Stage 2 entries carry their version, so replaying an old one can never overwrite a newer change.
+    mongo_id = _document_of(ctx, letter)
+    if mongo_id is not None:
+        # Re-read: the letter's copy (and a stage 2 letter's version) may be older than the document's current
+        # state, and a rebuild may have emptied the collection that would have fenced it.
+        source = ctx.settings.source
+        publish_beside_producer(
+            ctx.redis,
+            ctx.settings.stage1_stream,
+            source,
+            lambda: changes_for_ids(ctx.collection, source, [mongo_id]),
+            also=remove,
+        )
+        return
+    # A stage 1 letter naming no document of this collection: put it back as it was, for its consumer to judge.
     with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(stream, letter.original)
+        pipe.xadd(ctx.settings.stage1_stream, letter.original)
         remove(pipe)
         pipe.execute()
 

@@ -337,9 +337,14 @@ def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
         else f"then have group {group} re-apply the {ctx.redis.xlen(stage2)} retained entries of {stage2} "
         "(no re-embedding)"
     )
-    ctx.confirm(f"Drop and recreate Qdrant collection {ctx.store.collection!r}, forget the applied versions, {how}.")
+    ctx.confirm(
+        f"Drop and recreate Qdrant collection {ctx.store.collection!r}, {how}. Deleted documents stay deleted: "
+        "their tombstones are kept."
+    )
     ctx.store.recreate()
-    ctx.redis.delete(APPLIED_VERSIONS_KEY, APPLIED_TEXT_KEY)
+    # The points' versions went with the collection; the tombstones record MongoDB's deletes and stay. The
+    # skip-unchanged hint describes points that are gone, and the applied-versions hash is no longer used.
+    ctx.redis.delete(APPLIED_TEXT_KEY, APPLIED_VERSIONS_KEY)
     if use_mongo:
         ctx.assume_yes = True  # already confirmed as a whole
         return resync_command(ctx, None, restart=True, batch_size=batch_size)

@@ -8,4 +8,6 @@ class CliSettings(CommonSettings, MongoSettings, QdrantSettings, TextSettings, R
     embedding_api_key: str | None = Field(default=None, repr=False)
     # The upserter that holds an embedded Qdrant store open answers searches for the CLI.
     upserter_url: str = "http://127.0.0.1:9102"
+    # The key of the upserter's collection operations; unset, the CLI reads DATA_DIR/upserter-api-key.
+    upserter_api_key: str | None = Field(default=None, repr=False)
     http_timeout_s: float = Field(default=30.0, gt=0)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import requests
 
 from vecsync.cli.settings import CliSettings
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
-from vecsync.vectorstore import Hit, VectorStore
+from vecsync.vectorstore import Hit, VectorStore, store_key_file
 
 
 class Store(Protocol):
@@ -32,12 +33,26 @@ class Store(Protocol):
 
 
 class UpserterStore:
-    """The collection operations over the upserter's HTTP port (see upserter.read_api)."""
+    """The collection operations over the upserter's HTTP port (see upserter.read_api).
 
-    def __init__(self, base_url: str, collection: str, timeout_s: float) -> None:
+    Each request carries the upserter's key: ``api_key``, or else the content of ``key_file``, read at every
+    request so that a restarted upserter's new key is picked up.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        collection: str,
+        timeout_s: float,
+        *,
+        api_key: str | None = None,
+        key_file: Path | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.collection = collection
         self.timeout_s = timeout_s
+        self.api_key = api_key
+        self.key_file = key_file
 
     def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
         body = self._post("/search", {"vector": vector, "limit": limit, "match": match or {}})
@@ -61,11 +76,35 @@ class UpserterStore:
     def close(self) -> None:
         pass
 
+    def _key(self) -> str | None:
+        if self.api_key:
+            return self.api_key
+        if self.key_file is not None:
+            try:
+                return self.key_file.read_text().strip() or None
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"Could not read the upserter's key in {self.key_file}: {exc}. Run the CLI as the user that "
+                    "runs the upserter, or set UPSERTER_API_KEY."
+                ) from None
+        return None
+
     def _post(self, path: str, body: dict[str, Any]) -> Any:
+        key = self._key()
         try:
-            response = requests.post(self.base_url + path, json=body, timeout=self.timeout_s)
+            response = requests.post(
+                self.base_url + path, json={**body, "api_key": key} if key else body, timeout=self.timeout_s
+            )
         except requests.RequestException as exc:
             raise TransientError(f"could not reach the upserter at {self.base_url}: {exc}") from exc
+        if response.status_code == 401:
+            where = f"; {self.key_file} holds none" if key is None and self.key_file else ""
+            raise ConfigurationError(
+                f"The upserter at {self.base_url} refused the CLI's key{where}. Set UPSERTER_API_KEY to the "
+                "upserter's key, or run the CLI with the upserter's DATA_DIR, where it writes its key."
+            )
         if response.status_code != 200:
             raise PermanentError(f"the upserter answered {response.status_code} to {path}: {response.text[:300]}")
         return response.json()
@@ -75,7 +114,13 @@ def open_store(settings: CliSettings) -> Store:
     """A server's collection directly; an embedded one through its upserter, or directly when none runs."""
     if settings.qdrant_url:
         return VectorStore.open(settings, settings.data_dir)
-    remote = UpserterStore(settings.upserter_url, settings.qdrant_collection, settings.http_timeout_s)
+    remote = UpserterStore(
+        settings.upserter_url,
+        settings.qdrant_collection,
+        settings.http_timeout_s,
+        api_key=settings.upserter_api_key,
+        key_file=store_key_file(settings.data_dir),
+    )
     try:
         remote.count()
         return remote
