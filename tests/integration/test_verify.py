@@ -16,7 +16,8 @@ def tamper(pipeline: Pipeline, mongo_id: str, **changes: object) -> None:
     """Rewrite some payload fields of a point by hand, keeping its vector and its text_sha256."""
     pid = point_id(pipeline.source, mongo_id)
     [record] = pipeline.store.retrieve([pid])
-    pipeline.store.overwrite_payloads({pid: {**(record.payload or {}), **changes}})
+    store = pipeline.store
+    store.client.overwrite_payload(store.collection, {**(record.payload or {}), **changes}, points=[pid])
 
 
 def without_versions(points: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
