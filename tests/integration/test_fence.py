@@ -7,6 +7,8 @@ one Redis and one collection.
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -53,9 +55,15 @@ def snapshot(store: VectorStore) -> dict[str, tuple[dict[str, Any], list[float]]
 
 
 def reset_group_by_hand(client: redis.Redis) -> None:
-    """The seed's runbook: destroy the upserters' group and create it again from the first entry."""
-    client.execute_command("XGROUP", "DESTROY", STAGE2_STREAM, STAGE2_GROUP)
-    client.execute_command("XGROUP", "CREATE", STAGE2_STREAM, STAGE2_GROUP, "0")
+    """The seed's runbook, typed into redis-cli: destroy the upserters' group, create it again from the first entry."""
+    where = client.connection_pool.connection_kwargs
+    cli = [shutil.which("redis-cli") or "redis-cli", "-h", where["host"], "-p", str(where["port"])]
+    for command in (
+        ["XGROUP", "DESTROY", STAGE2_STREAM, STAGE2_GROUP],
+        ["XGROUP", "CREATE", STAGE2_STREAM, STAGE2_GROUP, "0"],
+    ):
+        answer = subprocess.run([*cli, *command], capture_output=True, text=True, check=True, timeout=30).stdout
+        assert answer.strip() in ("1", "OK"), answer
 
 
 def history(pipeline: Pipeline) -> None:
