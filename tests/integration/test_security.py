@@ -159,8 +159,9 @@ def test_a_qdrant_server_refusing_the_api_key_stops_the_upserter_with_a_clear_me
         qdrant.close()
 
 
-def _post(url: str, body: dict[str, Any]) -> requests.Response:
-    return requests.post(url, json=body, timeout=10)
+def _post(url: str, body: dict[str, Any], key: str | None = None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(url, json=body, headers=headers, timeout=10)
 
 
 class TestUpserterStoreRoutes:
@@ -174,12 +175,13 @@ class TestUpserterStoreRoutes:
         from vecsync.vectorstore import Point
 
         store.upsert([Point("00000000-0000-0000-0000-000000000001", [1.0] * 384, {"mongo_id": "a"})])
-        server = MetricsServer("127.0.0.1", 0, post_routes=store_routes(store, api_key="the-key")).start()
+        server = MetricsServer("127.0.0.1", 0, post_routes=store_routes(store), post_key="the-key").start()
         base = f"http://127.0.0.1:{server.port}"
         try:
             for path in ("/recreate", "/count", "/search", "/payloads", "/scroll"):
                 assert _post(base + path, {}).status_code == 401, path
-                assert _post(base + path, {"api_key": "not-the-key"}).status_code == 401, path
+                assert _post(base + path, {}, key="not-the-key").status_code == 401, path
+                assert _post(base + path, {"api_key": "the-key"}).status_code == 401, path  # only as a header
             assert store.count() == 1, "the collection was touched"
             assert requests.get(base + "/metrics", timeout=10).ok and requests.get(base + "/healthz", timeout=10).ok
             assert UpserterStore(base, "documents", 10, api_key="the-key").count() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import signal
@@ -48,7 +49,11 @@ def stop_on_signals(stopping: threading.Event) -> None:
 
 
 class MetricsServer:
-    """Serves GET /metrics and /healthz, plus any POST routes a service adds, on a background thread."""
+    """Serves GET /metrics and /healthz, plus any POST routes a service adds, on a background thread.
+
+    The POST routes answer only requests that carry ``post_key`` as a bearer token (401 otherwise); /metrics and
+    /healthz stay open, for Prometheus and health checks.
+    """
 
     def __init__(
         self,
@@ -57,8 +62,11 @@ class MetricsServer:
         *,
         healthy: Callable[[], bool] = lambda: True,
         post_routes: dict[str, PostRoute] | None = None,
+        post_key: str | None = None,
     ) -> None:
-        handler = _make_handler(healthy, post_routes or {})
+        if post_routes and not post_key:
+            raise ValueError("POST routes need a key")
+        handler = _make_handler(healthy, post_routes or {}, post_key)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
@@ -77,7 +85,11 @@ class MetricsServer:
         self._server.server_close()
 
 
-def _make_handler(healthy: Callable[[], bool], post_routes: dict[str, PostRoute]) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    healthy: Callable[[], bool], post_routes: dict[str, PostRoute], post_key: str | None
+) -> type[BaseHTTPRequestHandler]:
+    expected = f"Bearer {post_key}".encode()
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -93,6 +105,10 @@ def _make_handler(healthy: Callable[[], bool], post_routes: dict[str, PostRoute]
             route = post_routes.get(self.path.split("?", 1)[0])
             if route is None:
                 self._reply(404, "text/plain", b"not found\n")
+                return
+            given = self.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                self._json(401, {"detail": "This route needs the service's key as 'Authorization: Bearer <key>'."})
                 return
             try:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -143,6 +159,7 @@ def serve_consumer(
     group: str,
     build_handler: Callable[[redis.Redis, threading.Event], Handler | None],
     post_routes: dict[str, PostRoute] | None = None,
+    post_key: str | None = None,
 ) -> None:
     """Run one consumer stage as a service: signal handling, metrics server, the consumer loop.
 
@@ -159,7 +176,7 @@ def serve_consumer(
 
     LOOP_HEALTHY.labels(stage).set_function(healthy)
     server = MetricsServer(
-        settings.metrics_host, settings.metrics_port, healthy=healthy, post_routes=post_routes
+        settings.metrics_host, settings.metrics_port, healthy=healthy, post_routes=post_routes, post_key=post_key
     ).start()
     try:
         client = connect(settings.redis_url)

@@ -32,7 +32,7 @@ def main() -> None:
         embedded or settings.qdrant_url,
         redact_url(settings.redis_url),
     )
-    routes = None
+    routes, key = None, None
     if embedded:
         # The embedded store can only be opened here, so this process answers the CLI's collection operations,
         # to callers that hold its key only.
@@ -44,7 +44,7 @@ def main() -> None:
                 settings.metrics_port,
                 store_key_file(settings.data_dir),
             )
-        routes = store_routes(store, api_key=key)
+        routes = store_routes(store)
 
     def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
         if not _wait_for_collection(store, settings, stopping):
@@ -65,6 +65,7 @@ def main() -> None:
         group=settings.stage2_group,
         build_handler=build_handler,
         post_routes=routes,
+        post_key=key,
     )
     store.close()
 

@@ -3,15 +3,14 @@
 Only one process may open an embedded store, so the operator CLI searches,
 counts, scrolls and recreates the collection through the upserter instead of
 opening the store itself (see vecsync.cli.store.UpserterStore). Every one of
-these routes requires the upserter's key in the request body (``api_key``):
-UPSERTER_API_KEY, or else a random key the upserter writes at start to a file
-under DATA_DIR that only its user may read, where a CLI on the same host finds
-it. /metrics and /healthz stay open.
+these routes requires the upserter's key as a bearer token (checked by
+vecsync.runtime.MetricsServer): UPSERTER_API_KEY, or else a random key the
+upserter writes at start to a file under DATA_DIR that only its user may read,
+where a CLI on the same host finds it. /metrics and /healthz stay open.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 import secrets
 from pathlib import Path
@@ -19,14 +18,6 @@ from typing import Any
 
 from vecsync.runtime import PostRoute
 from vecsync.vectorstore import VectorStore, store_key_file
-
-_REFUSED = (
-    401,
-    {
-        "detail": "This route needs the upserter's key as 'api_key' in the JSON body: the value of UPSERTER_API_KEY, "
-        "or of the file upserter-api-key under the upserter's DATA_DIR."
-    },
-)
 
 
 def write_store_key(data_dir: Path) -> str:
@@ -43,15 +34,7 @@ def write_store_key(data_dir: Path) -> str:
     return key
 
 
-def store_routes(store: VectorStore, *, api_key: str) -> dict[str, PostRoute]:
-    if not api_key:
-        raise ValueError("the store routes need a non-empty key")
-    expected = api_key.encode()
-
-    def authorised(body: Any) -> bool:
-        given = body.get("api_key") if isinstance(body, dict) else None
-        return isinstance(given, str) and hmac.compare_digest(given.encode(), expected)
-
+def store_routes(store: VectorStore) -> dict[str, PostRoute]:
     def search(body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("vector"), list):
             return 400, {"detail": "Send a JSON object with 'vector' (a list of numbers), 'limit' and 'match'."}
@@ -77,11 +60,4 @@ def store_routes(store: VectorStore, *, api_key: str) -> dict[str, PostRoute]:
         store.recreate()
         return 200, {"recreated": store.collection}
 
-    def guarded(route: PostRoute) -> PostRoute:
-        def checked(body: Any) -> tuple[int, Any]:
-            return route(body) if authorised(body) else _REFUSED
-
-        return checked
-
-    routes = {"/search": search, "/count": count, "/payloads": payloads, "/scroll": scroll, "/recreate": recreate}
-    return {path: guarded(route) for path, route in routes.items()}
+    return {"/search": search, "/count": count, "/payloads": payloads, "/scroll": scroll, "/recreate": recreate}

@@ -94,9 +94,8 @@ class UpserterStore:
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         key = self._key()
         try:
-            response = requests.post(
-                self.base_url + path, json={**body, "api_key": key} if key else body, timeout=self.timeout_s
-            )
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            response = requests.post(self.base_url + path, json=body, headers=headers, timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise TransientError(f"could not reach the upserter at {self.base_url}: {exc}") from exc
         if response.status_code == 401:
