@@ -27,7 +27,7 @@ from tests.integration.test_observability import dashboard_targets, grafana_to_p
 from tests.support import monitoring
 from tests.support.monitoring import tool
 from tests.support.servers import free_port, wait_for
-from tests.support.stack import stack_settings
+from tests.support.stack import running_stack, stack_settings
 from vecsync.localstack import LocalStack, LocalStackSettings
 from vecsync.streams import connect
 
@@ -96,14 +96,8 @@ def metrics_ports(settings: LocalStackSettings) -> dict[str, int]:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    running = LocalStack(stack_settings(tmp_path / "data", embedding_backend="hash"))
-    supervisor = threading.Thread(target=running.supervise, daemon=True)
-    try:
-        running.start()
-        supervisor.start()
+    with running_stack(stack_settings(tmp_path / "data", embedding_backend="hash")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ and a worker restarted in the middle: every process real, as `make run` starts t
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from bson import ObjectId
 
 from tests.chaos.harness import ChaosResult, compare
 from tests.support.servers import wait_for
-from tests.support.stack import drained, stack_settings
+from tests.support.stack import drained, running_stack, stack_settings
 from vecsync.localstack import Child, LocalStack
 from vecsync.streams import connect
 
@@ -33,14 +32,10 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStac
     monkeypatch.setenv("CLAIM_IDLE_MS", str(CLAIM_IDLE_MS))
     monkeypatch.setenv("MAX_DELIVERIES", str(MAX_DELIVERIES))
     monkeypatch.setenv("BACKOFF_MAX_S", "0.5")
-    running = LocalStack(stack_settings(tmp_path / "data", embedding_backend="hash", embedder_workers=WORKERS))
-    supervisor = threading.Thread(target=running.supervise, daemon=True)
-    try:
-        running.start()
-        supervisor.start()
+    with running_stack(
+        stack_settings(tmp_path / "data", embedding_backend="hash", embedder_workers=WORKERS)
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def child(stack: LocalStack, name: str) -> Child:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tests.support.servers import free_port, free_port_run
-from vecsync.localstack import LocalStackSettings
+from vecsync.localstack import LocalStack, LocalStackSettings
 from vecsync.streams import connect, stream_stats
 
 STAGES = (("raw_document_changes", "embedding_processors"), ("embedded_documents", "qdrant_upserters"))
@@ -25,6 +28,19 @@ def stack_settings(data_dir: Path, **overrides: Any) -> LocalStackSettings:
         embedder_metrics_port=free_port_run(max(8, overrides.get("embedder_workers", 0))),
         **overrides,
     )
+
+
+@contextmanager
+def running_stack(settings: LocalStackSettings) -> Iterator[LocalStack]:
+    """A local stack, supervised as `make run` does (what dies is restarted), stopped at the end."""
+    stack = LocalStack(settings)
+    supervisor = threading.Thread(target=stack.supervise, daemon=True)
+    try:
+        stack.start()
+        supervisor.start()
+        yield stack
+    finally:
+        stack.stop()
 
 
 def drained(redis_url: str, *, min_stage1_entries: int = 0) -> bool:
