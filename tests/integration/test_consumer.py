@@ -225,3 +225,10 @@ def test_linger_tops_up_a_partial_batch(redis_client: redis.Redis) -> None:
 def test_without_linger_a_partial_batch_is_handled_at_once(redis_client: redis.Redis) -> None:
     sizes = batch_sizes_when_entries_trickle_in(redis_client)
     assert sizes[0] == 1 and sum(sizes) == 3, sizes  # "a" was handled without waiting for the others
+
+
+def test_a_busy_stream_is_trimmed_by_volume_not_only_by_the_clock(redis_client: redis.Redis) -> None:
+    add(redis_client, *[str(i) for i in range(3000)])
+    # Trimming once a minute would let a fast stage pile up a minute of acknowledged entries beyond retention.
+    consumer(redis_client, copy_to_out, stream_retention_count=100, trim_interval_s=3600).run(drain=True)
+    assert redis_client.xlen(STREAM) <= 100 + 1000

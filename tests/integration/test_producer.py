@@ -243,7 +243,7 @@ def test_snapshot_and_re_reads_are_majority_reads_the_stand_in_answers(pipeline:
     finally:
         client.close()
     assert stage1(pipeline) == [("snapshotted", "upsert"), ("changed", "upsert")]
-    assert len(finds.commands) == 2
+    assert len(finds.commands) >= 2  # the snapshot reads in chunks, then the re-read of the change
     assert all(command["readConcern"] == {"level": "majority"} for command in finds.commands)
     assert all(command.get("$readPreference", {"mode": "primary"}) == {"mode": "primary"} for command in finds.commands)
 

@@ -43,6 +43,10 @@ class Pipeline:
     def _common(self) -> dict[str, Any]:
         return {"redis_url": self.redis_url, "data_dir": self.data_dir, **FAST, **self.overrides}
 
+    def groups(self) -> list[tuple[str, str]]:
+        """Each stage's stream and consumer group."""
+        return [("raw_document_changes", "embedding_processors"), ("embedded_documents", "qdrant_upserters")]
+
     def producer_settings(self) -> ProducerSettings:
         common = {k: v for k, v in self._common().items() if k != "block_ms"}
         return ProducerSettings(

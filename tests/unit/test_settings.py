@@ -60,3 +60,15 @@ def test_secrets_can_come_from_files(tmp_path: pytest.TempPathFactory) -> None:
     code = "from upserter.settings import UpserterSettings as S; s = S(); print(s.qdrant_api_key, s.redis_url)"
     output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert output.split() == ["from-a-file", "redis://:pw@redis:6379/0"]
+
+
+def test_stream_retention_count_may_differ_per_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAM_RETENTION_COUNT", "5000, embedded_documents=100000")
+    loaded = settings.load(EmbedderSettings)
+    assert loaded.retention_count("raw_document_changes") == 5000
+    assert loaded.retention_count("embedded_documents") == 100_000
+    monkeypatch.setenv("STREAM_RETENTION_COUNT", "raw_document_changes=10")
+    assert settings.load(EmbedderSettings).retention_count("embedded_documents") == 100_000  # the default
+    monkeypatch.setenv("STREAM_RETENTION_COUNT", "raw_document_changes=many")
+    with pytest.raises(ConfigurationError, match="STREAM_RETENTION_COUNT"):
+        settings.load(EmbedderSettings)

@@ -25,6 +25,15 @@ def resume_token_updated_key(source: str) -> str:
     return f"vecsync:producer:{source}:resume_token_updated_at"
 
 
+def snapshot_key(source: str) -> str:
+    """The key of the snapshot in progress: its position and the resume token of the change stream it follows next.
+
+    Written in the same MULTI/EXEC as each batch the snapshot publishes; deleted, in the transaction that stores the
+    resume token, when the snapshot is complete.
+    """
+    return f"vecsync:producer:{source}:snapshot"
+
+
 # Upserter state. The version fence itself lives in each point's payload in Qdrant (see docs/design.md).
 # No longer used: the newest version applied per point, as earlier upserters kept it. `vecsync rebuild` deletes it.
 APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"

@@ -45,6 +45,9 @@ from vecsync.streams import REDIS_REFUSALS, dead_letter_fields, ensure_group, re
 
 log = logging.getLogger(__name__)
 
+# A consumer trims its stream at least every this many entries it finished (see _trim_if_due).
+TRIM_EVERY_MIN_ENTRIES = 1000
+
 # Errors that mean "try again later": Redis unreachable, full or read-only, or a dependency the handler reported.
 RETRYABLE = (TransientError, redis.ConnectionError, redis.TimeoutError, *REDIS_REFUSALS)
 
@@ -134,6 +137,7 @@ class StreamConsumer:
         self._reading_own_history = True
         self._last_claim = 0.0
         self._last_trim = time.monotonic()
+        self._finished_since_trim = 0
 
     def stop(self) -> None:
         self.stopping.set()
@@ -172,16 +176,21 @@ class StreamConsumer:
             log.info("%s could not leave group %s: %s", self.stage, self.group, exc)
 
     def _trim_if_due(self) -> None:
+        """Trim every TRIM_INTERVAL_S, or sooner once this consumer finished a tenth of the retained count.
+
+        By the clock alone, a fast stage would pile up TRIM_INTERVAL_S of acknowledged entries beyond retention,
+        which on a big first sync is more memory than the retained entries themselves.
+        """
         interval = self.settings.trim_interval_s
-        if not interval or time.monotonic() - self._last_trim < interval:
+        keep_count = self.settings.retention_count(self.stream)
+        due_by_volume = self._finished_since_trim >= max(TRIM_EVERY_MIN_ENTRIES, keep_count // 10)
+        if not interval or (time.monotonic() - self._last_trim < interval and not due_by_volume):
             return
         self._last_trim = time.monotonic()
+        self._finished_since_trim = 0
         try:
             removed = trim(
-                self.client,
-                self.stream,
-                keep_count=self.settings.stream_retention_count,
-                keep_age_s=self.settings.stream_retention_age_s,
+                self.client, self.stream, keep_count=keep_count, keep_age_s=self.settings.stream_retention_age_s
             )
         except redis.RedisError as exc:
             log.warning("%s: could not trim %s: %s", self.stage, self.stream, exc)
@@ -373,6 +382,7 @@ class StreamConsumer:
             metrics.MESSAGES_FAILED.labels(**self._labels, reason="invalid").inc(len(batch.rejected))
             metrics.MESSAGES_DEAD_LETTERED.labels(**self._labels).inc(len(batch.rejected))
         metrics.MESSAGES_PROCESSED.labels(**self._labels).inc(len(entries) - len(batch.rejected))
+        self._finished_since_trim += len(entries)
         metrics.BATCH_SIZE.labels(**self._labels).observe(len(entries))
         metrics.BATCH_DURATION.labels(**self._labels).observe(elapsed)
 

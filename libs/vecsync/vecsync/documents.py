@@ -28,6 +28,14 @@ def lookup(document: dict[str, Any], dotted_path: str) -> Any:
     return value
 
 
+def source_projection(text_fields: Sequence[str], payload_fields: Sequence[str]) -> dict[str, int]:
+    """The MongoDB projection of what the later stages read from a document: its _id, text and payload fields.
+
+    Whole top-level fields (``meta`` for ``meta.owner``): the same projection then works on every server.
+    """
+    return {"_id": 1} | {field.split(".")[0]: 1 for field in [*text_fields, *payload_fields]}
+
+
 def build_text(document: dict[str, Any], text_fields: Sequence[str], max_chars: int) -> str:
     """The text to embed: the non-empty string values of ``text_fields``, in order, joined by a blank line.
 

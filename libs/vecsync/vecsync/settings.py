@@ -68,8 +68,65 @@ class RetentionSettings(BaseSettings):
 
     model_config = SETTINGS_CONFIG
 
-    stream_retention_count: int = Field(default=100_000, ge=0)
+    # A count for every stream ("100000"), or per stream ("raw_document_changes=20000,embedded_documents=100000"),
+    # or both ("20000,embedded_documents=100000": the plain number for the streams not named). A stage 2 entry
+    # carries a vector and weighs two to three times a stage 1 entry (docs/operations.md, "Redis memory").
+    stream_retention_count: Annotated[str, NoDecode] = "100000"
     stream_retention_age_s: float = Field(default=0.0, ge=0)
+
+    @field_validator("stream_retention_count", mode="before")
+    @classmethod
+    def _counts_per_stream(cls, value: object) -> str:
+        text = str(value)
+        _retention_counts(text)
+        return text
+
+    def retention_count(self, stream: str) -> int:
+        """The newest entries of ``stream`` that trimming always keeps."""
+        default, per_stream = _retention_counts(self.stream_retention_count)
+        return per_stream.get(stream, default)
+
+
+DEFAULT_RETENTION_COUNT = 100_000
+
+
+def _retention_counts(text: str) -> tuple[int, dict[str, int]]:
+    default, per_stream = DEFAULT_RETENTION_COUNT, {}
+    for part in [part.strip() for part in text.split(",") if part.strip()]:
+        name, sep, count = part.rpartition("=")
+        if not count.strip().isdigit():
+            raise ValueError(
+                f"expected a whole number of entries, or stream=number pairs separated by commas; got {part!r}"
+            )
+        if sep:
+            per_stream[name.strip()] = int(count)
+        else:
+            default = int(count)
+    return default, per_stream
+
+
+class FlowControlSettings(BaseSettings):
+    """How much the pipeline may hold unprocessed before whatever writes stage 1 (the producer, a resync) waits."""
+
+    model_config = SETTINGS_CONFIG
+
+    # Writers of stage 1 stop reading MongoDB while the pipeline holds more than this many entries not yet
+    # processed (unread plus pending, both stages together: stage 1 drained into stage 2 still takes memory), and
+    # read again once they are fewer than PRODUCER_RESUME_BACKLOG (80% of the maximum when unset). Meanwhile the
+    # producer's changes wait in MongoDB's oplog.
+    producer_max_backlog: int = Field(default=50_000, ge=1)
+    producer_resume_backlog: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _resume_below_the_maximum(self) -> FlowControlSettings:
+        if self.producer_resume_backlog is None:
+            self.producer_resume_backlog = self.producer_max_backlog * 4 // 5
+        elif self.producer_resume_backlog > self.producer_max_backlog:
+            raise ValueError(
+                f"PRODUCER_RESUME_BACKLOG ({self.producer_resume_backlog}) must not exceed PRODUCER_MAX_BACKLOG "
+                f"({self.producer_max_backlog})"
+            )
+        return self
 
 
 class ServiceSettings(CommonSettings):

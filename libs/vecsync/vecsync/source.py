@@ -24,7 +24,7 @@ from pymongo import ReadPreference
 from pymongo.collection import Collection
 from pymongo.read_concern import ReadConcern
 
-from vecsync.constants import resume_token_key
+from vecsync.constants import resume_token_key, snapshot_key
 from vecsync.messages import DocumentChange
 
 
@@ -92,12 +92,40 @@ def durable_reads(collection: Collection[dict[str, Any]]) -> Collection[dict[str
     return collection.with_options(read_preference=ReadPreference.PRIMARY, read_concern=ReadConcern("majority"))
 
 
-def read_current(collection: Collection[dict[str, Any]], keys: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """The documents with these _ids as they are now, by mongo_id; missing ones are absent."""
+def read_current(
+    collection: Collection[dict[str, Any]], keys: Iterable[Any], projection: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The documents with these _ids as they are now (only the ``projection``'s fields), by mongo_id."""
     wanted = list(keys)
     if not wanted:
         return {}
-    return {mongo_id_of(doc["_id"]): doc for doc in durable_reads(collection).find({"_id": {"$in": wanted}})}
+    found = durable_reads(collection).find({"_id": {"$in": wanted}}, projection)
+    return {mongo_id_of(doc["_id"]): doc for doc in found}
+
+
+def ejson_id(value: Any) -> str:
+    """An _id as canonical Extended JSON, which keeps its BSON type: a scan's position, stored in Redis."""
+    return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
+
+
+def read_after(
+    collection: Collection[dict[str, Any]],
+    after: str | None,
+    *,
+    limit: int,
+    projection: dict[str, int] | None,
+    query: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The next ``limit`` documents in _id order after the _id ``after`` (see ejson_id), from the start if None.
+
+    One query per chunk, each starting after the last _id of the one before: a scan can stop anywhere and go on
+    from its last published _id, as the snapshot and `vecsync resync` do.
+    """
+    query = dict(query or {})
+    if after is not None:
+        bound = {"_id": {"$gt": json_util.loads(after)}}
+        query = {"$and": [query, bound]} if query else bound
+    return list(durable_reads(collection).find(query, projection).sort("_id", 1).limit(limit))
 
 
 def document_change(source: str, key: Any, document: dict[str, Any] | None, changed_at: float) -> DocumentChange:
@@ -111,9 +139,12 @@ def document_change(source: str, key: Any, document: dict[str, Any] | None, chan
     )
 
 
-def changes_for_ids(collection: Collection[dict[str, Any]], source: str, mongo_ids: list[str]) -> list[DocumentChange]:
+def changes_for_ids(
+    collection: Collection[dict[str, Any]], source: str, mongo_ids: list[str], *, projection: dict[str, int] | None
+) -> list[DocumentChange]:
     """The current state of each document named by ``mongo_ids``: an upsert, or a delete when it is gone."""
-    current = read_current(collection, [key for mongo_id in mongo_ids for key in id_candidates(mongo_id)])
+    keys = [key for mongo_id in mongo_ids for key in id_candidates(mongo_id)]
+    current = read_current(collection, keys, projection)
     now = time.time()
     return [
         DocumentChange(
@@ -137,16 +168,17 @@ def publish_beside_producer(
     """XADD what ``read_changes`` reads from MongoDB, without ever publishing an older state after a newer one.
 
     A state read here could be older than one the running producer publishes
-    between this read and this write. So the resume token (which the producer
-    rewrites with every batch it publishes) is WATCHed across the read and the
-    write: if the producer published meanwhile, the transaction aborts and the
-    documents are read again. A producer batch published afterwards is newer.
+    between this read and this write. So the resume token and the snapshot's
+    position (one of which the producer rewrites with every batch it publishes)
+    are WATCHed across the read and the write: if the producer published
+    meanwhile, the transaction aborts and the documents are read again. A
+    producer batch published afterwards is newer.
     ``also`` queues further commands (progress markers, deletes) in the same transaction.
     """
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(resume_token_key(source))
+                pipe.watch(resume_token_key(source), snapshot_key(source))
                 changes = read_changes()
                 pipe.multi()
                 for change in changes:

@@ -112,6 +112,14 @@ def stream_stats(client: redis.Redis, stream: str, group: str, *, with_consumers
     return stats
 
 
+def unprocessed(client: redis.Redis, stream: str, group: str) -> int:
+    """The entries of ``stream`` that ``group`` has not finished: not yet delivered (lag) plus pending."""
+    info = _group_info(client, stream, group)
+    if info is None:
+        return int(client.xlen(stream))  # no consumer has come yet: every entry waits
+    return (_lag(client, stream, info) or 0) + int(info["pending"])
+
+
 def _group_info(client: redis.Redis, stream: str, group: str) -> dict[str, Any] | None:
     try:
         groups = client.xinfo_groups(stream)

@@ -7,7 +7,16 @@ change it published: nothing is lost, and at worst nothing is duplicated.
 Entries carry the document as re-read by its key right after the change, not
 the change event's own copy. The read happens after the change, so it shows
 that change or a newer state, and changes to one document are published in
-order, so the last entry of every document holds its current state.
+order, so the last entry of every document holds its current state. Reads
+project the document to what the later stages use: its _id, text and payload
+fields.
+
+The first start snapshots the collection in _id order, in chunks, after
+opening the change stream. Each chunk is published in one MULTI/EXEC with the
+snapshot's position (its last _id) and the resume token of that change stream,
+so a restart goes on after the last chunk published and then follows the
+changes made since the snapshot began. Before each chunk or batch of events it
+reads, the producer waits while the pipeline holds too much (vecsync.flow).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -28,13 +38,15 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from producer.settings import ProducerSettings
-from vecsync.constants import dlq_stream, resume_token_key, resume_token_updated_key
+from vecsync.constants import dlq_stream, resume_token_key, resume_token_updated_key, snapshot_key
 from vecsync.consumer import Backoff
+from vecsync.documents import source_projection
 from vecsync.errors import ConfigurationError, HistoryLost
+from vecsync.flow import FlowControl
 from vecsync.liveness import Liveness
 from vecsync.messages import DocumentChange
 from vecsync.metrics import REDIS_REFUSED
-from vecsync.source import document_change, durable_reads, mongo_id_of, read_current
+from vecsync.source import document_change, ejson_id, mongo_id_of, read_after, read_current
 from vecsync.streams import REDIS_REFUSALS, dead_letter_fields, refusal_reason
 
 log = logging.getLogger(__name__)
@@ -49,6 +61,27 @@ INVALIDATING_OPERATIONS = {"drop", "rename", "dropDatabase", "invalidate"}
 EVENTS_READ = Counter("vecsync_producer_events_total", "Change events read, by operation type.", ["operation"])
 SNAPSHOT_DOCUMENTS = Counter(
     "vecsync_producer_snapshot_documents_total", "Documents published by the initial snapshot."
+)
+SNAPSHOT_RUNNING = Gauge("vecsync_producer_snapshot_running", "1 while the producer snapshots the collection, else 0.")
+SNAPSHOT_DONE = Gauge(
+    "vecsync_producer_snapshot_documents_done", "Documents the snapshot in progress has published, across restarts."
+)
+SNAPSHOT_ESTIMATED = Gauge(
+    "vecsync_producer_snapshot_documents_estimated", "The collection's estimated size when the snapshot began."
+)
+THROTTLED = Gauge(
+    "vecsync_producer_throttled",
+    "1 while the producer waits for the pipeline's backlog to fall below PRODUCER_RESUME_BACKLOG, else 0.",
+)
+THROTTLED_FOR = Gauge(
+    "vecsync_producer_throttled_for_seconds", "How long the producer has been waiting for room (0 when it is not)."
+)
+THROTTLED_SECONDS = Counter(
+    "vecsync_producer_throttled_seconds_total", "Time the producer spent waiting for room in the pipeline."
+)
+PIPELINE_BACKLOG = Gauge(
+    "vecsync_producer_pipeline_backlog",
+    "Entries not yet processed in both stages, as the producer last measured them before reading MongoDB.",
 )
 ENTRIES_PUBLISHED = Counter("vecsync_producer_entries_published_total", "Entries added to stage 1.", ["op"])
 INVALIDATIONS = Counter(
@@ -70,6 +103,38 @@ class TokenMoved(Exception):
     """Raised when the stored resume token is not the one this producer last wrote."""
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot in progress, as stored at snapshot_key: where the scan is, and where the change stream resumes."""
+
+    token: str  # the resume token (Extended JSON) of the change stream opened before the scan began
+    last_id: str | None  # the last _id published (see source.ejson_id); None before the first chunk
+    published: int
+    estimated: int
+    started_at: float
+
+    def to_fields(self) -> dict[str, str]:
+        fields = {
+            "token": self.token,
+            "published": str(self.published),
+            "estimated": str(self.estimated),
+            "started_at": repr(self.started_at),
+        }
+        if self.last_id is not None:
+            fields["last_id"] = self.last_id
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Snapshot:
+        return cls(
+            token=fields["token"],
+            last_id=fields.get("last_id"),
+            published=int(fields.get("published", 0)),
+            estimated=int(fields.get("estimated", 0)),
+            started_at=float(fields.get("started_at", 0.0)),
+        )
+
+
 class Producer:
     def __init__(
         self,
@@ -85,12 +150,23 @@ class Producer:
         self.source = settings.source
         self.token_key = resume_token_key(self.source)
         self.token_updated_key = resume_token_updated_key(self.source)
+        self.snapshot_key = snapshot_key(self.source)
+        self.projection = source_projection(settings.text_fields, settings.payload_fields)
         self._token_stored_at = time.time()
         self._token_written: str | None = None  # the token JSON this process last stored
+        self._snapshot_written: str | None = None  # the snapshot position this process last stored
         self._wrote_since_failure = False
         # Beats at every read of the change stream, every snapshot batch and every pause: what /healthz reports.
         self.liveness = Liveness(settings.stall_timeout_s)
+        self.flow = FlowControl(client, settings, settings, self.stopping, liveness=self.liveness)
         TOKEN_AGE.set_function(lambda: time.time() - self._token_stored_at)
+        THROTTLED.set_function(lambda: float(self.flow.throttled))
+        THROTTLED_FOR.set_function(self.flow.throttled_for_s)
+        PIPELINE_BACKLOG.set_function(lambda: self.flow.last_backlog)
+
+    @property
+    def throttled(self) -> bool:
+        return self.flow.throttled
 
     def run(self, *, drain: bool = False) -> None:
         """Publish changes until stopped; with ``drain``, until no change is waiting."""
@@ -135,11 +211,15 @@ class Producer:
     def _follow_changes(self, *, drain: bool) -> bool:
         """Publish from the stored token on; True when the stream ended (invalidated) and must be reopened."""
         token: Mapping[str, Any] | None = self._stored_token()
-        with self._open_change_stream(token) as stream:
+        snapshot = None if token is not None else self._stored_snapshot()
+        with self._open_change_stream(token or (json_util.loads(snapshot.token) if snapshot else None)) as stream:
             if token is None:
-                self._snapshot(stream)
+                if not self._snapshot(stream, snapshot):
+                    return False  # stopped meanwhile: the snapshot goes on from its position at the next start
+                token = stream.resume_token
             while not self.stopping.is_set():
                 self.liveness.beat()
+                self.flow.wait_for_room()
                 read_started = time.monotonic()
                 events = self._next_events(stream)
                 if events:
@@ -163,34 +243,61 @@ class Producer:
     def _open_change_stream(self, token: Mapping[str, Any] | None) -> Iterator[CollectionChangeStream[Any]]:
         # start_after (not resume_after) so that a token of an invalidate event resumes too.
         stream = self.collection.watch(start_after=token, max_await_time_ms=self.settings.max_await_ms)
-        log.info("Watching %s from %s", self.source, "the stored resume token" if token else "now")
+        log.info("Watching %s from %s", self.source, "a stored resume token" if token else "now")
         try:
             yield stream
         finally:
             stream.close()
 
-    def _snapshot(self, stream: CollectionChangeStream[Any]) -> None:
-        """Publish every existing document, in _id order.
+    def _snapshot(self, stream: CollectionChangeStream[Any], snapshot: Snapshot | None) -> bool:
+        """Publish every existing document in _id order, going on from ``snapshot``; False if stopped first.
 
         The change stream is already open, so a change made during the scan is
         also read from it afterwards and published after the scanned state.
         """
-        log.info("No resume token stored: snapshotting %s before following its changes", self.source)
-        published = 0
-        batch: list[DocumentChange] = []
-        cursor = durable_reads(self.collection).find({}, sort=[("_id", 1)], batch_size=self.settings.batch_size)
-        for document in cursor:
-            batch.append(document_change(self.source, document["_id"], document, time.time()))
-            if len(batch) >= self.settings.batch_size:
-                published += self._write(batch, token=None)
-                batch = []
+        opened = stream.resume_token
+        if snapshot is None:
+            estimated = self.collection.estimated_document_count()
+            log.info("No resume token stored: snapshotting %s (about %d documents) first", self.source, estimated)
+            snapshot = Snapshot(json_util.dumps(opened) if opened else "", None, 0, estimated, time.time())
+            if snapshot.token:
+                self._write([], token=None, snapshot=snapshot)
+            else:
+                log.warning("MongoDB gave no resume token for the new change stream: a restart snapshots again")
+        else:
+            log.info("Going on with the snapshot of %s after %d documents", self.source, snapshot.published)
+        SNAPSHOT_RUNNING.set(1)
+        SNAPSHOT_ESTIMATED.set(snapshot.estimated)
+        try:
+            while not self.stopping.is_set():
                 self.liveness.beat()
-            if self.stopping.is_set():
-                log.info("Stopped during the snapshot; it restarts from the beginning next time")
-                return
-        published += self._write(batch, token=stream.resume_token)
-        SNAPSHOT_DOCUMENTS.inc(published)
-        log.info("Snapshot of %s published %d documents", self.source, published)
+                self.flow.wait_for_room()
+                if self.stopping.is_set():
+                    break
+                chunk = read_after(
+                    self.collection, snapshot.last_id, limit=self.settings.batch_size, projection=self.projection
+                )
+                if not chunk:
+                    self._write([], token=opened, snapshot=snapshot, snapshot_done=True)
+                    log.info("Snapshot of %s published %d documents", self.source, snapshot.published)
+                    return True
+                now = time.time()
+                changes = [document_change(self.source, document["_id"], document, now) for document in chunk]
+                snapshot = replace(
+                    snapshot, last_id=ejson_id(chunk[-1]["_id"]), published=snapshot.published + len(chunk)
+                )
+                self._write(changes, token=None, snapshot=snapshot if snapshot.token else None)
+                SNAPSHOT_DOCUMENTS.inc(len(changes))
+                SNAPSHOT_DONE.set(snapshot.published)
+        finally:
+            SNAPSHOT_RUNNING.set(0)
+        log.info("Stopped during the snapshot of %s after %d documents", self.source, snapshot.published)
+        return False
+
+    def _stored_snapshot(self) -> Snapshot | None:
+        fields = self.client.hgetall(self.snapshot_key)
+        self._snapshot_written = fields.get("last_id")
+        return Snapshot.from_fields(fields) if fields.get("token") else None
 
     def _next_events(self, stream: CollectionChangeStream[Any]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -241,7 +348,7 @@ class Producer:
     def _reread(self, keys: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """The current documents by mongo_id, and why each document that cannot be read could not be."""
         try:
-            return read_current(self.collection, keys), {}
+            return read_current(self.collection, keys, self.projection), {}
         except OperationFailure as exc:
             if exc.code in MONGO_AUTH_FAILURES:
                 raise
@@ -249,7 +356,7 @@ class Producer:
         current, unreadable = {}, {}
         for key in keys:
             try:
-                current.update(read_current(self.collection, [key]))
+                current.update(read_current(self.collection, [key], self.projection))
             except OperationFailure as exc:
                 unreadable[mongo_id_of(key)] = str(exc)
         return current, unreadable
@@ -273,16 +380,24 @@ class Producer:
         *,
         token: Mapping[str, Any] | None,
         dead_letters: list[dict[str, str]] | None = None,
+        snapshot: Snapshot | None = None,
+        snapshot_done: bool = False,
     ) -> int:
-        """XADD ``changes`` (and ``dead_letters`` to the stage 1 DLQ) and store ``token``, in one MULTI/EXEC."""
-        if not changes and token is None:
+        """XADD ``changes`` (and ``dead_letters`` to the stage 1 DLQ) and store ``token``, in one MULTI/EXEC.
+
+        With ``snapshot``, its position is stored in the same transaction; with ``snapshot_done``, it is deleted
+        there instead, as the token that the changes since the snapshot began resume from is stored.
+        """
+        if not changes and token is None and snapshot is None:
             return 0
         with self.client.pipeline(transaction=True) as tx:
-            tx.watch(self.token_key)
-            if tx.get(self.token_key) != self._token_written:
+            tx.watch(self.token_key, self.snapshot_key)
+            if tx.get(self.token_key) != self._token_written or (
+                snapshot is not None and tx.hget(self.snapshot_key, "last_id") != self._snapshot_written
+            ):
                 # Redis lost its latest writes (a crash within the fsync window), or another producer
                 # runs: what this process thinks it published may not be there. Resume from what is.
-                raise TokenMoved(f"the stored resume token of {self.source} changed under this producer")
+                raise TokenMoved(f"the stored resume token or snapshot of {self.source} changed under this producer")
             tx.multi()
             for change in changes:
                 tx.xadd(self.settings.stage1_stream, change.to_fields())
@@ -292,11 +407,17 @@ class Producer:
                 token_json = json_util.dumps(token)
                 tx.set(self.token_key, token_json)
                 tx.set(self.token_updated_key, repr(time.time()))
+            if snapshot_done:
+                tx.delete(self.snapshot_key)
+            elif snapshot is not None:
+                tx.hset(self.snapshot_key, mapping=snapshot.to_fields())
             try:
                 tx.execute()
             except redis.WatchError:
                 raise TokenMoved(f"the stored resume token of {self.source} changed while publishing") from None
         self._wrote_since_failure = True
+        if snapshot is not None:
+            self._snapshot_written = None if snapshot_done else snapshot.last_id
         if token is not None:
             self._token_written = token_json
             self._token_stored_at = time.time()
@@ -315,8 +436,9 @@ class Producer:
             raise HistoryLost(
                 f"The change stream of {self.source} cannot resume from the stored token: MongoDB no longer holds "
                 f"that history ({exc}). Changes made meanwhile may be missing. Set RESYNC_ON_HISTORY_LOST=true to "
-                f"snapshot the collection again automatically, or delete the Redis key {self.token_key} and "
-                "restart; then run `vecsync verify --repair` to remove points of documents deleted meanwhile."
+                f"snapshot the collection again automatically, or delete the Redis keys {self.token_key} and "
+                f"{self.snapshot_key} and restart; then run `vecsync verify --repair` to remove points of documents "
+                "deleted meanwhile."
             ) from exc
         log.error(
             "The change stream of %s lost its history (%s); RESYNC_ON_HISTORY_LOST is set, so the collection "
@@ -324,7 +446,7 @@ class Producer:
             self.source,
             exc,
         )
-        self.client.delete(self.token_key)
+        self.client.delete(self.token_key, self.snapshot_key)
 
 
 def _standalone_message(exc: OperationFailure) -> str:

@@ -1,9 +1,9 @@
 from pydantic import Field
 
-from vecsync.settings import MongoSettings, ServiceSettings
+from vecsync.settings import FlowControlSettings, MongoSettings, ServiceSettings, TextSettings
 
 
-class ProducerSettings(ServiceSettings, MongoSettings):
+class ProducerSettings(ServiceSettings, MongoSettings, TextSettings, FlowControlSettings):
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     batch_size: int = Field(default=256, ge=1, le=10_000)
     # How long one change stream read waits for new events; bounds how fast SIGTERM is noticed.

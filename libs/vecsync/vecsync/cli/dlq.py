@@ -12,6 +12,7 @@ import redis
 
 from vecsync.cli.context import EXIT_FAILED, EXIT_OK, Context, progress
 from vecsync.constants import dlq_stream
+from vecsync.documents import source_projection
 from vecsync.errors import VecsyncError
 from vecsync.source import changes_for_ids, publish_beside_producer
 
@@ -139,11 +140,12 @@ def _replay(ctx: Context, letter: DeadLetter) -> None:
         # Re-read: the letter's copy (and a stage 2 letter's version) may be older than the document's current
         # state, and a rebuild may have emptied the collection that would have fenced it.
         source = ctx.settings.source
+        projection = source_projection(ctx.settings.text_fields, ctx.settings.payload_fields)
         publish_beside_producer(
             ctx.redis,
             ctx.settings.stage1_stream,
             source,
-            lambda: changes_for_ids(ctx.collection, source, [mongo_id]),
+            lambda: changes_for_ids(ctx.collection, source, [mongo_id], projection=projection),
             also=remove,
         )
         return

@@ -9,7 +9,6 @@ from typing import Any
 
 import redis
 from bson import json_util
-from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, progress
 from vecsync.cli.store import embedding_model
@@ -20,16 +19,18 @@ from vecsync.constants import (
     TRIMMED_KEY_PREFIX,
     VERIFY_PROGRESS_PREFIX,
 )
-from vecsync.documents import build_text, lookup, point_id, text_sha256
+from vecsync.documents import build_text, lookup, point_id, source_projection, text_sha256
 from vecsync.errors import ConfigurationError
 from vecsync.messages import DocumentChange
 from vecsync.retention import trim_bound, trim_to
 from vecsync.source import (
     changes_for_ids,
     document_change,
+    ejson_id,
     id_candidates,
     mongo_id_of,
     publish_beside_producer,
+    read_after,
     read_current,
     to_plain,
 )
@@ -39,15 +40,8 @@ from vecsync.streams import ensure_group, stream_stats
 EXAMPLES = 20
 
 
-def _ejson(value: Any) -> str:
-    return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
-
-
-def _after(last_id: str | None, query: dict[str, Any]) -> dict[str, Any]:
-    if last_id is None:
-        return query
-    after = {"_id": {"$gt": json_util.loads(last_id)}}
-    return {"$and": [query, after]} if query else after
+def _projection(ctx: Context) -> dict[str, int]:
+    return source_projection(ctx.settings.text_fields, ctx.settings.payload_fields)
 
 
 # Resync ---------------------------------------------------------------------
@@ -89,7 +83,7 @@ def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_s
     with progress(total, "docs", "resync") as bar:
         bar.update(min(published, total))
         while batch := _resync_batch(ctx, key, query, filter_text, last_id, published, batch_size):
-            last_id, published = _ejson(batch[-1]["_id"]), published + len(batch)
+            last_id, published = ejson_id(batch[-1]["_id"]), published + len(batch)
             bar.update(len(batch))
     ctx.redis.delete(key)
     print(f"Resync published {published} documents of {source} to {stream}.")
@@ -109,14 +103,14 @@ def _resync_batch(
     batch: list[dict[str, Any]] = []
 
     def read() -> list[DocumentChange]:
-        batch[:] = ctx.collection.find(_after(last_id, query)).sort("_id", 1).limit(size)
+        batch[:] = read_after(ctx.collection, last_id, limit=size, projection=_projection(ctx), query=query)
         now = time.time()
         return [document_change(ctx.settings.source, document["_id"], document, now) for document in batch]
 
     def save_progress(pipe: redis.client.Pipeline) -> None:
         if batch:
             mark = {
-                "last_id": _ejson(batch[-1]["_id"]),
+                "last_id": ejson_id(batch[-1]["_id"]),
                 "filter": filter_text or "",
                 "published": published + len(batch),
             }
@@ -214,14 +208,11 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
     The point's payload is compared with the document itself, never with the point's own text_sha256: a payload
     edited behind the pipeline's back keeps its hash.
     """
-    source, settings = ctx.settings.source, ctx.settings
-    projection = {name.split(".")[0]: 1 for name in [*settings.text_fields, *settings.payload_fields]}
+    source = ctx.settings.source
     with progress(ctx.collection.estimated_document_count(), "docs", "verify documents") as bar:
         bar.update(state.checked_documents)
         while True:
-            documents = list(
-                ctx.collection.find(_after(state.last_id, {}), projection).sort("_id", 1).limit(batch_size)
-            )
+            documents = read_after(ctx.collection, state.last_id, limit=batch_size, projection=_projection(ctx))
             if not documents:
                 return
             wanted = {mongo_id_of(d["_id"]): _expected_payload(ctx, d, state.model) for d in documents}
@@ -239,7 +230,7 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
                 state.other_models.append(model)
             state.record("other_model", other_model)
             _repair_and_record(ctx, state, {"missing": missing, "stale": stale, "extra": extra})
-            state.last_id = _ejson(documents[-1]["_id"])
+            state.last_id = ejson_id(documents[-1]["_id"])
             state.checked_documents += len(documents)
             ctx.redis.set(key, json.dumps(state.__dict__))
             bar.update(len(documents))
@@ -300,7 +291,8 @@ def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, 
 
         def current_states() -> list[DocumentChange]:
             # Embedded again even where the text looks unchanged: the point's vector is not to be trusted either.
-            return [replace(change, force_embed=True) for change in changes_for_ids(ctx.collection, source, to_repair)]
+            changes = changes_for_ids(ctx.collection, source, to_repair, projection=_projection(ctx))
+            return [replace(change, force_embed=True) for change in changes]
 
         publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, source, current_states)
         state.repaired += len(to_repair)
@@ -356,10 +348,10 @@ def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
 
 def trim_command(ctx: Context) -> int:
     settings = ctx.settings
-    count, age = settings.stream_retention_count, settings.stream_retention_age_s
     plans = {}
     for stream in (settings.stage1_stream, settings.stage2_stream):
-        bound = trim_bound(ctx.redis, stream, keep_count=count, keep_age_s=age)
+        keep_count = settings.retention_count(stream)
+        bound = trim_bound(ctx.redis, stream, keep_count=keep_count, keep_age_s=settings.stream_retention_age_s)
         if bound:
             plans[stream] = bound
     if not plans:

@@ -1,9 +1,16 @@
 from pydantic import Field
 
-from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, RetentionSettings, TextSettings
+from vecsync.settings import (
+    CommonSettings,
+    FlowControlSettings,
+    MongoSettings,
+    QdrantSettings,
+    RetentionSettings,
+    TextSettings,
+)
 
 
-class CliSettings(CommonSettings, MongoSettings, QdrantSettings, TextSettings, RetentionSettings):
+class CliSettings(CommonSettings, MongoSettings, QdrantSettings, TextSettings, RetentionSettings, FlowControlSettings):
     embedding_url: str = "http://127.0.0.1:8080"
     embedding_api_key: str | None = Field(default=None, repr=False)
     # The upserter that holds an embedded Qdrant store open answers searches for the CLI.

@@ -1,0 +1,113 @@
+"""The first sync of a big collection: lean entries, a snapshot that resumes where it stopped, and a producer that
+waits while the pipeline holds too much."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from producer.service import Producer
+from tests.support.pipeline import Pipeline
+from tests.support.servers import wait_for
+from vecsync.constants import resume_token_key, snapshot_key
+from vecsync.streams import unprocessed
+
+STAGE1, STAGE2 = "raw_document_changes", "embedded_documents"
+
+
+def stage1(pipeline: Pipeline) -> list[dict[str, str]]:
+    return [fields for _id, fields in pipeline.redis_client.xrange(STAGE1)]
+
+
+def producer(pipeline: Pipeline, **overrides: Any) -> Producer:
+    pipeline.overrides.update(overrides)
+    return Producer(pipeline.producer_settings(), pipeline.redis_client, pipeline.collection)
+
+
+def test_stage1_entries_carry_only_the_id_the_text_and_the_payload_fields(pipeline: Pipeline) -> None:
+    bulk = "x" * 4000
+    pipeline.collection.insert_one(
+        {"_id": "a", "subject": "s", "content": "c", "owner": "Ann", "attachment": bulk, "meta": {"n": 1}}
+    )
+    pipeline.run_producer()  # the snapshot
+    pipeline.collection.update_one({"_id": "a"}, {"$set": {"attachment": bulk + "y", "owner": "Bo"}})
+    pipeline.run_producer()  # a change
+    documents = [json.loads(fields["doc"]) for fields in stage1(pipeline)]
+    assert [doc["owner"] for doc in documents] == ["Ann", "Bo"]
+    for document in documents:
+        assert set(document) == {"_id", "subject", "content", "owner"}
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL right after a batch was committed."""
+
+
+def test_a_killed_snapshot_resumes_from_its_position_and_misses_no_change_made_meanwhile(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collection = pipeline.collection
+    collection.insert_many([{"_id": f"d{i:03}", "subject": f"ticket {i}"} for i in range(100)])
+    first = producer(pipeline, batch_size=10)
+    write, writes = first._write, []
+
+    def write_then_die(*args: Any, **kwargs: Any) -> int:
+        published = write(*args, **kwargs)
+        writes.append(published)
+        if len(writes) == 4:  # the state, then three batches
+            raise Killed
+        return published
+
+    monkeypatch.setattr(first, "_write", write_then_die)
+    with pytest.raises(Killed):
+        first.run(drain=True)
+    assert pipeline.redis_client.exists(snapshot_key(pipeline.source))
+    assert not pipeline.redis_client.exists(resume_token_key(pipeline.source))
+    # Changes while the producer is down: behind the scan's position, ahead of it, and a new document.
+    collection.update_one({"_id": "d005"}, {"$set": {"subject": "ticket 5, edited"}})
+    collection.delete_one({"_id": "d050"})
+    collection.insert_one({"_id": "d200", "subject": "new"})
+
+    producer(pipeline, batch_size=10).run(drain=True)
+    assert not pipeline.redis_client.exists(snapshot_key(pipeline.source)), "the finished snapshot left its state"
+    published = Counter(fields["mongo_id"] for fields in stage1(pipeline))
+    assert all(published[f"d{i:03}"] == 1 for i in range(100) if i not in (5, 50)), "published twice"
+    assert published["d005"] == 2 and published["d200"] == 2  # the scan's state, then the change
+    last = {fields["mongo_id"]: fields for fields in stage1(pipeline)}
+    assert json.loads(last["d005"]["doc"])["subject"] == "ticket 5, edited"
+    assert last["d050"]["op"] == "delete"
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+
+
+def test_the_producer_waits_while_the_pipeline_holds_too_many_unprocessed_entries(pipeline: Pipeline) -> None:
+    client = pipeline.redis_client
+    pipeline.collection.insert_many([{"_id": f"d{i:03}", "subject": f"ticket {i}"} for i in range(200)])
+    running = producer(pipeline, batch_size=10, producer_max_backlog=50)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    backlogs = []
+
+    def backlog() -> int:
+        total = sum(unprocessed(client, stream, group) for stream, group in pipeline.groups())
+        backlogs.append(total)
+        return total
+
+    try:
+        wait_for(lambda: running.throttled, timeout=20, what="the producer to wait")
+        assert backlog() <= 60
+        while not client.exists(resume_token_key(pipeline.source)) or backlog():
+            # Only what the stages finish makes room: stage 1 drained into stage 2 still counts.
+            pipeline.embedder_consumer().run(drain=True)
+            backlog()
+            pipeline.upserter_consumer().run(drain=True)
+            backlog()
+    finally:
+        running.stopping.set()
+        thread.join(10)
+    assert max(backlogs) <= 50 + 10, backlogs
+    assert len(stage1(pipeline)) == 200
+    pipeline.assert_matches_mongo()
