@@ -111,3 +111,25 @@ def test_the_producer_waits_while_the_pipeline_holds_too_many_unprocessed_entrie
     assert max(backlogs) <= 50 + 10, backlogs
     assert len(stage1(pipeline)) == 200
     pipeline.assert_matches_mongo()
+
+
+def test_a_resync_waits_for_room_as_the_producer_does(pipeline: Pipeline) -> None:
+    from tests.integration.test_cli import cli
+
+    pipeline.collection.insert_many([{"_id": f"d{i:03}", "subject": f"ticket {i}"} for i in range(100)])
+    pipeline.drain()
+    first_entry_of_resync = len(stage1(pipeline))
+    resync = threading.Thread(
+        target=cli, args=(pipeline, "--yes", "resync", "--batch-size", "10"), kwargs={"producer_max_backlog": 20}
+    )
+    resync.start()
+    try:
+        wait_for(lambda: len(stage1(pipeline)) > first_entry_of_resync + 20, timeout=20, what="the resync to publish")
+        assert resync.is_alive(), "the resync did not wait for the stages"
+        assert len(stage1(pipeline)) - first_entry_of_resync <= 30
+        while resync.is_alive():
+            pipeline.embedder_consumer().run(drain=True)
+            pipeline.upserter_consumer().run(drain=True)
+    finally:
+        resync.join(60)
+    assert len(stage1(pipeline)) - first_entry_of_resync == 100

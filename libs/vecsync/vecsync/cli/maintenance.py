@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,6 +22,7 @@ from vecsync.constants import (
 )
 from vecsync.documents import build_text, lookup, point_id, source_projection, text_sha256
 from vecsync.errors import ConfigurationError
+from vecsync.flow import FlowControl
 from vecsync.messages import DocumentChange
 from vecsync.retention import trim_bound, trim_to
 from vecsync.source import (
@@ -82,7 +84,20 @@ def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_s
     )
     with progress(total, "docs", "resync") as bar:
         bar.update(min(published, total))
-        while batch := _resync_batch(ctx, key, query, filter_text, last_id, published, batch_size):
+
+        def waiting(backlog: int) -> None:
+            bar.write(
+                f"The pipeline holds {backlog} unprocessed entries (PRODUCER_MAX_BACKLOG="
+                f"{ctx.settings.producer_max_backlog}): waiting for the stages to work them off."
+            )
+
+        # Like the producer's snapshot, a resync of a big collection must not publish faster than the stages work.
+        flow = FlowControl(ctx.redis, ctx.settings, ctx.settings, threading.Event(), on_wait=waiting)
+        while True:
+            flow.wait_for_room()
+            batch = _resync_batch(ctx, key, query, filter_text, last_id, published, batch_size)
+            if not batch:
+                break
             last_id, published = ejson_id(batch[-1]["_id"]), published + len(batch)
             bar.update(len(batch))
     ctx.redis.delete(key)
