@@ -37,6 +37,8 @@ import redis
 from vecsync import metrics
 from vecsync.constants import dlq_stream
 from vecsync.errors import PermanentError, TransientError
+from vecsync.flow import PAUSE_SHARE, RedisMemory
+from vecsync.flow import POLL_S as FLOW_POLL_S
 from vecsync.leases import Leases
 from vecsync.liveness import Liveness
 from vecsync.retention import trim
@@ -115,6 +117,7 @@ class StreamConsumer:
         handler: Handler,
         settings: ConsumerSettings,
         stopping: threading.Event | None = None,
+        pause_when_redis_full: bool = False,
     ) -> None:
         self.client = client
         self.stage = stage
@@ -125,6 +128,10 @@ class StreamConsumer:
         self.consumer = settings.consumer_name
         self.stopping = stopping or threading.Event()
         self._labels = {"stage": stage, "stream": stream, "group": group}
+        # A stage that writes the next stream pauses between batches while Redis is nearly full (vecsync.flow).
+        self.pause_when_redis_full = pause_when_redis_full
+        self.memory = RedisMemory(client)
+        self._retention_yielded = False
         self.liveness = Liveness(settings.stall_timeout_s)
         self.leases = Leases(
             client,
@@ -152,6 +159,8 @@ class StreamConsumer:
             while not self.stopping.is_set():
                 self.liveness.beat()
                 self._trim_if_due()
+                if self.pause_when_redis_full:
+                    self._pause_while_redis_full()
                 entries = self._with_retry(lambda: self._next_entries(drain=drain))
                 if entries is None:
                     if drain:
@@ -182,9 +191,24 @@ class StreamConsumer:
         which on a big first sync is more memory than the retained entries themselves.
         """
         interval = self.settings.trim_interval_s
+        if not interval:
+            return
         keep_count = self.settings.retention_count(self.stream)
-        due_by_volume = self._finished_since_trim >= max(TRIM_EVERY_MIN_ENTRIES, keep_count // 10)
-        if not interval or (time.monotonic() - self._last_trim < interval and not due_by_volume):
+        since_trim_s = time.monotonic() - self._last_trim
+        due = since_trim_s >= interval or self._finished_since_trim >= max(TRIM_EVERY_MIN_ENTRIES, keep_count // 10)
+        if self._redis_share() > self.settings.redis_memory_high_water:
+            # Redis is filling up: the retention window (a convenience for rebuilds) yields to the pipeline.
+            if not self._retention_yielded:
+                log.warning(
+                    "%s: Redis is above REDIS_MEMORY_HIGH_WATER of its maxmemory; trimming every acknowledged "
+                    "entry of %s, beyond the retention window, until it is below",
+                    self.stage,
+                    self.stream,
+                )
+            self._retention_yielded, keep_count, due = True, 0, due or since_trim_s >= FLOW_POLL_S
+        else:
+            self._retention_yielded = False
+        if not due:
             return
         self._last_trim = time.monotonic()
         self._finished_since_trim = 0
@@ -197,6 +221,28 @@ class StreamConsumer:
             return
         if removed:
             log.info("%s trimmed %d acknowledged entries from %s", self.stage, removed, self.stream)
+
+    def _redis_share(self) -> float:
+        try:
+            return self.memory.share()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return 0.0  # the next command waits Redis out
+
+    def _pause_while_redis_full(self) -> None:
+        """Wait while Redis is above PAUSE_SHARE of its maxmemory, for the next stage to take entries out."""
+        paused = False
+        while not self.stopping.is_set() and self._redis_share() > PAUSE_SHARE:
+            if not paused:
+                log.warning(
+                    "%s: Redis is above %d%% of its maxmemory; pausing before the next batch until the next stage "
+                    "makes room",
+                    self.stage,
+                    PAUSE_SHARE * 100,
+                )
+                paused = True
+            self.liveness.beat(waiting_s=FLOW_POLL_S)
+            self._trim_if_due()
+            self.stopping.wait(FLOW_POLL_S)
 
     # Reading ----------------------------------------------------------------
 

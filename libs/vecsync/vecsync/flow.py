@@ -5,6 +5,12 @@ stage 1, and each stage 1 entry makes at most one stage 2 entry, so bounding the
 stages together (unread plus pending) bounds what the streams hold beyond their retention. The producer and
 `vecsync resync` check the bound before each batch they read from MongoDB; what they have not read yet waits in
 MongoDB (the collection, or the oplog for the change stream), not in Redis.
+
+A count cannot know how big entries are, so where Redis runs with maxmemory its memory is the second bound: above
+REDIS_MEMORY_HIGH_WATER of it, writers of stage 1 wait, and consumers trim every acknowledged entry (the retention
+window yields: it is a convenience for rebuilds, a full Redis stops everything). The embedder-workers, whose stage 2
+entries are the biggest, pause between batches above PAUSE_SHARE, so that Redis keeps room for the entries in
+flight and never has to refuse a write.
 """
 
 from __future__ import annotations
@@ -24,6 +30,26 @@ log = logging.getLogger(__name__)
 
 # How often a waiting writer measures the backlog again.
 POLL_S = 1.0
+# Above this share of maxmemory, the embedder-workers wait between batches for the upserters to make room.
+PAUSE_SHARE = 0.9
+
+
+class RedisMemory:
+    """Redis's used memory as a share of its maxmemory (0 when it has none), read at most once a second."""
+
+    def __init__(self, client: redis.Redis, max_age_s: float = 1.0) -> None:
+        self.client = client
+        self.max_age_s = max_age_s
+        self._share = 0.0
+        self._read_at = float("-inf")
+
+    def share(self) -> float:
+        if time.monotonic() - self._read_at >= self.max_age_s:
+            info = self.client.info("memory")
+            limit = int(info.get("maxmemory", 0))
+            self._share = int(info["used_memory"]) / limit if limit else 0.0
+            self._read_at = time.monotonic()
+        return self._share
 
 
 class FlowControl:
@@ -42,6 +68,8 @@ class FlowControl:
         self.client = client
         self.max_backlog = settings.producer_max_backlog
         self.resume_backlog = settings.producer_resume_backlog or 0
+        self.memory = RedisMemory(client)
+        self.high_water = stages.redis_memory_high_water
         self.groups = [(stages.stage1_stream, stages.stage1_group), (stages.stage2_stream, stages.stage2_group)]
         self.stopping = stopping
         self.liveness = liveness
@@ -65,27 +93,33 @@ class FlowControl:
         return self.last_backlog
 
     def wait_for_room(self) -> None:
-        """Return at once below PRODUCER_MAX_BACKLOG; above it, once below PRODUCER_RESUME_BACKLOG (or stopping)."""
-        backlog = self.backlog()
-        if backlog <= self.max_backlog:
+        """Return at once while there is room; else once the backlog and Redis's memory are down again (or stopping).
+
+        Room: at most PRODUCER_MAX_BACKLOG unprocessed entries, and Redis below REDIS_MEMORY_HIGH_WATER of its
+        maxmemory. Down again: at most PRODUCER_RESUME_BACKLOG, and at most nine tenths of the high water.
+        """
+        backlog, share = self.backlog(), self.memory.share()
+        if backlog <= self.max_backlog and share <= self.high_water:
             return
         log.info(
-            "The pipeline holds %d unprocessed entries (PRODUCER_MAX_BACKLOG=%d): reading MongoDB again below %d",
+            "The pipeline holds %d unprocessed entries (PRODUCER_MAX_BACKLOG=%d) and Redis uses %.0f%% of its "
+            "maxmemory (REDIS_MEMORY_HIGH_WATER=%.0f%%): waiting for the stages before reading MongoDB again",
             backlog,
             self.max_backlog,
-            self.resume_backlog,
+            share * 100,
+            self.high_water * 100,
         )
         if self.on_wait is not None:
             self.on_wait(backlog)
         self.throttled_since = started = time.monotonic()
         try:
-            while backlog >= self.resume_backlog:
+            while backlog > self.resume_backlog or share > self.high_water * 0.9:
                 if self.liveness is not None:
                     self.liveness.beat(waiting_s=POLL_S)
                 if self.stopping.wait(POLL_S):
                     return
-                backlog = self.backlog()
+                backlog, share = self.backlog(), self.memory.share()
         finally:
             self.throttled_since = None
             self.throttled_s_total += time.monotonic() - started
-        log.info("The pipeline's backlog is down to %d; reading MongoDB again", backlog)
+        log.info("The backlog is down to %d and Redis to %.0f%%; reading MongoDB again", backlog, share * 100)

@@ -108,8 +108,15 @@ class StreamStatsCollector(Collector):
                 "vecsync_stream_dlq_length", "Entries in the stream's dead-letter stream.", labels=["stream"]
             ),
         }
+        memory = {
+            "used": GaugeMetricFamily("vecsync_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)."),
+            "max": GaugeMetricFamily(
+                "vecsync_redis_memory_max_bytes", "Redis's maxmemory; 0 when unset (then nothing bounds it)."
+            ),
+        }
         try:
             all_stats = [stream_stats(self._client, stream, group) for stream, group in self._streams]
+            info = self._client.info("memory")
         except redis.RedisError as exc:
             log.warning("Could not read stream statistics from Redis: %s", exc)
             up.add_metric([], 0)
@@ -120,6 +127,9 @@ class StreamStatsCollector(Collector):
         for stats in all_stats:
             _add_stats(families, stats)
         yield from families.values()
+        memory["used"].add_metric([], int(info["used_memory"]))
+        memory["max"].add_metric([], int(info.get("maxmemory", 0)))
+        yield from memory.values()
 
 
 def _add_stats(families: dict[str, GaugeMetricFamily], stats: StreamStats) -> None:

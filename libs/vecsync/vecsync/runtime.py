@@ -160,6 +160,7 @@ def serve_consumer(
     build_handler: Callable[[redis.Redis, threading.Event], Handler | None],
     post_routes: dict[str, PostRoute] | None = None,
     post_key: str | None = None,
+    pause_when_redis_full: bool = False,
 ) -> None:
     """Run one consumer stage as a service: signal handling, metrics server, the consumer loop.
 
@@ -187,7 +188,14 @@ def serve_consumer(
         if handler is None:
             return
         consumer = StreamConsumer(
-            client, stage=stage, stream=stream, group=group, handler=handler, settings=settings, stopping=stopping
+            client,
+            stage=stage,
+            stream=stream,
+            group=group,
+            handler=handler,
+            settings=settings,
+            stopping=stopping,
+            pause_when_redis_full=pause_when_redis_full,
         )
         consumers.append(consumer)
         consumer.run()

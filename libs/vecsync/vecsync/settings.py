@@ -53,6 +53,9 @@ class CommonSettings(BaseSettings):
     stage1_group: str = constants.STAGE1_GROUP
     stage2_stream: str = constants.STAGE2_STREAM
     stage2_group: str = constants.STAGE2_GROUP
+    # With Redis's maxmemory set: above this share of it, whatever writes stage 1 waits, and consumers trim every
+    # acknowledged entry, retention or not (see vecsync.flow). Redis refuses writes at 100% (noeviction).
+    redis_memory_high_water: float = Field(default=0.6, gt=0, le=1)
 
     @field_validator("log_level")
     @classmethod
@@ -112,7 +115,7 @@ class FlowControlSettings(BaseSettings):
 
     # Writers of stage 1 stop reading MongoDB while the pipeline holds more than this many entries not yet
     # processed (unread plus pending, both stages together: stage 1 drained into stage 2 still takes memory), and
-    # read again once they are fewer than PRODUCER_RESUME_BACKLOG (80% of the maximum when unset). Meanwhile the
+    # read again once they are no more than PRODUCER_RESUME_BACKLOG (80% of the maximum when unset). Meanwhile the
     # producer's changes wait in MongoDB's oplog.
     producer_max_backlog: int = Field(default=50_000, ge=1)
     producer_resume_backlog: int | None = Field(default=None, ge=0)

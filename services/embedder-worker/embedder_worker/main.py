@@ -31,6 +31,8 @@ def main() -> None:
         stream=settings.stage1_stream,
         group=settings.stage1_group,
         build_handler=lambda client, _stopping: Embedder(settings, embedding, client).handle,
+        # Its stage 2 entries are the pipeline's biggest: it waits for the upserters when Redis is nearly full.
+        pause_when_redis_full=True,
     )
 
 
