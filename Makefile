@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: venv run test test-unit test-rules lint typecheck chaos clean up up-gpu down logs scale config bench-embed bench
+.PHONY: venv run test test-unit test-rules lint typecheck chaos big-sync clean up up-gpu down logs scale config bench-embed bench
 
 venv: $(STAMP)
 
@@ -43,6 +43,11 @@ typecheck: $(STAMP)
 # The long chaos test (tests/chaos/harness.py); `make test` runs a short one. SEED=<n> replays a run.
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.harness $(if $(SEED),--seed $(SEED))
+
+# A first sync of 100,000 documents into a Redis capped at 64 MB, the producer killed three times during the
+# snapshot (tests/chaos/big_sync.py); `make test` runs a small one. ARGS="--documents 5000 --backend torch" varies it.
+big-sync: $(STAMP)
+	$(BIN)/python -m tests.chaos.big_sync $(ARGS)
 
 # A benchmark, not a test: backends in-process and over HTTP, concurrent clients with batching on and off.
 # Sizes: BENCH_TEXTS, BENCH_SECONDS, BENCH_BACKENDS, BENCH_CLIENTS; results in bench/results/.

@@ -37,7 +37,7 @@ import redis
 from vecsync import metrics
 from vecsync.constants import dlq_stream
 from vecsync.errors import PermanentError, TransientError
-from vecsync.flow import PAUSE_SHARE, RedisMemory
+from vecsync.flow import PAUSE_SHARE, RedisMemory, resume_share
 from vecsync.flow import POLL_S as FLOW_POLL_S
 from vecsync.leases import Leases
 from vecsync.liveness import Liveness
@@ -196,11 +196,11 @@ class StreamConsumer:
         keep_count = self.settings.retention_count(self.stream)
         since_trim_s = time.monotonic() - self._last_trim
         due = since_trim_s >= interval or self._finished_since_trim >= max(TRIM_EVERY_MIN_ENTRIES, keep_count // 10)
-        if self._redis_share() > self.settings.redis_memory_high_water:
+        if self._redis_share() > resume_share(self.settings.redis_memory_high_water):
             # Redis is filling up: the retention window (a convenience for rebuilds) yields to the pipeline.
             if not self._retention_yielded:
                 log.warning(
-                    "%s: Redis is above REDIS_MEMORY_HIGH_WATER of its maxmemory; trimming every acknowledged "
+                    "%s: Redis is close to REDIS_MEMORY_HIGH_WATER of its maxmemory; trimming every acknowledged "
                     "entry of %s, beyond the retention window, until it is below",
                     self.stage,
                     self.stream,

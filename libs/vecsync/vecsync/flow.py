@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 # Above this share of maxmemory, the embedder-workers wait between batches for the upserters to make room.
 PAUSE_SHARE = 0.9
+# Writers of stage 1 read again below this part of REDIS_MEMORY_HIGH_WATER, and consumers trim every acknowledged
+# entry above it: retention must yield before the writers can go on, or they would wait on each other for good.
+RESUME_FRACTION = 0.9
+
+
+def resume_share(high_water: float) -> float:
+    """The share of maxmemory below which writers of stage 1 read again, and above which retention yields."""
+    return high_water * RESUME_FRACTION
 
 
 class RedisMemory:
@@ -113,7 +121,7 @@ class FlowControl:
             self.on_wait(backlog)
         self.throttled_since = started = time.monotonic()
         try:
-            while backlog > self.resume_backlog or share > self.high_water * 0.9:
+            while backlog > self.resume_backlog or share > resume_share(self.high_water):
                 if self.liveness is not None:
                     self.liveness.beat(waiting_s=POLL_S)
                 if self.stopping.wait(POLL_S):

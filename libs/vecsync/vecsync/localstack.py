@@ -54,6 +54,9 @@ class LocalStackSettings(CommonSettings, MongoSettings):
     # while the other worker writes its results, so the model does not idle between batches (make bench: B2/B1
     # 0.90-0.95 with torch against 0.89-0.90 with one worker, 0.89-0.91 with onnx-int8 against 0.84).
     embedder_workers: int = Field(default=2, ge=1, le=32)
+    # Caps the local Redis (e.g. "512mb"); unset, it may grow with the machine's memory. The pipeline's flow control
+    # keeps it below REDIS_MEMORY_HIGH_WATER of the cap (docs/design.md, "Flow control").
+    redis_maxmemory: str = ""
     embedder_metrics_port: int = Field(default=9103, ge=1, le=65535)
 
 
@@ -140,6 +143,8 @@ class LocalStack:
         # AOF, fsync every second: stream entries survive a restart, so a second run resumes.
         args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
         args += ["--maxmemory-policy", "noeviction"]  # evicting would silently drop stream entries
+        if self.settings.redis_maxmemory:
+            args += ["--maxmemory", self.settings.redis_maxmemory]
         return Child("redis", args, dict(os.environ), self.logs / "redis.log", port)
 
     def _mongo(self) -> Child:

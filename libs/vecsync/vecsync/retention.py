@@ -16,6 +16,7 @@ import redis
 
 from vecsync.constants import TRIMMED_KEY_PREFIX
 from vecsync.messages import parse_version
+from vecsync.streams import nth_entry_id
 
 # At most this many entries are removed per call, so one call stays cheap on a huge backlog.
 MAX_TRIM_PER_CALL = 10_000
@@ -41,8 +42,10 @@ def trim_bound(client: redis.Redis, stream: str, *, keep_count: int, keep_age_s:
     if excess <= 0:
         return None
     # The first entry of the retention window: entries before it are beyond the count window.
-    head = client.xrange(stream, min="-", max="+", count=min(excess, MAX_TRIM_PER_CALL) + 1)
-    bounds.append(head[-1][0])
+    head = nth_entry_id(client, stream, min(excess, MAX_TRIM_PER_CALL) + 1)
+    if head is None:
+        return None
+    bounds.append(head)
     if keep_age_s > 0:
         bounds.append(f"{int((time.time() - keep_age_s) * 1000)}-0")
     bound = min(bounds, key=parse_version)
