@@ -323,7 +323,8 @@ def _report(state: VerifyState) -> None:
                 label = f"made by another model than {state.model} ({', '.join(sorted(state.other_models))})"
             print(f"  {label}: {', '.join(examples)}{f' and {more} more' if more > 0 else ''}")
     if state.repair:
-        print(f"Re-enqueued {count(state.repaired, 'document')}; they reach Qdrant as the pipeline drains.")
+        they = "it reaches" if state.repaired == 1 else "they reach"
+        print(f"Re-enqueued {count(state.repaired, 'document')}; {they} Qdrant as the pipeline drains.")
 
 
 # Rebuild and trim -----------------------------------------------------------
