@@ -206,7 +206,7 @@ class LocalStack:
         for child in self._consumer_stages():
             child.start()
             self.stages.append(child)
-        self._wait_http(self.settings.upserter_url + "/healthz", "the upserter", self.stages)
+        self._wait_http(self.settings.upserter_url + "/healthz", "the upserter", self.stages[-1:])
         print(f"All stages running; logs in {self.logs}", flush=True)
 
     def listeners(self) -> list[Listener]:
@@ -320,11 +320,11 @@ class LocalStack:
             if waited > self.timeout:
                 raise VecsyncError(
                     f"Gave up after {self.timeout:.0f} s (STARTUP_TIMEOUT_S) waiting for {what}."
-                    f"{_latest_warnings(children)}\nThe logs are in {self.logs}."
+                    f"{_what_they_say(children)}\nThe logs are in {self.logs}."
                 )
             if waited > STALL_REPORT_S and not reported:
                 reported = True
-                print(f"Still waiting for {what} after {waited:.0f} s.{_latest_warnings(children)}", flush=True)
+                print(f"Still waiting for {what} after {waited:.0f} s.{_what_they_say(children)}", flush=True)
             if self.stopping.wait(0.2):
                 raise Interrupted
 
@@ -375,7 +375,8 @@ class LocalStack:
                 )
             if stalled > STALL_REPORT_S and not reported:
                 reported = True
-                progress.interrupt(self._why_not_searchable(searchable, total).strip())
+                why = self._why_not_searchable(searchable, total).strip()
+                progress.interrupt(f"{why} Meanwhile this run goes on waiting.")
             self.check_children()
             self.stopping.wait(0.5)
 
@@ -385,10 +386,9 @@ class LocalStack:
                 f" Every change has been processed, yet only {max(searchable, 0)} of {total} documents are "
                 "searchable: points are missing from the Qdrant store (lost while the stack was stopped?), or some "
                 "documents have no text to embed (TEXT_FIELDS). In another terminal, run `.venv/bin/vecsync verify` "
-                "to see which, and `.venv/bin/vecsync verify --repair` to re-embed the missing ones; this run goes "
-                "on waiting."
+                "to see which, and `.venv/bin/vecsync verify --repair` to re-embed the missing ones."
             )
-        return f" No document became searchable for {STALL_REPORT_S:.0f} s.{_latest_warnings(self.stages)}"
+        return f" No document became searchable for {STALL_REPORT_S:.0f} s.{_what_they_say(self.stages)}"
 
     def _pipeline_idle(self) -> bool:
         """Whether nothing is in flight: the producer healthy, and every stage's input read and acknowledged."""
@@ -516,13 +516,16 @@ def check_ports(listeners: list[Listener]) -> None:
             )
 
 
-def _latest_warnings(children: list[Child]) -> str:
-    """The latest warning of each of ``children`` that logged one since it started, for the console."""
-    warnings = [(child, child.latest_warning()) for child in children]
-    lines = [f"\n  {child.log_path.name}: {line}" for child, line in warnings if line]
+def _what_they_say(children: list[Child]) -> str:
+    """For the console: the latest warning of each of ``children`` since it started; of a lone child without
+    warnings, its last line, which tells what it is busy with (e.g. exporting the model)."""
+    said = [(child, child.latest_warning()) for child in children]
+    if len(children) == 1 and said[0][1] is None:
+        said = [(children[0], next(iter(children[0].output()[-1:]), None))]
+    lines = [f"\n  {child.log_path.name}: {line}" for child, line in said if line]
     if not lines:
-        return " Their logs hold no warning yet."
-    return " The latest warnings in their logs:" + "".join(lines)
+        return " Their logs hold no warning."
+    return " The latest in the logs:" + "".join(lines)
 
 
 def _failure(child: Child, context: str) -> StageFailed:
