@@ -115,7 +115,7 @@ def _export(model_path: Path, target: Path) -> None:
     from sentence_transformers import SentenceTransformer
     from torch.jit._trace import TracerWarning
 
-    model = _load_quietly(lambda: SentenceTransformer(str(model_path), device="cpu", model_kwargs=EAGER))
+    model = load_quietly(lambda: SentenceTransformer(str(model_path), device="cpu", model_kwargs=EAGER))
     model.eval()
 
     class Pipeline(torch.nn.Module):
@@ -155,7 +155,7 @@ def _export(model_path: Path, target: Path) -> None:
 EAGER = {"attn_implementation": "eager"}
 
 
-def _load_quietly(load: Any) -> Any:
+def load_quietly(load: Any) -> Any:
     """``load()`` without transformers' weight-loading progress bar, which would fill the log with carriage returns."""
     from transformers.utils import logging as typed_logging
 
