@@ -4,15 +4,21 @@ Kills, outages and concurrent workers are the chaos test's (tests/e2e/test_chaos
 
 from __future__ import annotations
 
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.servers import wait_for
+from tests.support.servers import free_port, port_open, wait_for
 from tests.support.stack import stack_settings
+from vecsync.cli.settings import CliSettings
+from vecsync.vectorstore import VectorStore
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "support_tickets.jsonl"
@@ -59,3 +65,208 @@ def test_make_run_serves_search_until_ctrl_c(tmp_path: Path) -> None:
         code = run.wait(120)
     assert code == 0, log.read_text()
     assert log.read_text().rstrip().endswith("Stopped.")
+
+
+# --- failures, as a new user meets them: the cause on the console, fast, with the right exit status -------------
+
+# Each failure below must be named on the console well within this (the acceptance bound); the launcher must not
+# sit in a restart loop or a silent wait.
+CAUSE_WITHIN_S = 30
+
+
+class Launch:
+    """`make run` as a subprocess on free ports, with the hash backend, its console captured in one file."""
+
+    def __init__(self, tmp_path: Path, samples: Path | None = None, *, data_dir: Path | None = None, **env: str):
+        settings = stack_settings(data_dir or tmp_path / "data")
+        self.env = {
+            "DATA_DIR": str(settings.data_dir),
+            "REDIS_URL": settings.redis_url,
+            "MONGO_URI": settings.mongo_uri,
+            "EMBEDDING_URL": settings.embedding_url,
+            "UPSERTER_URL": settings.upserter_url,
+            "PRODUCER_METRICS_PORT": str(settings.producer_metrics_port),
+            "EMBEDDER_METRICS_PORT": str(settings.embedder_metrics_port),
+            "EMBEDDING_BACKEND": "hash",
+            "SAMPLE_DATA": str(samples or SAMPLES),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            **env,
+        }
+        self.data_dir = settings.data_dir
+        self.console = tmp_path / f"console-{time.monotonic_ns()}.log"
+        with open(self.console, "wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vecsync.localstack"], env=self.env, stdout=output, stderr=subprocess.STDOUT
+            )
+
+    def output(self) -> str:
+        return self.console.read_text()
+
+    def wait_for_output(self, text: str, timeout: float = CAUSE_WITHIN_S) -> None:
+        def shown() -> bool:
+            if self.process.poll() is not None and text not in self.output():
+                raise AssertionError(f"make run exited with {self.process.returncode}:\n{self.output()}")
+            return text in self.output()
+
+        wait_for(shown, timeout=timeout, what=f"{text!r} on the console of make run:\n{self.output()}")
+
+    def exit_status(self, timeout: float = CAUSE_WITHIN_S) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"make run still ran after {timeout} s:\n{self.output()}") from None
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        return self.process.wait(60)
+
+    def vecsync(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        vecsync = str(Path(sys.executable).parent / "vecsync")
+        return subprocess.run([vecsync, *argv], env=self.env, capture_output=True, text=True, timeout=60)
+
+
+def write_few_samples(folder: Path) -> Path:
+    """Six of the sample documents: enough for a run to show progress, few enough for seconds of work."""
+    path = folder / "samples.jsonl"
+    path.write_text("".join(SAMPLES.read_text().splitlines(keepends=True)[:6]))
+    return path
+
+
+@pytest.fixture
+def few_samples(tmp_path: Path) -> Path:
+    return write_few_samples(tmp_path)
+
+
+def _ports_of(env: dict[str, str]) -> list[int]:
+    return [urlsplit(env[name]).port or 0 for name in ("REDIS_URL", "MONGO_URI", "EMBEDDING_URL", "UPSERTER_URL")]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("BATCH_SIZE", "abc"), ("EMBEDDING_BACKEND", "nonsense")],
+    ids=["a-consumer-stage", "the-embedding-api"],
+)
+def test_a_stage_with_a_bad_setting_stops_the_stack_at_once_with_its_own_message(
+    tmp_path: Path, few_samples: Path, setting: str, value: str
+) -> None:
+    """Item 1: a stage that exits 2 would exit 2 again; restarting it only hides its message."""
+    run = Launch(tmp_path, few_samples, **{setting: value})
+    assert run.exit_status() == 2
+    console = run.output()
+    assert f"{setting}: " in console and repr(value) in console, console  # the stage's own message
+    assert "exited with status 2" in console and "; restarting it" not in console, console
+    assert not any(port_open(port) for port in _ports_of(run.env)), "the stack was left running"
+
+
+def test_every_wait_gives_up_after_startup_timeout_s_and_says_what_the_stage_waits_for(
+    tmp_path: Path, few_samples: Path
+) -> None:
+    """Item 2: STARTUP_TIMEOUT_S bounds the wait for the upserter too, and the timeout names the cause."""
+    qdrant = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the upserter waits for it
+    run = Launch(tmp_path, few_samples, STARTUP_TIMEOUT_S="10", QDRANT_URL=qdrant)
+    started = time.monotonic()
+    assert run.exit_status() == 1
+    console = run.output()
+    assert time.monotonic() - started < CAUSE_WITHIN_S
+    assert "after 10 s (STARTUP_TIMEOUT_S) waiting for the upserter" in console, console
+    assert "upserter-1" in console and "Qdrant" in console, console  # what the upserter itself says it waits for
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "cause"),
+    [
+        ("redis://nosuchhost:6379/0", "names host 'nosuchhost'"),
+        ("127.0.0.1:6379", "has no scheme"),
+    ],
+    ids=["another-host", "no-scheme"],
+)
+def test_a_redis_url_the_local_stack_cannot_serve_is_refused_before_anything_starts(
+    tmp_path: Path, few_samples: Path, redis_url: str, cause: str
+) -> None:
+    """Item 3: the local stack starts its own Redis, so REDIS_URL must name a port on this machine."""
+    run = Launch(tmp_path, few_samples, REDIS_URL=redis_url)
+    assert run.exit_status() == 2
+    console = run.output()
+    assert "REDIS_URL" in console and cause in console and "redis://127.0.0.1:6379/0" in console, console
+    assert "listening" not in console, "a server was started"
+
+
+def test_a_port_held_by_another_program_is_named_with_the_stage_and_setting_before_anything_starts(
+    tmp_path: Path, few_samples: Path
+) -> None:
+    """Item 4: every port a stage will bind is checked first, the metrics ports too."""
+    settings = stack_settings(tmp_path / "data")
+    held = settings.embedder_metrics_port + 1  # the second embedder-worker's
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", held))
+        holder.listen()
+        run = Launch(
+            tmp_path,
+            few_samples,
+            EMBEDDER_METRICS_PORT=str(settings.embedder_metrics_port),
+            PRODUCER_METRICS_PORT=str(settings.producer_metrics_port),
+        )
+        assert run.exit_status() == 2
+    console = run.output()
+    assert f"Port {held}" in console and "embedder-worker 2" in console, console
+    assert "EMBEDDER_METRICS_PORT" in console and "All stages running" not in console, console
+    assert "listening" not in console, "a server was started"
+
+
+def test_two_stages_given_one_port_are_refused(tmp_path: Path, few_samples: Path) -> None:
+    port = free_port()
+    run = Launch(tmp_path, few_samples, PRODUCER_METRICS_PORT=str(port), EMBEDDER_METRICS_PORT=str(port))
+    assert run.exit_status() == 2
+    console = run.output()
+    assert f"Port {port}" in console and "PRODUCER_METRICS_PORT" in console, console
+    assert "EMBEDDER_METRICS_PORT" in console, console
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    """A first `make run` on a few samples, to the end, its console written to a file (not a terminal)."""
+    folder = tmp_path_factory.mktemp("first-run")
+    run = Launch(folder, write_few_samples(folder))
+    run.wait_for_output("All 6 documents are searchable", timeout=120)
+    assert run.stop() == 0, run.output()
+    return run
+
+
+def test_progress_is_printed_as_plain_lines_when_the_console_is_not_a_terminal(first_run: Launch) -> None:
+    """Item 11."""
+    console = first_run.output()
+    assert "\r" not in console and "\x1b" not in console
+    assert "Searchable: 6/6" in console.splitlines(), console
+
+
+def test_the_mongodb_standin_logs_each_line_once(first_run: Launch) -> None:
+    """Item 10: the stand-in's log was written twice, to two files."""
+    logs = first_run.data_dir / "logs"
+    starts = [path.name for path in logs.iterdir() for line in path.read_text().splitlines() if "Starting NX" in line]
+    assert starts == ["mongo.log"]
+
+
+def test_a_point_lost_while_stopped_is_named_with_the_command_that_repairs_it(
+    tmp_path: Path, first_run: Launch
+) -> None:
+    """Item 5: the runbook's "Qdrant lost points" case, met by `make run` resuming."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(first_run.data_dir, data_dir)
+    store = VectorStore.open(CliSettings(data_dir=data_dir), data_dir)
+    try:
+        [lost] = list(store.scroll(limit=1, offset=None)[0])
+        store.delete([lost])
+    finally:
+        store.close()
+    run = Launch(tmp_path, Path(first_run.env["SAMPLE_DATA"]), data_dir=data_dir)
+    try:
+        run.wait_for_output("All stages running", timeout=60)
+        run.wait_for_output("vecsync verify --repair")
+        assert "5 of 6" in run.output(), run.output()
+        repair = run.vecsync("verify", "--repair", "--yes")
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        run.wait_for_output("All 6 documents are searchable")
+    finally:
+        assert run.stop() == 0, run.output()

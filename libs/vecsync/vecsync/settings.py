@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -35,6 +37,33 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def require_scheme(*schemes: str) -> Callable[[str], str]:
+    """A validator for a URL setting that must use one of ``schemes``, e.g. ``require_scheme("http", "https")``.
+
+    Without one, a URL such as ``127.0.0.1:6379`` parses as a path: clients then fail on it far from the setting.
+    """
+
+    def check(value: str) -> str:
+        scheme = urlsplit(value).scheme if "://" in value else ""
+        if scheme.lower() not in schemes:
+            example = _EXAMPLES.get(schemes[0], f"{schemes[0]}://HOST:PORT")
+            found = f"scheme {scheme}://" if scheme else "no scheme"
+            raise ValueError(
+                f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}, "
+                f"such as {example}; this one has {found}"
+            )
+        return value
+
+    return check
+
+
+_EXAMPLES = {
+    "redis": "redis://127.0.0.1:6379/0",
+    "mongodb": "mongodb://127.0.0.1:27017/?directConnection=true",
+    "http": "http://127.0.0.1:8080",
+}
+
+
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -56,6 +85,8 @@ class CommonSettings(BaseSettings):
     # With Redis's maxmemory set: above this share of it, whatever writes stage 1 waits, and consumers trim every
     # acknowledged entry, retention or not (see vecsync.flow). Redis refuses writes at 100% (noeviction).
     redis_memory_high_water: float = Field(default=0.6, gt=0, le=1)
+
+    _redis_url = field_validator("redis_url")(require_scheme("redis", "rediss", "unix"))
 
     @field_validator("log_level")
     @classmethod
@@ -167,6 +198,8 @@ class MongoSettings(BaseSettings):
     mongo_uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     mongo_database: str = Field(default="app", min_length=1)
     mongo_collection: str = Field(default="documents", min_length=1)
+
+    _mongo_uri = field_validator("mongo_uri")(require_scheme("mongodb", "mongodb+srv"))
 
     @property
     def source(self) -> str:

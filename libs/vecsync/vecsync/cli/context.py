@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DRIFT = 3  # verify found differences and did not repair them
 EXIT_INTERRUPTED = 130
+# The reader of the output went away (`vecsync status | head`): 128 + SIGPIPE, what any tool's shell status is then.
+EXIT_BROKEN_PIPE = 141
 
 
 class Declined(VecsyncError):
@@ -80,8 +83,58 @@ class Context:
             self._collection.database.client.close()
 
 
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """``number`` with ``noun`` in agreement: "1 dead letter", "2 dead letters"."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+class Progress:
+    """Progress on stderr, so that stdout stays clean for scripts: a bar redrawn in place on a terminal, and
+    anywhere else (a pipe, a log file) a plain line now and then and one at the end."""
+
+    PLAIN_EVERY_S = 5.0
+
+    def __init__(self, total: int | None, unit: str, description: str) -> None:
+        self.total, self.unit, self.description = total, unit, description
+        self.done = 0
+        self._bar = (
+            tqdm(total=total, unit=unit, desc=description, file=sys.stderr, dynamic_ncols=True)
+            if sys.stderr.isatty()
+            else None
+        )
+        self._printed_at = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif time.monotonic() - self._printed_at >= self.PLAIN_EVERY_S:
+            self._print()
+
+    def note(self, message: str) -> None:
+        """A line on stderr that does not break the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            self._print()
+
+    def _print(self) -> None:
+        of = f"/{self.total}" if self.total is not None else ""
+        print(f"{self.description}: {self.done}{of} {self.unit}", file=sys.stderr, flush=True)
+        self._printed_at = time.monotonic()
+
+
 @contextmanager
-def progress(total: int | None, unit: str, description: str) -> Iterator[tqdm]:
-    """A progress bar on stderr, so that stdout stays clean for scripts."""
-    with tqdm(total=total, unit=unit, desc=description, file=sys.stderr, dynamic_ncols=True) as bar:
-        yield bar
+def progress(total: int | None, unit: str, description: str) -> Iterator[Progress]:
+    """Progress of a long command on stderr (see Progress); its last state is shown when the block ends."""
+    shown = Progress(total, unit, description)
+    try:
+        yield shown
+    finally:
+        shown.close()

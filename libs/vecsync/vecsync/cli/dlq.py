@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import redis
 
-from vecsync.cli.context import EXIT_FAILED, EXIT_OK, Context, progress
+from vecsync.cli.context import EXIT_FAILED, EXIT_OK, Context, count, progress
 from vecsync.constants import dlq_stream
 from vecsync.documents import source_projection
-from vecsync.errors import VecsyncError
+from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.source import changes_for_ids, publish_beside_producer
 
 
@@ -67,7 +67,7 @@ def list_command(ctx: Context, stage: int | None, as_json: bool) -> int:
         return EXIT_OK
     for letter in letters:
         print(letter.summary())
-    print(f"{len(letters)} dead letters")
+    print(count(len(letters), "dead letter"))
     return EXIT_OK
 
 
@@ -84,7 +84,7 @@ def show_command(ctx: Context, entry_id: str, stage: int | None) -> int:
 
 def replay_command(ctx: Context, ids: list[str], replay_all: bool, stage: int | None) -> int:
     if not ids and not replay_all:
-        raise VecsyncError("Name the dead letters to replay, or pass --all.")
+        raise ConfigurationError("Name the dead letters to replay (see `vecsync dlq list`), or pass --all.")
     letters = read_letters(ctx, stage, None if replay_all else ids)
     missing = sorted(set(ids) - {letter.id for letter in letters})
     if missing:
@@ -95,40 +95,60 @@ def replay_command(ctx: Context, ids: list[str], replay_all: bool, stage: int | 
                 f"Dead letter {letter.id} came from stream {letter.fields.get('stream')!r}, which this pipeline "
                 "does not use."
             )
-    stuck = [letter for letter in letters if letter.fields["stream"] == ctx.settings.stage2_stream]
-    stuck = [letter for letter in stuck if _document_of(ctx, letter) is None]
-    replayable = [letter for letter in letters if letter not in stuck]
+    stage2 = [letter for letter in letters if letter.fields["stream"] == ctx.settings.stage2_stream]
+    # A stage 2 letter is replayed only by re-reading its document, which must belong to this collection.
+    elsewhere = [letter for letter in stage2 if _document_of(ctx, letter) is None]
+    # A stage 1 letter that names no document can never be processed: put back, it would only be dead-lettered again.
+    nameless = [letter for letter in letters if letter not in stage2 and not _mongo_id(letter)]
+    replayable = [letter for letter in letters if letter not in elsewhere and letter not in nameless]
     if not letters:
         print("Nothing to replay.")
         return EXIT_OK
     if replayable:
         ctx.confirm(
-            f"Replay {len(replayable)} dead letters. The document of each is re-read from MongoDB and its current "
-            f"state published to {ctx.settings.stage1_stream}, so a replay never brings back a state older than "
-            "MongoDB's (a stage 2 letter is embedded again); each letter leaves its DLQ once replayed."
+            f"Replay {count(len(replayable), 'dead letter')}. The document of each is re-read from MongoDB and its "
+            f"current state published to {ctx.settings.stage1_stream}, so a replay never brings back a state older "
+            "than MongoDB's (a stage 2 letter is embedded again); each letter leaves its DLQ once replayed."
         )
         with progress(len(replayable), "letters", "replay") as bar:
             for letter in replayable:
                 _replay(ctx, letter)
                 bar.update()
-        print(f"Replayed {len(replayable)} dead letters.")
-    if stuck:
-        names = ", ".join(f"{letter.id} ({letter.original.get('source') or 'no source'})" for letter in stuck)
+        print(f"Replayed {count(len(replayable), 'dead letter')}.")
+    if elsewhere:
+        names = ", ".join(f"{letter.id} ({letter.original.get('source') or 'no source'})" for letter in elsewhere)
+        one = len(elsewhere) == 1
         print(
-            f"error: left {len(stuck)} dead letters of {ctx.settings.stage2_stream} in their DLQ, because they name "
-            f"no document of {ctx.settings.source} to re-read from MongoDB: {names}. Replay them with "
-            "MONGO_DATABASE and MONGO_COLLECTION set to their collection, or purge them.",
+            f"error: left {count(len(elsewhere), 'dead letter')} of {ctx.settings.stage2_stream} in "
+            f"{'its' if one else 'their'} DLQ, because {'it names' if one else 'they name'} no document of "
+            f"{ctx.settings.source} to re-read from MongoDB: {names}. Replay {'it' if one else 'them'} with "
+            f"MONGO_DATABASE and MONGO_COLLECTION set to {'its' if one else 'their'} collection, or purge "
+            f"{'it' if one else 'them'}.",
             file=sys.stderr,
         )
-        return EXIT_FAILED
-    return EXIT_OK
+    if nameless:
+        names = ", ".join(letter.id for letter in nameless)
+        one = len(nameless) == 1
+        print(
+            f"error: left {count(len(nameless), 'dead letter')} of {ctx.settings.stage1_stream} in "
+            f"{'its' if one else 'their'} DLQ, because {'it names' if one else 'they name'} no document (no "
+            f"mongo_id), so no consumer can ever process {'it' if one else 'them'}: {names}. See what "
+            f"{'it holds' if one else 'each holds'} with `vecsync dlq show ID`; `vecsync dlq purge --stage 1` "
+            "deletes the letters of stage 1.",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if elsewhere or nameless else EXIT_OK
+
+
+def _mongo_id(letter: DeadLetter) -> str | None:
+    mongo_id = letter.original.get("mongo_id")
+    return mongo_id if isinstance(mongo_id, str) and mongo_id else None
 
 
 def _document_of(ctx: Context, letter: DeadLetter) -> str | None:
     """The mongo_id of the letter's document, when it belongs to the collection this CLI reads."""
-    original = letter.original
-    mongo_id = original.get("mongo_id")
-    if isinstance(mongo_id, str) and mongo_id and original.get("source") == ctx.settings.source:
+    mongo_id = _mongo_id(letter)
+    if mongo_id is not None and letter.original.get("source") == ctx.settings.source:
         return mongo_id
     return None
 
@@ -170,5 +190,5 @@ def purge_command(ctx: Context, stage: int | None) -> int:
     )
     for dlq in streams:
         ctx.redis.delete(dlq)
-    print(f"Purged {total} dead letters.")
+    print(f"Purged {count(total, 'dead letter')}.")
     return EXIT_OK

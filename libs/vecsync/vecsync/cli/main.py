@@ -2,13 +2,15 @@
 
 Exit codes: 0 success, 1 failure, 2 bad usage or configuration (or a change not
 confirmed), 3 `verify` found differences it did not repair, 130 interrupted
-(long commands save their progress and resume when run again).
+(long commands save their progress and resume when run again), 141 the output's
+reader went away (`vecsync status | head`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -17,7 +19,15 @@ import redis
 
 from vecsync import settings as settings_module
 from vecsync.cli import dlq, maintenance
-from vecsync.cli.context import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Context, Declined
+from vecsync.cli.context import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Context,
+    Declined,
+)
 from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import embed_query
 from vecsync.constants import resume_token_updated_key
@@ -25,6 +35,8 @@ from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.streams import StreamStats, redact_url, stream_stats
 
 HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
+# What every point's payload holds besides PAYLOAD_FIELDS (see vecsync.documents.build_payload).
+IDENTITY_PAYLOAD = ["mongo_id", "source", "text", "text_sha256", "version", "model"]
 
 
 def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
@@ -32,7 +44,13 @@ def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
     try:
         ctx = ctx or Context(settings_module.load(CliSettings))
         ctx.assume_yes = ctx.assume_yes or args.yes
-        return int(args.command(ctx, args))
+        status = int(args.command(ctx, args))
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart from a failure
+        return status
+    except BrokenPipeError:
+        # The reader has all it wanted. Point stdout at nothing, so that the interpreter's last flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (ConfigurationError, Declined) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -52,7 +70,11 @@ def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vecsync", description="Operate the vecsync pipeline.")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    # The global options again for every command, so that they work after it too (`vecsync resync --yes`). Left
+    # out, they keep the value given before the command: SUPPRESS sets nothing.
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--yes", "-y", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = _Commands(parser.add_subparsers(required=True, metavar="COMMAND"), options)
 
     status = commands.add_parser("status", help="each stage's backlog, lag, pending entries, consumers, dead letters")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -69,8 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON")
     search.set_defaults(command=search_command)
 
-    dead = commands.add_parser("dlq", help="dead letters: list, show, replay, purge").add_subparsers(
-        required=True, metavar="ACTION"
+    dead = _Commands(
+        commands.add_parser("dlq", help="dead letters: list, show, replay, purge").add_subparsers(
+            required=True, metavar="ACTION"
+        ),
+        options,
     )
     stage = argparse.ArgumentParser(add_help=False)
     stage.add_argument("--stage", type=int, choices=[1, 2], help="only this stage's DLQ (default: both)")
@@ -108,15 +133,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Commands:
+    """Adds commands that each accept the global options too."""
+
+    def __init__(self, actions: Any, options: argparse.ArgumentParser) -> None:
+        self.actions = actions
+        self.options = options
+
+    def add_parser(self, name: str, *, parents: list[argparse.ArgumentParser] | None = None, **kwargs: Any) -> Any:
+        return self.actions.add_parser(name, parents=[self.options, *(parents or [])], **kwargs)
+
+
 def status_command(ctx: Context, args: argparse.Namespace) -> int:
+    terminal = sys.stdout.isatty()
     while True:
         report = _status(ctx)
-        if args.watch:
+        if args.watch and terminal:
             print("\033[2J\033[H", end="")  # clear the terminal
         if args.json:
-            print(json.dumps(report, indent=2))
+            # Watched into a pipe: one report per line (JSON Lines), which a reader can take one at a time.
+            print(json.dumps(report, indent=None if args.watch and not terminal else 2))
         else:
             _print_status(ctx, report)
+        sys.stdout.flush()
         if not args.watch:
             return EXIT_OK
         try:
@@ -156,10 +195,17 @@ def _print_status(ctx: Context, report: dict[str, Any]) -> None:
 
 def search_command(ctx: Context, args: argparse.Namespace) -> int:
     match = {}
+    known = [*ctx.settings.payload_fields, *IDENTITY_PAYLOAD]
     for item in args.filter:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise ConfigurationError(f"--filter takes FIELD=VALUE, got {item!r}")
+        if name not in known:
+            print(
+                f"warning: {name!r} is not a payload field, so no point is likely to match it. The payload holds "
+                f"PAYLOAD_FIELDS ({', '.join(ctx.settings.payload_fields)}) and {', '.join(IDENTITY_PAYLOAD)}.",
+                file=sys.stderr,
+            )
         match[name] = value
     if args.limit < 1:
         raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")

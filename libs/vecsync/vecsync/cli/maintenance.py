@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from bson import json_util
 
-from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, progress
+from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, count, progress
 from vecsync.cli.store import embedding_model
 from vecsync.constants import (
     APPLIED_TEXT_KEY,
@@ -79,14 +79,15 @@ def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_s
     where = f" matching {filter_text}" if filter_text else ""
     resumed = f", resuming after _id {last_id} ({published} already published)" if last_id else ""
     ctx.confirm(
-        f"Publish the current state of the {total} documents of {source}{where} to {stream}, in _id order{resumed}. "
+        f"Publish the current state of {count(total, 'document')} of {source}{where} to {stream}, in _id order"
+        f"{resumed}. "
         "The pipeline may keep running: a change made meanwhile is never overwritten by an older state."
     )
     with progress(total, "docs", "resync") as bar:
         bar.update(min(published, total))
 
         def waiting(backlog: int) -> None:
-            bar.write(
+            bar.note(
                 f"The pipeline holds {backlog} unprocessed entries (PRODUCER_MAX_BACKLOG="
                 f"{ctx.settings.producer_max_backlog}): waiting for the stages to work them off."
             )
@@ -101,7 +102,7 @@ def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_s
             last_id, published = ejson_id(batch[-1]["_id"]), published + len(batch)
             bar.update(len(batch))
     ctx.redis.delete(key)
-    print(f"Resync published {published} documents of {source} to {stream}.")
+    print(f"Resync published {count(published, 'document')} of {source} to {stream}.")
     return EXIT_OK
 
 
@@ -189,7 +190,10 @@ def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -
     resumed = f" Resuming the {state.phase} phase of an interrupted run." if saved else ""
     plan = f"Compare {source} with Qdrant collection {ctx.store.collection!r} and {action}.{resumed}"
     if in_flight:
-        plan += f"\nNote: {in_flight} changes are still in flight in the streams; they may show up as differences."
+        plan += (
+            f"\nNote: {count(in_flight, 'change')} {'is' if in_flight == 1 else 'are'} still in flight in the "
+            "streams; they may show up as differences."
+        )
     if repair:
         ctx.confirm(plan)
     else:
@@ -315,7 +319,7 @@ def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, 
 
 def _report(state: VerifyState) -> None:
     print(
-        f"Checked {state.checked_documents} documents and {state.checked_points} points: "
+        f"Checked {count(state.checked_documents, 'document')} and {count(state.checked_points, 'point')}: "
         f"{state.found['missing']} missing, {state.found['extra']} extra, {state.found['stale']} stale."
     )
     for kind, examples in state.examples.items():
@@ -326,7 +330,8 @@ def _report(state: VerifyState) -> None:
                 label = f"made by another model than {state.model} ({', '.join(sorted(state.other_models))})"
             print(f"  {label}: {', '.join(examples)}{f' and {more} more' if more > 0 else ''}")
     if state.repair:
-        print(f"Re-enqueued {state.repaired} documents; they reach Qdrant as the pipeline drains.")
+        they = "it reaches" if state.repaired == 1 else "they reach"
+        print(f"Re-enqueued {count(state.repaired, 'document')}; {they} Qdrant as the pipeline drains.")
 
 
 # Rebuild and trim -----------------------------------------------------------
@@ -338,11 +343,11 @@ def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
     if trimmed and not from_mongo:
         print(f"{stage2} was trimmed (entries before {trimmed} are gone), so the rebuild reads MongoDB instead.")
     use_mongo = from_mongo or bool(trimmed)
+    retained = count(ctx.redis.xlen(stage2), "retained entry", "retained entries")
     how = (
         f"then snapshot {ctx.settings.source} into {ctx.settings.stage1_stream}, re-embedding every document"
         if use_mongo
-        else f"then have group {group} re-apply the {ctx.redis.xlen(stage2)} retained entries of {stage2} "
-        "(no re-embedding)"
+        else f"then have group {group} re-apply the {retained} of {stage2} (no re-embedding)"
     )
     ctx.confirm(
         f"Drop and recreate Qdrant collection {ctx.store.collection!r}, {how}. Deleted documents stay deleted: "
@@ -378,5 +383,5 @@ def trim_command(ctx: Context) -> int:
     )
     for stream, bound in plans.items():
         removed = trim_to(ctx.redis, stream, bound)  # exactly what was confirmed
-        print(f"Trimmed {removed} entries from {stream}.")
+        print(f"Trimmed {count(removed, 'entry', 'entries')} from {stream}.")
     return EXIT_OK
