@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -67,7 +68,15 @@ class MetricsServer:
         if post_routes and not post_key:
             raise ValueError("POST routes need a key")
         handler = _make_handler(healthy, post_routes or {}, post_key)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigurationError(
+                f"METRICS_PORT {port} on {host} is in use by another program: stop that program, or set METRICS_PORT "
+                "to a free port."
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
 
