@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from producer.service import Producer
+from tests.integration.test_cli import cli
 from tests.support.pipeline import Pipeline
 from tests.support.servers import wait_for
+from vecsync.cli.context import EXIT_OK
 from vecsync.constants import resume_token_key, snapshot_key
 from vecsync.streams import unprocessed
 
@@ -47,7 +49,7 @@ class Killed(Exception):
 
 
 def test_a_killed_snapshot_resumes_from_its_position_and_misses_no_change_made_meanwhile(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     collection = pipeline.collection
     collection.insert_many([{"_id": f"d{i:03}", "subject": f"ticket {i}"} for i in range(100)])
@@ -66,6 +68,12 @@ def test_a_killed_snapshot_resumes_from_its_position_and_misses_no_change_made_m
         first.run(drain=True)
     assert pipeline.redis_client.exists(snapshot_key(pipeline.source))
     assert not pipeline.redis_client.exists(resume_token_key(pipeline.source))
+    assert cli(pipeline, "status") == EXIT_OK
+    assert "producer snapshot: 30 of about 100 documents" in capsys.readouterr().out
+    assert cli(pipeline, "status", "--json") == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["producer"]["snapshot"]["documents_done"] == 30
+    assert report["pipeline"]["backlog"] == 30  # no worker has read them yet
     # Changes while the producer is down: behind the scan's position, ahead of it, and a new document.
     collection.update_one({"_id": "d005"}, {"$set": {"subject": "ticket 5, edited"}})
     collection.delete_one({"_id": "d050"})
@@ -114,8 +122,6 @@ def test_the_producer_waits_while_the_pipeline_holds_too_many_unprocessed_entrie
 
 
 def test_a_resync_waits_for_room_as_the_producer_does(pipeline: Pipeline) -> None:
-    from tests.integration.test_cli import cli
-
     pipeline.collection.insert_many([{"_id": f"d{i:03}", "subject": f"ticket {i}"} for i in range(100)])
     pipeline.drain()
     first_entry_of_resync = len(stage1(pipeline))

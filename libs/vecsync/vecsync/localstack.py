@@ -46,6 +46,7 @@ from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.runtime import EXIT_CONFIG, EXIT_HISTORY_LOST
 from vecsync.settings import CommonSettings, MongoSettings, require_scheme
+from vecsync.source import Snapshot, stored_snapshot
 from vecsync.streams import connect, stream_stats
 from vecsync.vectorstore import store_key_file
 
@@ -369,7 +370,7 @@ class LocalStack:
                 count = searchable
             if count != searchable:
                 searchable, last_change, reported = count, time.monotonic(), False
-            progress.show(searchable)
+            progress.show(searchable, self._snapshot())
             if searchable >= total:
                 return
             stalled = time.monotonic() - last_change
@@ -394,6 +395,16 @@ class LocalStack:
                 "to see which, and `.venv/bin/vecsync verify --repair` to re-embed the missing ones."
             )
         return f" No document became searchable for {STALL_REPORT_S:.0f} s.{_what_they_say(self.stages)}"
+
+    def _snapshot(self) -> Snapshot | None:
+        """The producer's snapshot in progress, if any."""
+        client = connect(self.settings.redis_url)
+        try:
+            return stored_snapshot(client, self.settings.source)
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
 
     def _pipeline_idle(self) -> bool:
         """Whether nothing is in flight: the producer healthy, and every stage's input read and acknowledged."""
@@ -469,15 +480,22 @@ class Progress:
         self.shown_at = 0.0
         self.open = False  # a bar is drawn and the cursor is at its end
 
-    def show(self, done: int) -> None:
+    def show(self, done: int, snapshot: Snapshot | None = None) -> None:
+        """The searchable count, and while the producer snapshots the collection, how far it has read."""
         done = max(done, 0)
+        reading = ""
+        if snapshot is not None:
+            left = snapshot.seconds_left(time.time())
+            eta = f", about {left:.0f} s left" if left is not None else ""
+            reading = f" (snapshot: {snapshot.published} of about {snapshot.estimated} read{eta})"
         if self.terminal:
             width = 30
             filled = int(width * min(done, self.total) / max(self.total, 1))
-            self.stream.write(f"\rSearchable: [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}")
+            bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+            self.stream.write(f"\rSearchable: {bar} {done}/{self.total}{reading}\033[K")
             self.open = True
         elif done != self.shown and (done >= self.total or time.monotonic() - self.shown_at >= self.PLAIN_EVERY_S):
-            self.stream.write(f"Searchable: {done}/{self.total}\n")
+            self.stream.write(f"Searchable: {done}/{self.total}{reading}\n")
             self.shown, self.shown_at = done, time.monotonic()
         self.stream.flush()
 

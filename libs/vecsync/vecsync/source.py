@@ -13,6 +13,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -156,6 +157,53 @@ def changes_for_ids(
         )
         for mongo_id in mongo_ids
     ]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot in progress, as stored at snapshot_key: where the scan is, and where the change stream resumes."""
+
+    token: str  # the resume token (Extended JSON) of the change stream opened before the scan began
+    last_id: str | None  # the last _id published (see source.ejson_id); None before the first chunk
+    published: int
+    estimated: int
+    started_at: float
+
+    def to_fields(self) -> dict[str, str]:
+        fields = {
+            "token": self.token,
+            "published": str(self.published),
+            "estimated": str(self.estimated),
+            "started_at": repr(self.started_at),
+        }
+        if self.last_id is not None:
+            fields["last_id"] = self.last_id
+        return fields
+
+    def rate_per_s(self, now: float) -> float:
+        """Documents per second since the snapshot began, restarts included."""
+        return self.published / max(now - self.started_at, 1e-9)
+
+    def seconds_left(self, now: float) -> float | None:
+        """At that rate, until the estimated count is done; None before any rate is known."""
+        rate = self.rate_per_s(now)
+        return max(self.estimated - self.published, 0) / rate if rate > 0 else None
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Snapshot:
+        return cls(
+            token=fields["token"],
+            last_id=fields.get("last_id"),
+            published=int(fields.get("published", 0)),
+            estimated=int(fields.get("estimated", 0)),
+            started_at=float(fields.get("started_at", 0.0)),
+        )
+
+
+def stored_snapshot(client: redis.Redis, source: str) -> Snapshot | None:
+    """The snapshot of ``source`` in progress, or None when none is."""
+    fields = client.hgetall(snapshot_key(source))
+    return Snapshot.from_fields(fields) if fields.get("token") else None
 
 
 def publish_beside_producer(

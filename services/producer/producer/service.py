@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -46,7 +46,7 @@ from vecsync.flow import FlowControl
 from vecsync.liveness import Liveness
 from vecsync.messages import DocumentChange
 from vecsync.metrics import REDIS_REFUSED
-from vecsync.source import document_change, ejson_id, mongo_id_of, read_after, read_current
+from vecsync.source import Snapshot, document_change, ejson_id, mongo_id_of, read_after, read_current, stored_snapshot
 from vecsync.streams import REDIS_REFUSALS, dead_letter_fields, refusal_reason
 
 log = logging.getLogger(__name__)
@@ -101,38 +101,6 @@ TOKEN_AGE = Gauge("vecsync_producer_resume_token_age_seconds", "Seconds since th
 
 class TokenMoved(Exception):
     """Raised when the stored resume token is not the one this producer last wrote."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A snapshot in progress, as stored at snapshot_key: where the scan is, and where the change stream resumes."""
-
-    token: str  # the resume token (Extended JSON) of the change stream opened before the scan began
-    last_id: str | None  # the last _id published (see source.ejson_id); None before the first chunk
-    published: int
-    estimated: int
-    started_at: float
-
-    def to_fields(self) -> dict[str, str]:
-        fields = {
-            "token": self.token,
-            "published": str(self.published),
-            "estimated": str(self.estimated),
-            "started_at": repr(self.started_at),
-        }
-        if self.last_id is not None:
-            fields["last_id"] = self.last_id
-        return fields
-
-    @classmethod
-    def from_fields(cls, fields: dict[str, str]) -> Snapshot:
-        return cls(
-            token=fields["token"],
-            last_id=fields.get("last_id"),
-            published=int(fields.get("published", 0)),
-            estimated=int(fields.get("estimated", 0)),
-            started_at=float(fields.get("started_at", 0.0)),
-        )
 
 
 class Producer:
@@ -295,9 +263,9 @@ class Producer:
         return False
 
     def _stored_snapshot(self) -> Snapshot | None:
-        fields = self.client.hgetall(self.snapshot_key)
-        self._snapshot_written = fields.get("last_id")
-        return Snapshot.from_fields(fields) if fields.get("token") else None
+        snapshot = stored_snapshot(self.client, self.source)
+        self._snapshot_written = snapshot.last_id if snapshot else None
+        return snapshot
 
     def _next_events(self, stream: CollectionChangeStream[Any]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []

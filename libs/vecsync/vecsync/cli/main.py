@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -27,11 +28,14 @@ from vecsync.cli.context import (
     EXIT_USAGE,
     Context,
     Declined,
+    count,
 )
 from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import embed_query
 from vecsync.constants import resume_token_updated_key
 from vecsync.errors import ConfigurationError, VecsyncError
+from vecsync.flow import FlowControl
+from vecsync.source import stored_snapshot
 from vecsync.streams import StreamStats, redact_url, stream_stats
 
 HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
@@ -172,7 +176,26 @@ def _status(ctx: Context) -> dict[str, Any]:
     }
     updated = ctx.redis.get(resume_token_updated_key(settings.source))
     report: dict[str, Any] = {name: stats.as_dict() for name, stats in stages.items()}
-    report["producer"] = {"resume_token_age_s": time.time() - float(updated) if updated else None}
+    now = time.time()
+    snapshot = stored_snapshot(ctx.redis, settings.source)
+    report["producer"] = {
+        "resume_token_age_s": now - float(updated) if updated else None,
+        "snapshot": None
+        if snapshot is None
+        else {
+            "documents_done": snapshot.published,
+            "documents_estimated": snapshot.estimated,
+            "rate_per_s": snapshot.rate_per_s(now),
+            "seconds_left": snapshot.seconds_left(now),
+        },
+    }
+    flow = FlowControl(ctx.redis, settings, settings, threading.Event())
+    report["pipeline"] = {
+        "backlog": flow.backlog(),
+        "max_backlog": settings.producer_max_backlog,
+        "redis_memory_share": flow.memory.share(),
+        "redis_memory_high_water": settings.redis_memory_high_water,
+    }
     return report
 
 
@@ -191,6 +214,24 @@ def _print_status(ctx: Context, report: dict[str, Any]) -> None:
             print(f"  consumer {consumer['name']}: pending {consumer['pending']}, idle {consumer['idle_s']:.1f} s")
     age = report["producer"]["resume_token_age_s"]
     print(f"producer resume token: {'never stored' if age is None else f'advanced {age:.1f} s ago'}")
+    snapshot = report["producer"]["snapshot"]
+    if snapshot is not None:
+        left = snapshot["seconds_left"]
+        print(
+            f"producer snapshot: {snapshot['documents_done']} of about {snapshot['documents_estimated']} documents, "
+            f"{snapshot['rate_per_s']:.0f}/s, {'time left unknown' if left is None else f'about {left:.0f} s left'}"
+        )
+    pipeline = report["pipeline"]
+    memory = (
+        f", Redis at {pipeline['redis_memory_share']:.0%} of its maxmemory "
+        f"(writers wait above {pipeline['redis_memory_high_water']:.0%})"
+        if pipeline["redis_memory_share"]
+        else ""
+    )
+    print(
+        f"pipeline: {count(pipeline['backlog'], 'entry', 'entries')} not yet processed "
+        f"(writers of stage 1 wait above {pipeline['max_backlog']}){memory}"
+    )
 
 
 def search_command(ctx: Context, args: argparse.Namespace) -> int:
