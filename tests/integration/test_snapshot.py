@@ -139,3 +139,23 @@ def test_a_resync_waits_for_room_as_the_producer_does(pipeline: Pipeline) -> Non
     finally:
         resync.join(60)
     assert len(stage1(pipeline)) - first_entry_of_resync == 100
+
+
+def test_the_producer_waits_while_redis_is_close_to_its_maxmemory(pipeline: Pipeline) -> None:
+    client = pipeline.redis_client
+    pipeline.collection.insert_many([{"_id": f"d{i:03}", "subject": f"ticket {i}"} for i in range(50)])
+    running = producer(pipeline, batch_size=10)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", str(int(int(client.info("memory")["used_memory"]) / 0.7)))  # 70% used
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: running.throttled, timeout=20, what="the producer to wait for memory")
+        assert client.xlen(STAGE1) == 0, "it wrote into a Redis above REDIS_MEMORY_HIGH_WATER"
+    finally:
+        client.config_set("maxmemory", "0")
+    try:
+        wait_for(lambda: client.xlen(STAGE1) == 50, timeout=20, what="the snapshot once Redis has room")
+    finally:
+        running.stopping.set()
+        thread.join(10)

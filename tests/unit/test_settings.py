@@ -72,3 +72,11 @@ def test_stream_retention_count_may_differ_per_stream(monkeypatch: pytest.Monkey
     monkeypatch.setenv("STREAM_RETENTION_COUNT", "raw_document_changes=many")
     with pytest.raises(ConfigurationError, match="STREAM_RETENTION_COUNT"):
         settings.load(EmbedderSettings)
+
+
+def test_backoff_stays_at_its_ceiling_through_an_outage_of_any_length() -> None:
+    from vecsync.consumer import Backoff
+
+    backoff = Backoff(0.5, 30.0)
+    delays = [backoff.next_delay() for _ in range(5000)]  # some forty hours of retries at the ceiling
+    assert max(delays) <= 30.0 and min(delays[10:]) >= 15.0

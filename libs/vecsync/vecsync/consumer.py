@@ -91,7 +91,9 @@ class Backoff:
         self.attempts = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.initial_s * 2.0**self.attempts)
+        # The exponent stops growing once past any ceiling: 2.0 ** 1024 overflows, some nine hours into an outage
+        # at the default 30 s ceiling.
+        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(self.attempts, 60))
         self.attempts += 1
         # Half fixed, half random: spreads retries from many workers without ever retrying at once.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
