@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
-from bson import ObjectId
+from bson import ObjectId, json_util
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,7 +37,7 @@ from producer.service import Producer  # noqa: E402
 from producer.settings import ProducerSettings  # noqa: E402
 from tests.support.servers import start_mongo, start_redis  # noqa: E402
 from vecsync.documents import source_projection  # noqa: E402
-from vecsync.source import document_change, ejson_id, read_after  # noqa: E402
+from vecsync.source import chunks_after, document_change, ejson_id  # noqa: E402
 from vecsync.streams import connect  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -96,18 +96,14 @@ def parallel_snapshot(settings: ProducerSettings, client: Any, mongo_uri: str, p
         collection = mongo[settings.mongo_database][settings.mongo_collection]
         redis_client = connect(settings.redis_url)
         after, upper = bounds[index], bounds[index + 1]
-        query = {"_id": {"$lte": upper}} if upper is not None else {}
-        while True:
-            chunk = read_after(collection, after, limit=settings.batch_size, projection=projection, query=query)
-            if not chunk:
-                break
+        query = {"_id": {"$lte": json_util.loads(upper)}} if upper is not None else {}
+        for chunk in chunks_after(collection, after, size=settings.batch_size, projection=projection, query=query):
             with redis_client.pipeline(transaction=True) as tx:
                 for document in chunk:
                     tx.xadd(STREAM, document_change(settings.source, document["_id"], document, 0.0).to_fields())
                 tx.hset(f"bench:snapshot:{index}", "last_id", ejson_id(chunk[-1]["_id"]))
                 tx.execute()
             published[index] += len(chunk)
-            after = ejson_id(chunk[-1]["_id"])
         mongo.close()
         redis_client.close()
 

@@ -12,7 +12,7 @@ import datetime
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from pymongo import ReadPreference
 from pymongo.collection import Collection
+from pymongo.errors import CursorNotFound
 from pymongo.read_concern import ReadConcern
 
 from vecsync.constants import resume_token_key, snapshot_key
@@ -109,24 +110,43 @@ def ejson_id(value: Any) -> str:
     return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
 
 
-def read_after(
+def chunks_after(
     collection: Collection[dict[str, Any]],
     after: str | None,
     *,
-    limit: int,
+    size: int,
     projection: dict[str, int] | None,
     query: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """The next ``limit`` documents in _id order after the _id ``after`` (see ejson_id), from the start if None.
+) -> Generator[list[dict[str, Any]], None, None]:
+    """The documents after the _id ``after`` (see ejson_id; the start if None), in _id order, in chunks of ``size``.
 
-    One query per chunk, each starting after the last _id of the one before: a scan can stop anywhere and go on
-    from its last published _id, as the snapshot and `vecsync resync` do.
+    A scan (the snapshot, `vecsync resync`, `vecsync verify`) commits its last _id with each chunk before it asks
+    for the next, so it can stop anywhere and go on after that _id. It reads through one cursor, not a query per
+    chunk: a server that cannot seek an _id range by index (the MongoDB stand-in) would scan the collection for
+    every chunk. A caller that pauses for long (waiting for room in the pipeline) may find the cursor gone
+    (CursorNotFound, after MongoDB's 10 idle minutes): the scan then opens another after the last chunk given.
     """
-    query = dict(query or {})
-    if after is not None:
-        bound = {"_id": {"$gt": json_util.loads(after)}}
-        query = {"$and": [query, bound]} if query else bound
-    return list(durable_reads(collection).find(query, projection).sort("_id", 1).limit(limit))
+    while True:
+        bounded = dict(query or {})
+        if after is not None:
+            bound = {"_id": {"$gt": json_util.loads(after)}}
+            bounded = {"$and": [bounded, bound]} if bounded else bound
+        cursor = durable_reads(collection).find(bounded, projection).sort("_id", 1).batch_size(size)
+        chunk: list[dict[str, Any]] = []
+        try:
+            for document in cursor:
+                chunk.append(document)
+                if len(chunk) == size:
+                    after = ejson_id(chunk[-1]["_id"])
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+            return
+        except CursorNotFound:
+            continue  # from after the last chunk given; a partial one is read again
+        finally:
+            cursor.close()
 
 
 def document_change(source: str, key: Any, document: dict[str, Any] | None, changed_at: float) -> DocumentChange:

@@ -46,7 +46,15 @@ from vecsync.flow import FlowControl
 from vecsync.liveness import Liveness
 from vecsync.messages import DocumentChange
 from vecsync.metrics import REDIS_REFUSED
-from vecsync.source import Snapshot, document_change, ejson_id, mongo_id_of, read_after, read_current, stored_snapshot
+from vecsync.source import (
+    Snapshot,
+    chunks_after,
+    document_change,
+    ejson_id,
+    mongo_id_of,
+    read_current,
+    stored_snapshot,
+)
 from vecsync.streams import REDIS_REFUSALS, dead_letter_fields, refusal_reason
 
 log = logging.getLogger(__name__)
@@ -237,18 +245,28 @@ class Producer:
         SNAPSHOT_RUNNING.set(1)
         SNAPSHOT_ESTIMATED.set(snapshot.estimated)
         try:
+            snapshot = self._scan(snapshot)
+            if not self.stopping.is_set():
+                self._write([], token=opened, snapshot=snapshot, snapshot_done=True)
+                log.info("Snapshot of %s published %d documents", self.source, snapshot.published)
+                return True
+        finally:
+            SNAPSHOT_RUNNING.set(0)
+        log.info("Stopped during the snapshot of %s after %d documents", self.source, snapshot.published)
+        return False
+
+    def _scan(self, snapshot: Snapshot) -> Snapshot:
+        """Publish the collection's documents after the snapshot's position, chunk by chunk, until the end or a stop."""
+        chunks = chunks_after(
+            self.collection, snapshot.last_id, size=self.settings.batch_size, projection=self.projection
+        )
+        try:
             while not self.stopping.is_set():
                 self.liveness.beat()
                 self.flow.wait_for_room()
-                if self.stopping.is_set():
+                chunk = next(chunks, None)
+                if chunk is None or self.stopping.is_set():
                     break
-                chunk = read_after(
-                    self.collection, snapshot.last_id, limit=self.settings.batch_size, projection=self.projection
-                )
-                if not chunk:
-                    self._write([], token=opened, snapshot=snapshot, snapshot_done=True)
-                    log.info("Snapshot of %s published %d documents", self.source, snapshot.published)
-                    return True
                 now = time.time()
                 changes = [document_change(self.source, document["_id"], document, now) for document in chunk]
                 snapshot = replace(
@@ -258,9 +276,8 @@ class Producer:
                 SNAPSHOT_DOCUMENTS.inc(len(changes))
                 SNAPSHOT_DONE.set(snapshot.published)
         finally:
-            SNAPSHOT_RUNNING.set(0)
-        log.info("Stopped during the snapshot of %s after %d documents", self.source, snapshot.published)
-        return False
+            chunks.close()
+        return snapshot
 
     def _stored_snapshot(self) -> Snapshot | None:
         snapshot = stored_snapshot(self.client, self.source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,12 +28,12 @@ from vecsync.messages import DocumentChange
 from vecsync.retention import trim_bound, trim_to
 from vecsync.source import (
     changes_for_ids,
+    chunks_after,
     document_change,
     ejson_id,
     id_candidates,
     mongo_id_of,
     publish_beside_producer,
-    read_after,
     read_current,
     to_plain,
 )
@@ -94,46 +95,42 @@ def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_s
 
         # Like the producer's snapshot, a resync of a big collection must not publish faster than the stages work.
         flow = FlowControl(ctx.redis, ctx.settings, ctx.settings, threading.Event(), on_wait=waiting)
-        while True:
-            flow.wait_for_room()
-            batch = _resync_batch(ctx, key, query, filter_text, last_id, published, batch_size)
-            if not batch:
-                break
-            last_id, published = ejson_id(batch[-1]["_id"]), published + len(batch)
-            bar.update(len(batch))
+        chunks = chunks_after(ctx.collection, last_id, size=batch_size, projection=_projection(ctx), query=query)
+        try:
+            while True:
+                flow.wait_for_room()
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                _publish_chunk(ctx, key, filter_text, chunk, published)
+                published += len(chunk)
+                bar.update(len(chunk))
+        finally:
+            chunks.close()
     ctx.redis.delete(key)
     print(f"Resync published {count(published, 'document')} of {source} to {stream}.")
     return EXIT_OK
 
 
-def _resync_batch(
-    ctx: Context,
-    key: str,
-    query: dict[str, Any],
-    filter_text: str | None,
-    last_id: str | None,
-    published: int,
-    size: int,
-) -> list[dict[str, Any]]:
-    """Publish the next ``size`` documents after ``last_id`` and save the progress in the same transaction."""
-    batch: list[dict[str, Any]] = []
+def _publish_chunk(
+    ctx: Context, key: str, filter_text: str | None, chunk: list[dict[str, Any]], published: int
+) -> None:
+    """Publish a chunk of the scan and save the resync's position in the same transaction."""
+    source, read_again = ctx.settings.source, False
 
     def read() -> list[DocumentChange]:
-        batch[:] = read_after(ctx.collection, last_id, limit=size, projection=_projection(ctx), query=query)
-        now = time.time()
-        return [document_change(ctx.settings.source, document["_id"], document, now) for document in batch]
+        nonlocal read_again
+        if read_again:  # the producer published meanwhile: what the scan read may be older than that now
+            mongo_ids = [mongo_id_of(document["_id"]) for document in chunk]
+            return changes_for_ids(ctx.collection, source, mongo_ids, projection=_projection(ctx))
+        read_again, now = True, time.time()
+        return [document_change(source, document["_id"], document, now) for document in chunk]
 
     def save_progress(pipe: redis.client.Pipeline) -> None:
-        if batch:
-            mark = {
-                "last_id": ejson_id(batch[-1]["_id"]),
-                "filter": filter_text or "",
-                "published": published + len(batch),
-            }
-            pipe.hset(key, mapping=mark)
+        mark = {"last_id": ejson_id(chunk[-1]["_id"]), "filter": filter_text or "", "published": published + len(chunk)}
+        pipe.hset(key, mapping=mark)
 
-    publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, ctx.settings.source, read, also=save_progress)
-    return batch
+    publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, source, read, also=save_progress)
 
 
 # Verify ---------------------------------------------------------------------
@@ -228,11 +225,12 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
     edited behind the pipeline's back keeps its hash.
     """
     source = ctx.settings.source
-    with progress(ctx.collection.estimated_document_count(), "docs", "verify documents") as bar:
+    chunks = chunks_after(ctx.collection, state.last_id, size=batch_size, projection=_projection(ctx))
+    with progress(ctx.collection.estimated_document_count(), "docs", "verify documents") as bar, closing(chunks):
         bar.update(state.checked_documents)
         while True:
-            documents = read_after(ctx.collection, state.last_id, limit=batch_size, projection=_projection(ctx))
-            if not documents:
+            documents = next(chunks, None)
+            if documents is None:
                 return
             wanted = {mongo_id_of(d["_id"]): _expected_payload(ctx, d, state.model) for d in documents}
             ids = {mongo_id: point_id(source, mongo_id) for mongo_id in wanted}
