@@ -122,7 +122,7 @@ class ProducerKiller(threading.Thread):
         client = connect(self.stack.settings.redis_url)
         key = snapshot_key(self.stack.settings.source)
         producer = next(child for child in self.stack.stages if child.name == "producer")
-        while self.marks and not self.done.wait(0.1):
+        while self.marks and not self.done.wait(0.02):
             published = int(client.hget(key, "published") or 0)
             if published >= self.marks[0] and producer.process is not None and producer.alive():
                 print(f"[big-sync] SIGKILL the producer at {published} documents", flush=True)
