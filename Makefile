@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: venv run test test-unit test-rules lint typecheck chaos big-sync clean up up-gpu down logs scale config bench-embed bench
+.PHONY: venv run test test-unit test-rules lint typecheck chaos big-sync bench-snapshot clean up up-gpu down logs scale config bench-embed bench
 
 venv: $(STAMP)
 
@@ -58,6 +58,12 @@ bench-embed: $(STAMP)
 # Sizes: BENCH_DOCS, BENCH_HASH_DOCS, BENCH_PER_DOC_DOCS, BENCH_LOAD_SECONDS, BENCH_B2_BACKENDS.
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/snapshot.py
+
+# A benchmark of the first sync's snapshot alone (bench/snapshot.py): projection, bytes per entry, parallel reads.
+# Sizes: BENCH_SNAPSHOT_DOCS, BENCH_SNAPSHOT_ROUNDS, BENCH_SNAPSHOT_PARTS.
+bench-snapshot: $(STAMP)
+	$(BIN)/python bench/snapshot.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
