@@ -479,8 +479,9 @@ def test_dockerfile_is_multi_stage_non_root_healthchecked_with_exec_form_entrypo
     assert entrypoint == list(_pyproject(path.parent.name)["scripts"]), "the entrypoint is the console script"
 
 
-def _pip_installs(instructions: list[tuple[str, str]]) -> list[str]:
-    targets = []
+def _pip_install_commands(instructions: list[tuple[str, str]]) -> list[list[str]]:
+    """The words after `pip install` of each pip install in a RUN."""
+    found = []
     for keyword, arguments in instructions:
         if keyword != "RUN":
             continue
@@ -492,39 +493,62 @@ def _pip_installs(instructions: list[tuple[str, str]]) -> list[str]:
                 commands.append([])
             else:
                 commands[-1].append(word)
-        for words in commands:
-            if words[:2] == ["pip", "install"]:
-                targets += [word for word in words[2:] if not word.startswith(("-", "$"))]
+        found += [words[2:] for words in commands if words[:2] == ["pip", "install"]]
+    return found
+
+
+def _pip_installs(instructions: list[tuple[str, str]]) -> list[str]:
+    targets = []
+    for words in _pip_install_commands(instructions):
+        options_with_value = ("--constraint", "--find-links", "-c", "-f")
+        skip = False
+        for word in words:
+            if skip:
+                skip = False
+            elif word in options_with_value:
+                skip = True
+            elif not word.startswith(("-", "$")):
+                targets.append(word)
     return targets
 
 
 @pytest.mark.parametrize("path", _dockerfiles(), ids=lambda path: str(path.relative_to(ROOT)))
 def test_dockerfile_installs_exactly_what_its_package_declares(path: Path) -> None:
     folder = path.parent.name
-    project = _pyproject(folder)
-    declared = [Requirement(text) for text in project["dependencies"]]
-    vecsync_extras = set().union(*(r.extras for r in declared if r.name == "vecsync"))
+    declared = [Requirement(text) for text in _pyproject(folder)["dependencies"]]
+    instructions = _instructions(path)
 
-    local: dict[str, set[str]] = {}
-    named: list[Requirement] = []
-    for target in _pip_installs(_instructions(path)):
-        if target.startswith("/src/"):
-            location, _, extras = target.removeprefix("/src/").partition("[")
-            local[location] = set(filter(None, extras.rstrip("]").split(",")))
-        else:
-            named.append(Requirement(target))
-    assert local == {"libs/vecsync": vecsync_extras, f"services/{folder}": set()}
+    local, named = [], []
+    for target in _pip_installs(instructions):
+        (local if target.startswith("/src/") else named).append(target)
+    # The service alone: the shared library comes in through the service's reference to its path.
+    assert local == [f"/src/services/{folder}"]
+    [library] = [r for r in declared if r.name == "vecsync-core"]
+    assert library.url == "{root:parent:parent:uri}/libs/vecsync"
     # Anything installed by name (torch, first, for layer caching) must be a declared dependency, pinned alike.
     declared_specs = {(r.name, str(r.specifier)) for r in declared}
-    for requirement in named:
+    for target in named:
+        requirement = Requirement(target)
         assert (requirement.name, str(requirement.specifier)) in declared_specs, str(requirement)
 
-    copied = {
-        arguments.split()[0]
-        for keyword, arguments in _instructions(path)
+    # Copied to the same places relative to each other as in the repository, so that the reference resolves to
+    # /src/libs/vecsync; with the lock and the wheelhouse (empty unless make wheelhouse filled it).
+    copies = {
+        arguments.split()[0]: arguments.split()[1]
+        for keyword, arguments in instructions
         if keyword == "COPY" and not arguments.startswith("--from")
     }
-    assert copied == {"libs/vecsync", f"services/{folder}"}, "copy only the shared library and this service"
+    assert copies == {
+        "constraints.txt": "/src/constraints.txt",
+        "wheelhouse": "/src/wheelhouse",
+        "libs/vecsync": "/src/libs/vecsync",
+        f"services/{folder}": f"/src/services/{folder}",
+    }, "copy only the lock, the wheelhouse, the shared library and this service"
+    # Every install is pinned by the lock and may take wheels from the wheelhouse, offline with PIP_OFFLINE=1.
+    for words in _pip_install_commands(instructions):
+        assert "--constraint /src/constraints.txt" in " ".join(words), words
+        assert "--find-links /src/wheelhouse" in " ".join(words), words
+        assert "${PIP_OFFLINE:+--no-index}" in words, words
 
 
 def test_only_the_embedding_api_images_carry_torch() -> None:
