@@ -247,6 +247,18 @@ def test_every_long_running_service_has_a_healthcheck(base: dict[str, Any], gpu:
             assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
 
 
+def test_healthcheck_commands_survive_podman(base: dict[str, Any], gpu: dict[str, Any]) -> None:
+    # podman's Docker-compatible API (4.3) splits each argument of an exec-form (CMD) test at its spaces: `python -c
+    # "import os, ..."` reached Python as `-c import` and never passed (make compose-smoke showed it). A shell-form
+    # (CMD-SHELL) test is one string on Docker and podman alike.
+    for config in (base, gpu):
+        for name, service in config["services"].items():
+            test = (service.get("healthcheck") or {}).get("test") or []
+            if test and test[0] == "CMD":
+                spaced = [argument for argument in test[1:] if re.search(r"\s", argument)]
+                assert not spaced, f"{name}: use CMD-SHELL, or arguments without spaces: {spaced}"
+
+
 def test_dependencies_wait_for_health(base: dict[str, Any]) -> None:
     services = base["services"]
     for name, service in services.items():
