@@ -19,6 +19,7 @@ Run it from the venv of ``make venv``: ``python -m tests.compose.smoke``. Exit s
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import importlib.util
@@ -330,8 +331,13 @@ def build_wheelhouse(extra: tuple[str, ...]) -> None:
 
 def build_standins(workdir: Path) -> dict[str, str]:
     """Build the stand-in images where none can be pulled; the settings that point compose.yaml at them."""
-    python = _root_filesystem_image("python", ROOT_FILESYSTEMS["python"], workdir)
-    servers = _root_filesystem_image("servers", ROOT_FILESYSTEMS["servers"], workdir)
+    # The two debootstraps mostly wait on the network, so they run side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            name: pool.submit(_root_filesystem_image, name, packages, workdir)
+            for name, packages in ROOT_FILESYSTEMS.items()
+        }
+        python, servers = futures["python"].result(), futures["servers"].result()
     images = {"PYTHON_IMAGE": python}
     say(f"STAND-IN python:3.11-slim-bookworm -> {python}: Debian's python3 (3.11.2) from debootstrap")
     mongo = f"{STANDIN_PREFIX}/mongo:nx-27017"
@@ -349,15 +355,43 @@ def build_standins(workdir: Path) -> dict[str, str]:
 
 
 def build_images(compose: Compose) -> None:
+    """Build the four images side by side (the embedding-api's takes longest); name every one that failed."""
+    logs = {service: compose.workdir / f"build-{service}.log" for service in BUILT}
+    began = time.monotonic()
+    builds = {}
     for service in BUILT:
-        began = time.monotonic()
-        result = compose.run("build", service)
-        if result.returncode != 0:
-            raise SmokeFailure(
-                f"The image of service {service} did not build from services/{service}/Dockerfile "
-                f"(docker compose build exited {result.returncode}; its output is above)."
+        with logs[service].open("w") as log:
+            builds[service] = subprocess.Popen(
+                compose.command("build", service),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=compose.environment(),
+                cwd=ROOT,
             )
-        say(f"Built the image of {service} in {time.monotonic() - began:.1f} s.")
+    failed = []
+    waiting = dict(builds)
+    try:
+        while waiting:
+            for service, build in list(waiting.items()):
+                if build.poll() is None:
+                    continue
+                del waiting[service]
+                if build.returncode == 0:
+                    say(f"Built the image of {service} in {time.monotonic() - began:.1f} s.")
+                else:
+                    failed.append(service)
+                    output = logs[service].read_text()[-4000:]
+                    say(f"The image of {service} did not build. The end of its build output:\n{output}")
+            time.sleep(1)
+    finally:
+        for build in waiting.values():  # interrupted: no build outlives the smoke
+            build.terminate()
+    if failed:
+        raise SmokeFailure(
+            f"The image of service {', '.join(failed)} did not build from "
+            f"{', '.join(f'services/{service}/Dockerfile' for service in failed)} (docker compose build failed; "
+            "the end of its output is above)."
+        )
 
 
 # --- Settings -----------------------------------------------------------------------------------------------------
@@ -401,22 +435,24 @@ def write_env(path: Path, images: dict[str, str]) -> dict[str, str]:
 # --- The stack ----------------------------------------------------------------------------------------------------
 
 
-def _not_healthy(compose: Compose) -> list[str]:
-    problems = []
+def _not_healthy(compose: Compose) -> dict[str, str]:
+    """Each service that is not as `up --wait` should leave it, with what is wrong."""
+    problems = {}
     containers = compose.containers()
     for service in compose.services():
         mine = [c for c in containers if c.get("Service") == service]
         if not mine:
-            problems.append(f"Service {service} has no container: it never started (a dependency was not ready).")
+            problems[service] = f"Service {service} has no container: it never started (a dependency was not ready)."
         for container in mine:
             state, health, code = container.get("State"), container.get("Health", ""), container.get("ExitCode")
             if service in ONE_SHOT:
                 if state != "exited" or code != 0:
-                    problems.append(f"Service {service} did not complete successfully: {state}, exit status {code}.")
+                    problems[service] = f"Service {service} did not complete: it is {state}, exit status {code}."
             elif state != "running" or health not in ("healthy", ""):
-                problems.append(
+                exited = f", exit status {code}" if state == "exited" else ""
+                problems[service] = (
                     f"Service {service} never turned healthy: container {container.get('Name')} is {state}"
-                    f"{f', health {health}' if health else ''}{f', exit status {code}' if state == 'exited' else ''}."
+                    f"{f', health {health}' if health else ''}{exited}."
                 )
     return problems
 
@@ -427,13 +463,12 @@ def bring_up(compose: Compose, *extra: str) -> None:
         args += ["--pull", "never"]
     result = compose.run(*args)
     problems = _not_healthy(compose)
-    if result.returncode != 0 or problems:
-        for problem in problems:
-            service = problem.split()[1]
-            say(f"{problem} Its last log lines:\n{compose.logs(service)}")
-        raise SmokeFailure(
-            " ".join(problems) or f"`docker compose up --wait` exited {result.returncode}; its output is above."
-        )
+    for service, problem in problems.items():
+        say(f"{problem} Its last log lines:\n{compose.logs(service)}")
+    if problems:
+        raise SmokeFailure(" ".join(problems.values()))
+    if result.returncode != 0:
+        raise SmokeFailure(f"`docker compose up --wait` exited {result.returncode}; its output is above.")
 
 
 @dataclass
