@@ -12,8 +12,11 @@ against, which exists only on the machine that built it; the Dockerfiles build t
 
 from __future__ import annotations
 
+import filecmp
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -50,32 +53,26 @@ def main(argv: list[str]) -> int:
         return 2
     target, extra = Path(argv[0]).resolve(), argv[1:]
     target.mkdir(parents=True, exist_ok=True)
-    # Exactly the current list: wheels of versions the lock no longer names would only grow every build context.
-    for stale in target.glob("*.whl"):
-        stale.unlink()
     folders = [LIBRARY, *services()]
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--quiet",
-        "--constraint",
-        str(LOCK),
-        "--wheel-dir",
-        str(target),
-        *build_requirements(folders),
-        *(str(folder) for folder in services()),
-        *extra,
-    ]
-    result = subprocess.run(command, check=False)
-    if result.returncode != 0:
-        print(f"Building the wheelhouse in {target} failed (pip exit status {result.returncode}; see above).")
-        return result.returncode
-    own = tuple(wheel_prefix(project_name(folder)) for folder in folders)
-    for wheel in target.glob("*.whl"):
-        if wheel.name.startswith(own):
-            wheel.unlink()
+    with tempfile.TemporaryDirectory(prefix="wheelhouse-") as scratch:
+        fresh = Path(scratch)
+        command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--constraint", str(LOCK)]
+        command += ["--wheel-dir", str(fresh), *build_requirements(folders)]
+        command += [*(str(folder) for folder in services()), *extra]
+        result = subprocess.run(command, check=False)
+        if result.returncode != 0:
+            print(f"Building the wheelhouse in {target} failed (pip exit status {result.returncode}; see above).")
+            return result.returncode
+        own = tuple(wheel_prefix(project_name(folder)) for folder in folders)
+        wanted = {wheel.name: wheel for wheel in fresh.glob("*.whl") if not wheel.name.startswith(own)}
+        # Exactly the current list, with the wheels that did not change left untouched: an image build copies the
+        # folder, and a copy of files whose times changed misses the build cache.
+        for present in target.glob("*.whl"):
+            if present.name not in wanted or not filecmp.cmp(present, wanted[present.name], shallow=False):
+                present.unlink()
+        for name, wheel in wanted.items():
+            if not (target / name).exists():
+                shutil.move(wheel, target / name)
     print(f"Wheelhouse ready: {sum(1 for _ in target.glob('*.whl'))} wheels in {target}")
     return 0
 

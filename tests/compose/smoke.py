@@ -380,7 +380,9 @@ def build_images(compose: Compose) -> None:
                     say(f"Built the image of {service} in {time.monotonic() - began:.1f} s.")
                 else:
                     failed.append(service)
-                    output = logs[service].read_text()[-4000:]
+                    # Without the classic builder's progress lines about the build context.
+                    lines = [line for line in logs[service].read_text().splitlines() if "build context" not in line]
+                    output = "\n".join(lines[-60:])
                     say(f"The image of {service} did not build. The end of its build output:\n{output}")
             time.sleep(1)
     finally:
