@@ -459,6 +459,19 @@ def _not_healthy(compose: Compose) -> dict[str, str]:
     return problems
 
 
+def _last_healthcheck(compose: Compose, service: str) -> str:
+    """What the service's last failed healthcheck printed, where there is one."""
+    for container in compose.containers():
+        if container.get("Service") != service or not container.get("Health"):
+            continue
+        with contextlib.suppress(SmokeFailure, ValueError):
+            health = json.loads(compose.engine.output("inspect", "--format", "{{json .State.Health}}", container["ID"]))
+            failed = [run for run in health.get("Log") or [] if run.get("ExitCode") != 0]
+            if failed:
+                return f"\nIts last failed healthcheck printed:\n{str(failed[-1].get('Output', '')).strip()[-2000:]}"
+    return ""
+
+
 def bring_up(compose: Compose, *extra: str) -> None:
     args = ["up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), "--no-build", *extra]
     if compose.engine.kind == "podman":
@@ -466,7 +479,7 @@ def bring_up(compose: Compose, *extra: str) -> None:
     result = compose.run(*args)
     problems = _not_healthy(compose)
     for service, problem in problems.items():
-        say(f"{problem} Its last log lines:\n{compose.logs(service)}")
+        say(f"{problem} Its last log lines:\n{compose.logs(service)}{_last_healthcheck(compose, service)}")
     if problems:
         raise SmokeFailure(" ".join(problems.values()))
     if result.returncode != 0:

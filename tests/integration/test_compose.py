@@ -367,6 +367,26 @@ def test_nothing_runs_as_root(base: dict[str, Any]) -> None:
         assert user and user.split(":")[0] not in ("0", "root"), f"{name} runs as {user or 'the image default'}"
 
 
+def test_the_smoke_override_changes_only_what_no_registry_provides(compose: Compose, base: dict[str, Any]) -> None:
+    # make compose-smoke runs compose.yaml as shipped plus tests/compose/compose.standins.yaml where no image can be
+    # pulled; the override must keep rendering, and must leave the vecsync services as users run them.
+    env = _test_env(UPSERTER_API_KEY="test-upserter-api-key")
+    smoke = compose.config(env, (*BASE_FILES, "tests/compose/compose.standins.yaml"))
+    services = smoke["services"]
+    assert "qdrant" not in services and "grafana" not in services, "left out: no server exists without a registry"
+    upserter = services["upserter"]
+    assert "QDRANT_URL" not in upserter["environment"], "the upserter holds its embedded store"
+    assert set(upserter["depends_on"]) == {"redis"}
+    assert "directConnection=true" in services["producer"]["environment"]["MONGO_URI"]
+    for name in VECSYNC_SERVICES:
+        mine, shipped = services[name], base["services"][name]
+        for key in ("healthcheck", "user", "read_only", "init", "image", "networks", "stop_grace_period"):
+            assert mine.get(key) == shipped.get(key), (name, key)
+        assert mine["build"]["args"] == {**shipped["build"]["args"], "PIP_OFFLINE": "1"}, name
+        changed = {key for key in mine["environment"] if mine["environment"][key] != shipped["environment"].get(key)}
+        assert changed <= {"MONGO_URI", "DATA_DIR", "UPSERTER_API_KEY"}, (name, changed)
+
+
 # --- Secrets and settings -------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 # Test only (make compose-smoke): the MongoDB stand-in where no mongo image can be pulled. nx-27017, served by
 # `python -m vecsync.mongo_standin` as `make run` serves it; tests/compose/compose.standins.yaml sets its command.
-# Build from the repository root after `make wheelhouse WHEELHOUSE_EXTRA=nx-27017`; nothing is fetched.
+# tests/compose/smoke.py builds it from the repository root once its wheelhouse holds nx-27017; nothing is fetched.
 ARG PYTHON_IMAGE
 FROM ${PYTHON_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
