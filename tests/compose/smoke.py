@@ -117,16 +117,12 @@ class Engine:
     environment: dict[str, str]
     service: subprocess.Popen[bytes] | None = None
 
-    @property
-    def cli(self) -> list[str]:
-        if self.kind == "podman":
-            return ["podman"]
-        return ["docker"]
-
     def output(self, *args: str) -> str:
-        result = run([*self.cli, *args], capture_output=True, env={**os.environ, **self.environment}, timeout=120)
+        """The output of the engine's own CLI (`docker` or `podman`, which take the same arguments here)."""
+        command = [self.kind, *args]
+        result = run(command, capture_output=True, env={**os.environ, **self.environment}, timeout=120)
         if result.returncode != 0:
-            raise SmokeFailure(f"`{' '.join([*self.cli, *args])}` failed: {result.stderr.strip()}")
+            raise SmokeFailure(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
         return result.stdout
 
     def stop(self) -> None:
@@ -530,6 +526,19 @@ class Stack:
         replica_set = self.values["MONGO_REPLICA_SET"]
         return f"mongodb://{user}:{password}@{dataplane}:27017/?replicaSet={replica_set}&authSource=admin"
 
+    @contextlib.contextmanager
+    def documents(self) -> Iterator[Any]:
+        """The synced MongoDB collection, as an application that writes it sees it."""
+        import pymongo
+
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            self.mongo_uri(), serverSelectionTimeoutMS=10000
+        )
+        try:
+            yield client[self.values["MONGO_DATABASE"]][self.values["MONGO_COLLECTION"]]
+        finally:
+            client.close()
+
     def container_ids(self, service: str) -> list[str]:
         return [c["ID"] for c in self.compose.containers(all_states=False) if c.get("Service") == service]
 
@@ -582,13 +591,10 @@ def _tickets(count: int, skip: int = 0) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines[skip : skip + count]]
 
 
-def check_documents(stack: Stack) -> list[Any]:
-    import pymongo
-
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(stack.mongo_uri(), serverSelectionTimeoutMS=10000)
-    collection = client[stack.values["MONGO_DATABASE"]][stack.values["MONGO_COLLECTION"]]
+def check_documents(stack: Stack) -> None:
     documents = _tickets(DOCUMENTS)
-    ids = [str(i) for i in collection.insert_many(documents).inserted_ids]
+    with stack.documents() as collection:
+        ids = [str(i) for i in collection.insert_many(documents).inserted_ids]
     say(f"Inserted {len(ids)} documents into MongoDB; waiting until each is a point in the collection.")
     wait_for(
         f"all {len(ids)} inserted documents to become points",
@@ -602,7 +608,8 @@ def check_documents(stack: Stack) -> list[Any]:
     say("Every document is a point, and `vecsync search` finds them by their subjects.")
 
     subject = "Smoke test: the label printer feeds purple stripes"
-    collection.update_one({"_id": documents[0]["_id"]}, {"$set": {"subject": subject}})
+    with stack.documents() as collection:
+        collection.update_one({"_id": documents[0]["_id"]}, {"$set": {"subject": subject}})
     wait_for(
         "the update of a document to reach its point",
         lambda: True if stack.points().get(ids[0], {}).get("subject") == subject else None,
@@ -613,15 +620,14 @@ def check_documents(stack: Stack) -> list[Any]:
         raise SmokeFailure(f"After the update, `vecsync search` for {subject!r} did not find the updated document.")
     say("The update reached its point, and the new subject finds it.")
 
-    collection.delete_one({"_id": documents[1]["_id"]})
+    with stack.documents() as collection:
+        collection.delete_one({"_id": documents[1]["_id"]})
     wait_for(
         "the delete of a document to remove its point",
         lambda: True if ids[1] not in stack.points() else None,
         PIPELINE_TIMEOUT_S,
     )
     say("The delete removed its point.")
-    client.close()
-    return ids
 
 
 def check_scaling(stack: Stack, compose: Compose) -> None:
@@ -640,12 +646,8 @@ def check_scaling(stack: Stack, compose: Compose) -> None:
     live = wait_for(f"{SCALED_WORKERS} live embedder-worker consumers in their group", live_consumers, 120)
     say(f"Scaled to {SCALED_WORKERS} embedder-workers; the group's live consumers: {', '.join(sorted(live))}.")
 
-    import pymongo
-
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(stack.mongo_uri(), serverSelectionTimeoutMS=10000)
-    collection = client[stack.values["MONGO_DATABASE"]][stack.values["MONGO_COLLECTION"]]
-    ids = [str(i) for i in collection.insert_many(_tickets(MORE_DOCUMENTS, skip=DOCUMENTS)).inserted_ids]
-    client.close()
+    with stack.documents() as collection:
+        ids = [str(i) for i in collection.insert_many(_tickets(MORE_DOCUMENTS, skip=DOCUMENTS)).inserted_ids]
     wait_for(
         f"{MORE_DOCUMENTS} documents inserted after scaling to become points",
         lambda: True if set(ids) <= set(stack.points()) else None,
