@@ -247,6 +247,18 @@ def test_every_long_running_service_has_a_healthcheck(base: dict[str, Any], gpu:
             assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
 
 
+def test_healthcheck_commands_survive_podman(base: dict[str, Any], gpu: dict[str, Any]) -> None:
+    # podman's Docker-compatible API (4.3) splits each argument of an exec-form (CMD) test at its spaces: `python -c
+    # "import os, ..."` reached Python as `-c import` and never passed (make compose-smoke showed it). A shell-form
+    # (CMD-SHELL) test is one string on Docker and podman alike.
+    for config in (base, gpu):
+        for name, service in config["services"].items():
+            test = (service.get("healthcheck") or {}).get("test") or []
+            if test and test[0] == "CMD":
+                spaced = [argument for argument in test[1:] if re.search(r"\s", argument)]
+                assert not spaced, f"{name}: use CMD-SHELL, or arguments without spaces: {spaced}"
+
+
 def test_dependencies_wait_for_health(base: dict[str, Any]) -> None:
     services = base["services"]
     for name, service in services.items():
@@ -353,6 +365,26 @@ def test_nothing_runs_as_root(base: dict[str, Any]) -> None:
             continue
         user = str(service.get("user", ""))
         assert user and user.split(":")[0] not in ("0", "root"), f"{name} runs as {user or 'the image default'}"
+
+
+def test_the_smoke_override_changes_only_what_no_registry_provides(compose: Compose, base: dict[str, Any]) -> None:
+    # make compose-smoke runs compose.yaml as shipped plus tests/compose/compose.standins.yaml where no image can be
+    # pulled; the override must keep rendering, and must leave the vecsync services as users run them.
+    env = _test_env(UPSERTER_API_KEY="test-upserter-api-key")
+    smoke = compose.config(env, (*BASE_FILES, "tests/compose/compose.standins.yaml"))
+    services = smoke["services"]
+    assert "qdrant" not in services and "grafana" not in services, "left out: no server exists without a registry"
+    upserter = services["upserter"]
+    assert "QDRANT_URL" not in upserter["environment"], "the upserter holds its embedded store"
+    assert set(upserter["depends_on"]) == {"redis"}
+    assert "directConnection=true" in services["producer"]["environment"]["MONGO_URI"]
+    for name in VECSYNC_SERVICES:
+        mine, shipped = services[name], base["services"][name]
+        for key in ("healthcheck", "user", "read_only", "init", "image", "networks", "stop_grace_period"):
+            assert mine.get(key) == shipped.get(key), (name, key)
+        assert mine["build"]["args"] == {**shipped["build"]["args"], "PIP_OFFLINE": "1"}, name
+        changed = {key for key in mine["environment"] if mine["environment"][key] != shipped["environment"].get(key)}
+        assert changed <= {"MONGO_URI", "DATA_DIR", "UPSERTER_API_KEY"}, (name, changed)
 
 
 # --- Secrets and settings -------------------------------------------------------------------------------------------
@@ -479,8 +511,9 @@ def test_dockerfile_is_multi_stage_non_root_healthchecked_with_exec_form_entrypo
     assert entrypoint == list(_pyproject(path.parent.name)["scripts"]), "the entrypoint is the console script"
 
 
-def _pip_installs(instructions: list[tuple[str, str]]) -> list[str]:
-    targets = []
+def _pip_install_commands(instructions: list[tuple[str, str]]) -> list[list[str]]:
+    """The words after `pip install` of each pip install in a RUN."""
+    found = []
     for keyword, arguments in instructions:
         if keyword != "RUN":
             continue
@@ -492,39 +525,65 @@ def _pip_installs(instructions: list[tuple[str, str]]) -> list[str]:
                 commands.append([])
             else:
                 commands[-1].append(word)
-        for words in commands:
-            if words[:2] == ["pip", "install"]:
-                targets += [word for word in words[2:] if not word.startswith(("-", "$"))]
+        found += [words[2:] for words in commands if words[:2] == ["pip", "install"]]
+    return found
+
+
+def _pip_installs(instructions: list[tuple[str, str]]) -> list[str]:
+    targets = []
+    for words in _pip_install_commands(instructions):
+        options_with_value = ("--constraint", "--find-links", "-c", "-f")
+        skip = False
+        for word in words:
+            if skip:
+                skip = False
+            elif word in options_with_value:
+                skip = True
+            elif not word.startswith(("-", "$")):
+                targets.append(word)
     return targets
 
 
 @pytest.mark.parametrize("path", _dockerfiles(), ids=lambda path: str(path.relative_to(ROOT)))
 def test_dockerfile_installs_exactly_what_its_package_declares(path: Path) -> None:
     folder = path.parent.name
-    project = _pyproject(folder)
-    declared = [Requirement(text) for text in project["dependencies"]]
-    vecsync_extras = set().union(*(r.extras for r in declared if r.name == "vecsync"))
+    declared = [Requirement(text) for text in _pyproject(folder)["dependencies"]]
+    instructions = _instructions(path)
 
-    local: dict[str, set[str]] = {}
-    named: list[Requirement] = []
-    for target in _pip_installs(_instructions(path)):
-        if target.startswith("/src/"):
-            location, _, extras = target.removeprefix("/src/").partition("[")
-            local[location] = set(filter(None, extras.rstrip("]").split(",")))
-        else:
-            named.append(Requirement(target))
-    assert local == {"libs/vecsync": vecsync_extras, f"services/{folder}": set()}
+    local, named = [], []
+    for target in _pip_installs(instructions):
+        (local if target.startswith("/src/") else named).append(target)
+    # The service alone: the shared library comes in through the service's reference to its path.
+    assert local == [f"/src/services/{folder}"]
+    [library] = [r for r in declared if r.name == "vecsync-core"]
+    assert library.url == "{root:parent:parent:uri}/libs/vecsync"
     # Anything installed by name (torch, first, for layer caching) must be a declared dependency, pinned alike.
     declared_specs = {(r.name, str(r.specifier)) for r in declared}
-    for requirement in named:
+    for target in named:
+        requirement = Requirement(target)
         assert (requirement.name, str(requirement.specifier)) in declared_specs, str(requirement)
 
-    copied = {
-        arguments.split()[0]
-        for keyword, arguments in _instructions(path)
+    # Copied to the same places relative to each other as in the repository, so that the reference resolves to
+    # /src/libs/vecsync; with the lock and the wheelhouse (empty unless make wheelhouse filled it).
+    copies = {
+        arguments.split()[0]: arguments.split()[1]
+        for keyword, arguments in instructions
         if keyword == "COPY" and not arguments.startswith("--from")
     }
-    assert copied == {"libs/vecsync", f"services/{folder}"}, "copy only the shared library and this service"
+    assert copies == {
+        "constraints.txt": "/src/constraints.txt",
+        "wheelhouse": "/src/wheelhouse",
+        "libs/vecsync": "/src/libs/vecsync",
+        f"services/{folder}": f"/src/services/{folder}",
+    }, "copy only the lock, the wheelhouse, the shared library and this service"
+    # Every install is pinned by the lock, and takes wheels from the wheelhouse alone with PIP_OFFLINE=1 and from
+    # the index alone without it (a CPU torch in the wheelhouse must not win over the index's CUDA build).
+    offline = "${PIP_OFFLINE:+--no-index --find-links=/src/wheelhouse}"
+    for words in _pip_install_commands(instructions):
+        command = " ".join(words)
+        assert "--constraint /src/constraints.txt" in command, command
+        assert offline in command, command
+        assert "--find-links" not in command.replace(offline, ""), f"the wheelhouse only with PIP_OFFLINE: {command}"
 
 
 def test_only_the_embedding_api_images_carry_torch() -> None:
