@@ -66,6 +66,12 @@ class TestWritesIfNewer:
         payload = store.payloads([PID])[PID]
         assert (payload["version_ms"], payload["version_seq"]) == (1000, 0)
 
+    def test_the_newest_of_two_writes_of_one_point_in_one_call_wins(self, store: VectorStore) -> None:
+        store.write_if_newer(upserts=[point("300-0", "c"), point("200-0", "b")])
+        assert held(store) == ("300-0", "c")
+        store.write_if_newer(upserts=[point("400-0", "d"), point("500-0", "e")])
+        assert held(store) == ("500-0", "e")
+
     def test_a_payload_applies_only_over_an_older_point_of_the_same_text_and_model(self, store: VectorStore) -> None:
         store.write_if_newer(upserts=[point("200-0", "b")])
         for version, text, model in [("100-0", "b", "m1"), ("300-0", "other", "m1"), ("300-0", "b", "m2")]:
