@@ -494,6 +494,10 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for name, rate in e["upserts_per_s"].items():
             lines.append(f"| {name} | {rate} | {e['filtered_search_p50_ms'][name]} ms |")
+        lines.append(
+            f"| embedded, the same filter on a field without a payload index | | "
+            f"{e['embedded_filter_on_an_unindexed_field_p50_ms']} ms |"
+        )
         lines += ["", "| ratio | |", "|---|---|"]
         lines += [f"| {name} | {ratio} x |" for name, ratio in e["ratios"].items()]
     if "B5" in results:

@@ -323,6 +323,29 @@ class TestStoreOfAnEarlierRelease:
         with pytest.raises(ConfigurationError, match=r"local mode.*`vecsync-upserter migrate-store`"):
             VectorStore.open(QdrantSettings(qdrant_path=tmp_path / "qdrant", embedding_dim=4), tmp_path)
 
+    def test_make_run_stops_before_starting_anything_and_names_the_command(self, tmp_path: Path) -> None:
+        from tests.support.stack import stack_settings
+        from vecsync.localstack import LocalStack
+
+        self.old_store(tmp_path / "data" / "qdrant", 3)
+        stack = LocalStack(stack_settings(tmp_path / "data"))
+        with pytest.raises(ConfigurationError, match=r"`vecsync-upserter migrate-store`"):
+            stack.start()
+        assert not stack.servers and not stack.stages
+
+    def test_the_command_migrates_the_store_the_upserter_would_open(self, tmp_path: Path) -> None:
+        self.old_store(tmp_path / "qdrant", 5)
+        command = [str(Path(sys.executable).parent / "vecsync-upserter"), "migrate-store"]
+        env = {**os.environ, "DATA_DIR": str(tmp_path), "EMBEDDING_DIM": "4"}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "Migrated collection 'documents': 5 points." in done.stdout
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert again.returncode == 0 and "Nothing to migrate" in again.stdout
+        store = VectorStore.open(QdrantSettings(qdrant_path=tmp_path / "qdrant", embedding_dim=4), tmp_path)
+        assert store.count() == 5
+        store.close()
+
     def test_the_migration_copies_every_point_and_keeps_the_old_files(self, tmp_path: Path) -> None:
         from vecsync.store import local_mode
 
@@ -357,3 +380,29 @@ class TestStoreOfAnEarlierRelease:
         (folder / "documents.partial" / "segments").mkdir(parents=True)  # a copy cut short
         assert local_mode.migrate(folder)["documents"] == 10
         assert not (folder / "documents.partial").exists()
+
+
+def test_the_upserters_read_routes_answer_as_the_embedded_store_does(tmp_path: Path) -> None:
+    """What the CLI gets through the upserter that holds the store: the same as from the store itself."""
+    from upserter.read_api import store_routes
+    from vecsync.cli.store import UpserterStore
+    from vecsync.runtime import MetricsServer
+
+    store = make_store("embedded", tmp_path, dim=4)
+    server = MetricsServer("127.0.0.1", 0, post_routes=store_routes(store), post_key="a key of the upserter").start()
+    try:
+        store.write_if_newer(upserts=[sample(n) for n in range(30)])
+        remote = UpserterStore(f"http://127.0.0.1:{server.port}", "documents", 30, api_key="a key of the upserter")
+        query = [1.0, 0.5, 0.2, 0.1]
+        assert remote.search(query, limit=5, match={"product": "Quill Scanner"}) == store.search(
+            query, limit=5, match={"product": "Quill Scanner"}
+        )
+        assert remote.search(query, limit=5) == store.search(query, limit=5)
+        assert remote.count() == store.count() == 30
+        assert remote.payloads([pid(4), pid(99)], ["mongo_id"]) == {pid(4): {"mongo_id": "d4"}}
+        assert remote.scroll(limit=7, offset=pid(3)) == store.scroll(limit=7, offset=pid(3))
+        remote.recreate()
+        assert store.count() == 0
+    finally:
+        server.close()
+        store.close()

@@ -35,7 +35,8 @@ from pydantic import Field
 from vecsync import settings as settings_module
 from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
-from vecsync.settings import CommonSettings, MongoSettings
+from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings
+from vecsync.store import local_mode
 from vecsync.vectorstore import store_key_file
 
 log = logging.getLogger("vecsync.localstack")
@@ -110,6 +111,7 @@ class LocalStack:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        _refuse_an_old_store(self.data_dir)
         self._start_server(self._redis(), "Redis")
         self._start_server(self._mongo(), "MongoDB stand-in")
         api = self._stage("embedding-api", {"EMBEDDING_BACKEND": self.settings.embedding_backend, **self._listen()})
@@ -277,6 +279,13 @@ class LocalStack:
         # Upstream first, so that each stage finds its input complete when it stops.
         for child in self.stages:
             _stop(child)
+
+
+def _refuse_an_old_store(data_dir: Path) -> None:
+    """Stop before starting anything when the embedded store is one an earlier release wrote (local mode)."""
+    folder = settings_module.load(QdrantSettings).embedded_path(data_dir)
+    if folder is not None and local_mode.holds_local_mode_store(folder):
+        raise local_mode.refusal(folder)
 
 
 def _stop(child: Child) -> None:
