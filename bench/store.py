@@ -146,8 +146,9 @@ def _embedded(
 
 
 def _newer(version: str) -> str:
+    """A later change's version: after every version of the first round, as the pipeline's next changes are."""
     millis, _seq = version.split("-")
-    return f"{millis}-1"
+    return f"{int(millis) + 10**9}-0"
 
 
 def store_alone(points: int = STORE_POINTS) -> dict[str, Any]:

@@ -109,6 +109,16 @@ class TestWritesIfNewer:
         versions = {p: payload["version"] for p, payload in store.payloads([pid(1), pid(2), pid(3)]).items()}
         assert versions == {pid(1): "150-0", pid(2): "200-0", pid(3): "1-0"}
 
+    def test_a_batch_over_existing_points_moves_each_only_forward(self, store: VectorStore) -> None:
+        def at(n: int, version: str) -> Point:
+            return Point(pid(n), [1.0, float(n), 0.0, 0.5], {"mongo_id": str(n), "version": version})
+
+        store.write_if_newer(upserts=[at(1, "100-0"), at(2, "250-0"), at(3, "400-0")])
+        store.upsert([at(4, "900-0")])  # by hand: no version numbers, so older than any write
+        store.write_if_newer(upserts=[at(1, "300-0"), at(2, "300-0"), at(3, "200-0"), at(4, "350-0"), at(5, "1-0")])
+        versions = {p: payload["version"] for p, payload in store.payloads([pid(n) for n in range(1, 6)]).items()}
+        assert versions == {pid(1): "300-0", pid(2): "300-0", pid(3): "400-0", pid(4): "350-0", pid(5): "1-0"}
+
 
 class TestCollection:
     def test_a_dropped_collection_is_missing_until_created_again(self, store: VectorStore) -> None:

@@ -266,32 +266,52 @@ class EmbeddedStore(VectorStore):
             self._written(shard, deletes=len(deletes))
 
     def _upsert_if_newer(self, shard: qe.EdgeShard, upserts: Sequence[Point]) -> None:
-        """Insert the points that are missing in one operation, and upsert each of the others on its condition.
+        """Write each point only over an older one, in as few of the engine's operations as the versions allow.
 
-        Every write stays conditional in the engine: an insert-only upsert never replaces a point, and the others
-        carry "older than me". Points missing when this call began are still missing when the insert runs, since
-        the store's lock keeps every other writer out meanwhile; a batch of new points then costs one operation
-        instead of one per point (2-3 times the rate on inserts; see docs/performance.md).
+        Every write stays conditional in the engine, and the store's lock keeps every other writer out between the
+        read of the stored versions and the writes, so the read tells which operation each point needs:
+
+        - missing points go in one insert-only operation, which never replaces a point;
+        - existing points older than the oldest version this call writes go in one operation on the condition
+          "older than that version", which each of them meets, and which moves none of them backwards;
+        - any other point (stored between that version and its own, or written twice in this call) gets an
+          operation of its own on "older than me".
+
+        One operation per point measured 2-3 times slower than one per batch (docs/performance.md, E).
         """
         if not upserts:
             return
-        stored = {_canonical(r.id) for r in shard.retrieve([p.id for p in upserts], [VERSION_MS], False)}
+        records = shard.retrieve([p.id for p in upserts], [VERSION_MS, VERSION_SEQ], False)
+        stored = {_canonical(r.id): _stored_version(r.payload) for r in records}
         fresh: dict[str, qe.Point] = {}
-        existing: list[tuple[qe.Point, qe.Filter]] = []
+        existing: dict[str, tuple[qe.Point, tuple[int, int]]] = {}
+        one_by_one: list[tuple[qe.Point, tuple[int, int]]] = []
         for point in upserts:
             payload = with_version_numbers(point.payload)
+            version = (payload[VERSION_MS], payload[VERSION_SEQ])
             engine_point = _point(point.id, point.vector, payload)
             key = _canonical(point.id)
-            if key in stored or key in fresh:
-                existing.append((engine_point, older_than((payload[VERSION_MS], payload[VERSION_SEQ]))))
+            if key in fresh or key in existing:
+                one_by_one.append((engine_point, version))
+            elif key in stored:
+                existing[key] = (engine_point, version)
             else:
                 fresh[key] = engine_point
         if fresh:
             shard.update(qe.UpdateOperation.upsert_points(list(fresh.values()), update_mode=qe.UpdateMode.InsertOnly))
-        # One operation per point: each carries its own version in its condition. (One operation for all, with a
-        # clause per point, makes the engine check every clause against every point: measured slower.)
-        for engine_point, condition in existing:
-            shard.update(qe.UpdateOperation.upsert_points([engine_point], condition=condition))
+        if existing:
+            floor = min(version for _point, version in existing.values())
+            together = []
+            for key, (engine_point, version) in existing.items():
+                held = stored[key]
+                if held is not _UNKNOWN and (held is None or held < floor):
+                    together.append(engine_point)
+                else:
+                    one_by_one.insert(0, (engine_point, version))
+            if together:
+                shard.update(qe.UpdateOperation.upsert_points(together, condition=older_than(floor)))
+        for engine_point, version in one_by_one:
+            shard.update(qe.UpdateOperation.upsert_points([engine_point], condition=older_than(version)))
 
     def delete(self, point_ids: list[str]) -> None:
         if point_ids:
@@ -414,12 +434,31 @@ def _point(point_id: str, vector: list[float], payload: dict[str, Any]) -> qe.Po
     return qe.Point(point_id, vector, payload)
 
 
+# A stored version that the numbers do not give fully (version_ms without version_seq): left to a point's own write.
+_UNKNOWN = (-1, -1)
+
+
+def _stored_version(payload: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """The version a stored point records as numbers; None when it records none (it counts as older than any)."""
+    millis, seq = (payload or {}).get(VERSION_MS), (payload or {}).get(VERSION_SEQ)
+    if millis is None:
+        return None
+    if not isinstance(millis, (int, float)) or not isinstance(seq, (int, float)):
+        return _UNKNOWN
+    return int(millis), int(seq)
+
+
 def _canonical(point_id: object) -> str:
     """A point id as the engine returns it (a UUID object) or as vecsync writes it, in one spelling."""
-    try:
-        return str(uuid.UUID(str(point_id)))
-    except ValueError:
+    if isinstance(point_id, uuid.UUID):
         return str(point_id)
+    text = str(point_id)
+    if len(text) == 36 and text == text.lower():
+        return text  # how uuid5 ids are written: canonical already
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return text
 
 
 def _dense(vector: Any) -> list[float] | None:
