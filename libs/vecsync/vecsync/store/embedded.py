@@ -21,8 +21,8 @@ writes of that interval (0 flushes before every write returns instead).
 
 Indexing: shards are created with vector indexing off (``indexing_threshold=0``),
 so searches are exact and ``optimize()`` never builds an HNSW graph. Building
-one holds Python's GIL for its whole run (17 s at 20,000 points, 86 s at
-50,000 on 2 cores), stopping every thread of the upserter. Keyword payload
+one holds Python's GIL for its whole run (about a minute at 50,000 points
+on 2 cores, `make bench` Q), stopping every thread of the upserter. Keyword payload
 indexes keep filtered searches fast; the background thread runs the engine's
 vacuum (``optimize()``) after deletes, which takes a fraction of a second.
 """
