@@ -1,4 +1,8 @@
-"""Fixtures: real Redis, the MongoDB stand-in and the embedding-api as subprocesses; Qdrant in local mode."""
+"""Fixtures: real Redis, the MongoDB stand-in and the embedding-api as subprocesses; Qdrant's engine in-process.
+
+The ``store`` fixture is the embedded engine, as the embedded default runs it. test_vectorstore.py and
+test_fence.py run on both implementations of the store (tests/support/stores.py).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from typing import Any
 import pymongo
 import pytest
 import redis
-from qdrant_client import QdrantClient
 
 from tests.support.pipeline import Pipeline
 from tests.support.servers import Server, start_embedding_api, start_mongo, start_redis
+from tests.support.stores import make_store
 from vecsync.streams import connect
 from vecsync.vectorstore import VectorStore
 
@@ -76,9 +80,8 @@ def model_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture
-def store() -> Iterator[VectorStore]:
-    store = VectorStore(QdrantClient(":memory:"), "documents", 384)
-    store.ensure_collection()
+def store(tmp_path: Path) -> Iterator[VectorStore]:
+    store = make_store("embedded", tmp_path)
     yield store
     store.close()
 

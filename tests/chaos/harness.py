@@ -1,7 +1,7 @@
 """Chaos test: a seeded random workload on MongoDB while stages are killed and dependencies fail.
 
 Runs the local stack (real Redis with AOF, the MongoDB stand-in, three
-embedder-workers, one upserter holding the embedded Qdrant store, the `hash`
+embedder-workers, one upserter holding the embedded Qdrant store (Qdrant's engine, in-process), the `hash`
 embedding backend), applies inserts, updates, replaces and deletes that often
 hit the same documents in quick succession, on documents whose `_id`s are
 ObjectIds, strings, integers and UUIDs in equal shares, and meanwhile:
@@ -236,10 +236,8 @@ def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) 
         points: dict[str, Any] = {}
         offset = None
         while True:
-            records, offset = store.client.scroll(
-                store.collection, limit=512, offset=offset, with_payload=True, with_vectors=True
-            )
-            points.update({str(record.id): record for record in records})
+            page, offset = store.scroll(limit=512, offset=offset, fields=["mongo_id"])
+            points.update({record.id: record for record in store.retrieve(list(page), with_vectors=True)})
             if offset is None:
                 break
         for pid in expected.keys() - points.keys():

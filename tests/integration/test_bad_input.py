@@ -7,6 +7,7 @@ import datetime
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from tests.support.pipeline import Pipeline
 from vecsync.documents import point_id
 from vecsync.errors import ConfigurationError
 from vecsync.messages import DocumentChange
-from vecsync.vectorstore import VectorStore
+from vecsync.store.embedded import EmbeddedStore
+from vecsync.store.server import ServerStore
 
 STAGE1, STAGE2 = "raw_document_changes", "embedded_documents"
 
@@ -158,11 +160,16 @@ def test_an_embedding_api_returning_bad_vectors_dead_letters(
     assert pipeline.redis_client.xpending(STAGE1, "embedding_processors")["pending"] == 0
 
 
-def test_a_collection_of_the_wrong_size_stops_the_upserter_with_both_sizes() -> None:
-    client = QdrantClient(":memory:")
-    VectorStore(client, "documents", 768).ensure_collection()
+def test_a_collection_of_the_wrong_size_stops_the_upserter_with_both_sizes(tmp_path: Path) -> None:
+    client = QdrantClient(":memory:")  # stands in for a Qdrant server
+    ServerStore(client, "documents", 768).ensure_collection()
     with pytest.raises(ConfigurationError, match="holds vectors of 768 dimensions, but EMBEDDING_DIM is 384"):
-        VectorStore(client, "documents", 384).ensure_collection()
+        ServerStore(client, "documents", 384).ensure_collection()
+    embedded = EmbeddedStore.open_folder(tmp_path, "documents", 768)
+    embedded.ensure_collection()
+    embedded.close()
+    with pytest.raises(ConfigurationError, match="holds vectors of 768 dimensions, but EMBEDDING_DIM is 384"):
+        EmbeddedStore.open_folder(tmp_path, "documents", 384)
 
 
 def test_point_ids_are_stable_for_every_id_type() -> None:

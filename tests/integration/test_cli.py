@@ -1,4 +1,4 @@
-"""The operator CLI against real Redis, the MongoDB stand-in and Qdrant local mode."""
+"""The operator CLI against real Redis, the MongoDB stand-in and the embedded store."""
 
 from __future__ import annotations
 

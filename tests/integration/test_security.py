@@ -144,13 +144,13 @@ def test_a_qdrant_server_refusing_the_api_key_stops_the_upserter_with_a_clear_me
 
     from tests.support.fake_api import FakeApi
     from vecsync.errors import ConfigurationError
-    from vecsync.vectorstore import VectorStore
+    from vecsync.store.server import ServerStore
 
     qdrant = FakeApi()  # answers every request 401, as Qdrant does for a wrong api-key header
     qdrant.status, qdrant.body = 401, {"status": {"error": "Invalid api-key"}}
     try:
         client = QdrantClient(url=qdrant.url, api_key="wrong-key", timeout=5, check_compatibility=False)
-        store = VectorStore(client, "documents", 384)
+        store = ServerStore(client, "documents", 384)
         with pytest.raises(ConfigurationError, match="QDRANT_API_KEY") as error:
             store.ensure_collection()
         assert "wrong-key" not in str(error.value)

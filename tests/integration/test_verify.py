@@ -10,14 +10,15 @@ from tests.support.pipeline import Pipeline
 from tests.support.servers import Server
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK
 from vecsync.documents import point_id
+from vecsync.vectorstore import Point
 
 
 def tamper(pipeline: Pipeline, mongo_id: str, **changes: object) -> None:
     """Rewrite some payload fields of a point by hand, keeping its vector and its text_sha256."""
     pid = point_id(pipeline.source, mongo_id)
-    [record] = pipeline.store.retrieve([pid])
-    store = pipeline.store
-    store.client.overwrite_payload(store.collection, {**(record.payload or {}), **changes}, points=[pid])
+    [record] = pipeline.store.retrieve([pid], with_vectors=True)
+    assert record.vector is not None
+    pipeline.store.upsert([Point(pid, record.vector, {**record.payload, **changes})])
 
 
 def without_versions(points: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:

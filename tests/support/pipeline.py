@@ -108,13 +108,13 @@ class Pipeline:
 
     def points(self) -> dict[str, dict[str, Any]]:
         """Every point's payload, by mongo_id."""
-        records, offset = [], None
+        points: dict[str, dict[str, Any]] = {}
+        offset = None
         while True:
-            batch, offset = self.store.client.scroll(self.store.collection, limit=256, offset=offset, with_payload=True)
-            records.extend(batch)
+            page, offset = self.store.scroll(limit=256, offset=offset)
+            points.update({payload["mongo_id"]: payload for payload in page.values()})
             if offset is None:
-                break
-        return {record.payload["mongo_id"]: record.payload for record in records}  # type: ignore[index]
+                return points
 
     def assert_matches_mongo(self, text_fields: tuple[str, ...] = ("subject", "content")) -> None:
         """Qdrant holds exactly one current point per MongoDB document with text: none missing, extra or stale."""

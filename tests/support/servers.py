@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,6 +97,68 @@ def start_redis(workdir: Path, *extra_args: str) -> Server:
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
     args += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec", *extra_args]
     return Server(args, port, log=workdir / "redis.log").start()
+
+
+class RedisCluster:
+    """A real Redis Cluster on local ports: three masters, each with a replica."""
+
+    def __init__(self, nodes: list[Server]) -> None:
+        self.nodes = nodes
+
+    @property
+    def url(self) -> str:
+        """What REDIS_URL names: any one node; the cluster client finds the others."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def node(self, port: int) -> Server:
+        return next(node for node in self.nodes if node.port == port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _cluster_node_port() -> int:
+    """A free port whose cluster bus port (10,000 higher) is free too, and so at most 55,535."""
+    for _ in range(1000):
+        port = free_port()
+        if port <= 55_535 and _is_free(port + 10_000):
+            return port
+    raise RuntimeError("no free port for a Redis Cluster node and its bus")
+
+
+def start_redis_cluster(workdir: Path, *, masters: int = 3) -> RedisCluster:
+    """Debian's redis-server as a cluster of ``masters`` masters with one replica each, created by redis-cli."""
+    nodes = []
+    for index in range(masters * 2):
+        folder = workdir / f"node-{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        port = _cluster_node_port()
+        args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+        args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+        args += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+        nodes.append(Server(args, port, log=folder / "redis.log").start())
+    cluster = RedisCluster(nodes)
+    redis_cli = shutil.which("redis-cli") or "redis-cli"
+    addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+    subprocess.run(
+        [redis_cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+    def ready() -> bool:
+        for node in nodes:
+            info = subprocess.run(
+                [redis_cli, "-p", str(node.port), "cluster", "info"], capture_output=True, text=True, timeout=10
+            ).stdout
+            if "cluster_state:ok" not in info:
+                return False
+        return True
+
+    wait_for(ready, timeout=60, what="the Redis Cluster to be ready")
+    return cluster
 
 
 def start_mongo(workdir: Path) -> Server:

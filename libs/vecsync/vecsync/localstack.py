@@ -45,8 +45,9 @@ from vecsync import settings as settings_module
 from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.runtime import EXIT_CONFIG, EXIT_HISTORY_LOST
-from vecsync.settings import CommonSettings, MongoSettings, require_scheme
+from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, require_scheme
 from vecsync.source import Snapshot, stored_snapshot
+from vecsync.store import local_mode
 from vecsync.streams import connect, stream_stats
 from vecsync.vectorstore import store_key_file
 
@@ -201,6 +202,7 @@ class LocalStack:
     def start(self) -> None:
         check_ports(self.listeners())
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        _refuse_an_old_store(self.data_dir)
         self._start_server(self._redis(), "Redis")
         self._start_server(self._mongo(), "MongoDB stand-in")
         backend = self.settings.embedding_backend
@@ -569,6 +571,13 @@ def _example(setting: str) -> str:
         "EMBEDDING_URL": "http://127.0.0.1:8080",
         "UPSERTER_URL": "http://127.0.0.1:9102",
     }[setting]
+
+
+def _refuse_an_old_store(data_dir: Path) -> None:
+    """Stop before starting anything when the embedded store is one an earlier release wrote (local mode)."""
+    folder = settings_module.load(QdrantSettings).embedded_path(data_dir)
+    if folder is not None and local_mode.holds_local_mode_store(folder):
+        raise local_mode.refusal(folder)
 
 
 def _stop(child: Child) -> None:

@@ -123,7 +123,9 @@ def unpack_vector(text: str) -> list[float]:
     if not raw or len(raw) % 4:
         raise InvalidEntry(f"field 'vector' holds {len(raw)} bytes, not a non-empty whole number of float32 values")
     vector = list(struct.unpack(f"<{len(raw) // 4}f", raw))
-    if not all(math.isfinite(value) for value in vector):
+    # One sum instead of a test per value: any NaN or infinity makes the sum NaN or infinite, and float32 values
+    # cannot add up to an infinite double (the upserter spent a quarter of its time in the per-value test).
+    if not math.isfinite(sum(vector)):
         raise InvalidEntry("field 'vector' contains NaN or infinite values")
     return vector
 

@@ -1,6 +1,10 @@
-"""``vecsync-upserter``: apply stage 2 to the Qdrant collection."""
+"""``vecsync-upserter``: apply stage 2 to the Qdrant collection.
+
+``vecsync-upserter migrate-store`` converts an embedded store of an earlier release instead (upserter.migrate).
+"""
 
 import logging
+import sys
 import threading
 
 import redis
@@ -22,7 +26,19 @@ log = logging.getLogger("vecsync.upserter")
 def main() -> None:
     settings = settings_module.load(UpserterSettings)
     setup_logging(settings.log_level)
-    store = VectorStore.open(settings, settings.data_dir)
+    store = VectorStore.open(
+        settings,
+        settings.data_dir,
+        payload_indexes=settings.payload_fields,
+        flush_interval_s=settings.qdrant_flush_interval_ms / 1000,
+    )
+    try:
+        _serve(settings, store)
+    finally:
+        store.close()  # the embedded store writes everything to disk and releases its folder
+
+
+def _serve(settings: UpserterSettings, store: VectorStore) -> None:
     embedded = settings.embedded_path(settings.data_dir)
     log.info(
         "Upserter %s: %s -> Qdrant collection %r at %s, Redis %s",
@@ -67,7 +83,6 @@ def main() -> None:
         post_routes=routes,
         post_key=key,
     )
-    store.close()
 
 
 def _exists(client: redis.Redis, key: str) -> bool:
@@ -92,4 +107,12 @@ def _wait_for_collection(store: VectorStore, settings: UpserterSettings, stoppin
 
 
 def cli() -> None:
+    if sys.argv[1:] == ["migrate-store"]:
+        from upserter.migrate import main as migrate
+
+        run_main(migrate)
+        return
+    if sys.argv[1:]:
+        print("usage: vecsync-upserter [migrate-store]  (configured through the environment)", file=sys.stderr)
+        sys.exit(2)
     run_main(main)

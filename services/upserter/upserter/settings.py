@@ -1,10 +1,15 @@
 from pydantic import Field, model_validator
 
-from vecsync.settings import ConsumerSettings, QdrantSettings
+from vecsync.settings import ConsumerSettings, QdrantSettings, TextSettings
 
 
-class UpserterSettings(ConsumerSettings, QdrantSettings):
+# TextSettings for PAYLOAD_FIELDS: the collection gets a keyword index on each, so that filtered searches stay fast.
+class UpserterSettings(ConsumerSettings, QdrantSettings, TextSettings):
     metrics_port: int = Field(default=9102, ge=0, le=65535)
+    # Embedded store only: how often its writes are flushed to disk. Each write survives a crash of the process
+    # at once; a power loss or an operating system crash can take the writes of this interval. 0 flushes every
+    # batch before it is acknowledged (about a third of the write rate, see docs/performance.md).
+    qdrant_flush_interval_ms: int = Field(default=1000, ge=0)
     # A point's write lock expires after this, so a crashed upserter cannot block a document forever.
     # It must outlast the slowest Qdrant write (QDRANT_TIMEOUT_S), or two writers could overlap.
     point_lock_ttl_ms: int = Field(default=60_000, ge=1000)

@@ -9,7 +9,7 @@ import requests
 
 from vecsync.cli.settings import CliSettings
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
-from vecsync.vectorstore import Hit, VectorStore, store_key_file
+from vecsync.vectorstore import Hit, StoreInUse, VectorStore, store_key_file
 
 
 class Store(Protocol):
@@ -112,7 +112,7 @@ class UpserterStore:
 def open_store(settings: CliSettings) -> Store:
     """A server's collection directly; an embedded one through its upserter, or directly when none runs."""
     if settings.qdrant_url:
-        return VectorStore.open(settings, settings.data_dir)
+        return VectorStore.open(settings, settings.data_dir, payload_indexes=settings.payload_fields)
     remote = UpserterStore(
         settings.upserter_url,
         settings.qdrant_collection,
@@ -126,8 +126,8 @@ def open_store(settings: CliSettings) -> Store:
     except TransientError:
         pass
     try:
-        store = VectorStore.open(settings, settings.data_dir)
-    except ConfigurationError as exc:
+        store = VectorStore.open(settings, settings.data_dir, payload_indexes=settings.payload_fields)
+    except StoreInUse as exc:
         raise ConfigurationError(
             f"{exc} No upserter answered at UPSERTER_URL={settings.upserter_url} either: point UPSERTER_URL "
             "at the upserter that holds the store."

@@ -1,0 +1,1 @@
+"""The implementations of vecsync.vectorstore.VectorStore: a Qdrant server, and Qdrant's engine embedded in-process."""

@@ -1,0 +1,33 @@
+"""The store's two implementations, for the tests that must hold on both.
+
+``server`` is vecsync.store.server.ServerStore, the implementation for a Qdrant
+server, on qdrant-client's in-memory mode: no Qdrant server binary can run
+here, and the in-memory client answers qdrant-client's API as a server would.
+``embedded`` is vecsync.store.embedded.EmbeddedStore, Qdrant's engine in this
+process, on disk in a temporary folder, as the embedded default runs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qdrant_client import QdrantClient
+
+from vecsync.store.embedded import EmbeddedStore
+from vecsync.store.server import ServerStore
+from vecsync.vectorstore import VectorStore
+
+KINDS = ("server", "embedded")
+
+
+def make_store(kind: str, folder: Path, *, dim: int = 384, collection: str = "documents") -> VectorStore:
+    """A store of ``kind`` with its collection created; the embedded one keeps its files under ``folder``."""
+    store: VectorStore
+    if kind == "server":
+        store = ServerStore(QdrantClient(":memory:"), collection, dim)
+    elif kind == "embedded":
+        store = EmbeddedStore.open_folder(folder / "qdrant", collection, dim)
+    else:
+        raise ValueError(f"no store of kind {kind!r}; use one of {KINDS}")
+    store.ensure_collection()
+    return store
