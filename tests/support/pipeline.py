@@ -18,6 +18,7 @@ from upserter.service import Upserter
 from upserter.settings import UpserterSettings
 from vecsync.consumer import StreamConsumer
 from vecsync.documents import build_text, point_id, text_sha256
+from vecsync.source import mongo_id_of
 from vecsync.streams import stream_stats
 from vecsync.vectorstore import VectorStore
 
@@ -44,8 +45,9 @@ class Pipeline:
         return {"redis_url": self.redis_url, "data_dir": self.data_dir, **FAST, **self.overrides}
 
     def groups(self) -> list[tuple[str, str]]:
-        """Each stage's stream and consumer group."""
-        return [("raw_document_changes", "embedding_processors"), ("embedded_documents", "qdrant_upserters")]
+        """Each stage's stream and consumer group, for every partition."""
+        settings = self.producer_settings()
+        return settings.stage1_groups() + settings.stage2_groups()
 
     def producer_settings(self) -> ProducerSettings:
         common = {k: v for k, v in self._common().items() if k != "block_ms"}
@@ -68,43 +70,51 @@ class Pipeline:
     def run_producer(self) -> None:
         Producer(self.producer_settings(), self.redis_client, self.collection).run(drain=True)
 
-    def embedder_consumer(self, **extra: Any) -> StreamConsumer:
+    def embedder_consumer(self, partition: int = 0, **extra: Any) -> StreamConsumer:
         settings = self.embedder_settings(**extra)
         client = EmbeddingClient.from_settings(settings)
         return StreamConsumer(
             self.redis_client,
             stage="embedder",
-            stream=settings.stage1_stream,
+            stream=settings.partitions.name(settings.stage1_stream, partition),
             group=settings.stage1_group,
             handler=Embedder(settings, client, self.redis_client).handle,
             settings=settings,
+            partition=partition,
         )
 
-    def upserter_consumer(self, **extra: Any) -> StreamConsumer:
+    def upserter_consumer(self, partition: int = 0, **extra: Any) -> StreamConsumer:
         settings = self.upserter_settings(**extra)
         return StreamConsumer(
             self.redis_client,
             stage="upserter",
-            stream=settings.stage2_stream,
+            stream=settings.partitions.name(settings.stage2_stream, partition),
             group=settings.stage2_group,
             handler=Upserter(settings, self.redis_client, self.store).handle,
             settings=settings,
+            partition=partition,
         )
 
     def drain(self) -> None:
         """Run each stage to completion, again while any stage fed back work (a change queued to be embedded again)."""
         self.run_producer()
+        partitions = self.producer_settings().partitions.indexes()
         for _ in range(5):
-            self.embedder_consumer().run(drain=True)
-            self.upserter_consumer().run(drain=True)
-            if self._stage_done("raw_document_changes", "embedding_processors"):
+            for partition in partitions:
+                self.embedder_consumer(partition).run(drain=True)
+            for partition in partitions:
+                self.upserter_consumer(partition).run(drain=True)
+            if all(stream_stats(self.redis_client, *group).drained for group in self.stage1_groups()):
                 return
-        stats = stream_stats(self.redis_client, "raw_document_changes", "embedding_processors")
+        stats = [stream_stats(self.redis_client, stream, group) for stream, group in self.groups()]
         raise AssertionError(f"the stages kept feeding each other work: {stats}")
 
-    def _stage_done(self, stream: str, group: str) -> bool:
-        stats = stream_stats(self.redis_client, stream, group)
-        return not stats.lag and not stats.pending
+    def stage1_groups(self) -> list[tuple[str, str]]:
+        return self.producer_settings().stage1_groups()
+
+    def drained(self) -> bool:
+        """Nothing unread or pending in any stage's partition."""
+        return all(stream_stats(self.redis_client, *group).drained for group in self.groups())
 
     def points(self) -> dict[str, dict[str, Any]]:
         """Every point's payload, by mongo_id."""
@@ -122,7 +132,7 @@ class Pipeline:
         for document in self.collection.find():
             text = build_text(document, text_fields, 8192)
             if text:
-                expected[str(document["_id"])] = text
+                expected[mongo_id_of(document["_id"])] = text
         points = self.points()
         assert sorted(points) == sorted(expected), "point ids differ from MongoDB's documents"
         for mongo_id, text in expected.items():

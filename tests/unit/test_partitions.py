@@ -7,7 +7,7 @@ from collections import Counter
 
 from redis.crc import key_slot
 
-from vecsync.partitions import SLOTS, Partitions, partition_of
+from vecsync.partitions import SLOTS, Partitions, ProducerKeys, partition_of
 
 
 def test_one_partition_keeps_every_name() -> None:
@@ -37,3 +37,21 @@ def test_documents_spread_evenly_and_stay_in_their_partition() -> None:
     # Stable across processes and releases (not Python's salted hash()): a document never changes partition.
     assert partition_of("eb512e3c-27ae-4921-bab1-dc8dc3279bfd", 8) == 2
     assert partition_of("00000000-0000-0000-0000-000000000001", 8) == 5
+
+
+def test_one_partition_on_a_cluster_is_tagged_so_a_stream_and_its_keys_share_a_slot() -> None:
+    cluster = Partitions(1, tagged=True)
+    names = [cluster.name(base, 0) for base in ("raw_document_changes", "vecsync:producer:app.documents:resume_token")]
+    assert all(name.startswith(base) for name, base in zip(names, ["raw_document_changes", "vecsync:"], strict=True))
+    assert len({key_slot(name.encode()) for name in names}) == 1
+
+
+def test_the_producers_keys_keep_their_names_with_one_partition() -> None:
+    keys = ProducerKeys.of("app.documents", Partitions(1))
+    assert keys.token == "vecsync:producer:app.documents:resume_token"
+    assert keys.snapshot == "vecsync:producer:app.documents:snapshot"
+    # With several, the token, the snapshot and the batch number share partition 0's slot; each mark its partition's.
+    keys = ProducerKeys.of("app.documents", Partitions(4))
+    assert len({key_slot(key.encode()) for key in (keys.token, keys.token_updated, keys.snapshot, keys.batch)}) == 1
+    streams = Partitions(4).names("raw_document_changes")
+    assert [key_slot(key.encode()) for key in keys.positions] == [key_slot(name.encode()) for name in streams]

@@ -34,6 +34,17 @@ def snapshot_key(source: str) -> str:
     return f"vecsync:producer:{source}:snapshot"
 
 
+def producer_batch_key(source: str) -> str:
+    """With several partitions: the number of the producer's last batch whose every partition is written."""
+    return f"vecsync:producer:{source}:batch"
+
+
+def producer_position_key(source: str) -> str:
+    """With several partitions, one per partition: the high-water mark of the producer's writes to it, a hash of
+    the number of the batch that last wrote it, that batch's size and its resume token."""
+    return f"vecsync:producer:{source}:position"
+
+
 # Upserter state. The version fence itself lives in each point's payload in Qdrant (see docs/design.md).
 # No longer used: the newest version applied per point, as earlier upserters kept it. `vecsync rebuild` deletes it.
 APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"

@@ -43,7 +43,7 @@ from vecsync.leases import Leases
 from vecsync.liveness import Liveness
 from vecsync.retention import trim
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import REDIS_REFUSALS, dead_letter_fields, ensure_group, refusal_reason
+from vecsync.streams import REDIS_REFUSALS, REDIS_UNAVAILABLE, dead_letter_fields, ensure_group, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 TRIM_EVERY_MIN_ENTRIES = 1000
 
 # Errors that mean "try again later": Redis unreachable, full or read-only, or a dependency the handler reported.
-RETRYABLE = (TransientError, redis.ConnectionError, redis.TimeoutError, *REDIS_REFUSALS)
+RETRYABLE = (TransientError, *REDIS_UNAVAILABLE, *REDIS_REFUSALS)
 
 
 @dataclass
@@ -68,6 +68,9 @@ class Batch:
     entries: list[Entry]
     tx: redis.client.Pipeline
     rejected: dict[str, str] = field(default_factory=dict)
+    # The partition the entries come from (vecsync.partitions): whatever the handler queues on ``tx`` must use this
+    # partition's keys, so that the transaction stays in one hash slot of a Redis Cluster.
+    partition: int = 0
 
     def reject(self, entry: Entry, reason: str) -> None:
         """Send ``entry`` to the dead-letter stream with ``reason`` instead of processing it."""
@@ -120,9 +123,11 @@ class StreamConsumer:
         settings: ConsumerSettings,
         stopping: threading.Event | None = None,
         pause_when_redis_full: bool = False,
+        partition: int = 0,
     ) -> None:
         self.client = client
         self.stage = stage
+        self.partition = partition
         self.stream = stream
         self.group = group
         self.handler = handler
@@ -227,7 +232,7 @@ class StreamConsumer:
     def _redis_share(self) -> float:
         try:
             return self.memory.share()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except REDIS_UNAVAILABLE:
             return 0.0  # the next command waits Redis out
 
     def _pause_while_redis_full(self) -> None:
@@ -416,7 +421,7 @@ class StreamConsumer:
     def _handle_and_ack(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
         tx = self.client.pipeline(transaction=True)
-        batch = Batch(entries, tx)
+        batch = Batch(entries, tx, partition=self.partition)
         self.handler(batch)
         for entry in entries:
             if entry.id in batch.rejected:
@@ -480,7 +485,7 @@ class StreamConsumer:
             self.liveness.beat()
             try:
                 return operation()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 log.warning("%s: Redis unavailable (%s); retrying", self.stage, exc)
             except REDIS_REFUSALS as exc:
                 self._count_refusal(exc)

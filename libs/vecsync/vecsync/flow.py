@@ -24,7 +24,7 @@ import redis
 
 from vecsync.liveness import Liveness
 from vecsync.settings import CommonSettings, FlowControlSettings
-from vecsync.streams import unprocessed
+from vecsync.streams import memory_infos, unprocessed
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,13 @@ class RedisMemory:
         self.client = client
 
     def share(self) -> float:
-        info = self.client.info("memory")
-        limit = int(info.get("maxmemory", 0))
-        return int(info["used_memory"]) / limit if limit else 0.0
+        """The share of the fullest node: on a Redis Cluster, each master refuses writes on its own once full."""
+        shares = [0.0]
+        for info in memory_infos(self.client):
+            limit = int(info.get("maxmemory", 0))
+            if limit:
+                shares.append(int(info["used_memory"]) / limit)
+        return max(shares)
 
 
 class FlowControl:
@@ -76,7 +80,7 @@ class FlowControl:
         self.resume_backlog = settings.producer_resume_backlog or 0
         self.memory = RedisMemory(client)
         self.high_water = stages.redis_memory_high_water
-        self.groups = [(stages.stage1_stream, stages.stage1_group), (stages.stage2_stream, stages.stage2_group)]
+        self.groups = stages.stage1_groups() + stages.stage2_groups()
         self.stopping = stopping
         self.liveness = liveness
         self.on_wait = on_wait

@@ -44,6 +44,7 @@ from pydantic import Field, field_validator
 from vecsync import settings as settings_module
 from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
+from vecsync.partitions import ProducerKeys
 from vecsync.runtime import EXIT_CONFIG, EXIT_HISTORY_LOST
 from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, require_scheme
 from vecsync.source import Snapshot, stored_snapshot
@@ -292,6 +293,8 @@ class LocalStack:
             "STAGE1_GROUP": self.settings.stage1_group,
             "STAGE2_STREAM": self.settings.stage2_stream,
             "STAGE2_GROUP": self.settings.stage2_group,
+            "REDIS_CLUSTER": str(self.settings.redis_cluster).lower(),
+            "STREAM_PARTITIONS": str(self.settings.stream_partitions),
         }
 
     def _start_server(self, child: Child, what: str) -> None:
@@ -400,9 +403,9 @@ class LocalStack:
 
     def _snapshot(self) -> Snapshot | None:
         """The producer's snapshot in progress, if any."""
-        client = connect(self.settings.redis_url)
+        client = connect(self.settings.redis_url, cluster=self.settings.redis_cluster)
         try:
-            return stored_snapshot(client, self.settings.source)
+            return stored_snapshot(client, ProducerKeys.of(self.settings.source, self.settings.partitions).snapshot)
         except redis.RedisError:
             return None
         finally:
@@ -412,11 +415,11 @@ class LocalStack:
         """Whether nothing is in flight: the producer healthy, and every stage's input read and acknowledged."""
         settings = self.settings
         producer = f"http://127.0.0.1:{settings.producer_metrics_port}/healthz"
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
             if not requests.get(producer, timeout=2).ok:
                 return False
-            stages = [(settings.stage1_stream, settings.stage1_group), (settings.stage2_stream, settings.stage2_group)]
+            stages = settings.stage1_groups() + settings.stage2_groups()
             # An unknown lag (Redis before 7) is not taken for none.
             return all(stats.lag == 0 and not stats.pending for stats in (stream_stats(client, *s) for s in stages))
         except (requests.RequestException, redis.RedisError):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from redis.crc import key_slot
 
+from vecsync import constants
+
 SLOTS = 16384
 
 
@@ -45,6 +47,9 @@ class Partitions:
     """The names of each partition's streams and keys."""
 
     count: int = 1
+    # Names carry hash tags even with one partition: on a Redis Cluster, a partition's stream and the keys committed
+    # with it must share a slot whatever their number.
+    tagged: bool = False
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -54,8 +59,9 @@ class Partitions:
         return partition_of(point_id, self.count)
 
     def name(self, base: str, partition: int) -> str:
-        """``base`` for partition ``partition``: itself with one partition, else with the partition's hash tag."""
-        if self.count == 1:
+        """``base`` for partition ``partition``: itself when untagged (one partition on one Redis), else with the
+        partition's hash tag."""
+        if self.count == 1 and not self.tagged:
             return base
         return f"{base}:{partition_tag(partition, self.count)}"
 
@@ -64,3 +70,32 @@ class Partitions:
 
     def indexes(self) -> range:
         return range(self.count)
+
+
+@dataclass(frozen=True)
+class ProducerKeys:
+    """The keys of the producer of one source.
+
+    The resume token, its time, the snapshot in progress and the number of the last batch published live in
+    partition 0's slot, so that one transaction writes them all; each partition's high-water mark lives in its own
+    slot, written with that partition's entries (docs/design.md, "Partitions").
+    """
+
+    token: str
+    token_updated: str
+    snapshot: str
+    batch: str
+    positions: list[str]
+
+    @classmethod
+    def of(cls, source: str, partitions: Partitions) -> ProducerKeys:
+        return cls(
+            token=partitions.name(constants.resume_token_key(source), 0),
+            token_updated=partitions.name(constants.resume_token_updated_key(source), 0),
+            snapshot=partitions.name(constants.snapshot_key(source), 0),
+            batch=partitions.name(constants.producer_batch_key(source), 0),
+            positions=partitions.names(constants.producer_position_key(source)),
+        )
+
+    def all(self) -> list[str]:
+        return [self.token, self.token_updated, self.snapshot, self.batch, *self.positions]

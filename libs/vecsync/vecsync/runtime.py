@@ -20,7 +20,7 @@ from vecsync.consumer import Backoff, Handler, StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import connect
+from vecsync.streams import REDIS_UNAVAILABLE, connect
 
 log = logging.getLogger(__name__)
 
@@ -171,45 +171,76 @@ def serve_consumer(
     post_key: str | None = None,
     pause_when_redis_full: bool = False,
 ) -> None:
-    """Run one consumer stage as a service: signal handling, metrics server, the consumer loop.
+    """Run one consumer stage as a service: signal handling, metrics server, the consumer loops.
 
+    One consumer loop per partition of ``stream`` (STREAM_PARTITIONS), each on its own thread with its own blocking
+    reads, so every process serves every partition and none waits behind another; the handler is shared.
     ``build_handler`` may wait for the stage's own dependency; it returns None
-    when asked to stop meanwhile. /healthz answers 503 until the loop runs, and
-    whenever the loop has not come round for STALL_TIMEOUT_S (see Liveness).
+    when asked to stop meanwhile. /healthz answers 503 until the loops run, and
+    whenever one has not come round for STALL_TIMEOUT_S (see Liveness).
     """
     stopping = threading.Event()
     stop_on_signals(stopping)
     consumers: list[StreamConsumer] = []
 
     def healthy() -> bool:
-        return bool(consumers) and consumers[0].liveness.alive()
+        return bool(consumers) and all(consumer.liveness.alive() for consumer in consumers)
 
     LOOP_HEALTHY.labels(stage).set_function(healthy)
     server = MetricsServer(
         settings.metrics_host, settings.metrics_port, healthy=healthy, post_routes=post_routes, post_key=post_key
     ).start()
+    partitions = settings.partitions
     try:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_url, cluster=settings.redis_cluster)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
-        register_stream_stats(client, [(stream, group)])
+        register_stream_stats(client, [(name, group) for name in partitions.names(stream)])
         handler = build_handler(client, stopping)
         if handler is None:
             return
-        consumer = StreamConsumer(
-            client,
-            stage=stage,
-            stream=stream,
-            group=group,
-            handler=handler,
-            settings=settings,
-            stopping=stopping,
-            pause_when_redis_full=pause_when_redis_full,
+        consumers.extend(
+            StreamConsumer(
+                client,
+                stage=stage,
+                stream=partitions.name(stream, partition),
+                group=group,
+                handler=handler,
+                settings=settings,
+                stopping=stopping,
+                pause_when_redis_full=pause_when_redis_full,
+                partition=partition,
+            )
+            for partition in partitions.indexes()
         )
-        consumers.append(consumer)
-        consumer.run()
+        run_all(consumers, stopping)
     finally:
         server.close()
+
+
+def run_all(consumers: list[StreamConsumer], stopping: threading.Event) -> None:
+    """Run the consumers, one per partition, until stopped; a consumer that raises stops the others too."""
+    if len(consumers) == 1:
+        consumers[0].run()
+        return
+    failures: list[BaseException] = []
+
+    def run(consumer: StreamConsumer) -> None:
+        try:
+            consumer.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            failures.append(exc)
+            stopping.set()
+
+    threads = [
+        threading.Thread(target=run, args=(consumer,), name=f"consumer-{consumer.partition}") for consumer in consumers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
 
 
 def wait_for_redis(client: redis.Redis, stopping: threading.Event, backoff: Backoff) -> bool:
@@ -224,7 +255,7 @@ def wait_for_redis(client: redis.Redis, stopping: threading.Event, backoff: Back
             if any(code in str(exc) for code in ("NOAUTH", "WRONGPASS", "NOPERM")):
                 raise ConfigurationError(f"Redis refused the credentials in REDIS_URL: {exc}") from None
             raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("Redis is not reachable yet (%s); retrying", exc)
             backoff.wait(stopping)
     return False

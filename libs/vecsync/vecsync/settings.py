@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vecsync import constants
 from vecsync.errors import ConfigurationError
+from vecsync.partitions import Partitions
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -85,8 +86,25 @@ class CommonSettings(BaseSettings):
     # With Redis's maxmemory set: above this share of it, whatever writes stage 1 waits, and consumers trim every
     # acknowledged entry, retention or not (see vecsync.flow). Redis refuses writes at 100% (noeviction).
     redis_memory_high_water: float = Field(default=0.6, gt=0, le=1)
+    # A Redis Cluster, reached through the node REDIS_URL names (docs/scaling.md).
+    redis_cluster: bool = False
+    # Each stage's stream split into this many streams by document (vecsync.partitions). 1 keeps the seed's names.
+    # Every process of one pipeline must use the same number; it changes only while the pipeline is drained.
+    stream_partitions: int = Field(default=1, ge=1, le=1024)
 
     _redis_url = field_validator("redis_url")(require_scheme("redis", "rediss", "unix"))
+
+    @property
+    def partitions(self) -> Partitions:
+        return Partitions(self.stream_partitions, tagged=self.redis_cluster)
+
+    def stage1_groups(self) -> list[tuple[str, str]]:
+        """(stream, group) of every partition of stage 1."""
+        return [(stream, self.stage1_group) for stream in self.partitions.names(self.stage1_stream)]
+
+    def stage2_groups(self) -> list[tuple[str, str]]:
+        """(stream, group) of every partition of stage 2."""
+        return [(stream, self.stage2_group) for stream in self.partitions.names(self.stage2_stream)]
 
     @field_validator("log_level")
     @classmethod

@@ -26,8 +26,10 @@ from pymongo.collection import Collection
 from pymongo.errors import CursorNotFound
 from pymongo.read_concern import ReadConcern
 
-from vecsync.constants import resume_token_key, snapshot_key
+from vecsync.documents import point_id
 from vecsync.messages import DocumentChange
+from vecsync.partitions import ProducerKeys
+from vecsync.settings import CommonSettings
 
 
 def mongo_id_of(value: Any) -> str:
@@ -220,40 +222,75 @@ class Snapshot:
         )
 
 
-def stored_snapshot(client: redis.Redis, source: str) -> Snapshot | None:
-    """The snapshot of ``source`` in progress, or None when none is."""
-    fields = client.hgetall(snapshot_key(source))
+def stored_snapshot(client: redis.Redis, key: str) -> Snapshot | None:
+    """The snapshot in progress stored at ``key`` (ProducerKeys.snapshot), or None when none is."""
+    fields = client.hgetall(key)
     return Snapshot.from_fields(fields) if fields.get("token") else None
 
 
 def publish_beside_producer(
     client: redis.Redis,
-    stream: str,
+    settings: CommonSettings,
     source: str,
     read_changes: Callable[[], list[DocumentChange]],
     also: Callable[[redis.client.Pipeline], None] | None = None,
-) -> list[DocumentChange]:
+) -> None:
     """XADD what ``read_changes`` reads from MongoDB, without ever publishing an older state after a newer one.
 
     A state read here could be older than one the running producer publishes
-    between this read and this write. So the resume token and the snapshot's
-    position (one of which the producer rewrites with every batch it publishes)
-    are WATCHed across the read and the write: if the producer published
-    meanwhile, the transaction aborts and the documents are read again. A
-    producer batch published afterwards is newer.
-    ``also`` queues further commands (progress markers, deletes) in the same transaction.
+    between this read and this write. So what the producer rewrites with every
+    batch it publishes to a partition (the resume token and the snapshot's
+    position with one partition, that partition's high-water mark with several)
+    is read before the read and WATCHed up to the write: if the producer
+    published to the partition meanwhile, the documents are read again for it.
+    A producer batch published afterwards is newer.
+
+    ``also`` queues further commands (progress markers, deletes): in the same
+    transaction on one Redis with one partition, else once every partition is
+    written (a crash in between publishes the changes again, which the stages
+    absorb).
     """
-    with client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(resume_token_key(source), snapshot_key(source))
-                changes = read_changes()
-                pipe.multi()
-                for change in changes:
-                    pipe.xadd(stream, change.to_fields())
-                if also is not None:
-                    also(pipe)
-                pipe.execute()
-                return changes
-            except redis.WatchError:
-                time.sleep(0.01)
+    partitions = settings.partitions
+    keys = ProducerKeys.of(source, partitions)
+    guards: list[list[tuple[str, str | None]]] = (
+        [[(keys.token, None), (keys.snapshot, "last_id")]]
+        if partitions.count == 1
+        else [[(key, "batch")] for key in keys.positions]
+    )
+    streams = partitions.names(settings.stage1_stream)
+    together = partitions.count == 1 and not partitions.tagged
+    remaining = set(partitions.indexes())
+    while remaining:
+        before = {partition: _guarded(client, guards[partition]) for partition in remaining}
+        shares: dict[int, list[DocumentChange]] = {}
+        for change in read_changes():
+            shares.setdefault(partitions.of(point_id(change.source, change.mongo_id)), []).append(change)
+        for partition in sorted(remaining):
+            if partition not in shares and not (together and also):
+                remaining.discard(partition)
+                continue
+            with client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(*(key for key, _field in guards[partition]))
+                    if _guarded(pipe, guards[partition]) != before[partition]:
+                        continue  # the producer published to it since: read again
+                    pipe.multi()
+                    for change in shares.get(partition, []):
+                        pipe.xadd(streams[partition], change.to_fields())
+                    if together and also is not None:
+                        also(pipe)
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+            remaining.discard(partition)
+        if remaining:
+            time.sleep(0.01)
+    if also is not None and not together:
+        pipe = client.pipeline(transaction=False)
+        also(pipe)
+        pipe.execute()
+
+
+def _guarded(client: redis.Redis | redis.client.Pipeline, guards: list[tuple[str, str | None]]) -> list[str | None]:
+    """What the producer rewrites with each batch: a key's value, or a field of a hash."""
+    return [client.get(key) if field is None else client.hget(key, field) for key, field in guards]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -22,20 +22,51 @@ def refusal_reason(exc: Exception) -> str:
     return "oom" if isinstance(exc, redis.exceptions.OutOfMemoryError) else "readonly"
 
 
-def connect(url: str) -> redis.Redis:
+# Redis, or a part of a Redis Cluster, out of reach for now: a node down, a failover under way (the cluster client
+# follows redirections itself, and raises these once its own retries are spent). Every stage waits them out.
+REDIS_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
+
+def connect(url: str, *, cluster: bool = False) -> redis.Redis:
     """A Redis client that returns str, with timeouts long enough for blocking stream reads.
+
+    With ``cluster``, a Redis Cluster client that discovers the cluster from the node ``url`` names and follows its
+    redirections and failovers. It offers the same commands wherever the keys of one command (or of one
+    transaction, or one script) share a hash slot, as every partition's keys do (vecsync.partitions).
 
     Bytes that are not UTF-8 (an entry written by hand) are replaced rather than
     raised on, so one bad entry can be dead-lettered instead of stopping every read.
     """
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        encoding_errors="replace",
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=30,
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "encoding_errors": "replace",
+        "socket_connect_timeout": 5,
+        "socket_timeout": 30,
+        "health_check_interval": 30,
+    }
+    if cluster:
+        return cast(redis.Redis, redis.RedisCluster.from_url(url, **options))
+    return redis.Redis.from_url(url, **options)
+
+
+def is_cluster(client: redis.Redis) -> bool:
+    return isinstance(client, redis.RedisCluster)
+
+
+def memory_infos(client: redis.Redis) -> list[dict[str, Any]]:
+    """INFO memory of Redis, or of every master of a Redis Cluster."""
+    if is_cluster(client):
+        cluster = cast(redis.RedisCluster, client)
+        replies = cluster.info("memory", target_nodes=redis.RedisCluster.PRIMARIES)
+        return [dict(reply) for reply in cast(dict[str, Any], replies).values()]
+    return [dict(client.info("memory"))]
 
 
 def redact_url(url: str) -> str:
@@ -114,11 +145,51 @@ class StreamStats:
     oldest_pending_idle_s: float = 0.0
     consumers: list[ConsumerInfo] = field(default_factory=list)
     group_exists: bool = True
+    # With several partitions: each partition's own figures, of which the fields above are the totals.
+    partitions: list[StreamStats] = field(default_factory=list)
+
+    @property
+    def drained(self) -> bool:
+        """Nothing unread and nothing pending (an unknown lag is not taken for none)."""
+        return self.lag == 0 and self.pending == 0
 
     def as_dict(self) -> dict[str, Any]:
         data = self.__dict__.copy()
         data["consumers"] = [consumer.__dict__ for consumer in self.consumers]
+        if self.partitions:
+            data["partitions"] = [partition.as_dict() for partition in self.partitions]
+        else:
+            del data["partitions"]
         return data
+
+
+def stage_stats(
+    client: redis.Redis, groups: list[tuple[str, str]], stream: str, *, with_consumers: bool = False
+) -> StreamStats:
+    """One stage's figures over its partitions ``groups`` ((stream, group) each), named after its base ``stream``."""
+    if len(groups) == 1:
+        return stream_stats(client, *groups[0], with_consumers=with_consumers)
+    parts = [stream_stats(client, name, group, with_consumers=with_consumers) for name, group in groups]
+    lags = [part.lag for part in parts]
+    consumers: dict[str, ConsumerInfo] = {}
+    for part in parts:
+        for consumer in part.consumers:
+            known = consumers.setdefault(consumer.name, ConsumerInfo(consumer.name, 0, consumer.idle_s))
+            known.pending += consumer.pending
+            known.idle_s = min(known.idle_s, consumer.idle_s)
+    return StreamStats(
+        stream=stream,
+        group=groups[0][1],
+        length=sum(part.length for part in parts),
+        lag=None if None in lags else sum(lag for lag in lags if lag is not None),
+        pending=sum(part.pending for part in parts),
+        oldest_pending_age_s=max(part.oldest_pending_age_s for part in parts),
+        dlq_length=sum(part.dlq_length for part in parts),
+        oldest_pending_idle_s=max(part.oldest_pending_idle_s for part in parts),
+        consumers=list(consumers.values()),
+        group_exists=all(part.group_exists for part in parts),
+        partitions=parts,
+    )
 
 
 def stream_stats(client: redis.Redis, stream: str, group: str, *, with_consumers: bool = False) -> StreamStats:

@@ -53,10 +53,11 @@ class Embedder:
         self.settings = settings
         self.embedding = embedding
         self.client = client
+        self.partitions = settings.partitions
 
     def handle(self, batch: Batch) -> None:
         work = self._newest_per_document(batch)
-        model, unchanged = self._unchanged_texts(work)
+        model, unchanged = self._unchanged_texts(work, batch.partition)
         to_embed = [item for item in work if item.text and item.point_id not in unchanged]
         embedded = self._embed(batch, to_embed)
         reported = {made_by for _vector, made_by in embedded.values()}
@@ -73,7 +74,7 @@ class Embedder:
                 continue
             vector, made_by = embedded.get(item.point_id, (None, model))
             output = self._output(item, vector, made_by, item.point_id in unchanged)
-            batch.tx.xadd(self.settings.stage2_stream, output.to_fields())
+            batch.tx.xadd(self.partitions.name(self.settings.stage2_stream, batch.partition), output.to_fields())
 
     def _embed(self, batch: Batch, to_embed: list[_Work]) -> dict[str, tuple[list[float], str]]:
         """Each text's vector and the model that made it, by point id.
@@ -121,7 +122,7 @@ class Embedder:
         COLLAPSED.inc(len(batch.entries) - len(batch.rejected) - len(newest))
         return list(newest.values())
 
-    def _unchanged_texts(self, work: list[_Work]) -> tuple[str | None, set[str]]:
+    def _unchanged_texts(self, work: list[_Work], partition: int) -> tuple[str | None, set[str]]:
         """The embedding-api's model, and the point ids whose text Qdrant already holds as embedded by that model.
 
         One Redis round trip for the batch. While the model is unknown (the embedding-api cannot be reached), no
@@ -133,7 +134,8 @@ class Embedder:
         model = self.embedding.current_model()
         if model is None:
             return None, set()
-        stored = self.client.hmget(APPLIED_TEXT_KEY, [item.point_id for item in candidates])
+        hints = self.partitions.name(APPLIED_TEXT_KEY, partition)
+        stored = self.client.hmget(hints, [item.point_id for item in candidates])
         return model, {
             item.point_id
             for item, stored_fingerprint in zip(candidates, stored, strict=True)

@@ -49,7 +49,7 @@ def main() -> None:
     LOOP_HEALTHY.labels("producer").set_function(healthy)
     server = MetricsServer(settings.metrics_host, settings.metrics_port, healthy=healthy).start()
     try:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_url, cluster=settings.redis_cluster)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
         register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])

@@ -22,12 +22,13 @@ reads, the producer waits while the pipeline holds too much (vecsync.flow).
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -38,14 +39,15 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from producer.settings import ProducerSettings
-from vecsync.constants import dlq_stream, resume_token_key, resume_token_updated_key, snapshot_key
+from vecsync.constants import dlq_stream
 from vecsync.consumer import Backoff
-from vecsync.documents import source_projection
+from vecsync.documents import point_id, source_projection
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.flow import FlowControl
 from vecsync.liveness import Liveness
 from vecsync.messages import DocumentChange
 from vecsync.metrics import REDIS_REFUSED
+from vecsync.partitions import ProducerKeys
 from vecsync.source import (
     Snapshot,
     chunks_after,
@@ -55,10 +57,12 @@ from vecsync.source import (
     read_current,
     stored_snapshot,
 )
-from vecsync.streams import REDIS_REFUSALS, dead_letter_fields, refusal_reason
+from vecsync.streams import REDIS_REFUSALS, REDIS_UNAVAILABLE, dead_letter_fields, refusal_reason
 
 log = logging.getLogger(__name__)
 
+# Empty reads after which a restart stops waiting for the change events of a half-written batch.
+IN_FLIGHT_READS = 3
 CHANGE_STREAM_HISTORY_LOST = 286
 CHANGE_STREAM_NEEDS_REPLICA_SET = 40573  # what a standalone server answers to watch()
 MONGO_AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
@@ -111,6 +115,15 @@ class TokenMoved(Exception):
     """Raised when the stored resume token is not the one this producer last wrote."""
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A batch of change events that a crash left written to some partitions only (docs/design.md, "Partitions")."""
+
+    partitions: frozenset[int]
+    events: int
+    token: str  # the resume token of its last event, as stored JSON
+
+
 class Producer:
     def __init__(
         self,
@@ -124,9 +137,17 @@ class Producer:
         self.collection = collection
         self.stopping = stopping or threading.Event()
         self.source = settings.source
-        self.token_key = resume_token_key(self.source)
-        self.token_updated_key = resume_token_updated_key(self.source)
-        self.snapshot_key = snapshot_key(self.source)
+        self.partitions = settings.partitions
+        self.keys = ProducerKeys.of(self.source, self.partitions)
+        self.token_key = self.keys.token
+        self.token_updated_key = self.keys.token_updated
+        self.snapshot_key = self.keys.snapshot
+        self.streams = self.partitions.names(settings.stage1_stream)
+        # With several partitions: the number of the last batch written to every partition, each partition's
+        # high-water mark as this process last read or wrote it, and a batch a crash left half written.
+        self._batch_written = 0
+        self._positions: list[str | None] = [None] * self.partitions.count
+        self._in_flight: InFlight | None = None
         self.projection = source_projection(settings.text_fields, settings.payload_fields)
         self._token_stored_at = time.time()
         self._token_written: str | None = None  # the token JSON this process last stored
@@ -153,7 +174,7 @@ class Producer:
                 if self._follow_changes(drain=drain):
                     continue
                 return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 ERRORS.labels("redis").inc()
                 log.warning("Redis unavailable (%s); resuming from the stored token after a pause", exc)
             except REDIS_REFUSALS as exc:  # full, or a read-only replica after a failover: it passes
@@ -188,6 +209,7 @@ class Producer:
         """Publish from the stored token on; True when the stream ended (invalidated) and must be reopened."""
         token: Mapping[str, Any] | None = self._stored_token()
         snapshot = None if token is not None else self._stored_snapshot()
+        self._read_positions(following_token=token is not None)
         with self._open_change_stream(token or (json_util.loads(snapshot.token) if snapshot else None)) as stream:
             if token is None:
                 if not self._snapshot(stream, snapshot):
@@ -197,9 +219,10 @@ class Producer:
                 self.liveness.beat()
                 self.flow.wait_for_room()
                 read_started = time.monotonic()
-                events = self._next_events(stream)
+                in_flight, self._in_flight = self._in_flight, None
+                events = self._next_events(stream, exactly=in_flight.events if in_flight else None)
                 if events:
-                    self._publish(events, events[-1]["_id"])
+                    self._publish(events, events[-1]["_id"], skip=self._partitions_written(in_flight, events))
                 if not stream.alive:
                     return True
                 if not events and drain:
@@ -280,20 +303,109 @@ class Producer:
         return snapshot
 
     def _stored_snapshot(self) -> Snapshot | None:
-        snapshot = stored_snapshot(self.client, self.source)
+        snapshot = stored_snapshot(self.client, self.snapshot_key)
         self._snapshot_written = snapshot.last_id if snapshot else None
         return snapshot
 
-    def _next_events(self, stream: CollectionChangeStream[Any]) -> list[dict[str, Any]]:
+    def _next_events(self, stream: CollectionChangeStream[Any], *, exactly: int | None = None) -> list[dict[str, Any]]:
+        """Up to BATCH_SIZE events; with ``exactly``, that many, unless the stream keeps giving none."""
         events: list[dict[str, Any]] = []
-        while len(events) < self.settings.batch_size:
+        empty_reads = 0
+        while len(events) < (exactly or self.settings.batch_size):
             event = stream.try_next()
             if event is None:
-                break
+                empty_reads += 1
+                if exactly is None or empty_reads >= IN_FLIGHT_READS or not stream.alive:
+                    break
+                continue
             events.append(event)
         return events
 
-    def _publish(self, events: list[dict[str, Any]], token: Mapping[str, Any]) -> None:
+    # Partitions -------------------------------------------------------------
+
+    def _read_positions(self, *, following_token: bool) -> None:
+        """Read each partition's high-water mark, and find the batch a crash left half written, if any.
+
+        A batch goes to its partitions one transaction each, then its resume token is stored with its number. A
+        partition whose mark holds a higher number than the stored one received the batch that comes right after
+        the stored token; it must not receive it again.
+        """
+        if self.partitions.count == 1:
+            return
+        self._batch_written = int(self.client.get(self.keys.batch) or 0)
+        marks = [self.client.hgetall(key) for key in self.keys.positions]
+        self._positions = [mark.get("batch") for mark in marks]
+        ahead = [p for p, mark in enumerate(marks) if int(mark.get("batch") or 0) > self._batch_written]
+        tokens = {marks[p].get("token", "") for p in ahead}
+        self._in_flight = None
+        if ahead and following_token and len(tokens) == 1 and "" not in tokens:
+            self._in_flight = InFlight(frozenset(ahead), int(marks[ahead[0]].get("events") or 0), tokens.pop())
+            log.info(
+                "The last batch of %d changes reached %d of %d partitions before the producer stopped; publishing "
+                "it to the others",
+                self._in_flight.events,
+                len(ahead),
+                self.partitions.count,
+            )
+
+    def _partitions_written(self, in_flight: InFlight | None, events: list[dict[str, Any]]) -> frozenset[int]:
+        """The partitions that already hold ``events``: those the half-written batch reached, if these are it."""
+        if in_flight is None:
+            return frozenset()
+        if len(events) == in_flight.events and json_util.dumps(events[-1]["_id"]) == in_flight.token:
+            return in_flight.partitions
+        log.warning(
+            "The change stream did not give again the half-written batch of %d changes; publishing what it gives "
+            "to every partition (the stages absorb repeated changes)",
+            in_flight.events,
+        )
+        return frozenset()
+
+    def _write_partition(
+        self,
+        partition: int,
+        number: int,
+        entries: list[dict[str, str]],
+        letters: list[dict[str, str]],
+        mark: dict[str, str],
+    ) -> None:
+        """XADD one partition's share of a batch, with the partition's high-water mark, in one MULTI/EXEC."""
+        key, stream = self.keys.positions[partition], self.streams[partition]
+        with self.client.pipeline(transaction=True) as tx:
+            tx.watch(key)
+            if tx.hget(key, "batch") != self._positions[partition]:
+                raise TokenMoved(
+                    f"the high-water mark of partition {partition} of {self.source} changed under this producer"
+                )
+            tx.multi()
+            for fields in entries:
+                tx.xadd(stream, fields)
+            for letter in letters:
+                tx.xadd(dlq_stream(stream), letter)
+            tx.hset(key, mapping={"batch": str(number), **mark})
+            try:
+                tx.execute()
+            except redis.WatchError:
+                raise TokenMoved(
+                    f"the high-water mark of partition {partition} of {self.source} changed while publishing"
+                ) from None
+        self._positions[partition] = str(number)
+
+    def _by_partition(
+        self, changes: list[DocumentChange], letters: list[dict[str, str]]
+    ) -> dict[int, tuple[list[dict[str, str]], list[dict[str, str]]]]:
+        shares: dict[int, tuple[list[dict[str, str]], list[dict[str, str]]]] = {}
+        for change in changes:
+            partition = self.partitions.of(point_id(change.source, change.mongo_id))
+            shares.setdefault(partition, ([], []))[0].append(change.to_fields())
+        for letter in letters:
+            mongo_id = json.loads(letter["fields"])["mongo_id"]
+            shares.setdefault(self.partitions.of(point_id(self.source, mongo_id)), ([], []))[1].append(letter)
+        return shares
+
+    def _publish(
+        self, events: list[dict[str, Any]], token: Mapping[str, Any], skip: frozenset[int] = frozenset()
+    ) -> None:
         found, errors = self._reread_changed(events)
         changes, dead_letters = [], []
         for event, document, error in zip(events, found, errors, strict=True):
@@ -317,7 +429,7 @@ class Producer:
                 )
             else:
                 log.info("Ignoring change stream event %r on %s: it changes no document", operation, self.source)
-        self._write(changes, token=token, dead_letters=dead_letters)
+        self._write(changes, token=token, dead_letters=dead_letters, events=len(events), skip=skip)
 
     def _reread_changed(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any] | None], list[str | None]]:
         """Each event's document as it is now (None for deletes and gone documents), and why it could not be read."""
@@ -367,14 +479,28 @@ class Producer:
         dead_letters: list[dict[str, str]] | None = None,
         snapshot: Snapshot | None = None,
         snapshot_done: bool = False,
+        events: int = 0,
+        skip: frozenset[int] = frozenset(),
     ) -> int:
         """XADD ``changes`` (and ``dead_letters`` to the stage 1 DLQ) and store ``token``, in one MULTI/EXEC.
 
         With ``snapshot``, its position is stored in the same transaction; with ``snapshot_done``, it is deleted
         there instead, as the token that the changes since the snapshot began resume from is stored.
+
+        With several partitions, each partition's share goes first, in one MULTI/EXEC per partition with its
+        high-water mark (the batch's number, its ``events`` and its token), except to the partitions in ``skip``,
+        which hold it already; then the token and the batch's number, in one more.
         """
         if not changes and token is None and snapshot is None:
             return 0
+        partitioned = self.partitions.count > 1
+        number = self._batch_written + 1
+        if partitioned:
+            # A snapshot chunk has no change events to compare on a restart: it is published again whole.
+            mark = {"events": str(events), "token": json_util.dumps(token) if token is not None and events else ""}
+            for partition, (entries, letters) in sorted(self._by_partition(changes, dead_letters or []).items()):
+                if partition not in skip:
+                    self._write_partition(partition, number, entries, letters, mark)
         with self.client.pipeline(transaction=True) as tx:
             tx.watch(self.token_key, self.snapshot_key)
             if tx.get(self.token_key) != self._token_written or (
@@ -384,10 +510,13 @@ class Producer:
                 # runs: what this process thinks it published may not be there. Resume from what is.
                 raise TokenMoved(f"the stored resume token or snapshot of {self.source} changed under this producer")
             tx.multi()
-            for change in changes:
-                tx.xadd(self.settings.stage1_stream, change.to_fields())
-            for letter in dead_letters or []:
-                tx.xadd(dlq_stream(self.settings.stage1_stream), letter)
+            if not partitioned:
+                for change in changes:
+                    tx.xadd(self.streams[0], change.to_fields())
+                for letter in dead_letters or []:
+                    tx.xadd(dlq_stream(self.streams[0]), letter)
+            else:
+                tx.set(self.keys.batch, number)
             if token is not None:
                 token_json = json_util.dumps(token)
                 tx.set(self.token_key, token_json)
@@ -401,6 +530,7 @@ class Producer:
             except redis.WatchError:
                 raise TokenMoved(f"the stored resume token of {self.source} changed while publishing") from None
         self._wrote_since_failure = True
+        self._batch_written = number
         if snapshot is not None:
             self._snapshot_written = None if snapshot_done else snapshot.last_id
         if token is not None:
@@ -432,6 +562,10 @@ class Producer:
             exc,
         )
         self.client.delete(self.token_key, self.snapshot_key)
+        if self.partitions.count > 1:
+            self.client.delete(self.keys.batch)
+            for key in self.keys.positions:
+                self.client.delete(key)
 
 
 def _standalone_message(exc: OperationFailure) -> str:

@@ -96,8 +96,10 @@ class PointLocks:
     them to expire.
     """
 
-    def __init__(self, client: redis.Redis, *, holder: str, ttl_ms: int, wait_ms: int) -> None:
+    def __init__(self, client: redis.Redis, *, holder: str, ttl_ms: int, wait_ms: int, key_suffix: str = "") -> None:
         self.holder = holder
+        # A partition's hash tag (vecsync.partitions), so that a batch's locks share its partition's slot.
+        self.key_suffix = key_suffix
         self.ttl_ms = ttl_ms
         self.wait_ms = wait_ms
         self._acquire = client.register_script(_ACQUIRE)
@@ -107,7 +109,7 @@ class PointLocks:
     @contextmanager
     def hold(self, point_ids: Sequence[str]) -> Iterator[HeldLocks]:
         """Hold the locks of ``point_ids``; TransientError if another upserter keeps them past the wait."""
-        keys = [POINT_LOCK_PREFIX + point_id for point_id in point_ids]
+        keys = [POINT_LOCK_PREFIX + point_id + self.key_suffix for point_id in point_ids]
         token = self.holder
         deadline = time.monotonic() + self.wait_ms / 1000.0
         while not self._acquire(keys=keys, args=[token, self.ttl_ms]):

@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge
 from upserter.fence import Tombstones
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
-from vecsync.constants import APPLIED_TEXT_KEY, dlq_stream
+from vecsync.constants import APPLIED_TEXT_KEY, dlq_stream, tombstones_key
 from vecsync.consumer import Batch
 from vecsync.documents import point_id, text_fingerprint
 from vecsync.errors import InvalidEntry
@@ -81,13 +81,22 @@ class Upserter:
         self.settings = settings
         self.client = client
         self.store = store
-        self.locks = PointLocks(
-            client,
-            holder=settings.consumer_name,
-            ttl_ms=settings.point_lock_ttl_ms,
-            wait_ms=settings.point_lock_wait_ms,
-        )
-        self.tombstones = Tombstones(client, store.collection)
+        self.partitions = settings.partitions
+        # Each partition's locks, tombstones and hints share its hash slot (vecsync.partitions).
+        self.locks = [
+            PointLocks(
+                client,
+                holder=settings.consumer_name,
+                ttl_ms=settings.point_lock_ttl_ms,
+                wait_ms=settings.point_lock_wait_ms,
+                key_suffix=self.partitions.name("", partition),
+            )
+            for partition in self.partitions.indexes()
+        ]
+        self.tombstones = [
+            Tombstones(client, self.partitions.name(tombstones_key(store.collection), partition))
+            for partition in self.partitions.indexes()
+        ]
         self.models = ModelCheck(store)
 
     def handle(self, batch: Batch) -> None:
@@ -133,11 +142,11 @@ class Upserter:
         return document
 
     def _apply(self, newest: dict[str, EmbeddedDocument], batch: Batch) -> None:
-        ids = list(newest)
-        with self.locks.hold(ids) as held:
-            tombstones = self.tombstones.get(ids)
+        ids, fence = list(newest), self.tombstones[batch.partition]
+        with self.locks[batch.partition].hold(ids) as held:
+            tombstones = fence.get(ids)
             # Recorded before the points go, so that an upsert racing with this delete finds it when it re-checks.
-            self.tombstones.record({pid: doc.version for pid, doc in newest.items() if doc.op == "delete"})
+            fence.record({pid: doc.version for pid, doc in newest.items() if doc.op == "delete"})
             held.confirm()
             current = self.store.payloads(ids, fields=_STATE_FIELDS)
             plan = _plan(newest, tombstones, current)
@@ -148,8 +157,8 @@ class Upserter:
                 payloads={pid: _payload(doc) for pid, doc in plan.payloads.items()},
                 deletes=plan.deletes,
             )
-            self._bury_overtaken(plan)
-            self._record_texts(held, plan)
+            self._bury_overtaken(plan, fence)
+            self._record_texts(held, plan, batch.partition)
         for pid in plan.needs_vector:
             self._embed_again(newest[pid], batch)
         SUPERSEDED.inc(plan.superseded)
@@ -160,7 +169,7 @@ class Upserter:
         for doc in [*plan.written().values(), *(d for d in newest.values() if d.op == "delete")]:
             END_TO_END_LATENCY.labels("upserter").observe(max(0.0, now - doc.changed_at))
 
-    def _bury_overtaken(self, plan: _Plan) -> None:
+    def _bury_overtaken(self, plan: _Plan, fence: Tombstones) -> None:
         """Delete what this batch wrote where a newer delete landed meanwhile.
 
         Possible only once this upserter's locks lapsed mid-write: the other upserter's delete may have run before
@@ -171,7 +180,7 @@ class Upserter:
         written = plan.written()
         if not written:
             return
-        tombstones = self.tombstones.get(list(written))
+        tombstones = fence.get(list(written))
         overtaken = {
             pid: _version_text(version)
             for pid, version in tombstones.items()
@@ -187,7 +196,7 @@ class Upserter:
             plan.deletes[pid] = overtaken[pid]
             plan.gone.add(pid)
 
-    def _record_texts(self, held: HeldLocks, plan: _Plan) -> None:
+    def _record_texts(self, held: HeldLocks, plan: _Plan, partition: int) -> None:
         """Update the skip-unchanged hint of each point written, in one step with a last check of the locks.
 
         Only a hint (the upserter checks a payload-only entry against the point itself), but one that an upserter
@@ -198,12 +207,12 @@ class Upserter:
             payload = doc.payload or {}
             sha = payload.get("text_sha256")
             fields[pid] = text_fingerprint(sha, payload.get("model")) if isinstance(sha, str) else None
-        held.confirm_and_set(APPLIED_TEXT_KEY, fields)
+        held.confirm_and_set(self.partitions.name(APPLIED_TEXT_KEY, partition), fields)
 
     def _embed_again(self, doc: EmbeddedDocument, batch: Batch) -> None:
         """Queue the change behind a payload-only entry again to be embedded, keeping its place in the order."""
         EMBEDDED_AGAIN.inc()
-        stage1 = self.settings.stage1_stream
+        stage1 = self.partitions.name(self.settings.stage1_stream, batch.partition)
         original = self.client.xrange(stage1, min=doc.version, max=doc.version)
         if original:
             change = DocumentChange.from_fields(original[0][1])

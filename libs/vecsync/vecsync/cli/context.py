@@ -45,7 +45,7 @@ class Context:
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = connect(self.settings.redis_url)
+            self._redis = connect(self.settings.redis_url, cluster=self.settings.redis_cluster)
         return self._redis
 
     @property

@@ -163,7 +163,7 @@ def _replay(ctx: Context, letter: DeadLetter) -> None:
         projection = source_projection(ctx.settings.text_fields, ctx.settings.payload_fields)
         publish_beside_producer(
             ctx.redis,
-            ctx.settings.stage1_stream,
+            ctx.settings,
             source,
             lambda: changes_for_ids(ctx.collection, source, [mongo_id], projection=projection),
             also=remove,

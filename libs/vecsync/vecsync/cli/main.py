@@ -32,11 +32,11 @@ from vecsync.cli.context import (
 )
 from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import embed_query
-from vecsync.constants import resume_token_updated_key
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.flow import FlowControl
+from vecsync.partitions import ProducerKeys
 from vecsync.source import stored_snapshot
-from vecsync.streams import StreamStats, redact_url, stream_stats
+from vecsync.streams import StreamStats, redact_url, stage_stats
 
 HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
 # What every point's payload holds besides PAYLOAD_FIELDS (see vecsync.documents.build_payload).
@@ -171,13 +171,17 @@ def status_command(ctx: Context, args: argparse.Namespace) -> int:
 def _status(ctx: Context) -> dict[str, Any]:
     settings = ctx.settings
     stages = {
-        "stage1": stream_stats(ctx.redis, settings.stage1_stream, settings.stage1_group, with_consumers=True),
-        "stage2": stream_stats(ctx.redis, settings.stage2_stream, settings.stage2_group, with_consumers=True),
+        "stage1": stage_stats(ctx.redis, settings.stage1_groups(), settings.stage1_stream, with_consumers=True),
+        "stage2": stage_stats(ctx.redis, settings.stage2_groups(), settings.stage2_stream, with_consumers=True),
     }
-    updated = ctx.redis.get(resume_token_updated_key(settings.source))
+    producer_keys = ProducerKeys.of(settings.source, settings.partitions)
+    updated = ctx.redis.get(producer_keys.token_updated)
     report: dict[str, Any] = {name: stats.as_dict() for name, stats in stages.items()}
+    # True when every group of every partition has nothing unread or pending: the state in which STREAM_PARTITIONS
+    # may change, and in which a test or a migration may compare Qdrant with MongoDB.
+    report["drained"] = all(stats.drained for stats in stages.values())
     now = time.time()
-    snapshot = stored_snapshot(ctx.redis, settings.source)
+    snapshot = stored_snapshot(ctx.redis, producer_keys.snapshot)
     report["producer"] = {
         "resume_token_age_s": now - float(updated) if updated else None,
         "snapshot": None
@@ -202,11 +206,14 @@ def _status(ctx: Context) -> dict[str, Any]:
 def _print_status(ctx: Context, report: dict[str, Any]) -> None:
     print(f"Redis {redact_url(ctx.settings.redis_url)}")
     for name in ("stage1", "stage2"):
-        stats = StreamStats(**{**report[name], "consumers": []})
+        stats = StreamStats(**{**report[name], "consumers": [], "partitions": []})
         lag = "unknown" if stats.lag is None else str(stats.lag)
+        partitions = len(report[name].get("partitions", []))
+        across = f" (over {partitions} partitions)" if partitions else ""
         print(
-            f"{name} {stats.stream} / {stats.group}: length {stats.length}, lag {lag}, pending {stats.pending}, "
-            f"oldest pending {stats.oldest_pending_age_s:.1f} s, dead letters {stats.dlq_length}"
+            f"{name} {stats.stream} / {stats.group}{across}: length {stats.length}, lag {lag}, "
+            f"pending {stats.pending}, oldest pending {stats.oldest_pending_age_s:.1f} s, "
+            f"dead letters {stats.dlq_length}"
         )
         if not stats.group_exists:
             print("  (no consumer group yet: no worker has started)")

@@ -130,7 +130,7 @@ def _publish_chunk(
         mark = {"last_id": ejson_id(chunk[-1]["_id"]), "filter": filter_text or "", "published": published + len(chunk)}
         pipe.hset(key, mapping=mark)
 
-    publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, source, read, also=save_progress)
+    publish_beside_producer(ctx.redis, ctx.settings, source, read, also=save_progress)
 
 
 # Verify ---------------------------------------------------------------------
@@ -311,7 +311,7 @@ def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, 
             changes = changes_for_ids(ctx.collection, source, to_repair, projection=_projection(ctx))
             return [replace(change, force_embed=True) for change in changes]
 
-        publish_beside_producer(ctx.redis, ctx.settings.stage1_stream, source, current_states)
+        publish_beside_producer(ctx.redis, ctx.settings, source, current_states)
         state.repaired += len(to_repair)
 
 

@@ -1,0 +1,140 @@
+"""STREAM_PARTITIONS on one Redis: each stage's stream split by document, the producer's commit across partitions,
+and `vecsync status` over them. The same on a real Redis Cluster: test_cluster.py."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from producer.service import Producer
+from tests.integration.test_cli import cli
+from tests.support.pipeline import Pipeline
+from vecsync.cli.context import EXIT_OK
+from vecsync.documents import point_id
+from vecsync.partitions import Partitions
+from vecsync.source import mongo_id_of
+
+PARTITIONS = 4
+
+
+class Killed(BaseException):
+    """The producer's process dying at a chosen step."""
+
+
+def partitioned(pipeline: Pipeline) -> Pipeline:
+    pipeline.overrides["stream_partitions"] = PARTITIONS
+    return pipeline
+
+
+def stage1_changes(pipeline: Pipeline) -> list[tuple[int, str]]:
+    """(partition, mongo_id) of every stage 1 entry, over the partitions."""
+    names = Partitions(PARTITIONS).names("raw_document_changes")
+    return [
+        (partition, fields["mongo_id"])
+        for partition, name in enumerate(names)
+        for _id, fields in pipeline.redis_client.xrange(name)
+    ]
+
+
+def seed(pipeline: Pipeline) -> list[Any]:
+    ids: list[Any] = [ObjectId() for _ in range(12)] + [f"doc-{n}" for n in range(12)] + list(range(100, 112))
+    pipeline.collection.insert_many([{"_id": _id, "subject": f"subject {n}"} for n, _id in enumerate(ids)])
+    return ids
+
+
+def test_every_change_goes_to_its_documents_partition_and_qdrant_ends_equal(pipeline: Pipeline) -> None:
+    partitioned(pipeline)
+    ids = seed(pipeline)
+    pipeline.drain()
+    pipeline.collection.update_one({"_id": ids[0]}, {"$set": {"subject": "changed"}})
+    pipeline.collection.delete_one({"_id": ids[13]})
+    pipeline.collection.update_one({"_id": ids[30]}, {"$set": {"subject": "changed too"}})
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+
+    client = pipeline.redis_client
+    assert not client.exists("raw_document_changes") and not client.exists("embedded_documents")
+    entries = stage1_changes(pipeline)
+    for partition, mongo_id in entries:
+        assert Partitions(PARTITIONS).of(point_id(pipeline.source, mongo_id)) == partition
+    assert {partition for partition, _ in entries} == set(range(PARTITIONS)), "every partition gets documents"
+
+
+def test_status_sums_the_partitions_and_says_when_all_are_drained(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partitioned(pipeline)
+    seed(pipeline)
+    pipeline.run_producer()
+    assert cli(pipeline, "status", "--json", stream_partitions=PARTITIONS) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["drained"] is False
+    assert report["stage1"]["stream"] == "raw_document_changes"
+    assert report["stage1"]["lag"] == 36 and len(report["stage1"]["partitions"]) == PARTITIONS
+    assert sum(part["length"] for part in report["stage1"]["partitions"]) == 36
+    pipeline.drain()
+    assert cli(pipeline, "status", "--json", stream_partitions=PARTITIONS) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["drained"] is True
+    assert report["stage2"]["length"] == 36 and report["stage2"]["pending"] == 0
+
+
+def test_one_partition_keeps_the_seeds_names_and_reports_drained(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(pipeline)
+    pipeline.drain()
+    assert pipeline.redis_client.xlen("raw_document_changes") == 36
+    assert pipeline.redis_client.xlen("embedded_documents") == 36
+    assert cli(pipeline, "status", "--json") == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["drained"] is True and "partitions" not in report["stage1"]
+
+
+@pytest.mark.parametrize("written", [1, PARTITIONS - 1])
+def test_a_batch_cut_short_between_partitions_is_finished_without_repeats(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, written: int
+) -> None:
+    partitioned(pipeline)
+    pipeline.run_producer()  # the snapshot of the empty collection: from now on, change events
+    ids = seed(pipeline)
+    first = Producer(pipeline.producer_settings(), pipeline.redis_client, pipeline.collection)
+    write_partition = first._write_partition
+    partitions_written = []
+
+    def write_then_die(partition: int, *args: Any) -> None:
+        if len(partitions_written) == written:
+            raise Killed
+        write_partition(partition, *args)
+        partitions_written.append(partition)
+
+    monkeypatch.setattr(first, "_write_partition", write_then_die)
+    with pytest.raises(Killed):
+        first.run(drain=True)
+    before = Counter(mongo_id for _partition, mongo_id in stage1_changes(pipeline))
+    assert 0 < len(before) < len(ids), "the batch reached some partitions only"
+
+    pipeline.run_producer()
+    published = Counter(mongo_id for _partition, mongo_id in stage1_changes(pipeline))
+    assert published == Counter({mongo_id_of(_id): 1 for _id in ids}), "each change once, in whichever run wrote it"
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+
+
+def test_resync_and_dlq_replay_publish_to_the_documents_partitions(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partitioned(pipeline)
+    ids = seed(pipeline)
+    pipeline.drain()
+    assert cli(pipeline, "resync", "--yes", stream_partitions=PARTITIONS) == EXIT_OK
+    entries = stage1_changes(pipeline)
+    assert Counter(mongo_id for _partition, mongo_id in entries) == Counter({mongo_id_of(_id): 2 for _id in ids})
+    for partition, mongo_id in entries:
+        assert Partitions(PARTITIONS).of(point_id(pipeline.source, mongo_id)) == partition
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
