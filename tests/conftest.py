@@ -16,7 +16,14 @@ import pytest
 import redis
 
 from tests.support.pipeline import Pipeline
-from tests.support.servers import Server, start_embedding_api, start_mongo, start_redis
+from tests.support.servers import (
+    RedisCluster,
+    Server,
+    start_embedding_api,
+    start_mongo,
+    start_redis,
+    start_redis_cluster,
+)
 from tests.support.stores import make_store
 from vecsync.streams import connect
 from vecsync.vectorstore import VectorStore
@@ -40,6 +47,22 @@ def redis_url(redis_server: Server) -> str:
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = connect(redis_url)
     client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real Redis Cluster of three masters and three replicas, shared by the tests that need one."""
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisCluster) -> Iterator[redis.Redis]:
+    client = connect(redis_cluster.url, cluster=True)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)  # type: ignore[call-arg]
     yield client
     client.close()
 

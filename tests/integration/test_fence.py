@@ -20,7 +20,7 @@ import redis
 
 from tests.support.pipeline import FAST, Pipeline
 from tests.support.stores import KINDS, make_store
-from vecsync.constants import APPLIED_TEXT_KEY, STAGE2_GROUP, STAGE2_STREAM
+from vecsync.constants import APPLIED_TEXT_KEY, STAGE2_GROUP, STAGE2_STREAM, tombstones_key
 from vecsync.documents import point_id, text_fingerprint, text_sha256
 from vecsync.messages import EmbeddedDocument
 from vecsync.vectorstore import VectorStore
@@ -127,7 +127,7 @@ class TestTombstones:
     def test_a_tombstone_only_ever_grows(self, redis_client: redis.Redis) -> None:
         from upserter.fence import Tombstones
 
-        tombstones = Tombstones(redis_client, "documents")
+        tombstones = Tombstones(redis_client, tombstones_key("documents"))
         tombstones.record({"p": "9-0", "q": "5-9"})
         tombstones.record({"p": "10-0", "q": "5-10"})  # greater as numbers, smaller as strings
         assert tombstones.get(["p", "q", "r"]) == {"p": (10, 0), "q": (5, 10)}
@@ -135,7 +135,7 @@ class TestTombstones:
         assert tombstones.get(["p", "q"]) == {"p": (10, 0), "q": (5, 10)}
         tombstones.record({"p": "10-1"})
         assert tombstones.get(["p"]) == {"p": (10, 1)}
-        assert Tombstones(redis_client, "other").get(["p"]) == {}, "tombstones are kept per collection"
+        assert Tombstones(redis_client, tombstones_key("other")).get(["p"]) == {}, "tombstones are kept per collection"
 
     def test_a_late_older_upsert_stays_deleted_after_a_rebuild(self, pipeline: Pipeline) -> None:
         from tests.integration.test_cli import cli

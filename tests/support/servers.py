@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
 import requests
 
 from vecsync.localstack import mongo_standin_command, redis_server_binary
@@ -18,10 +20,25 @@ from vecsync.localstack import mongo_standin_command, redis_server_binary
 BIN = Path(sys.executable).parent
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+# Servers listen below the kernel's ephemeral range: a port taken from it can be handed to an outgoing connection
+# (a Redis client's) while its server is down, and a stage restarted on it would then find it in use.
+LISTEN_PORTS = range(20000, _ephemeral_ports().start)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(1000):
+        port = random.choice(LISTEN_PORTS)
+        if _is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 def free_port_run(count: int) -> int:
@@ -116,6 +133,40 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def master_of(self, slot: int) -> int:
+        """The port of the master that serves ``slot`` now."""
+        for start, end, master, *_replicas in self._client(self.nodes[0].port).execute_command("CLUSTER SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+        raise LookupError(f"no master serves slot {slot}")
+
+    def fail_over(self, slot: int) -> tuple[int, int]:
+        """A manual CLUSTER FAILOVER of the master of ``slot`` to its replica, as an operator makes one; returns
+        (old master, new master) once every node agrees and the cluster is ok again."""
+        old = self.master_of(slot)
+        replica = next(
+            node.port
+            for node in self.nodes
+            if node.port != old and int(self._client(node.port).info("replication").get("master_port", 0)) == old
+        )
+        self._client(replica).execute_command("CLUSTER FAILOVER")
+        wait_for(
+            lambda: (
+                all(
+                    self._client(node.port).execute_command("CLUSTER INFO")["cluster_state"] == "ok"
+                    for node in self.nodes
+                )
+                and self.master_of(slot) == replica
+            ),
+            timeout=60,
+            what=f"the failover of slot {slot} to the node on port {replica}",
+        )
+        return old, replica
+
+    @staticmethod
+    def _client(port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=10)
 
 
 def _cluster_node_port() -> int:

@@ -25,19 +25,21 @@ log = logging.getLogger(__name__)
 
 # For each entry still pending for this consumer: reclaim it for the same consumer, setting its idle time and
 # adding a delta to its delivery count. Entries another consumer took over, or that were acknowledged, are left
-# alone and not returned. KEYS[1]: the stream. ARGV: group, consumer, idle ms, count delta, entry ids...
+# alone; returns the ids of those another consumer holds now. KEYS[1]: the stream. ARGV: group, consumer, idle ms,
+# count delta, entry ids...
 _RECLAIM_OWN = """
-local kept = {}
+local taken = {}
 for i = 5, #ARGV do
   local id = ARGV[i]
   local entry = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
   if entry and entry[2] == ARGV[2] then
     local count = math.max(entry[4] + tonumber(ARGV[4]), 0)
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', ARGV[3], 'RETRYCOUNT', count, 'JUSTID')
-    kept[#kept + 1] = id
+  elseif entry then
+    taken[#taken + 1] = id
   end
 end
-return kept
+return taken
 """
 
 
@@ -90,7 +92,7 @@ class Leases:
             self._lost.difference_update(entry_ids)
 
     def lost(self, entry_ids: Iterable[str]) -> set[str]:
-        """Which of these entries another consumer has taken over (or someone acknowledged) since they were held."""
+        """Which of these entries another consumer has taken over since they were held."""
         with self._lock:
             return self._lost.intersection(entry_ids)
 
@@ -106,8 +108,8 @@ class Leases:
             held = sorted(self._held)
         if not held:
             return
-        kept = set(self._reclaim_own(keys=[self.stream], args=[self.group, self.consumer, 0, 0, *held]))
-        gone = set(held) - kept
+        # An entry no longer pending was acknowledged, most likely by this consumer's loop just now: not lost.
+        gone = set(self._reclaim_own(keys=[self.stream], args=[self.group, self.consumer, 0, 0, *held]))
         if gone:
             with self._lock:
                 self._lost.update(gone & self._held)

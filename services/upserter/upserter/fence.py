@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 
 import redis
 
-from vecsync.constants import tombstones_key
 from vecsync.messages import parse_version
 
 # Set-if-greater, atomically, so a tombstone never moves backwards whoever writes it and in whatever order.
@@ -38,11 +37,11 @@ return 1
 
 
 class Tombstones:
-    """The newest delete version of each point of one collection, in a Redis hash."""
+    """The newest delete version of each point of one collection (of one partition), in a Redis hash."""
 
-    def __init__(self, client: redis.Redis, collection: str) -> None:
+    def __init__(self, client: redis.Redis, key: str) -> None:
         self.client = client
-        self.key = tombstones_key(collection)
+        self.key = key  # tombstones_key(collection), in its partition (vecsync.partitions)
         self._record = client.register_script(_RECORD)
 
     def record(self, versions: Mapping[str, str]) -> None:

@@ -1,0 +1,125 @@
+"""REDIS_CLUSTER=true with STREAM_PARTITIONS=8 on a real Redis Cluster of three masters and three replicas."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+import redis
+from redis.crc import key_slot
+
+from producer.service import Producer
+from tests.support.pipeline import Pipeline
+from tests.support.servers import RedisCluster, Server, wait_for
+from vecsync.consumer import StreamConsumer
+from vecsync.partitions import Partitions
+from vecsync.vectorstore import VectorStore
+
+PARTITIONS = 8
+
+
+@pytest.fixture
+def pipeline(
+    cluster_client: redis.Redis,
+    redis_cluster: RedisCluster,
+    mongo_uri: str,
+    mongo_collection: pymongo.collection.Collection[dict[str, Any]],
+    hash_api: Server,
+    store: VectorStore,
+    tmp_path: Path,
+) -> Pipeline:
+    return Pipeline(
+        redis_client=cluster_client,
+        redis_url=redis_cluster.url,
+        mongo_uri=mongo_uri,
+        collection=mongo_collection,
+        embedding_url=f"http://127.0.0.1:{hash_api.port}",
+        store=store,
+        data_dir=tmp_path,
+        overrides={"redis_cluster": True, "stream_partitions": PARTITIONS},
+    )
+
+
+def dead_letters(pipeline: Pipeline) -> int:
+    return sum(pipeline.redis_client.xlen(stream + ":dlq") for stream, _group in pipeline.groups())
+
+
+def test_the_pipeline_runs_on_the_cluster_with_its_partitions_spread_over_the_masters(
+    pipeline: Pipeline, redis_cluster: RedisCluster
+) -> None:
+    pipeline.collection.insert_many([{"_id": f"d{n}", "subject": f"subject {n}"} for n in range(60)])
+    pipeline.drain()
+    pipeline.collection.update_many({"_id": {"$in": ["d1", "d2", "d3"]}}, {"$set": {"subject": "changed"}})
+    pipeline.collection.delete_many({"_id": {"$in": ["d4", "d5"]}})
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+    assert dead_letters(pipeline) == 0
+
+    streams = Partitions(PARTITIONS, tagged=True).names("raw_document_changes")
+    masters = [redis_cluster.master_of(key_slot(name.encode())) for name in streams]
+    assert sorted(masters.count(master) for master in set(masters)) == [2, 3, 3]
+
+
+class Running:
+    """Every stage running in this process, one consumer per partition, until stopped."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.stopping = threading.Event()
+        self.loops: list[Any] = [Producer(pipeline.producer_settings(), pipeline.redis_client, pipeline.collection)]
+        for partition in range(PARTITIONS):
+            for make in (pipeline.embedder_consumer, pipeline.upserter_consumer):
+                self.loops.append(make(partition, claim_idle_ms=2000))
+        self.threads = []
+        for loop in self.loops:
+            loop.stopping = self.stopping
+            self.threads.append(threading.Thread(target=loop.run, daemon=True))
+
+    def __enter__(self) -> Running:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def alive(self) -> bool:
+        return all(thread.is_alive() for thread in self.threads)
+
+    def consumers(self) -> Iterator[StreamConsumer]:
+        return (loop for loop in self.loops if isinstance(loop, StreamConsumer))
+
+
+def test_a_failover_while_changes_flow_loses_nothing_and_dead_letters_nothing(
+    pipeline: Pipeline, redis_cluster: RedisCluster
+) -> None:
+    collection = pipeline.collection
+    pipeline.run_producer()
+    with Running(pipeline) as running:
+        for n in range(100):
+            collection.insert_one({"_id": f"d{n}", "subject": f"subject {n}"})
+        # The master of partition 3 hands over to its replica while the stages work and changes keep coming.
+        slot = key_slot(Partitions(PARTITIONS, tagged=True).name("raw_document_changes", 3).encode())
+        changing = threading.Thread(
+            target=lambda: [
+                collection.update_one({"_id": f"d{n}"}, {"$set": {"subject": f"changed {n}"}}) for n in range(100)
+            ]
+        )
+        changing.start()
+        redis_cluster.fail_over(slot)
+        changing.join()
+        collection.delete_many({"_id": {"$in": [f"d{n}" for n in range(0, 100, 10)]}})
+        collection.insert_many([{"_id": f"e{n}", "subject": f"after {n}"} for n in range(50)])
+        wait_for(
+            lambda: len(pipeline.points()) == 140 and pipeline.drained(),
+            timeout=120,
+            what="the pipeline to catch up after the failover",
+        )
+        assert running.alive(), "no stage died of the failover"
+    pipeline.assert_matches_mongo()
+    assert dead_letters(pipeline) == 0
