@@ -17,6 +17,7 @@ from vecsync.cli.context import EXIT_OK
 from vecsync.documents import point_id
 from vecsync.partitions import Partitions
 from vecsync.source import mongo_id_of
+from vecsync.streams import dead_letter_fields
 
 PARTITIONS = 4
 
@@ -136,5 +137,54 @@ def test_resync_and_dlq_replay_publish_to_the_documents_partitions(
     assert Counter(mongo_id for _partition, mongo_id in entries) == Counter({mongo_id_of(_id): 2 for _id in ids})
     for partition, mongo_id in entries:
         assert Partitions(PARTITIONS).of(point_id(pipeline.source, mongo_id)) == partition
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+
+
+def cli_p(pipeline: Pipeline, *argv: str) -> int:
+    return cli(pipeline, *argv, stream_partitions=PARTITIONS)
+
+
+@pytest.mark.parametrize("from_mongo", [False, True])
+def test_rebuild_refills_the_collection_from_every_partition(pipeline: Pipeline, from_mongo: bool) -> None:
+    partitioned(pipeline)
+    seed(pipeline)
+    pipeline.drain()
+    assert cli_p(pipeline, "--yes", "rebuild", *(["--from-mongo"] if from_mongo else [])) == EXIT_OK
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+
+
+def test_a_dead_letter_of_a_partition_is_replayed_into_its_documents_partition(pipeline: Pipeline) -> None:
+    partitioned(pipeline)
+    ids = seed(pipeline)
+    pipeline.drain()
+    lost = mongo_id_of(ids[5])
+    partition = Partitions(PARTITIONS).of(point_id(pipeline.source, lost))
+    stage2 = Partitions(PARTITIONS).name("embedded_documents", partition)
+    entry_id, fields = next((i, f) for i, f in pipeline.redis_client.xrange(stage2) if f["mongo_id"] == lost)
+    letter = dead_letter_fields(
+        stream=stage2,
+        group="qdrant_upserters",
+        entry_id=entry_id,
+        fields=fields,
+        error="Qdrant rejected the request",
+        deliveries=5,
+        consumer="upserter-1",
+    )
+    pipeline.redis_client.xadd(stage2 + ":dlq", letter)
+    pipeline.store.delete([point_id(pipeline.source, lost)])
+    assert cli_p(pipeline, "--yes", "dlq", "replay", "--all", "--stage", "2") == EXIT_OK
+    assert pipeline.redis_client.xlen(stage2 + ":dlq") == 0
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+
+
+def test_verify_repairs_through_the_partitions(pipeline: Pipeline) -> None:
+    partitioned(pipeline)
+    ids = seed(pipeline)
+    pipeline.drain()
+    pipeline.store.delete([point_id(pipeline.source, mongo_id_of(_id)) for _id in ids[:5]])
+    assert cli_p(pipeline, "--yes", "verify", "--repair") == EXIT_OK
     pipeline.drain()
     pipeline.assert_matches_mongo()

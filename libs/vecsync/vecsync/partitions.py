@@ -42,6 +42,11 @@ def partition_tag(partition: int, partitions: int) -> str:
     raise AssertionError("unreachable")
 
 
+def base_name(name: str) -> str:
+    """The name a partition's stream or key was made from: ``raw_document_changes`` for any of its partitions."""
+    return name.split(":{vs", 1)[0]
+
+
 @dataclass(frozen=True)
 class Partitions:
     """The names of each partition's streams and keys."""

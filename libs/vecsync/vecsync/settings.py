@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vecsync import constants
 from vecsync.errors import ConfigurationError
-from vecsync.partitions import Partitions
+from vecsync.partitions import Partitions, base_name
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -134,9 +134,9 @@ class RetentionSettings(BaseSettings):
         return text
 
     def retention_count(self, stream: str) -> int:
-        """The newest entries of ``stream`` that trimming always keeps."""
+        """The newest entries of ``stream`` (of each of its partitions) that trimming always keeps."""
         default, per_stream = _retention_counts(self.stream_retention_count)
-        return per_stream.get(stream, default)
+        return per_stream.get(base_name(stream), default)
 
 
 DEFAULT_RETENTION_COUNT = 100_000

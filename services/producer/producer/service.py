@@ -462,7 +462,7 @@ class Producer:
         log.error("The %s of document %s cannot be re-read from MongoDB (%s); dead-lettered", operation, key, error)
         DEAD_LETTERED.inc()
         return dead_letter_fields(
-            stream=self.settings.stage1_stream,
+            stream=self.streams[self.partitions.of(point_id(self.source, mongo_id_of(key)))],
             group="producer",
             entry_id="",
             fields={"source": self.source, "mongo_id": mongo_id_of(key), "event": operation},

@@ -14,6 +14,7 @@ from vecsync.cli.context import EXIT_FAILED, EXIT_OK, Context, count, progress
 from vecsync.constants import dlq_stream
 from vecsync.documents import source_projection
 from vecsync.errors import ConfigurationError, VecsyncError
+from vecsync.partitions import base_name
 from vecsync.source import changes_for_ids, publish_beside_producer
 
 
@@ -42,9 +43,9 @@ class DeadLetter:
 
 
 def dlq_streams(ctx: Context, stage: int | None) -> list[str]:
-    streams = {1: ctx.settings.stage1_stream, 2: ctx.settings.stage2_stream}
-    chosen = [streams[stage]] if stage else list(streams.values())
-    return [dlq_stream(stream) for stream in chosen]
+    streams = {1: ctx.settings.stage1_groups(), 2: ctx.settings.stage2_groups()}
+    chosen = streams[stage] if stage else streams[1] + streams[2]
+    return [dlq_stream(stream) for stream, _group in chosen]
 
 
 def read_letters(ctx: Context, stage: int | None, ids: list[str] | None = None) -> list[DeadLetter]:
@@ -90,12 +91,12 @@ def replay_command(ctx: Context, ids: list[str], replay_all: bool, stage: int | 
     if missing:
         raise VecsyncError(f"No such dead letter: {', '.join(missing)}. See `vecsync dlq list`.")
     for letter in letters:
-        if letter.fields.get("stream") not in (ctx.settings.stage1_stream, ctx.settings.stage2_stream):
+        if base_name(letter.fields.get("stream", "")) not in (ctx.settings.stage1_stream, ctx.settings.stage2_stream):
             raise VecsyncError(
                 f"Dead letter {letter.id} came from stream {letter.fields.get('stream')!r}, which this pipeline "
                 "does not use."
             )
-    stage2 = [letter for letter in letters if letter.fields["stream"] == ctx.settings.stage2_stream]
+    stage2 = [letter for letter in letters if base_name(letter.fields["stream"]) == ctx.settings.stage2_stream]
     # A stage 2 letter is replayed only by re-reading its document, which must belong to this collection.
     elsewhere = [letter for letter in stage2 if _document_of(ctx, letter) is None]
     # A stage 1 letter that names no document can never be processed: put back, it would only be dead-lettered again.
@@ -171,7 +172,7 @@ def _replay(ctx: Context, letter: DeadLetter) -> None:
         return
     # A stage 1 letter naming no document of this collection: put it back as it was, for its consumer to judge.
     with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(ctx.settings.stage1_stream, letter.original)
+        pipe.xadd(letter.fields["stream"], letter.original)  # the partition whose DLQ holds it, in its slot
         remove(pipe)
         pipe.execute()
 

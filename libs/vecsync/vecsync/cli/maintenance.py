@@ -209,10 +209,7 @@ def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -
 
 def _in_flight(ctx: Context) -> int:
     total = 0
-    for stream, group in [
-        (ctx.settings.stage1_stream, ctx.settings.stage1_group),
-        (ctx.settings.stage2_stream, ctx.settings.stage2_group),
-    ]:
+    for stream, group in ctx.settings.stage1_groups() + ctx.settings.stage2_groups():
         stats = stream_stats(ctx.redis, stream, group)
         total += (stats.lag or 0) + stats.pending
     return total
@@ -337,11 +334,13 @@ def _report(state: VerifyState) -> None:
 
 def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
     stage2, group = ctx.settings.stage2_stream, ctx.settings.stage2_group
-    trimmed = ctx.redis.get(TRIMMED_KEY_PREFIX + stage2)
+    partitions = ctx.settings.partitions
+    streams = partitions.names(stage2)
+    trimmed = next((bound for bound in (ctx.redis.get(TRIMMED_KEY_PREFIX + name) for name in streams) if bound), None)
     if trimmed and not from_mongo:
         print(f"{stage2} was trimmed (entries before {trimmed} are gone), so the rebuild reads MongoDB instead.")
     use_mongo = from_mongo or bool(trimmed)
-    retained = count(ctx.redis.xlen(stage2), "retained entry", "retained entries")
+    retained = count(sum(ctx.redis.xlen(name) for name in streams), "retained entry", "retained entries")
     how = (
         f"then snapshot {ctx.settings.source} into {ctx.settings.stage1_stream}, re-embedding every document"
         if use_mongo
@@ -354,12 +353,14 @@ def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
     ctx.store.recreate()
     # The points' versions went with the collection; the tombstones record MongoDB's deletes and stay. The
     # skip-unchanged hint describes points that are gone, and the applied-versions hash is no longer used.
-    ctx.redis.delete(APPLIED_TEXT_KEY, APPLIED_VERSIONS_KEY)
+    for key in [APPLIED_VERSIONS_KEY, *partitions.names(APPLIED_TEXT_KEY)]:
+        ctx.redis.delete(key)  # one at a time: on a Redis Cluster, each lives in its partition's slot
     if use_mongo:
         ctx.assume_yes = True  # already confirmed as a whole
         return resync_command(ctx, None, restart=True, batch_size=batch_size)
-    ensure_group(ctx.redis, stage2, group)
-    ctx.redis.xgroup_setid(stage2, group, "0")
+    for name in streams:
+        ensure_group(ctx.redis, name, group)
+        ctx.redis.xgroup_setid(name, group, "0")
     print(f"Collection recreated; the upserters are re-applying {stage2}. Follow it with `vecsync status`.")
     return EXIT_OK
 
@@ -367,7 +368,7 @@ def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
 def trim_command(ctx: Context) -> int:
     settings = ctx.settings
     plans = {}
-    for stream in (settings.stage1_stream, settings.stage2_stream):
+    for stream, _group in settings.stage1_groups() + settings.stage2_groups():
         keep_count = settings.retention_count(stream)
         bound = trim_bound(ctx.redis, stream, keep_count=keep_count, keep_age_s=settings.stream_retention_age_s)
         if bound:
