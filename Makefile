@@ -9,7 +9,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 # Every version that make venv, the wheelhouse and the images install; `make lock` regenerates it from the venv.
 LOCK := constraints.txt
 
-.PHONY: venv lock wheelhouse run test test-unit test-rules lint typecheck chaos big-sync clean up up-gpu down logs \
+.PHONY: venv lock wheelhouse run test test-unit test-rules lint typecheck chaos chaos-cluster big-sync clean up up-gpu down logs \
 	scale config compose-smoke bench-embed bench bench-snapshot
 
 venv: $(STAMP)
@@ -70,6 +70,10 @@ typecheck: $(STAMP)
 # The long chaos test (tests/chaos/harness.py); `make test` runs a short one. SEED=<n> replays a run.
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.harness $(if $(SEED),--seed $(SEED))
+
+# The same on a real Redis Cluster of 3 masters and 3 replicas with 8 partitions, and a CLUSTER FAILOVER.
+chaos-cluster: $(STAMP)
+	$(BIN)/python -m tests.chaos.harness --cluster --partitions 8 $(if $(SEED),--seed $(SEED))
 
 # A first sync of 100,000 documents into a Redis capped at 64 MB, the producer killed three times during the
 # snapshot (tests/chaos/big_sync.py); `make test` runs a small one. ARGS="--documents 5000 --backend torch" varies it.

@@ -218,8 +218,9 @@ def resave(running: LocalStack, collection: Any, count: int) -> tuple[float, flo
     calls_before = texts_embedded(running)
     started = time.perf_counter()
     collection.update_many({}, {"$set": {"owner": "Re-saved"}})
-    redis_url = running.settings.redis_url
-    wait_for(lambda: drained(redis_url, min_stage1_entries=2 * count), timeout=1800, interval=0.1, what="re-save")
+    wait_for(
+        lambda: drained(running.settings, min_stage1_entries=2 * count), timeout=1800, interval=0.1, what="re-save"
+    )
     elapsed = time.perf_counter() - started
     return elapsed, texts_embedded(running) - calls_before
 

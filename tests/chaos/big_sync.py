@@ -147,7 +147,7 @@ def run_big_sync(config: BigSyncConfig, workdir: Path) -> BigSyncResult:
                 lambda: (
                     client.exists(resume_token_key(settings.source))
                     and not client.exists(snapshot_key(settings.source))
-                    and drained(settings.redis_url)
+                    and drained(settings)
                 ),
                 timeout=3600,
                 interval=1.0,

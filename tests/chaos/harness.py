@@ -11,11 +11,15 @@ ObjectIds, strings, integers and UUIDs in equal shares, and meanwhile:
 * SIGKILLs Redis once (it restarts from its AOF, possibly without its last second);
 * freezes the upserter, and with it the embedded Qdrant, for a while (SIGSTOP, then SIGCONT).
 
-Then it waits until every stage is drained and compares MongoDB with Qdrant
-point by point: ids, payload fields, text, and the vector against a fresh
-embedding of the current text. It passes with 0 missing, 0 extra, 0 stale and
-0 dead-lettered. The seed and the fault schedule are printed so a failure can
-be replayed: `make chaos SEED=<seed>`.
+With ``--cluster``, Redis is a real Redis Cluster of three masters and three replicas, the streams are split into
+``--partitions`` partitions, and instead of the Redis kill, the master of a partition hands over to its replica
+(CLUSTER FAILOVER) while changes flow.
+
+Meanwhile it samples every point's version through the upserter once a second. Then it waits until every stage
+is drained and compares MongoDB with Qdrant point by point: ids, payload fields, text, and the vector against a
+fresh embedding of the current text. It passes with 0 missing, 0 extra, 0 stale, 0 dead-lettered, and no point
+ever seen at an older version than before. The seed and the fault schedule are printed so a failure can be
+replayed: `make chaos SEED=<seed>`.
 """
 
 from __future__ import annotations
@@ -35,17 +39,23 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
+import requests
 from bson import ObjectId
+from redis.crc import key_slot
 
 from embedding_api.backends import HashEncoder
-from tests.support.servers import wait_for
+from tests.support.servers import RedisCluster, start_redis_cluster, wait_for
 from tests.support.stack import drained, stack_settings
+from vecsync.cli.store import UpserterStore
+from vecsync.constants import dlq_stream
 from vecsync.documents import build_text, point_id
+from vecsync.errors import VecsyncError
 from vecsync.localstack import Child, LocalStack, LocalStackSettings
+from vecsync.messages import parse_version
 from vecsync.settings import QdrantSettings
 from vecsync.source import mongo_id_of
 from vecsync.streams import connect
-from vecsync.vectorstore import VectorStore
+from vecsync.vectorstore import VectorStore, store_key_file
 
 PAYLOAD_FIELDS = ("product", "customer", "owner", "subject")
 OWNERS = ["Ann", "Bo", "Chen", "Dara", "Eli"]
@@ -63,6 +73,9 @@ class ChaosConfig:
     api_outage_s: float = 20.0
     qdrant_outage_s: float = 10.0
     restart_redis: bool = True
+    # A Redis Cluster instead of one Redis, and STREAM_PARTITIONS.
+    cluster: bool = False
+    partitions: int = 1
 
 
 @dataclass
@@ -84,13 +97,16 @@ class ChaosResult:
     extra: int = 0
     stale: int = 0
     dead_lettered: int = 0
+    # Points seen at an older version than an earlier sample showed, and the samples taken.
+    versions_backwards: int = 0
+    version_samples: int = 0
     examples: list[str] = field(default_factory=list)
     schedule: list[Fault] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     @property
     def passed(self) -> bool:
-        return not (self.missing or self.extra or self.stale or self.dead_lettered)
+        return not (self.missing or self.extra or self.stale or self.dead_lettered or self.versions_backwards)
 
 
 def fault_schedule(config: ChaosConfig, stage_names: list[str], rng: random.Random) -> list[Fault]:
@@ -101,7 +117,7 @@ def fault_schedule(config: ChaosConfig, stage_names: list[str], rng: random.Rand
     if config.api_outage_s:
         faults.append(Fault(round(config.duration_s * 0.2, 1), "stop", "embedding-api", config.api_outage_s))
     if config.restart_redis:
-        faults.append(Fault(round(config.duration_s * 0.5, 1), "kill", "redis"))
+        faults.append(Fault(round(config.duration_s * 0.5, 1), "failover" if config.cluster else "kill", "redis"))
     if config.qdrant_outage_s:
         faults.append(Fault(round(config.duration_s * 0.7, 1), "freeze", "upserter", config.qdrant_outage_s))
     return sorted(faults, key=lambda fault: fault.at_s)
@@ -118,10 +134,11 @@ def _frange(start: float, stop: float, step: float) -> list[float]:
 class FaultInjector(threading.Thread):
     """Applies the schedule to the stack's processes, then puts everything back."""
 
-    def __init__(self, stack: LocalStack, schedule: list[Fault]) -> None:
+    def __init__(self, stack: LocalStack, schedule: list[Fault], cluster: RedisCluster | None = None) -> None:
         super().__init__(daemon=True)
         self.stack = stack
         self.schedule = schedule
+        self.cluster = cluster
         self.done = threading.Event()
         self._timers: list[threading.Timer] = []
 
@@ -137,6 +154,13 @@ class FaultInjector(threading.Thread):
         for fault in self.schedule:
             if self.done.wait(max(0.0, fault.at_s - (time.monotonic() - started))):
                 return
+            if fault.action == "failover":
+                assert self.cluster is not None
+                partitions = self.stack.settings.partitions
+                stream = partitions.name(self.stack.settings.stage1_stream, partitions.count // 2)
+                old, new = self.cluster.fail_over(key_slot(stream.encode()))
+                print(f"[chaos {fault.at_s:6.1f}s] failover of {stream}'s master {old} to {new}", flush=True)
+                continue
             child = self._child(fault.target)
             if child.paused or child.process is None:
                 continue  # already held down by another fault
@@ -221,6 +245,47 @@ def apply_workload(collection: Any, config: ChaosConfig, rng: random.Random) -> 
     return config.operations
 
 
+class VersionWatch(threading.Thread):
+    """Samples every point's version through the upserter, counting points seen at an older version than before."""
+
+    def __init__(self, settings: LocalStackSettings) -> None:
+        super().__init__(daemon=True)
+        self.store = UpserterStore(
+            settings.upserter_url, "documents", 10.0, key_file=store_key_file(settings.data_dir.resolve())
+        )
+        self.done = threading.Event()
+        self.newest: dict[str, tuple[int, int]] = {}
+        self.backwards: list[str] = []
+        self.samples = 0
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                versions = self._sample()
+            except (VecsyncError, requests.RequestException, KeyError):
+                continue  # the upserter is down or frozen: the next sample
+            self.samples += 1
+            for pid, (version, mongo_id) in versions.items():
+                if pid in self.newest and version < self.newest[pid]:
+                    self.backwards.append(f"{mongo_id} went back from {self.newest[pid]} to {version}")
+                self.newest[pid] = max(version, self.newest.get(pid, version))
+
+    def _sample(self) -> dict[str, tuple[tuple[int, int], str]]:
+        versions, offset = {}, None
+        while True:
+            page, offset = self.store.scroll(limit=512, offset=offset, fields=["version", "mongo_id"])
+            versions.update({pid: (parse_version(p["version"]), p["mongo_id"]) for pid, p in page.items()})
+            if offset is None:
+                return versions
+
+    def finish(self, result: ChaosResult) -> None:
+        self.done.set()
+        self.join(30)
+        result.versions_backwards = len(self.backwards)
+        result.version_samples = self.samples
+        result.examples += self.backwards[:10]
+
+
 def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) -> None:
     """Count missing, extra and stale points, checking ids, text, payload fields and vectors."""
     encoder = HashEncoder(384)
@@ -263,47 +328,68 @@ def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) 
 
 def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     rng = random.Random(config.seed)
-    settings = stack_settings(workdir / "data", embedding_backend="hash", embedder_workers=config.workers)
-    stack = LocalStack(settings)
     started = time.monotonic()
-    stack.start()
+    cluster = start_redis_cluster(workdir / "redis-cluster") if config.cluster else None
+    overrides: dict[str, Any] = {"redis_url": cluster.url, "redis_cluster": True} if cluster else {}
+    settings = stack_settings(
+        workdir / "data",
+        embedding_backend="hash",
+        embedder_workers=config.workers,
+        stream_partitions=config.partitions,
+        **overrides,
+    )
+    stack = LocalStack(settings)
+    try:
+        stack.start()
+    except BaseException:
+        if cluster is not None:
+            cluster.stop()
+        raise
     stage_names = ["producer", *(f"embedder-{n + 1}" for n in range(config.workers)), "upserter-1"]
     schedule = fault_schedule(config, stage_names, rng)
     supervisor = threading.Thread(target=stack.supervise, daemon=True)
-    injector = FaultInjector(stack, schedule)
+    injector = FaultInjector(stack, schedule, cluster)
+    watch = VersionWatch(settings)
     # UUIDs as BSON binary subtype 4, as applications write them.
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri, uuidRepresentation="standard")
     collection = client[settings.mongo_database][settings.mongo_collection]
     try:
         supervisor.start()
         injector.start()
+        watch.start()
         operations = apply_workload(collection, config, rng)
         injector.finish()
         collection.insert_one({"_id": "sentinel", "subject": "the last change"})
-        redis_client = connect(settings.redis_url)
+        redis_client = connect(settings.redis_url, cluster=settings.redis_cluster)
+        partitions = settings.partitions
+        sentinel_stream = partitions.name(settings.stage1_stream, partitions.of(point_id(settings.source, "sentinel")))
         wait_for(
             lambda: any(
-                f.get("mongo_id") == "sentinel" for _id, f in redis_client.xrevrange("raw_document_changes", count=50)
+                f.get("mongo_id") == "sentinel" for _id, f in redis_client.xrevrange(sentinel_stream, count=50)
             ),
             timeout=300,
             what="the producer to publish the last change",
         )
         wait_for(
-            lambda: all(child.alive() for child in [*stack.servers, *stack.stages]) and drained(settings.redis_url),
+            lambda: all(child.alive() for child in [*stack.servers, *stack.stages]) and drained(settings),
             timeout=600,
             interval=0.5,
             what="every stage to drain",
         )
         result = ChaosResult(config.seed, operations, collection.count_documents({}), schedule=schedule)
-        result.dead_lettered = redis_client.xlen("raw_document_changes:dlq") + redis_client.xlen(
-            "embedded_documents:dlq"
+        result.dead_lettered = sum(
+            redis_client.xlen(dlq_stream(stream)) for stream, _ in settings.stage1_groups() + settings.stage2_groups()
         )
+        watch.finish(result)
         stack.stop_stages()  # the upserter releases the embedded store
         compare(collection, settings, result)
     finally:
         injector.finish()
+        watch.done.set()
         stack.stop()
         client.close()
+        if cluster is not None:
+            cluster.stop()
     result.elapsed_s = round(time.monotonic() - started, 1)
     return result
 
@@ -315,9 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--documents", type=int, default=ChaosConfig.documents)
     parser.add_argument("--duration", type=float, default=ChaosConfig.duration_s, help="seconds of workload")
     parser.add_argument("--workdir", type=Path, default=Path("data/chaos"))
+    parser.add_argument("--cluster", action="store_true", help="a Redis Cluster of 3 masters and 3 replicas")
+    parser.add_argument("--partitions", type=int, default=1, help="STREAM_PARTITIONS")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
-    config = ChaosConfig(seed=seed, operations=args.operations, documents=args.documents, duration_s=args.duration)
+    config = ChaosConfig(
+        seed=seed,
+        operations=args.operations,
+        documents=args.documents,
+        duration_s=args.duration,
+        cluster=args.cluster,
+        partitions=args.partitions,
+    )
     workdir = args.workdir / str(seed)
     print(f"chaos: seed {seed}, {config.operations} operations over {config.documents} documents, workdir {workdir}")
     result = run_chaos(config, workdir)
@@ -327,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "PASS" if result.passed else "FAIL"
     print(
         f"{verdict}: seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
-        f"{result.dead_lettered} dead-lettered"
+        f"{result.dead_lettered} dead-lettered, {result.versions_backwards} versions backwards in "
+        f"{result.version_samples} samples"
     )
     return 0 if result.passed else 1
 

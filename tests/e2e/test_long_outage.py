@@ -79,7 +79,7 @@ def test_seven_workers_wait_out_a_long_embedding_api_outage_and_embed_each_chang
         assert redis_client.xlen("raw_document_changes:dlq") == 0
         api.paused = False  # the supervisor starts it again
         wait_for(lambda: texts_embedded(stack) >= 0, timeout=120, what="the embedding-api to return")
-        wait_for(lambda: drained(settings.redis_url), timeout=120, interval=0.5, what="the backlog to drain")
+        wait_for(lambda: drained(settings), timeout=120, interval=0.5, what="the backlog to drain")
         assert redis_client.xlen("raw_document_changes:dlq") == 0
         assert redis_client.xlen("embedded_documents:dlq") == 0
         assert texts_embedded(stack) == DOCUMENTS, "each change is embedded once"

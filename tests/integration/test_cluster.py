@@ -17,6 +17,7 @@ from tests.support.pipeline import Pipeline
 from tests.support.servers import RedisCluster, Server, wait_for
 from vecsync.consumer import StreamConsumer
 from vecsync.partitions import Partitions
+from vecsync.streams import stream_stats
 from vecsync.vectorstore import VectorStore
 
 PARTITIONS = 8
@@ -123,3 +124,32 @@ def test_a_failover_while_changes_flow_loses_nothing_and_dead_letters_nothing(
         assert running.alive(), "no stage died of the failover"
     pipeline.assert_matches_mongo()
     assert dead_letters(pipeline) == 0
+
+
+def test_a_consumer_blocked_in_a_read_on_a_master_that_fails_over_reads_on(
+    pipeline: Pipeline, redis_cluster: RedisCluster
+) -> None:
+    pipeline.run_producer()
+    partition = 2
+    consumer = pipeline.upserter_consumer(partition, block_ms=8_000)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: consumer.liveness.alive(), timeout=10, what="the consumer to start reading")
+        # Redis answers a read blocked on a master that becomes a replica with an UNBLOCKED error.
+        redis_cluster.fail_over(key_slot(consumer.stream.encode()))
+        pipeline.collection.insert_many([{"_id": f"d{n}", "subject": f"subject {n}"} for n in range(40)])
+        pipeline.run_producer()
+        for other in range(PARTITIONS):
+            pipeline.embedder_consumer(other).run(drain=True)
+        client, stream, group = pipeline.redis_client, consumer.stream, consumer.group
+        assert client.xlen(stream) > 0, "the partition got entries"
+        wait_for(
+            lambda: stream_stats(client, stream, group).drained or not thread.is_alive(),
+            timeout=60,
+            what="the consumer to read on",
+        )
+        assert thread.is_alive(), "the failover stopped the consumer"
+    finally:
+        consumer.stop()
+        thread.join(30)

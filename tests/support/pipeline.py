@@ -60,11 +60,13 @@ class Pipeline:
         )
 
     def embedder_settings(self, **extra: Any) -> EmbedderSettings:
-        return EmbedderSettings(embedding_url=self.embedding_url, consumer_name="embedder-1", **self._common(), **extra)
+        return EmbedderSettings(
+            embedding_url=self.embedding_url, consumer_name="embedder-1", **{**self._common(), **extra}
+        )
 
     def upserter_settings(self, **extra: Any) -> UpserterSettings:
         return UpserterSettings(
-            consumer_name="upserter-1", qdrant_path=self.data_dir / "unused", **self._common(), **extra
+            consumer_name="upserter-1", qdrant_path=self.data_dir / "unused", **{**self._common(), **extra}
         )
 
     def run_producer(self) -> None:

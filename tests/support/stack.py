@@ -12,22 +12,19 @@ from tests.support.servers import free_port, free_port_run
 from vecsync.localstack import LocalStack, LocalStackSettings
 from vecsync.streams import connect, stream_stats
 
-STAGES = (("raw_document_changes", "embedding_processors"), ("embedded_documents", "qdrant_upserters"))
-
 
 def stack_settings(data_dir: Path, **overrides: Any) -> LocalStackSettings:
     """Settings of a local stack whose every port is free, so that it runs beside anything else."""
-    return LocalStackSettings(
-        data_dir=data_dir,
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-        embedding_url=f"http://127.0.0.1:{free_port()}",
-        upserter_url=f"http://127.0.0.1:{free_port()}",
-        producer_metrics_port=free_port(),
+    defaults: dict[str, Any] = {
+        "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+        "mongo_uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        "embedding_url": f"http://127.0.0.1:{free_port()}",
+        "upserter_url": f"http://127.0.0.1:{free_port()}",
+        "producer_metrics_port": free_port(),
         # Worker i uses this port plus i.
-        embedder_metrics_port=free_port_run(max(8, overrides.get("embedder_workers", 0))),
-        **overrides,
-    )
+        "embedder_metrics_port": free_port_run(max(8, overrides.get("embedder_workers", 0))),
+    }
+    return LocalStackSettings(data_dir=data_dir, **{**defaults, **overrides})
 
 
 @contextmanager
@@ -43,16 +40,14 @@ def running_stack(settings: LocalStackSettings) -> Iterator[LocalStack]:
         stack.stop()
 
 
-def drained(redis_url: str, *, min_stage1_entries: int = 0) -> bool:
-    """Whether both stages have processed everything (and stage 1 holds at least ``min_stage1_entries``)."""
-    client = connect(redis_url)
+def drained(settings: LocalStackSettings, *, min_stage1_entries: int = 0) -> bool:
+    """Whether both stages have processed everything, in every partition (and stage 1 holds at least
+    ``min_stage1_entries``)."""
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
-        if client.xlen(STAGES[0][0]) < min_stage1_entries:
+        stages = settings.stage1_groups() + settings.stage2_groups()
+        if sum(client.xlen(stream) for stream, _group in settings.stage1_groups()) < min_stage1_entries:
             return False
-        for stream, group in STAGES:
-            stats = stream_stats(client, stream, group)
-            if stats.lag or stats.pending:
-                return False
-        return True
+        return all(stream_stats(client, stream, group).drained for stream, group in stages)
     finally:
         client.close()

@@ -43,7 +43,14 @@ from vecsync.leases import Leases
 from vecsync.liveness import Liveness
 from vecsync.retention import trim
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import REDIS_REFUSALS, REDIS_UNAVAILABLE, dead_letter_fields, ensure_group, refusal_reason
+from vecsync.streams import (
+    REDIS_REFUSALS,
+    REDIS_UNAVAILABLE,
+    dead_letter_fields,
+    ensure_group,
+    is_unblocked,
+    refusal_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +498,9 @@ class StreamConsumer:
                 self._count_refusal(exc)
                 log.warning("%s: %s; retrying", self.stage, exc)
             except redis.ResponseError as exc:
+                if is_unblocked(exc):
+                    log.warning("%s: %s; reading again", self.stage, exc)
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 # The stream or group vanished (Redis lost its data, or an operator deleted it): recreate it.

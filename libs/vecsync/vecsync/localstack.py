@@ -204,7 +204,8 @@ class LocalStack:
         check_ports(self.listeners())
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _refuse_an_old_store(self.data_dir)
-        self._start_server(self._redis(), "Redis")
+        if not self.settings.redis_cluster:  # a Redis Cluster runs on its own; REDIS_URL names one of its nodes
+            self._start_server(self._redis(), "Redis")
         self._start_server(self._mongo(), "MongoDB stand-in")
         backend = self.settings.embedding_backend
         api = self._stage("embedding-api", {"EMBEDDING_BACKEND": backend, **self._listen()})
@@ -223,8 +224,8 @@ class LocalStack:
         def served(url: str, setting: str, who: str) -> Listener:
             return Listener(_port(url, setting), urlsplit(url).hostname or "", who, setting)
 
-        listeners = [
-            served(settings.redis_url, "REDIS_URL", "Redis"),
+        listeners = [] if settings.redis_cluster else [served(settings.redis_url, "REDIS_URL", "Redis")]
+        listeners += [
             served(settings.mongo_uri, "MONGO_URI", "the MongoDB stand-in"),
             served(settings.embedding_url, "EMBEDDING_URL", "the embedding-api"),
             Listener(settings.producer_metrics_port, "127.0.0.1", "the producer's /metrics", "PRODUCER_METRICS_PORT"),

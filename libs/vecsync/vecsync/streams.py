@@ -34,6 +34,11 @@ REDIS_UNAVAILABLE = (
 )
 
 
+def is_unblocked(exc: redis.ResponseError) -> bool:
+    """Whether Redis ended a blocking read because its node stopped being a master (a failover): read again."""
+    return str(exc).startswith("UNBLOCKED")
+
+
 def connect(url: str, *, cluster: bool = False) -> redis.Redis:
     """A Redis client that returns str, with timeouts long enough for blocking stream reads.
 
