@@ -224,6 +224,14 @@ class MongoSettings(BaseSettings):
         return f"{self.mongo_database}.{self.mongo_collection}"
 
 
+# Each distribution setting, and the argument of Qdrant's create_collection it sets.
+QDRANT_DISTRIBUTION = {
+    "qdrant_shards": "shard_number",
+    "qdrant_replication_factor": "replication_factor",
+    "qdrant_write_consistency": "write_consistency_factor",
+}
+
+
 class QdrantSettings(BaseSettings):
     model_config = SETTINGS_CONFIG
 
@@ -233,12 +241,48 @@ class QdrantSettings(BaseSettings):
     qdrant_collection: str = Field(default="documents", min_length=1)
     qdrant_timeout_s: float = Field(default=30.0, gt=0)
     embedding_dim: int = Field(default=384, ge=1)
+    # How a Qdrant server distributes the collection when the upserter (or `vecsync rebuild`) creates it. Unset, the
+    # server's defaults apply. An existing collection keeps its own values: see ServerStore.ensure_collection.
+    qdrant_shards: int | None = Field(default=None, ge=1)
+    qdrant_replication_factor: int | None = Field(default=None, ge=1)
+    qdrant_write_consistency: int | None = Field(default=None, ge=1)
+    # Talk to the Qdrant server over gRPC (on QDRANT_URL's host, at this port) instead of REST.
+    qdrant_prefer_grpc: bool = False
+    qdrant_grpc_port: int = Field(default=6334, ge=1, le=65535)
+
+    @field_validator(*QDRANT_DISTRIBUTION, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes a variable that .env leaves unset as an empty string (${QDRANT_SHARDS:-}).
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _url_or_path(self) -> QdrantSettings:
         if self.qdrant_url and self.qdrant_path:
             raise ValueError("set QDRANT_URL (a Qdrant server) or QDRANT_PATH (embedded local mode), not both")
         return self
+
+    @model_validator(mode="after")
+    def _distribution_needs_a_server(self) -> QdrantSettings:
+        given = [name.upper() for name in QDRANT_DISTRIBUTION if getattr(self, name) is not None]
+        if given and not self.qdrant_url:
+            raise ValueError(
+                f"{', '.join(given)} distribute a collection over the nodes of a Qdrant server, so they need "
+                "QDRANT_URL; the embedded store (QDRANT_PATH, or no QDRANT_URL) is one process. Set QDRANT_URL, "
+                "or unset them"
+            )
+        factor, consistency = self.qdrant_replication_factor, self.qdrant_write_consistency
+        if factor is not None and consistency is not None and consistency > factor:
+            raise ValueError(
+                f"QDRANT_WRITE_CONSISTENCY ({consistency}) must not exceed QDRANT_REPLICATION_FACTOR ({factor}): "
+                "a write cannot be acknowledged by more replicas than each shard has"
+            )
+        return self
+
+    def collection_distribution(self) -> dict[str, int]:
+        """The distribution arguments of Qdrant's create_collection that are set, e.g. {"shard_number": 6}."""
+        values = {argument: getattr(self, name) for name, argument in QDRANT_DISTRIBUTION.items()}
+        return {argument: value for argument, value in values.items() if value is not None}
 
     def embedded_path(self, data_dir: Path) -> Path | None:
         """The local-mode folder to open, or None when a server URL is configured."""

@@ -1,8 +1,10 @@
-"""The collection on a Qdrant server, through qdrant-client (QDRANT_URL).
+"""The collection on a Qdrant server, through qdrant-client (QDRANT_URL), over REST or gRPC (QDRANT_PREFER_GRPC).
 
 Each batch of the fence's writes is one `batch_update_points` request; Qdrant
 evaluates each write's condition on the stored point in the same operation as
-the write (an upsert's update_filter needs Qdrant 1.16).
+the write (an upsert's update_filter needs Qdrant 1.16). The collection is
+created with the distribution the settings give (QDRANT_SHARDS,
+QDRANT_REPLICATION_FACTOR, QDRANT_WRITE_CONSISTENCY); an existing one is kept.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
+import grpc
 from qdrant_client import QdrantClient, models
+from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
@@ -60,11 +64,21 @@ def _this_point_if_older(point_id: str, version: tuple[int, int]) -> list[models
 class ServerStore(VectorStore):
     """One collection on a Qdrant server (or any qdrant-client, such as the in-memory one tests use)."""
 
-    def __init__(self, client: QdrantClient, collection: str, dim: int, *, payload_indexes: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str,
+        dim: int,
+        *,
+        payload_indexes: Sequence[str] = (),
+        distribution: Mapping[str, int] | None = None,
+    ) -> None:
         self.client = client
         self.collection = collection
         self.dim = dim
         self.indexed = indexed_fields(payload_indexes)
+        # create_collection's shard_number, replication_factor and write_consistency_factor, where set.
+        self.distribution = dict(distribution or {})
 
     @classmethod
     def connect(cls, settings: QdrantSettings, *, payload_indexes: Sequence[str] = ()) -> ServerStore:
@@ -73,8 +87,16 @@ class ServerStore(VectorStore):
             api_key=settings.qdrant_api_key,
             # The client takes whole seconds; rounding down would turn a timeout under 1 s into none at all.
             timeout=math.ceil(settings.qdrant_timeout_s),
+            prefer_grpc=settings.qdrant_prefer_grpc,
+            grpc_port=settings.qdrant_grpc_port,
         )
-        return cls(client, settings.qdrant_collection, settings.embedding_dim, payload_indexes=payload_indexes)
+        return cls(
+            client,
+            settings.qdrant_collection,
+            settings.embedding_dim,
+            payload_indexes=payload_indexes,
+            distribution=settings.collection_distribution(),
+        )
 
     def ensure_collection(self) -> None:
         with _mapped_errors("check the collection"):
@@ -87,15 +109,61 @@ class ServerStore(VectorStore):
                         f"EMBEDDING_DIM is {self.dim}. Use another QDRANT_COLLECTION, or rebuild the collection."
                     )
                 existing = set(info.payload_schema or {})
+                self._warn_of_other_distribution(info.config.params)
             else:
+                distribution: dict[str, Any] = dict(self.distribution)  # only those set: the server's defaults apply
                 self.client.create_collection(
-                    self.collection, vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE)
+                    self.collection,
+                    vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+                    **distribution,
                 )
-                log.info("Created Qdrant collection %r (%d dimensions, cosine)", self.collection, self.dim)
+                log.info(
+                    "Created Qdrant collection %r (%d dimensions, cosine%s)",
+                    self.collection,
+                    self.dim,
+                    "".join(f", {name} {value}" for name, value in self.distribution.items()),
+                )
                 existing = set()
             for name in self.indexed:
                 if name not in existing:
                     self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+
+    def _warn_of_other_distribution(self, params: models.CollectionParams) -> None:
+        """Log what to do where the existing collection is distributed otherwise than the settings ask; never fail.
+
+        Qdrant applies these when it creates a collection; the upserter never recreates one that exists.
+        """
+        name = self.collection
+        shards = params.shard_number
+        wanted = self.distribution.get("shard_number")
+        if wanted is not None and shards is not None and shards != wanted:
+            log.warning(
+                "Qdrant collection %r has %d shards, but QDRANT_SHARDS is %d. A self-hosted Qdrant cannot change the "
+                "shard count of an existing collection (resharding is a Qdrant Cloud feature), so the collection "
+                "keeps %d. To get %d shards, recreate it: run `vecsync rebuild` with QDRANT_SHARDS=%d (the collection "
+                "is empty until the rebuild has refilled it). Otherwise set QDRANT_SHARDS=%d, or unset it.",
+                name, shards, wanted, shards, wanted, wanted, shards,
+            )  # fmt: skip
+        factor = params.replication_factor
+        wanted = self.distribution.get("replication_factor")
+        if wanted is not None and factor is not None and factor != wanted:
+            log.warning(
+                "Qdrant collection %r has replication factor %d, but QDRANT_REPLICATION_FACTOR is %d. It applies when "
+                "a collection is created; on a self-hosted Qdrant, changing it afterwards adds or drops no replica. "
+                "Add each missing shard replica with Qdrant's cluster API (POST /collections/%s/cluster with "
+                "replicate_shard, or drop_replica to remove one), then record the factor with PATCH /collections/%s "
+                '{"params": {"replication_factor": %d}}; or recreate the collection with `vecsync rebuild`.',
+                name, factor, wanted, name, name, wanted,
+            )  # fmt: skip
+        consistency = params.write_consistency_factor
+        wanted = self.distribution.get("write_consistency_factor")
+        if wanted is not None and consistency is not None and consistency != wanted:
+            log.warning(
+                "Qdrant collection %r has write consistency factor %d, but QDRANT_WRITE_CONSISTENCY is %d. It "
+                'applies when a collection is created; change it in place with PATCH /collections/%s {"params": '
+                '{"write_consistency_factor": %d}}, or set QDRANT_WRITE_CONSISTENCY=%d.',
+                name, consistency, wanted, name, wanted, consistency,
+            )  # fmt: skip
 
     def require_conditional_writes(self) -> None:
         with _mapped_errors("read the server's version"):
@@ -233,6 +301,10 @@ class _mapped_errors:  # noqa: N801 - used as a context manager
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
         if exc is None or isinstance(exc, (ConfigurationError, TransientError, PermanentError)):
             return
+        if isinstance(exc, grpc.RpcError):
+            _map_grpc_error(exc, self.action)
+        if isinstance(exc, ResourceExhaustedResponse):  # a 429 with Retry-After (REST and gRPC alike)
+            raise TransientError(f"Qdrant could not {self.action}, it asks to slow down: {exc}") from exc
         if _collection_missing(exc):
             raise CollectionMissing(
                 f"Qdrant could not {self.action}: the collection does not exist (deleted by hand or by a rebuild)"
@@ -246,6 +318,37 @@ class _mapped_errors:  # noqa: N801 - used as a context manager
             raise PermanentError(f"Qdrant rejected the request to {self.action}: {exc}") from exc
         if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError, OSError)):
             raise TransientError(f"Qdrant is unreachable, could not {self.action}: {exc}") from exc
+
+
+# With QDRANT_PREFER_GRPC the client raises grpc.RpcError instead of HTTP errors. A Qdrant server answers with
+# INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED where HTTP has 5xx, 429 or a timeout (a shard without
+# enough active replicas is INTERNAL), and with FAILED_PRECONDITION for a locked storage: all of them are transient,
+# like an unreachable server (UNAVAILABLE from the client itself). Only refused credentials and rejected input are not.
+_GRPC_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+_GRPC_REJECTED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def _map_grpc_error(exc: grpc.RpcError, action: str) -> NoReturn:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        raise TransientError(f"Qdrant could not {action}, it asks to slow down: {details}") from exc
+    if code is grpc.StatusCode.NOT_FOUND and "Collection" in details:
+        raise CollectionMissing(
+            f"Qdrant could not {action}: the collection does not exist (deleted by hand or by a rebuild)"
+        ) from exc
+    if code in _GRPC_REFUSED:
+        raise ConfigurationError(f"Qdrant refused the credentials (check QDRANT_API_KEY): {details}") from None
+    if code in _GRPC_REJECTED or code is grpc.StatusCode.NOT_FOUND:
+        raise PermanentError(f"Qdrant rejected the request to {action}: {details}") from exc
+    if code is grpc.StatusCode.UNAVAILABLE:
+        raise TransientError(f"Qdrant is unreachable, could not {action}: {details}") from exc
+    raise TransientError(f"Qdrant could not {action}: {code.name if code else 'gRPC error'}: {details}") from exc
 
 
 def _collection_missing(exc: BaseException) -> bool:
