@@ -188,3 +188,21 @@ def test_verify_repairs_through_the_partitions(pipeline: Pipeline) -> None:
     assert cli_p(pipeline, "--yes", "verify", "--repair") == EXIT_OK
     pipeline.drain()
     pipeline.assert_matches_mongo()
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, PARTITIONS), (PARTITIONS, 1), (PARTITIONS, 2)])
+def test_a_drained_pipeline_changes_its_partitions_without_a_new_snapshot(
+    pipeline: Pipeline, before: int, after: int
+) -> None:
+    pipeline.overrides["stream_partitions"] = before
+    seed(pipeline)
+    pipeline.drain()
+    pipeline.overrides["stream_partitions"] = after
+    pipeline.collection.insert_one({"_id": "new", "subject": "written after the change"})
+    pipeline.collection.update_one({"_id": "doc-1"}, {"$set": {"subject": "changed after the change"}})
+    pipeline.drain()
+    streams = Partitions(after).names("raw_document_changes")
+    published = [f["mongo_id"] for name in streams for _id, f in pipeline.redis_client.xrange(name)]
+    if after == 1 or before == 1:
+        assert sorted(published) == ["doc-1", "new"], "only the changes since, no second snapshot"
+    pipeline.assert_matches_mongo()

@@ -60,13 +60,18 @@ class Partitions:
         if self.count < 1:
             raise ValueError("STREAM_PARTITIONS must be at least 1")
 
+    @property
+    def split(self) -> bool:
+        """Whether names carry hash tags: several partitions, or a Redis Cluster. Else every name is the seed's."""
+        return self.count > 1 or self.tagged
+
     def of(self, point_id: str) -> int:
         return partition_of(point_id, self.count)
 
     def name(self, base: str, partition: int) -> str:
-        """``base`` for partition ``partition``: itself when untagged (one partition on one Redis), else with the
+        """``base`` for partition ``partition``: itself when not split (one partition on one Redis), else with the
         partition's hash tag."""
-        if self.count == 1 and not self.tagged:
+        if not self.split:
             return base
         return f"{base}:{partition_tag(partition, self.count)}"
 
@@ -81,9 +86,10 @@ class Partitions:
 class ProducerKeys:
     """The keys of the producer of one source.
 
-    The resume token, its time, the snapshot in progress and the number of the last batch published live in
-    partition 0's slot, so that one transaction writes them all; each partition's high-water mark lives in its own
-    slot, written with that partition's entries (docs/design.md, "Partitions").
+    Split (see Partitions.split), the resume token, its time, the snapshot in progress and the number of the last
+    batch published share one slot of their own, chosen by the source and not by the number of partitions, so that
+    they keep their names when STREAM_PARTITIONS changes; each partition's high-water mark lives in its partition's
+    slot, written with its entries (docs/design.md, "Partitions"). Not split, they are the seed's names.
     """
 
     token: str
@@ -94,13 +100,17 @@ class ProducerKeys:
 
     @classmethod
     def of(cls, source: str, partitions: Partitions) -> ProducerKeys:
+        tag = ""
+        if partitions.split:
+            tag = ":{vsp-" + hashlib.sha256(source.encode("utf-8")).hexdigest()[:12] + "}"
         return cls(
-            token=partitions.name(constants.resume_token_key(source), 0),
-            token_updated=partitions.name(constants.resume_token_updated_key(source), 0),
-            snapshot=partitions.name(constants.snapshot_key(source), 0),
-            batch=partitions.name(constants.producer_batch_key(source), 0),
-            positions=partitions.names(constants.producer_position_key(source)),
+            token=constants.resume_token_key(source) + tag,
+            token_updated=constants.resume_token_updated_key(source) + tag,
+            snapshot=constants.snapshot_key(source) + tag,
+            batch=constants.producer_batch_key(source) + tag,
+            positions=partitions.names(constants.producer_position_key(source)) if partitions.split else [],
         )
 
-    def all(self) -> list[str]:
-        return [self.token, self.token_updated, self.snapshot, self.batch, *self.positions]
+    def other_naming(self, source: str, partitions: Partitions) -> ProducerKeys:
+        """The same keys named as they are when split if these are not, and the other way round."""
+        return ProducerKeys.of(source, Partitions(1, tagged=not partitions.split))

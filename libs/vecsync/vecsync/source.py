@@ -254,11 +254,11 @@ def publish_beside_producer(
     keys = ProducerKeys.of(source, partitions)
     guards: list[list[tuple[str, str | None]]] = (
         [[(keys.token, None), (keys.snapshot, "last_id")]]
-        if partitions.count == 1
+        if not partitions.split
         else [[(key, "batch")] for key in keys.positions]
     )
     streams = partitions.names(settings.stage1_stream)
-    together = partitions.count == 1 and not partitions.tagged
+    together = not partitions.split
     remaining = set(partitions.indexes())
     while remaining:
         before = {partition: _guarded(client, guards[partition]) for partition in remaining}

@@ -330,7 +330,7 @@ class Producer:
         partition whose mark holds a higher number than the stored one received the batch that comes right after
         the stored token; it must not receive it again.
         """
-        if self.partitions.count == 1:
+        if not self.partitions.split:
             return
         self._batch_written = int(self.client.get(self.keys.batch) or 0)
         marks = [self.client.hgetall(key) for key in self.keys.positions]
@@ -493,7 +493,7 @@ class Producer:
         """
         if not changes and token is None and snapshot is None:
             return 0
-        partitioned = self.partitions.count > 1
+        partitioned = self.partitions.split
         number = self._batch_written + 1
         if partitioned:
             # A snapshot chunk has no change events to compare on a restart: it is published again whole.
@@ -541,9 +541,33 @@ class Producer:
         return len(changes)
 
     def _stored_token(self) -> Mapping[str, Any] | None:
+        self._adopt_other_naming()
         raw = self.client.get(self.token_key)
         self._token_written = raw
         return json_util.loads(raw) if raw else None
+
+    def _adopt_other_naming(self) -> None:
+        """Take over the token or snapshot stored under the other naming (STREAM_PARTITIONS went from 1 to more, or
+        back), so that a change of partitions does not snapshot the collection again. Runs before this producer
+        writes anything: the snapshot first, so that a crash in between leaves one of them to adopt again."""
+        if self.client.exists(self.token_key) or self.client.exists(self.snapshot_key):
+            return
+        other = self.keys.other_naming(self.source, self.partitions)
+        token, snapshot = self.client.get(other.token), self.client.hgetall(other.snapshot)
+        if not token and not snapshot:
+            return
+        if snapshot:
+            self.client.hset(self.snapshot_key, mapping=snapshot)
+        if token:
+            self.client.set(self.token_updated_key, self.client.get(other.token_updated) or repr(time.time()))
+            self.client.set(self.token_key, token)
+        self._delete(other.token, other.token_updated, other.snapshot)
+        log.info(
+            "Took over the resume token and snapshot stored as %s and %s, for STREAM_PARTITIONS=%d",
+            other.token,
+            other.snapshot,
+            self.partitions.count,
+        )
 
     def _history_lost(self, exc: OperationFailure) -> None:
         HISTORY_LOST.inc()
@@ -561,11 +585,14 @@ class Producer:
             self.source,
             exc,
         )
-        self.client.delete(self.token_key, self.snapshot_key)
-        if self.partitions.count > 1:
-            self.client.delete(self.keys.batch)
-            for key in self.keys.positions:
-                self.client.delete(key)
+        other = self.keys.other_naming(self.source, self.partitions)
+        self._delete(
+            self.token_key, self.snapshot_key, self.keys.batch, *self.keys.positions, other.token, other.snapshot
+        )
+
+    def _delete(self, *keys: str) -> None:
+        for key in keys:
+            self.client.delete(key)  # one by one: on a Redis Cluster, they live in different slots
 
 
 def _standalone_message(exc: OperationFailure) -> str:
