@@ -127,9 +127,9 @@ def test_an_idle_change_stream_is_not_polled_in_a_busy_loop(pipeline: Pipeline, 
     reads = []
     real = Producer._next_events
 
-    def counting(self: Producer, stream: Any) -> Any:
+    def counting(self: Producer, stream: Any, **kwargs: Any) -> Any:
         reads.append(time.monotonic())
-        return real(self, stream)
+        return real(self, stream, **kwargs)
 
     monkeypatch.setattr(Producer, "_next_events", counting)
     running = producer(pipeline, pipeline.collection, idle_poll_ms=100)

@@ -550,7 +550,7 @@ class Producer:
         """Take over the token or snapshot stored under the other naming (STREAM_PARTITIONS went from 1 to more, or
         back), so that a change of partitions does not snapshot the collection again. Runs before this producer
         writes anything: the snapshot first, so that a crash in between leaves one of them to adopt again."""
-        if self.client.exists(self.token_key) or self.client.exists(self.snapshot_key):
+        if self.client.get(self.token_key) or self.client.hget(self.snapshot_key, "token"):
             return
         other = self.keys.other_naming(self.source, self.partitions)
         token, snapshot = self.client.get(other.token), self.client.hgetall(other.snapshot)
