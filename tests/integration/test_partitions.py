@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from prometheus_client import CollectorRegistry
 
 from producer.service import Producer
 from tests.integration.test_cli import cli
 from tests.support.pipeline import Pipeline
 from vecsync.cli.context import EXIT_OK
 from vecsync.documents import point_id
+from vecsync.metrics import StreamStatsCollector
 from vecsync.partitions import Partitions
 from vecsync.source import mongo_id_of
 from vecsync.streams import dead_letter_fields
@@ -206,3 +208,20 @@ def test_a_drained_pipeline_changes_its_partitions_without_a_new_snapshot(
     if after == 1 or before == 1:
         assert sorted(published) == ["doc-1", "new"], "only the changes since, no second snapshot"
     pipeline.assert_matches_mongo()
+
+
+def test_stream_metrics_name_the_stages_stream_and_each_partition(pipeline: Pipeline) -> None:
+    partitioned(pipeline)
+    seed(pipeline)
+    pipeline.run_producer()
+    registry = CollectorRegistry()
+    registry.register(StreamStatsCollector(pipeline.redis_client, pipeline.groups()))
+    lengths = {
+        (sample.labels["stream"], sample.labels["partition"]): sample.value
+        for metric in registry.collect()
+        if metric.name == "vecsync_stream_length"
+        for sample in metric.samples
+    }
+    assert {stream for stream, _ in lengths} == {"raw_document_changes", "embedded_documents"}
+    assert {partition for _, partition in lengths} == {str(p) for p in range(PARTITIONS)}
+    assert sum(value for (stream, _), value in lengths.items() if stream == "raw_document_changes") == 36

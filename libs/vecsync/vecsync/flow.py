@@ -24,7 +24,7 @@ import redis
 
 from vecsync.liveness import Liveness
 from vecsync.settings import CommonSettings, FlowControlSettings
-from vecsync.streams import memory_infos, unprocessed
+from vecsync.streams import memory_infos, memory_share, unprocessed
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,7 @@ class RedisMemory:
 
     def share(self) -> float:
         """The share of the fullest node: on a Redis Cluster, each master refuses writes on its own once full."""
-        shares = [0.0]
-        for info in memory_infos(self.client):
-            limit = int(info.get("maxmemory", 0))
-            if limit:
-                shares.append(int(info["used_memory"]) / limit)
-        return max(shares)
+        return max(memory_share(info) for info in memory_infos(self.client))
 
 
 class FlowControl:

@@ -15,7 +15,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from vecsync.streams import StreamStats, stream_stats
+from vecsync.partitions import base_name, partition_index
+from vecsync.streams import StreamStats, memory_infos, memory_share, stream_stats
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +86,33 @@ class StreamStatsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("vecsync_redis_up", "Whether the last Redis read for stream statistics succeeded.")
         families = {
-            "length": GaugeMetricFamily("vecsync_stream_length", "Entries in the stream.", labels=["stream"]),
+            "length": GaugeMetricFamily(
+                "vecsync_stream_length", "Entries in the stream (in one partition).", labels=["stream", "partition"]
+            ),
             "lag": GaugeMetricFamily(
-                "vecsync_stream_group_lag", "Entries not yet delivered to the group.", labels=["stream", "group"]
+                "vecsync_stream_group_lag",
+                "Entries not yet delivered to the group.",
+                labels=["stream", "group", "partition"],
             ),
             "pending": GaugeMetricFamily(
                 "vecsync_stream_group_pending",
                 "Entries delivered to the group and not yet acknowledged.",
-                labels=["stream", "group"],
+                labels=["stream", "group", "partition"],
             ),
             "oldest": GaugeMetricFamily(
                 "vecsync_stream_oldest_pending_age_seconds",
                 "Age of the oldest unacknowledged entry (0 when none).",
-                labels=["stream", "group"],
+                labels=["stream", "group", "partition"],
             ),
             "idle": GaugeMetricFamily(
                 "vecsync_stream_oldest_pending_idle_seconds",
                 "Time since the oldest unacknowledged entry was last delivered (0 when none).",
-                labels=["stream", "group"],
+                labels=["stream", "group", "partition"],
             ),
             "dlq": GaugeMetricFamily(
-                "vecsync_stream_dlq_length", "Entries in the stream's dead-letter stream.", labels=["stream"]
+                "vecsync_stream_dlq_length",
+                "Entries in the stream's dead-letter stream.",
+                labels=["stream", "partition"],
             ),
         }
         memory = {
@@ -116,7 +123,8 @@ class StreamStatsCollector(Collector):
         }
         try:
             all_stats = [stream_stats(self._client, stream, group) for stream, group in self._streams]
-            info = self._client.info("memory")
+            # On a Redis Cluster, the master closest to its maxmemory: each refuses writes on its own once full.
+            info = max(memory_infos(self._client), key=memory_share)
         except redis.RedisError as exc:
             log.warning("Could not read stream statistics from Redis: %s", exc)
             up.add_metric([], 0)
@@ -133,9 +141,12 @@ class StreamStatsCollector(Collector):
 
 
 def _add_stats(families: dict[str, GaugeMetricFamily], stats: StreamStats) -> None:
-    families["length"].add_metric([stats.stream], stats.length)
-    families["dlq"].add_metric([stats.stream], stats.dlq_length)
-    group_labels = [stats.stream, stats.group]
+    # `stream` is the stage's stream as configured (STAGE1_STREAM, STAGE2_STREAM), whatever the partitions, so that
+    # the alert thresholds and dashboards name it; `partition` tells its partitions apart ("0" with one).
+    stream, partition = base_name(stats.stream), str(partition_index(stats.stream))
+    families["length"].add_metric([stream, partition], stats.length)
+    families["dlq"].add_metric([stream, partition], stats.dlq_length)
+    group_labels = [stream, stats.group, partition]
     if stats.lag is not None:
         families["lag"].add_metric(group_labels, stats.lag)
     families["pending"].add_metric(group_labels, stats.pending)

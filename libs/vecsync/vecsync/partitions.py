@@ -47,6 +47,12 @@ def base_name(name: str) -> str:
     return name.split(":{vs", 1)[0]
 
 
+def partition_index(name: str) -> int:
+    """The partition a stream or key name belongs to: 3 for ``raw_document_changes:{vs3-11}``, 0 when untagged."""
+    _base, tagged, tag = name.partition(":{vs")
+    return int(tag.split("-", 1)[0]) if tagged else 0
+
+
 @dataclass(frozen=True)
 class Partitions:
     """The names of each partition's streams and keys."""

@@ -74,6 +74,12 @@ def memory_infos(client: redis.Redis) -> list[dict[str, Any]]:
     return [dict(client.info("memory"))]
 
 
+def memory_share(info: dict[str, Any]) -> float:
+    """used_memory as a share of maxmemory, from INFO memory; 0 without a maxmemory."""
+    limit = int(info.get("maxmemory", 0))
+    return int(info["used_memory"]) / limit if limit else 0.0
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password replaced, safe to log."""
     parts = urlsplit(url)
