@@ -10,7 +10,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 LOCK := constraints.txt
 
 .PHONY: venv lock wheelhouse run test test-unit test-rules lint typecheck chaos chaos-cluster big-sync clean up up-gpu down logs \
-	scale config compose-smoke bench-embed bench bench-snapshot
+	scale config compose-smoke bench-embed bench bench-snapshot bench-partitions
 
 venv: $(STAMP)
 
@@ -90,6 +90,11 @@ bench-embed: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/snapshot.py
+	$(BIN)/python bench/partitions.py
+
+# A benchmark of STREAM_PARTITIONS=1 against 8 on a local Redis Cluster (bench/partitions.py), hash backend.
+bench-partitions: $(STAMP)
+	$(BIN)/python bench/partitions.py
 
 # A benchmark of the first sync's snapshot alone (bench/snapshot.py): projection, bytes per entry, parallel reads.
 # Sizes: BENCH_SNAPSHOT_DOCS, BENCH_SNAPSHOT_ROUNDS, BENCH_SNAPSHOT_PARTS.

@@ -131,12 +131,15 @@ def cpu_seconds(running: LocalStack) -> dict[str, float]:
 
 
 @contextmanager
-def stack(name: str, backend: str, **env: str) -> Iterator[tuple[LocalStack, Any]]:
-    """A fresh local stack in its own data folder; yields it and the source collection."""
+def stack(
+    name: str, backend: str, overrides: dict[str, Any] | None = None, **env: str
+) -> Iterator[tuple[LocalStack, Any]]:
+    """A fresh local stack in its own data folder, with the settings ``overrides``; yields it and the source
+    collection."""
     saved = dict(os.environ)
     os.environ.update({"ONNX_CACHE_DIR": str(ONNX_CACHE), "LOG_LEVEL": "WARNING", **env})
     shutil.rmtree(WORKDIR / name, ignore_errors=True)  # every measure starts from empty stores
-    settings = stack_settings(WORKDIR / name, embedding_backend=backend)
+    settings = stack_settings(WORKDIR / name, embedding_backend=backend, **(overrides or {}))
     running = LocalStack(settings)
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
     try:
