@@ -29,3 +29,28 @@ def test_short_chaos_run_converges(tmp_path: Path) -> None:
         f"seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
         f"{result.dead_lettered} dead-lettered; {result.examples}"
     )
+
+
+@pytest.mark.slow
+def test_short_chaos_run_on_a_redis_cluster_with_partitions_converges(tmp_path: Path) -> None:
+    """REDIS_CLUSTER=true, STREAM_PARTITIONS=8, three embedder-workers, kills of every stage and a CLUSTER FAILOVER
+    of a partition's master while changes flow; `make chaos-cluster` runs the long one."""
+    seed = int(os.environ.get("CHAOS_SEED", "20261130"))
+    config = ChaosConfig(
+        seed=seed,
+        operations=1200,
+        documents=300,
+        duration_s=30,
+        kill_interval_s=3,
+        api_outage_s=6,
+        qdrant_outage_s=4,
+        cluster=True,
+        partitions=8,
+    )
+    result = run_chaos(config, tmp_path)
+    assert [fault.action for fault in result.schedule].count("failover") == 1
+    assert result.version_samples > 5, "the versions were watched"
+    assert result.passed, (
+        f"seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
+        f"{result.dead_lettered} dead-lettered, {result.versions_backwards} versions backwards; {result.examples}"
+    )

@@ -3,6 +3,10 @@
 Each published batch and the resume token that covers it are written in one
 MULTI/EXEC, so after any crash the producer resumes exactly after the last
 change it published: nothing is lost, and at worst nothing is duplicated.
+With STREAM_PARTITIONS (or on a Redis Cluster) a batch spans several hash
+slots: each partition's share is written with that partition's high-water
+mark, then the token, and a restart completes a batch that reached only some
+partitions (docs/design.md, "Partitions and Redis Cluster").
 
 Entries carry the document as re-read by its key right after the change, not
 the change event's own copy. The read happens after the change, so it shows
