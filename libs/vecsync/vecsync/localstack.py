@@ -201,6 +201,11 @@ class LocalStack:
     # Starting ---------------------------------------------------------------
 
     def start(self) -> None:
+        self.start_servers()
+        self.start_stages()
+
+    def start_servers(self) -> None:
+        """Redis (unless a Redis Cluster is named), the MongoDB stand-in and the embedding-api, once each is ready."""
         check_ports(self.listeners())
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _refuse_an_old_store(self.data_dir)
@@ -211,6 +216,9 @@ class LocalStack:
         api = self._stage("embedding-api", {"EMBEDDING_BACKEND": backend, **self._listen()})
         self._start_server(api, f"embedding-api ({backend} backend)")
         self._wait_http(self.settings.embedding_url + "/readyz", "the embedding-api to load its model", [api])
+
+    def start_stages(self) -> None:
+        """The producer, the embedder-workers and the upserter, once the upserter is healthy."""
         for child in self._consumer_stages():
             child.start()
             self.stages.append(child)
@@ -674,8 +682,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stack.stopping.set())
     status = 0
     try:
-        stack.start()
+        # The samples go in before the producer starts, as into a database that already holds documents: its
+        # snapshot then publishes each once. Loaded while it snapshots, they would come both from its scan and
+        # from its change stream (correct, but twice the work).
+        stack.start_servers()
         total = stack.load_samples()
+        stack.start_stages()
         stack.wait_until_searchable(total)
         if not stack.stopping.is_set():
             print(
