@@ -1,6 +1,7 @@
 """Partitioned streams: STREAM_PARTITIONS splits each stage's stream, and the state beside it, by document.
 
-With one partition (the default) every stream and key keeps the name it always had. With P partitions, a document's
+With one partition on one Redis (the default) every stream and key keeps the name it always had; on a Redis
+Cluster, names carry a hash tag even with one partition (Partitions.split). With P partitions, a document's
 changes all go to partition ``partition_of(point_id)``, so they stay in one stream, in order; each stage's stream is
 P streams, and each key a stage commits together with a stream (the producer's position, the upserters' locks,
 tombstones and the skip-unchanged hint) is P keys. Every name of partition p carries one Redis Cluster hash tag, so
