@@ -113,9 +113,7 @@ def _embedded(
     ``write``: "plain" upserts, the fence's conditional writes of new points ("fence"), or the fence's writes of
     a newer version of every point, once they exist ("fence-update").
     """
-    store = EmbeddedStore.open_folder(
-        folder, "bench", 384, payload_indexes=["product", "owner"], flush_interval_s=flush_interval_s
-    )
+    store = EmbeddedStore(folder, "bench", 384, payload_indexes=["product", "owner"], flush_interval_s=flush_interval_s)
     store.ensure_collection()
     if write == "fence-update":
         for start in range(0, len(points), 256):

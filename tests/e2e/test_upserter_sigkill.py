@@ -109,7 +109,7 @@ def missing_from_store(folder: Path, changes: dict[str, Change], acked: list[str
     for entry_id in delivered:
         if changes[entry_id].op == "delete":
             deletes.setdefault(changes[entry_id].mongo_id, []).append(changes[entry_id].version)
-    store = EmbeddedStore.open_folder(folder, "documents", 384)  # refused if the dead upserter still held it
+    store = EmbeddedStore(folder, "documents", 384)  # refused if the dead upserter still held it
     try:
         ids = {point_id(SOURCE, mongo_id): mongo_id for mongo_id in newest}
         held = {ids[pid]: parse_version(p["version"]) for pid, p in store.payloads(list(ids), ["version"]).items()}

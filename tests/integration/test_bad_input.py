@@ -165,11 +165,11 @@ def test_a_collection_of_the_wrong_size_stops_the_upserter_with_both_sizes(tmp_p
     ServerStore(client, "documents", 768).ensure_collection()
     with pytest.raises(ConfigurationError, match="holds vectors of 768 dimensions, but EMBEDDING_DIM is 384"):
         ServerStore(client, "documents", 384).ensure_collection()
-    embedded = EmbeddedStore.open_folder(tmp_path, "documents", 768)
+    embedded = EmbeddedStore(tmp_path, "documents", 768)
     embedded.ensure_collection()
     embedded.close()
     with pytest.raises(ConfigurationError, match="holds vectors of 768 dimensions, but EMBEDDING_DIM is 384"):
-        EmbeddedStore.open_folder(tmp_path, "documents", 384)
+        EmbeddedStore(tmp_path, "documents", 384)
 
 
 def test_point_ids_are_stable_for_every_id_type() -> None:

@@ -291,7 +291,7 @@ class FlushCounter:
 
 
 def test_with_no_flush_interval_every_write_is_flushed_before_it_returns(tmp_path: Path) -> None:
-    store = EmbeddedStore.open_folder(tmp_path, "documents", 4, flush_interval_s=0)
+    store = EmbeddedStore(tmp_path, "documents", 4, flush_interval_s=0)
     store.ensure_collection()
     counter = FlushCounter(store._shard)
     store._shard = counter  # type: ignore[assignment]

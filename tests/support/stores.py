@@ -26,7 +26,7 @@ def make_store(kind: str, folder: Path, *, dim: int = 384, collection: str = "do
     if kind == "server":
         store = ServerStore(QdrantClient(":memory:"), collection, dim)
     elif kind == "embedded":
-        store = EmbeddedStore.open_folder(folder / "qdrant", collection, dim)
+        store = EmbeddedStore(folder / "qdrant", collection, dim)
     else:
         raise ValueError(f"no store of kind {kind!r}; use one of {KINDS}")
     store.ensure_collection()

@@ -123,7 +123,7 @@ class VectorStore(ABC):
             return ServerStore.connect(settings, payload_indexes=payload_indexes)
         from vecsync.store.embedded import EmbeddedStore
 
-        return EmbeddedStore.open_folder(
+        return EmbeddedStore(
             path,
             settings.qdrant_collection,
             settings.embedding_dim,

@@ -154,18 +154,6 @@ class EmbeddedStore(VectorStore):
             self._maintainer = threading.Thread(target=self._maintain, name="embedded-store-flush", daemon=True)
             self._maintainer.start()
 
-    @classmethod
-    def open_folder(
-        cls,
-        folder: Path,
-        collection: str,
-        dim: int,
-        *,
-        payload_indexes: Sequence[str] = (),
-        flush_interval_s: float = 1.0,
-    ) -> EmbeddedStore:
-        return cls(folder, collection, dim, payload_indexes=payload_indexes, flush_interval_s=flush_interval_s)
-
     # The collection -----------------------------------------------------------
 
     def _load(self) -> qe.EdgeShard:
