@@ -39,15 +39,16 @@ def cli(pipeline: Pipeline, *argv: str, **overrides: Any) -> int:
     return main(list(argv), ctx)
 
 
-def dead_letter_stage2(pipeline: Pipeline, mongo_id: str) -> None:
-    """Put the first stage 2 entry of ``mongo_id`` in the stage 2 DLQ, as an upserter does with an entry it fails."""
+def dead_letter_stage2(pipeline: Pipeline, mongo_id: str, stream: str = "embedded_documents") -> None:
+    """Put the first entry of ``mongo_id`` in ``stream`` (stage 2, or one of its partitions) in that stream's DLQ, as
+    an upserter does with an entry it fails."""
     entry_id, fields = next(
         (entry_id, fields)
-        for entry_id, fields in pipeline.redis_client.xrange("embedded_documents")
+        for entry_id, fields in pipeline.redis_client.xrange(stream)
         if fields["mongo_id"] == mongo_id
     )
     letter = dead_letter_fields(
-        stream="embedded_documents",
+        stream=stream,
         group="qdrant_upserters",
         entry_id=entry_id,
         fields=fields,
@@ -55,7 +56,7 @@ def dead_letter_stage2(pipeline: Pipeline, mongo_id: str) -> None:
         deliveries=5,
         consumer="upserter-1",
     )
-    pipeline.redis_client.xadd("embedded_documents:dlq", letter)
+    pipeline.redis_client.xadd(stream + ":dlq", letter)
 
 
 def seed(pipeline: Pipeline, count: int = 6) -> None:

@@ -4,43 +4,30 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
-import pymongo
 import pytest
 import redis
 from redis.crc import key_slot
 
 from producer.service import Producer
 from tests.support.pipeline import Pipeline
-from tests.support.servers import RedisCluster, Server, wait_for
+from tests.support.servers import RedisCluster, wait_for
 from vecsync.consumer import StreamConsumer
 from vecsync.partitions import Partitions
 from vecsync.streams import stream_stats
-from vecsync.vectorstore import VectorStore
 
 PARTITIONS = 8
 
 
 @pytest.fixture
-def pipeline(
-    cluster_client: redis.Redis,
-    redis_cluster: RedisCluster,
-    mongo_uri: str,
-    mongo_collection: pymongo.collection.Collection[dict[str, Any]],
-    hash_api: Server,
-    store: VectorStore,
-    tmp_path: Path,
-) -> Pipeline:
-    return Pipeline(
+def pipeline(pipeline: Pipeline, cluster_client: redis.Redis, redis_cluster: RedisCluster) -> Pipeline:
+    """The conftest's pipeline, on the Redis Cluster with eight partitions."""
+    return replace(
+        pipeline,
         redis_client=cluster_client,
         redis_url=redis_cluster.url,
-        mongo_uri=mongo_uri,
-        collection=mongo_collection,
-        embedding_url=f"http://127.0.0.1:{hash_api.port}",
-        store=store,
-        data_dir=tmp_path,
         overrides={"redis_cluster": True, "stream_partitions": PARTITIONS},
     )
 

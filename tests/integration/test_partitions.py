@@ -12,14 +12,13 @@ from bson import ObjectId
 from prometheus_client import CollectorRegistry
 
 from producer.service import Producer
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import cli, dead_letter_stage2
 from tests.support.pipeline import Pipeline
 from vecsync.cli.context import EXIT_OK
 from vecsync.documents import point_id
 from vecsync.metrics import StreamStatsCollector
 from vecsync.partitions import Partitions
 from vecsync.source import mongo_id_of
-from vecsync.streams import dead_letter_fields
 
 PARTITIONS = 4
 
@@ -164,17 +163,7 @@ def test_a_dead_letter_of_a_partition_is_replayed_into_its_documents_partition(p
     lost = mongo_id_of(ids[5])
     partition = Partitions(PARTITIONS).of(point_id(pipeline.source, lost))
     stage2 = Partitions(PARTITIONS).name("embedded_documents", partition)
-    entry_id, fields = next((i, f) for i, f in pipeline.redis_client.xrange(stage2) if f["mongo_id"] == lost)
-    letter = dead_letter_fields(
-        stream=stage2,
-        group="qdrant_upserters",
-        entry_id=entry_id,
-        fields=fields,
-        error="Qdrant rejected the request",
-        deliveries=5,
-        consumer="upserter-1",
-    )
-    pipeline.redis_client.xadd(stage2 + ":dlq", letter)
+    dead_letter_stage2(pipeline, lost, stage2)
     pipeline.store.delete([point_id(pipeline.source, lost)])
     assert cli_p(pipeline, "--yes", "dlq", "replay", "--all", "--stage", "2") == EXIT_OK
     assert pipeline.redis_client.xlen(stage2 + ":dlq") == 0
