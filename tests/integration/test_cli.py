@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from producer.service import Producer
 from tests.support.pipeline import Pipeline
 from vecsync.cli.context import EXIT_DRIFT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Context
 from vecsync.cli.main import main
@@ -283,6 +286,62 @@ class TestResyncAndRebuild:
         assert cli(pipeline, "--yes", "resync") == EXIT_OK
         pipeline.drain()
         assert pipeline.points()["d0"]["subject"] == "newest"
+
+    @pytest.mark.parametrize(
+        "command", [["resync", "--batch-size", "2"], ["rebuild", "--from-mongo", "--batch-size", "2"]]
+    )
+    def test_a_change_published_after_the_scan_read_its_document_is_not_overwritten(
+        self, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, command: list[str]
+    ) -> None:
+        """Round after round, the scan reads a chunk; then every document changes and the producer publishes that
+        before the resync looks at the producer's position. What the scan read is older than what the producer
+        published, and must never be published after it."""
+        seed(pipeline, 5)
+        import vecsync.cli.maintenance as maintenance
+
+        real = maintenance.publish_beside_producer
+        edits = itertools.count()
+
+        def producer_publishes_first(*args: Any, **kwargs: Any) -> Any:
+            pipeline.collection.update_many({}, {"$set": {"content": f"edit {next(edits)}"}})
+            pipeline.run_producer()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(maintenance, "publish_beside_producer", producer_publishes_first)
+        for _round in range(3):
+            assert cli(pipeline, "--yes", *command) == EXIT_OK
+        monkeypatch.setattr(maintenance, "publish_beside_producer", real)
+        pipeline.drain()
+        pipeline.assert_matches_mongo()
+
+    @pytest.mark.parametrize("command", [["resync", "--batch-size", "1"], ["rebuild", "--from-mongo"]])
+    def test_a_resync_beside_a_producer_publishing_updates_leaves_no_point_stale(
+        self, pipeline: Pipeline, command: list[str]
+    ) -> None:
+        """The same race left to chance: a running producer publishes a stream of updates while resyncs run."""
+        documents = 4
+        seed(pipeline, documents)
+        stopping = threading.Event()
+        producer = Producer(pipeline.producer_settings(), pipeline.redis_client, pipeline.collection, stopping)
+
+        def update() -> None:
+            for n in itertools.count():
+                if stopping.is_set():
+                    return
+                pipeline.collection.update_one({"_id": f"d{n % documents}"}, {"$set": {"content": f"edit {n}"}})
+
+        threads = [threading.Thread(target=producer.run), threading.Thread(target=update)]
+        for thread in threads:
+            thread.start()
+        try:
+            for _round in range(20):
+                assert cli(pipeline, "--yes", *command) == EXIT_OK
+        finally:
+            stopping.set()
+            for thread in threads:
+                thread.join()
+        pipeline.drain()
+        pipeline.assert_matches_mongo()
 
     def test_rebuild_from_stage2_reapplies_without_reembedding(self, pipeline: Pipeline) -> None:
         seed(pipeline, 4)

@@ -243,7 +243,9 @@ def publish_beside_producer(
     position with one partition, that partition's high-water mark with several)
     is read before the read and WATCHed up to the write: if the producer
     published to the partition meanwhile, the documents are read again for it.
-    A producer batch published afterwards is newer.
+    A producer batch published afterwards is newer. So ``read_changes`` must read
+    MongoDB when it is called, never hand back documents read before: those may
+    be older than what the producer published before the position was read.
 
     ``also`` queues further commands (progress markers, deletes): in the same
     transaction on one Redis with one partition, else once every partition is

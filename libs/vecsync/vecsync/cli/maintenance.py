@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,7 +28,6 @@ from vecsync.retention import trim_bound, trim_to
 from vecsync.source import (
     changes_for_ids,
     chunks_after,
-    document_change,
     ejson_id,
     id_candidates,
     mongo_id_of,
@@ -41,6 +39,7 @@ from vecsync.streams import ensure_group, stream_stats
 
 # Verify reports this many example ids per kind of difference.
 EXAMPLES = 20
+ID_ONLY = {"_id": 1}
 
 
 def _projection(ctx: Context) -> dict[str, int]:
@@ -95,7 +94,8 @@ def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_s
 
         # Like the producer's snapshot, a resync of a big collection must not publish faster than the stages work.
         flow = FlowControl(ctx.redis, ctx.settings, ctx.settings, threading.Event(), on_wait=waiting)
-        chunks = chunks_after(ctx.collection, last_id, size=batch_size, projection=_projection(ctx), query=query)
+        # The scan names the documents; _publish_chunk reads each one's state (see there), so it reads only _ids.
+        chunks = chunks_after(ctx.collection, last_id, size=batch_size, projection=ID_ONLY, query=query)
         try:
             while True:
                 flow.wait_for_room()
@@ -115,16 +115,17 @@ def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_s
 def _publish_chunk(
     ctx: Context, key: str, filter_text: str | None, chunk: list[dict[str, Any]], published: int
 ) -> None:
-    """Publish a chunk of the scan and save the resync's position in the same transaction."""
-    source, read_again = ctx.settings.source, False
+    """Publish the current state of a chunk of the scan and save the resync's position in the same transaction.
+
+    The scan only names the documents: each is read again inside publish_beside_producer, after the producer's
+    position is read. What the cursor fetched before that could be older than a state the producer published in
+    between, and published after it, that older state would stay in Qdrant until the document changed again.
+    """
+    source = ctx.settings.source
+    mongo_ids = [mongo_id_of(document["_id"]) for document in chunk]
 
     def read() -> list[DocumentChange]:
-        nonlocal read_again
-        if read_again:  # the producer published meanwhile: what the scan read may be older than that now
-            mongo_ids = [mongo_id_of(document["_id"]) for document in chunk]
-            return changes_for_ids(ctx.collection, source, mongo_ids, projection=_projection(ctx))
-        read_again, now = True, time.time()
-        return [document_change(source, document["_id"], document, now) for document in chunk]
+        return changes_for_ids(ctx.collection, source, mongo_ids, projection=_projection(ctx))
 
     def save_progress(pipe: redis.client.Pipeline) -> None:
         mark = {"last_id": ejson_id(chunk[-1]["_id"]), "filter": filter_text or "", "published": published + len(chunk)}
