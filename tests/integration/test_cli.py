@@ -256,7 +256,7 @@ class TestResyncAndRebuild:
         before = pipeline.redis_client.xlen("raw_document_changes")
         import vecsync.cli.maintenance as maintenance
 
-        real = maintenance.publish_beside_producer
+        real = maintenance.publish_current_states
         calls = []
 
         def interrupted(*args: Any, **kwargs: Any) -> Any:
@@ -265,9 +265,9 @@ class TestResyncAndRebuild:
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(maintenance, "publish_beside_producer", interrupted)
+        monkeypatch.setattr(maintenance, "publish_current_states", interrupted)
         assert cli(pipeline, "--yes", "resync", "--batch-size", "2") == EXIT_INTERRUPTED
-        monkeypatch.setattr(maintenance, "publish_beside_producer", real)
+        monkeypatch.setattr(maintenance, "publish_current_states", real)
         assert cli(pipeline, "--yes", "resync", "--batch-size", "2") == EXIT_OK
         entries = pipeline.redis_client.xrange("raw_document_changes")[before:]
         assert [fields["mongo_id"] for _id, fields in entries] == ["d0", "d1", "d2", "d3", "d4"]
@@ -299,7 +299,7 @@ class TestResyncAndRebuild:
         seed(pipeline, 5)
         import vecsync.cli.maintenance as maintenance
 
-        real = maintenance.publish_beside_producer
+        real = maintenance.publish_current_states
         edits = itertools.count()
 
         def producer_publishes_first(*args: Any, **kwargs: Any) -> Any:
@@ -307,10 +307,10 @@ class TestResyncAndRebuild:
             pipeline.run_producer()
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(maintenance, "publish_beside_producer", producer_publishes_first)
+        monkeypatch.setattr(maintenance, "publish_current_states", producer_publishes_first)
         for _round in range(3):
             assert cli(pipeline, "--yes", *command) == EXIT_OK
-        monkeypatch.setattr(maintenance, "publish_beside_producer", real)
+        monkeypatch.setattr(maintenance, "publish_current_states", real)
         pipeline.drain()
         pipeline.assert_matches_mongo()
 

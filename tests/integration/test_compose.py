@@ -176,6 +176,7 @@ def test_data_plane_shares_one_pinned_address_on_standard_ports(base: dict[str, 
     assert env["QDRANT_URL"] == "http://172.30.0.57:6333"
     assert "@172.30.0.57:6379/0" in env["REDIS_URL"]
     mongo_uri = services["producer"]["environment"]["MONGO_URI"]
+    assert env["MONGO_URI"] == mongo_uri, "the upserter reads the producer's collection, as the producer does"
     assert "@172.30.0.57:27017/" in mongo_uri
     assert "replicaSet=rs0" in mongo_uri and "authSource=admin" in mongo_uri
     assert services["mongo-init"]["environment"]["MONGO_REPLICA_HOST"] == "172.30.0.57:27017"
@@ -378,6 +379,7 @@ def test_the_smoke_override_changes_only_what_no_registry_provides(compose: Comp
     assert "QDRANT_URL" not in upserter["environment"], "the upserter holds its embedded store"
     assert set(upserter["depends_on"]) == {"redis"}
     assert "directConnection=true" in services["producer"]["environment"]["MONGO_URI"]
+    assert upserter["environment"]["MONGO_URI"] == services["producer"]["environment"]["MONGO_URI"]
     for name in VECSYNC_SERVICES:
         mine, shipped = services[name], base["services"][name]
         for key in ("healthcheck", "user", "read_only", "init", "image", "networks", "stop_grace_period"):

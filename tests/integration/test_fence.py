@@ -23,6 +23,7 @@ from tests.support.stores import KINDS, make_store
 from vecsync.constants import APPLIED_TEXT_KEY, STAGE2_GROUP, STAGE2_STREAM, tombstones_key
 from vecsync.documents import point_id, text_fingerprint, text_sha256
 from vecsync.messages import EmbeddedDocument
+from vecsync.retention import trim
 from vecsync.vectorstore import VectorStore
 
 SOURCE = "app.documents"
@@ -121,6 +122,25 @@ class TestRebuildByHand:
         pipeline.collection.update_one({"_id": "d0"}, {"$set": {"owner": "Cy"}})
         pipeline.drain()
         assert pipeline.points()["d0"]["owner"] == "Cy"
+
+    def test_a_change_trimmed_from_stage1_is_embedded_again_from_mongodb(self, pipeline: Pipeline) -> None:
+        """The payload-only entry needs a vector, and retention already trimmed its stage 1 entry: the upserter
+        reads the document from MongoDB instead, as `vecsync dlq replay` does, rather than dead-lettering it."""
+        history(pipeline)
+        pipeline.store.recreate()
+        pipeline.collection.update_one({"_id": "d0"}, {"$set": {"owner": "Cy"}})
+        pipeline.run_producer()
+        pipeline.collection.update_one({"_id": "d7"}, {"$set": {"subject": "ticket 7, edited"}})
+        pipeline.run_producer()
+        pipeline.embedder_consumer().run(drain=True)  # the hint says d0's text is unchanged: payload-only
+        stage1 = pipeline.stage1_groups()[0][0]
+        assert trim(pipeline.redis_client, stage1, keep_count=1, keep_age_s=0) > 0
+        assert [fields["mongo_id"] for _id, fields in pipeline.redis_client.xrange(stage1)] == ["d7"]
+        pipeline.drain()
+        assert pipeline.redis_client.xlen(stage1 + ":dlq") == 0
+        points = pipeline.points()  # the others' points went with the collection; only d0 and d7 changed since
+        assert sorted(points) == ["d0", "d7"]
+        assert points["d0"]["owner"] == "Cy" and points["d0"]["text"] == "ticket 0"
 
 
 class TestTombstones:

@@ -66,7 +66,12 @@ class Pipeline:
 
     def upserter_settings(self, **extra: Any) -> UpserterSettings:
         return UpserterSettings(
-            consumer_name="upserter-1", qdrant_path=self.data_dir / "unused", **{**self._common(), **extra}
+            consumer_name="upserter-1",
+            qdrant_path=self.data_dir / "unused",
+            mongo_uri=self.mongo_uri,
+            mongo_database=self.collection.database.name,
+            mongo_collection=self.collection.name,
+            **{**self._common(), **extra},
         )
 
     def run_producer(self) -> None:
@@ -92,7 +97,7 @@ class Pipeline:
             stage="upserter",
             stream=settings.partitions.name(settings.stage2_stream, partition),
             group=settings.stage2_group,
-            handler=Upserter(settings, self.redis_client, self.store).handle,
+            handler=Upserter(settings, self.redis_client, self.store, self.collection).handle,
             settings=settings,
             partition=partition,
         )

@@ -1,8 +1,9 @@
 """The MongoDB side: document ids, BSON to plain JSON, and publishing current document states to stage 1.
 
-Used by the producer and by the operator CLI's resync, verify --repair and
-dead-letter replay, so that every writer of stage 1 follows one rule: an entry
-holds the document as re-read after the change, never an older copy.
+Used by the producer, by the operator CLI's resync, verify --repair and
+dead-letter replay, and by the upserter, so that every writer of stage 1
+follows one rule: an entry holds the document as re-read after the change,
+never an older copy.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 from bson import ObjectId, json_util
 from bson.binary import Binary
+from bson.codec_options import DatetimeConversion
 from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS
-from pymongo import ReadPreference
+from pymongo import MongoClient, ReadPreference
 from pymongo.collection import Collection
 from pymongo.errors import CursorNotFound
 from pymongo.read_concern import ReadConcern
@@ -29,7 +31,7 @@ from pymongo.read_concern import ReadConcern
 from vecsync.documents import point_id
 from vecsync.messages import DocumentChange
 from vecsync.partitions import ProducerKeys
-from vecsync.settings import CommonSettings
+from vecsync.settings import CommonSettings, MongoSettings
 
 
 def mongo_id_of(value: Any) -> str:
@@ -291,6 +293,46 @@ def publish_beside_producer(
         pipe = client.pipeline(transaction=False)
         also(pipe)
         pipe.execute()
+
+
+def publish_current_states(
+    client: redis.Redis,
+    settings: CommonSettings,
+    collection: Collection[dict[str, Any]],
+    source: str,
+    mongo_ids: list[str],
+    *,
+    projection: dict[str, int] | None,
+    force_embed: bool = False,
+    also: Callable[[redis.client.Pipeline], None] | None = None,
+) -> None:
+    """Read the documents named by ``mongo_ids`` from MongoDB and publish their current states to stage 1 beside the
+    running producer: an upsert each, or a delete for one that is gone.
+
+    The one way every recovery puts a document back into the pipeline (`vecsync resync`, `verify --repair`,
+    `dlq replay`, and the upserter when a change it must embed again was trimmed from stage 1): the read happens
+    inside publish_beside_producer, after the producer's position is read, so it is never older than a state the
+    producer published. With ``force_embed`` the entries are embedded even where their text looks unchanged.
+    ``also`` is as for publish_beside_producer.
+    """
+
+    def read() -> list[DocumentChange]:
+        changes = changes_for_ids(collection, source, mongo_ids, projection=projection)
+        return [replace(change, force_embed=True) for change in changes] if force_embed else changes
+
+    publish_beside_producer(client, settings, source, read, also=also)
+
+
+def open_collection(settings: MongoSettings, appname: str) -> Collection[dict[str, Any]]:
+    """The collection MONGO_URI, MONGO_DATABASE and MONGO_COLLECTION name, connected on first use."""
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        settings.mongo_uri,
+        # Dates outside Python's range and invalid UTF-8 must not make a document unreadable.
+        datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+        unicode_decode_error_handler="replace",
+        appname=appname,
+    )
+    return client[settings.mongo_database][settings.mongo_collection]
 
 
 def _guarded(client: redis.Redis | redis.client.Pipeline, guards: list[tuple[str, str | None]]) -> list[str | None]:

@@ -2,11 +2,6 @@
 
 import logging
 import threading
-from typing import Any
-
-from bson.codec_options import DatetimeConversion
-from pymongo import MongoClient
-from pymongo.collection import Collection
 
 from producer.service import Producer
 from producer.settings import ProducerSettings
@@ -14,20 +9,10 @@ from vecsync import settings as settings_module
 from vecsync.consumer import Backoff
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
+from vecsync.source import open_collection
 from vecsync.streams import connect, redact_url
 
 log = logging.getLogger("vecsync.producer")
-
-
-def mongo_collection(settings: ProducerSettings) -> Collection[dict[str, Any]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        settings.mongo_uri,
-        # Dates outside Python's range and invalid UTF-8 must not make a document unreadable.
-        datetime_conversion=DatetimeConversion.DATETIME_AUTO,
-        unicode_decode_error_handler="replace",
-        appname="vecsync-producer",
-    )
-    return client[settings.mongo_database][settings.mongo_collection]
 
 
 def main() -> None:
@@ -53,7 +38,7 @@ def main() -> None:
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
         register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])
-        producers.append(Producer(settings, client, mongo_collection(settings), stopping))
+        producers.append(Producer(settings, client, open_collection(settings, "vecsync-producer"), stopping))
         producers[0].run()
     finally:
         server.close()

@@ -12,7 +12,9 @@ redelivery that is either re-applied (a no-op) or skipped (superseded).
 
 A payload-only entry (its text was unchanged) is applied only if its point
 still holds that text, embedded by the same model; otherwise its change goes
-back to stage 1 to be embedded, keeping its version. See docs/design.md.
+back to stage 1 to be embedded, keeping its version, or, once retention has
+trimmed that change, its document is read from MongoDB again and published
+to stage 1 as `vecsync dlq replay` does. See docs/design.md.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ from typing import Any
 
 import redis
 from prometheus_client import Counter, Gauge
+from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
 
 from upserter.fence import Tombstones
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
 from vecsync.constants import APPLIED_TEXT_KEY, dlq_stream, tombstones_key
 from vecsync.consumer import Batch
-from vecsync.documents import point_id, text_fingerprint
-from vecsync.errors import InvalidEntry
+from vecsync.documents import point_id, source_projection, text_fingerprint
+from vecsync.errors import InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
+from vecsync.source import open_collection, publish_current_states
 from vecsync.streams import dead_letter_fields
 from vecsync.vectorstore import CollectionMissing, Point, VectorStore, version_of
 
@@ -45,6 +50,10 @@ EMBEDDED_AGAIN = Counter(
     "vecsync_upserter_embedded_again_total",
     "Payload-only changes sent back to stage 1 for a vector, because their point no longer held their text "
     "embedded by their model.",
+)
+REREAD_FROM_MONGO = Counter(
+    "vecsync_upserter_reread_from_mongo_total",
+    "Changes to embed again whose stage 1 entry was trimmed already: their documents were read from MongoDB instead.",
 )
 SUPERSEDED = Counter(
     "vecsync_upserter_superseded_total", "Entries skipped because a newer change of their document was already applied."
@@ -77,7 +86,13 @@ class _Plan:
 
 
 class Upserter:
-    def __init__(self, settings: UpserterSettings, client: redis.Redis, store: VectorStore) -> None:
+    def __init__(
+        self,
+        settings: UpserterSettings,
+        client: redis.Redis,
+        store: VectorStore,
+        mongo: Collection[dict[str, Any]] | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.store = store
@@ -98,6 +113,15 @@ class Upserter:
             for partition in self.partitions.indexes()
         ]
         self.models = ModelCheck(store)
+        self.projection = source_projection(settings.text_fields, settings.payload_fields)
+        self._mongo = mongo
+
+    @property
+    def mongo(self) -> Collection[dict[str, Any]]:
+        """The collection read when a change to embed again was trimmed from stage 1; connected on first use."""
+        if self._mongo is None:
+            self._mongo = open_collection(self.settings, "vecsync-upserter")
+        return self._mongo
 
     def handle(self, batch: Batch) -> None:
         newest = self._newest_per_point(batch)
@@ -219,18 +243,50 @@ class Upserter:
             again = replace(change, version=doc.version, force_embed=True)
             batch.tx.xadd(stage1, again.to_fields())
             return
-        # Trimmed already: the change can only be recovered from MongoDB, which `vecsync dlq replay` reads.
+        if doc.source == self.settings.source:
+            self._embed_current_state(doc)
+            return
+        # A document of another collection than MONGO_DATABASE.MONGO_COLLECTION: `vecsync dlq replay`, run with
+        # that collection's settings, reads it.
         letter = dead_letter_fields(
             stream=stage1,
             group=self.settings.stage2_group,
             entry_id=doc.version,
             fields={"source": doc.source, "mongo_id": doc.mongo_id},
-            error="the text was unchanged but the point no longer holds it embedded by the same model, and the "
-            f"change was trimmed from {stage1}: replay this letter to embed the document again",
+            error="the text was unchanged but the point no longer holds it embedded by the same model, the "
+            f"change was trimmed from {stage1}, and its document is in {doc.source}, not in {self.settings.source} "
+            "(MONGO_DATABASE.MONGO_COLLECTION), which this upserter reads: replay this letter with the CLI's "
+            "MONGO_DATABASE and MONGO_COLLECTION set to its collection to embed the document again",
             deliveries=1,
             consumer=self.settings.consumer_name,
         )
         batch.tx.xadd(dlq_stream(stage1), letter)
+
+    def _embed_current_state(self, doc: EmbeddedDocument) -> None:
+        """Publish the document's current state, read from MongoDB, to be embedded: the change itself was trimmed.
+
+        The same re-read as `vecsync dlq replay` (source.publish_current_states): its new stage 1 entry comes after
+        every change the producer published before it and holds a state no older than theirs, so it takes the
+        trimmed change's place. It is written before the batch is acknowledged; a crash in between publishes it
+        again, which the stages absorb.
+        """
+        try:
+            publish_current_states(
+                self.client,
+                self.settings,
+                self.mongo,
+                doc.source,
+                [doc.mongo_id],
+                projection=self.projection,
+                force_embed=True,
+            )
+        except PyMongoError as exc:
+            raise TransientError(
+                f"could not read document {doc.mongo_id} of {doc.source} from MongoDB to embed it again ({exc}); "
+                "its change was trimmed from stage 1, so MongoDB is the only source of its text. Check MONGO_URI"
+            ) from exc
+        REREAD_FROM_MONGO.inc()
+        log.info("Document %s of %s was read from MongoDB to be embedded again", doc.mongo_id, doc.source)
 
 
 def _plan(

@@ -1,10 +1,11 @@
 from pydantic import Field, model_validator
 
-from vecsync.settings import ConsumerSettings, QdrantSettings, TextSettings
+from vecsync.settings import ConsumerSettings, MongoSettings, QdrantSettings, TextSettings
 
 
 # TextSettings for PAYLOAD_FIELDS: the collection gets a keyword index on each, so that filtered searches stay fast.
-class UpserterSettings(ConsumerSettings, QdrantSettings, TextSettings):
+# MongoSettings and TEXT_FIELDS: a change to embed again whose stage 1 entry was trimmed is read from MongoDB again.
+class UpserterSettings(ConsumerSettings, QdrantSettings, TextSettings, MongoSettings):
     metrics_port: int = Field(default=9102, ge=0, le=65535)
     # Embedded store only: how often its writes are flushed to disk. Each write survives a crash of the process
     # at once; a power loss or an operating system crash can take the writes of this interval. 0 flushes every

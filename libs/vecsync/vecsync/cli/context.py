@@ -9,15 +9,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import pymongo
 import redis
-from bson.codec_options import DatetimeConversion
 from pymongo.collection import Collection
 from tqdm import tqdm
 
 from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import Store, open_store
 from vecsync.errors import VecsyncError
+from vecsync.source import open_collection
 from vecsync.streams import connect
 
 EXIT_OK = 0
@@ -51,13 +50,7 @@ class Context:
     @property
     def collection(self) -> Collection[dict[str, Any]]:
         if self._collection is None:
-            client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-                self.settings.mongo_uri,
-                datetime_conversion=DatetimeConversion.DATETIME_AUTO,
-                unicode_decode_error_handler="replace",
-                appname="vecsync-cli",
-            )
-            self._collection = client[self.settings.mongo_database][self.settings.mongo_collection]
+            self._collection = open_collection(self.settings, "vecsync-cli")
         return self._collection
 
     @property

@@ -15,7 +15,7 @@ from vecsync.constants import dlq_stream
 from vecsync.documents import source_projection
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.partitions import base_name
-from vecsync.source import changes_for_ids, publish_beside_producer
+from vecsync.source import publish_current_states
 
 
 @dataclass
@@ -160,14 +160,9 @@ def _replay(ctx: Context, letter: DeadLetter) -> None:
     if mongo_id is not None:
         # Re-read: the letter's copy (and a stage 2 letter's version) may be older than the document's current
         # state, and a rebuild may have emptied the collection that would have fenced it.
-        source = ctx.settings.source
         projection = source_projection(ctx.settings.text_fields, ctx.settings.payload_fields)
-        publish_beside_producer(
-            ctx.redis,
-            ctx.settings,
-            source,
-            lambda: changes_for_ids(ctx.collection, source, [mongo_id], projection=projection),
-            also=remove,
+        publish_current_states(
+            ctx.redis, ctx.settings, ctx.collection, ctx.settings.source, [mongo_id], projection=projection, also=remove
         )
         return
     # A stage 1 letter naming no document of this collection: put it back as it was, for its consumer to judge.

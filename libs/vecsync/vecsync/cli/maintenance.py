@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -23,15 +23,13 @@ from vecsync.constants import (
 from vecsync.documents import build_text, lookup, point_id, source_projection, text_sha256
 from vecsync.errors import ConfigurationError
 from vecsync.flow import FlowControl
-from vecsync.messages import DocumentChange
 from vecsync.retention import trim_bound, trim_to
 from vecsync.source import (
-    changes_for_ids,
     chunks_after,
     ejson_id,
     id_candidates,
     mongo_id_of,
-    publish_beside_producer,
+    publish_current_states,
     read_current,
     to_plain,
 )
@@ -117,21 +115,20 @@ def _publish_chunk(
 ) -> None:
     """Publish the current state of a chunk of the scan and save the resync's position in the same transaction.
 
-    The scan only names the documents: each is read again inside publish_beside_producer, after the producer's
+    The scan only names the documents: each is read again inside publish_current_states, after the producer's
     position is read. What the cursor fetched before that could be older than a state the producer published in
     between, and published after it, that older state would stay in Qdrant until the document changed again.
     """
     source = ctx.settings.source
     mongo_ids = [mongo_id_of(document["_id"]) for document in chunk]
 
-    def read() -> list[DocumentChange]:
-        return changes_for_ids(ctx.collection, source, mongo_ids, projection=_projection(ctx))
-
     def save_progress(pipe: redis.client.Pipeline) -> None:
         mark = {"last_id": ejson_id(chunk[-1]["_id"]), "filter": filter_text or "", "published": published + len(chunk)}
         pipe.hset(key, mapping=mark)
 
-    publish_beside_producer(ctx.redis, ctx.settings, source, read, also=save_progress)
+    publish_current_states(
+        ctx.redis, ctx.settings, ctx.collection, source, mongo_ids, projection=_projection(ctx), also=save_progress
+    )
 
 
 # Verify ---------------------------------------------------------------------
@@ -302,14 +299,16 @@ def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, 
         return
     to_repair = sorted({mongo_id for mongo_ids in differences.values() for mongo_id in mongo_ids})
     if to_repair:
-        source = ctx.settings.source
-
-        def current_states() -> list[DocumentChange]:
-            # Embedded again even where the text looks unchanged: the point's vector is not to be trusted either.
-            changes = changes_for_ids(ctx.collection, source, to_repair, projection=_projection(ctx))
-            return [replace(change, force_embed=True) for change in changes]
-
-        publish_beside_producer(ctx.redis, ctx.settings, source, current_states)
+        # Embedded again even where the text looks unchanged: the point's vector is not to be trusted either.
+        publish_current_states(
+            ctx.redis,
+            ctx.settings,
+            ctx.collection,
+            ctx.settings.source,
+            to_repair,
+            projection=_projection(ctx),
+            force_embed=True,
+        )
         state.repaired += len(to_repair)
 
 
