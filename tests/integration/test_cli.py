@@ -33,8 +33,7 @@ def cli(pipeline: Pipeline, *argv: str, **overrides: Any) -> int:
         mongo_uri=pipeline.mongo_uri,
         mongo_database=pipeline.collection.database.name,
         mongo_collection=pipeline.collection.name,
-        embedding_url=pipeline.embedding_url,
-        **overrides,
+        **{"embedding_url": pipeline.embedding_url, **overrides},
     )
     ctx = Context(settings, interactive=False, _redis=pipeline.redis_client, _collection=pipeline.collection)
     ctx._store = pipeline.store

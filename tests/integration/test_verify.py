@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import requests
 
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import cli, seed
 from tests.support.pipeline import Pipeline
-from tests.support.servers import Server
-from vecsync.cli.context import EXIT_DRIFT, EXIT_OK
+from tests.support.servers import Server, free_port, start_embedding_api
+from vecsync.cli.context import EXIT_DRIFT, EXIT_FAILED, EXIT_OK
+from vecsync.constants import VERIFY_PROGRESS_PREFIX
 from vecsync.documents import point_id
 from vecsync.vectorstore import Point
 
@@ -77,3 +80,38 @@ def test_switching_from_the_hash_backend_to_the_model_is_found_and_repaired(
     capsys.readouterr()
     assert cli(pipeline, "verify") == EXIT_OK
     assert "0 missing, 0 extra, 0 stale" in capsys.readouterr().out
+
+
+class TestVerifyWaitsForTheModel:
+    """verify checks each point's model against the one the embedding-api runs, so it must learn that model first."""
+
+    def test_verify_waits_for_an_embedding_api_that_is_loading_its_model(
+        self, pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        seed(pipeline, 3)  # embedded by the hash backend: every point is of another model than the real one
+        api = start_embedding_api(tmp_path / "api", "torch", wait_ready=False)
+        try:
+            url = f"http://127.0.0.1:{api.port}"
+            # Right after its port opens it is still importing torch and loading the model, for seconds.
+            assert cli(pipeline, "verify", "--ready-timeout", "0.5", embedding_url=url) == EXIT_FAILED
+            err = capsys.readouterr().err
+            assert "still loading its model" in err and "--ready-timeout" in err and "--skip-model-check" in err
+            assert not pipeline.redis_client.get(VERIFY_PROGRESS_PREFIX + pipeline.source), "nothing to resume"
+            assert cli(pipeline, "verify", embedding_url=url) == EXIT_DRIFT
+            out = capsys.readouterr().out
+            assert "0 missing, 0 extra, 3 stale" in out
+            assert "made by another model than all-MiniLM-L6-v2 (hash-384)" in out
+        finally:
+            api.stop()
+
+    def test_verify_fails_when_it_cannot_reach_the_embedding_api(
+        self, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        seed(pipeline, 2)
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        assert cli(pipeline, "verify", "--ready-timeout", "0.2", embedding_url=nowhere) == EXIT_FAILED
+        err = capsys.readouterr().err
+        assert f"The embedding-api at {nowhere} could not be reached" in err and "EMBEDDING_URL" in err
+        assert cli(pipeline, "verify", "--skip-model-check", embedding_url=nowhere) == EXIT_OK
+        out = capsys.readouterr().out
+        assert "not checked for vectors of another model" in out and "0 missing, 0 extra, 0 stale" in out

@@ -223,9 +223,16 @@ def start_mongo(workdir: Path) -> Server:
 
 
 def start_embedding_api(
-    workdir: Path, backend: str, port: int | None = None, *, ready_timeout: float = 30.0, **settings: str
+    workdir: Path,
+    backend: str,
+    port: int | None = None,
+    *,
+    ready_timeout: float = 30.0,
+    wait_ready: bool = True,
+    **settings: str,
 ) -> Server:
-    """The embedding-api on the CPU, once /readyz answers; ``settings`` are further environment variables."""
+    """The embedding-api on the CPU, once /readyz answers (or, without ``wait_ready``, once its port is open, while
+    it may still load its model); ``settings`` are further environment variables."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "EMBEDDING_BACKEND": backend, "PORT": str(port), "HOST": "127.0.0.1", "DEVICE": "cpu"}
@@ -233,6 +240,8 @@ def start_embedding_api(
         [str(BIN / "vecsync-embedding-api")], port, log=workdir / f"embedding-{backend}.log", env=env | settings
     )
     server.start(timeout=120)
+    if not wait_ready:
+        return server
     wait_for(
         lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).ok,
         timeout=ready_timeout,

@@ -29,5 +29,10 @@ class InvalidEntry(PermanentError):
     """Raised when a stream entry is missing fields, has garbled fields or an unknown schema version."""
 
 
+class CheckNotRun(VecsyncError):
+    """Raised when a command cannot run one of its checks (the embedding-api never told its model): it fails, rather
+    than report that nothing was found."""
+
+
 class HistoryLost(VecsyncError):
     """Raised when the change stream can no longer resume from the stored token."""

@@ -126,7 +126,28 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", parents=[batch], help="compare MongoDB with Qdrant")
     verify.add_argument("--repair", action="store_true", help="re-enqueue exactly the documents that differ")
     verify.add_argument("--restart", action="store_true", help="discard the progress of an interrupted verify")
-    verify.set_defaults(command=lambda ctx, a: maintenance.verify_command(ctx, a.repair, a.restart, a.batch_size))
+    verify.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for the embedding-api to load its model (default 120)",
+    )
+    verify.add_argument(
+        "--skip-model-check",
+        action="store_true",
+        help="do not check points for vectors of another model (when the embedding-api cannot tell its model)",
+    )
+    verify.set_defaults(
+        command=lambda ctx, a: maintenance.verify_command(
+            ctx,
+            a.repair,
+            a.restart,
+            a.batch_size,
+            ready_timeout_s=a.ready_timeout,
+            skip_model_check=a.skip_model_check,
+        )
+    )
 
     rebuild = commands.add_parser("rebuild", parents=[batch], help="recreate the Qdrant collection from the streams")
     rebuild.add_argument("--from-mongo", action="store_true", help="re-embed everything from MongoDB instead")

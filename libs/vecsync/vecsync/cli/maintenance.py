@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import redis
 from bson import json_util
 
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, count, progress
-from vecsync.cli.store import embedding_model
+from vecsync.cli.store import wait_for_model
 from vecsync.constants import (
     APPLIED_TEXT_KEY,
     APPLIED_VERSIONS_KEY,
@@ -161,7 +162,21 @@ class VerifyState:
         return self.found["missing"] + self.found["stale"] + self.found["extra"]
 
 
-def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -> int:
+def verify_command(
+    ctx: Context,
+    repair: bool,
+    restart: bool,
+    batch_size: int,
+    *,
+    ready_timeout_s: float = 120.0,
+    skip_model_check: bool = False,
+) -> int:
+    """Compare MongoDB with Qdrant, and with ``repair`` re-enqueue what differs.
+
+    Each point's model is checked against the one the embedding-api runs, which is waited for up to
+    ``ready_timeout_s`` (it may still be loading); a verify that cannot learn it fails (CheckNotRun) instead of
+    reporting no difference, unless ``skip_model_check``.
+    """
     source = ctx.settings.source
     key = VERIFY_PROGRESS_PREFIX + source
     if restart:
@@ -174,12 +189,11 @@ def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -
             "way to finish it, or pass --restart."
         )
     if not saved:
-        state.model = embedding_model(ctx.settings)
-        if state.model is None:
-            print(
-                f"Could not learn from the embedding-api at {ctx.settings.embedding_url} which one model it runs: "
-                "points are not checked for vectors of another model."
-            )
+        if skip_model_check:
+            print("--skip-model-check: points are not checked for vectors of another model.")
+        else:
+            # Before anything is saved: a verify that cannot learn the model fails and leaves nothing to resume.
+            state.model = wait_for_model(ctx.settings, ready_timeout_s, on_wait=_note)
     in_flight = _in_flight(ctx)
     action = "re-enqueue every document that differs" if repair else "report the differences"
     resumed = f" Resuming the {state.phase} phase of an interrupted run." if saved else ""
@@ -203,6 +217,10 @@ def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -
     if state.differences and not repair:
         return EXIT_DRIFT
     return EXIT_OK
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _in_flight(ctx: Context) -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import requests
 
 from vecsync.cli.settings import CliSettings
-from vecsync.errors import ConfigurationError, PermanentError, TransientError
+from vecsync.errors import CheckNotRun, ConfigurationError, PermanentError, TransientError
 from vecsync.vectorstore import Hit, StoreInUse, VectorStore, store_key_file
 
 
@@ -148,13 +150,76 @@ def embed_query(settings: CliSettings, text: str) -> list[float]:
     return list(response.json()["embedding"])
 
 
-def embedding_model(settings: CliSettings) -> str | None:
-    """The model the embedding-api runs now, or None when it cannot be asked or serves several (a hosted API)."""
-    url = settings.embedding_url.rstrip("/") + "/v1/models"
+# How often wait_for_model asks again while the embedding-api loads its model.
+READY_POLL_S = 1.0
+
+
+def wait_for_model(settings: CliSettings, timeout_s: float, on_wait: Callable[[str], None] | None = None) -> str:
+    """The model the embedding-api runs, once it is ready; CheckNotRun when that is not known within ``timeout_s``.
+
+    vecsync's embedding-api opens its port before it has loaded its model, and answers /readyz with 503 meanwhile;
+    an OpenAI-compatible server without /readyz is asked GET /v1/models, which must name exactly one model.
+    ``on_wait`` is told once why the wait goes on.
+    """
+    base = settings.embedding_url.rstrip("/")
     headers = {"Authorization": f"Bearer {settings.embedding_api_key}"} if settings.embedding_api_key else {}
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        try:
+            response = requests.get(base + "/readyz", headers=headers, timeout=settings.http_timeout_s)
+            if response.status_code == 404:
+                return _only_model(settings, base, headers)
+            body = _json_object(response)
+            if response.status_code == 200 and isinstance(body.get("model"), str):
+                return str(body["model"])
+            if body.get("status") == "failed":
+                raise CheckNotRun(
+                    f"The embedding-api at {settings.embedding_url} could not load its model "
+                    f"({body.get('detail', 'no detail given')}), so points cannot be checked for vectors of another "
+                    "model. Fix the embedding-api (see its log) and run the command again."
+                )
+            waiting = (
+                f"is still loading its model (/readyz answered {response.status_code})",
+                "Wait until its /readyz answers 200",
+            )
+        except requests.RequestException as exc:
+            waiting = (f"could not be reached ({exc})", "Check EMBEDDING_URL and that the embedding-api runs")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CheckNotRun(
+                f"The embedding-api at {settings.embedding_url} {waiting[0]} after {timeout_s:g} s, so points cannot "
+                f"be checked for vectors of another model. {waiting[1]}, or give it longer with --ready-timeout; "
+                "--skip-model-check runs the command without that check."
+            )
+        if on_wait is not None and not told:
+            on_wait(f"The embedding-api at {settings.embedding_url} {waiting[0]}; waiting up to {timeout_s:g} s.")
+            told = True
+        time.sleep(min(READY_POLL_S, left))
+
+
+def _only_model(settings: CliSettings, base: str, headers: dict[str, str]) -> str:
     try:
-        response = requests.get(url, headers=headers, timeout=settings.http_timeout_s)
-        models = response.json()["data"] if response.status_code == 200 else []
-        return str(models[0]["id"]) if len(models) == 1 else None
-    except (requests.RequestException, ValueError, KeyError, TypeError, IndexError):
-        return None
+        response = requests.get(base + "/v1/models", headers=headers, timeout=settings.http_timeout_s)
+        models = _json_object(response).get("data") if response.status_code == 200 else None
+    except requests.RequestException as exc:
+        raise CheckNotRun(
+            f"Could not ask the embedding-api at {settings.embedding_url} which model it runs ({exc}). Check "
+            "EMBEDDING_URL, or run the command with --skip-model-check."
+        ) from None
+    names = [m.get("id") for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    if len(names) == 1 and isinstance(names[0], str):
+        return names[0]
+    raise CheckNotRun(
+        f"The embedding server at {settings.embedding_url} has no /readyz, and GET /v1/models named "
+        f"{len(names)} models (answered {response.status_code}), not one, so points cannot be checked for vectors "
+        "of another model. Run the command with --skip-model-check."
+    )
+
+
+def _json_object(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
