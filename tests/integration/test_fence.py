@@ -238,7 +238,7 @@ def two_upserters(pipeline: Pipeline, watched: str) -> tuple[StallingStore, Call
             stage="upserter",
             stream=STAGE2_STREAM,
             group=STAGE2_GROUP,
-            handler=Upserter(settings, pipeline.redis_client, stores[name]).handle,  # type: ignore[arg-type]
+            handler=Upserter(settings, pipeline.redis_client, stores[name], pipeline.collection).handle,  # type: ignore[arg-type]
             settings=settings,
         )
 

@@ -71,6 +71,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     from producer.service import Producer
     from upserter.service import Upserter
     from vecsync.consumer import StreamConsumer
+    from vecsync.retention import trim
     from vecsync.streams import connect
 
     users = acl_users()
@@ -86,7 +87,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         embedding = EmbeddingClient.from_settings(embedder_settings)
         upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001)
 
-        def run_stages(*, through_an_outage: bool = False) -> None:
+        def run_stages(*, through_an_outage: bool = False, trim_stage1: bool = False) -> None:
             Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)
             embedder = StreamConsumer(
                 clients["embedder"],
@@ -99,12 +100,14 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
             if through_an_outage:
                 hold_renew_and_hand_back_one_entry(embedder)
             embedder.run(drain=True)
+            if trim_stage1:  # retention, run as the embedder does it, removes all but the newest change
+                trim(clients["embedder"], "raw_document_changes", keep_count=1, keep_age_s=0)
             upserter = StreamConsumer(
                 clients["upserter"],
                 stage="upserter",
                 stream="embedded_documents",
                 group="qdrant_upserters",
-                handler=Upserter(upserter_settings, clients["upserter"], pipeline.store).handle,
+                handler=Upserter(upserter_settings, clients["upserter"], pipeline.store, pipeline.collection).handle,
                 settings=upserter_settings,
             )
             if through_an_outage:
@@ -120,6 +123,17 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         for stream in ("raw_document_changes", "embedded_documents"):
             assert redis_client.xlen(stream + ":dlq") == 0, f"a service lacked a permission on {stream}"
         assert redis_client.hlen("vecsync:upserter:tombstones:documents") == 1
+
+        # A payload-only change whose point is gone, its stage 1 entry trimmed: the upserter reads the document from
+        # MongoDB and publishes it beside the producer, which reads the producer's position.
+        pipeline.store.recreate()
+        pipeline.collection.update_one({"_id": "d0"}, {"$set": {"owner": "Cy"}})
+        pipeline.collection.update_one({"_id": "d1"}, {"$set": {"subject": "s 1, edited"}})
+        run_stages(trim_stage1=True)
+        run_stages()
+        assert pipeline.points()["d0"]["owner"] == "Cy"
+        for stream in ("raw_document_changes", "embedded_documents"):
+            assert redis_client.xlen(stream + ":dlq") == 0, f"a service lacked a permission on {stream}"
     finally:
         for name in users:
             redis_client.execute_command("ACL", "DELUSER", f"vecsync-{name}")

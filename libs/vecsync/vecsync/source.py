@@ -323,14 +323,16 @@ def publish_current_states(
     publish_beside_producer(client, settings, source, read, also=also)
 
 
-def open_collection(settings: MongoSettings, appname: str) -> Collection[dict[str, Any]]:
-    """The collection MONGO_URI, MONGO_DATABASE and MONGO_COLLECTION name, connected on first use."""
+def open_collection(settings: MongoSettings, appname: str, *, connect: bool = True) -> Collection[dict[str, Any]]:
+    """The collection MONGO_URI, MONGO_DATABASE and MONGO_COLLECTION name; without ``connect``, the client connects
+    on its first operation only. Close it with ``collection.database.client.close()``."""
     client: MongoClient[dict[str, Any]] = MongoClient(
         settings.mongo_uri,
         # Dates outside Python's range and invalid UTF-8 must not make a document unreadable.
         datetime_conversion=DatetimeConversion.DATETIME_AUTO,
         unicode_decode_error_handler="replace",
         appname=appname,
+        connect=connect,
     )
     return client[settings.mongo_database][settings.mongo_collection]
 

@@ -6,8 +6,10 @@
 import logging
 import sys
 import threading
+from typing import Any
 
 import redis
+from pymongo.collection import Collection
 
 from upserter.read_api import store_routes, write_store_key
 from upserter.service import Upserter
@@ -17,6 +19,7 @@ from vecsync.constants import APPLIED_VERSIONS_KEY
 from vecsync.consumer import Backoff, Handler
 from vecsync.errors import TransientError
 from vecsync.runtime import run_main, serve_consumer, setup_logging
+from vecsync.source import open_collection
 from vecsync.streams import redact_url
 from vecsync.vectorstore import VectorStore, store_key_file
 
@@ -32,13 +35,16 @@ def main() -> None:
         payload_indexes=settings.payload_fields,
         flush_interval_s=settings.qdrant_flush_interval_ms / 1000,
     )
+    # Connected only when first used: a change to embed again that was trimmed from stage 1 is read from MongoDB.
+    mongo = open_collection(settings, "vecsync-upserter", connect=False)
     try:
-        _serve(settings, store)
+        _serve(settings, store, mongo)
     finally:
         store.close()  # the embedded store writes everything to disk and releases its folder
+        mongo.database.client.close()
 
 
-def _serve(settings: UpserterSettings, store: VectorStore) -> None:
+def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dict[str, Any]]) -> None:
     embedded = settings.embedded_path(settings.data_dir)
     log.info(
         "Upserter %s: %s -> Qdrant collection %r at %s, Redis %s",
@@ -72,7 +78,7 @@ def _serve(settings: UpserterSettings, store: VectorStore) -> None:
                 APPLIED_VERSIONS_KEY,
                 APPLIED_VERSIONS_KEY,
             )
-        return Upserter(settings, client, store).handle
+        return Upserter(settings, client, store, mongo).handle
 
     serve_consumer(
         settings,

@@ -39,7 +39,7 @@ from vecsync.documents import point_id, source_projection, text_fingerprint
 from vecsync.errors import InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
-from vecsync.source import open_collection, publish_current_states
+from vecsync.source import publish_current_states
 from vecsync.streams import dead_letter_fields
 from vecsync.vectorstore import CollectionMissing, Point, VectorStore, version_of
 
@@ -91,7 +91,7 @@ class Upserter:
         settings: UpserterSettings,
         client: redis.Redis,
         store: VectorStore,
-        mongo: Collection[dict[str, Any]] | None = None,
+        mongo: Collection[dict[str, Any]],
     ) -> None:
         self.settings = settings
         self.client = client
@@ -114,14 +114,8 @@ class Upserter:
         ]
         self.models = ModelCheck(store)
         self.projection = source_projection(settings.text_fields, settings.payload_fields)
-        self._mongo = mongo
-
-    @property
-    def mongo(self) -> Collection[dict[str, Any]]:
-        """The collection read when a change to embed again was trimmed from stage 1; connected on first use."""
-        if self._mongo is None:
-            self._mongo = open_collection(self.settings, "vecsync-upserter")
-        return self._mongo
+        # Read only when a change to embed again was trimmed from stage 1 (see _embed_current_state).
+        self.mongo = mongo
 
     def handle(self, batch: Batch) -> None:
         newest = self._newest_per_point(batch)
