@@ -167,22 +167,27 @@ def wait_for_model(settings: CliSettings, timeout_s: float, on_wait: Callable[[s
     told = False
     while True:
         try:
-            response = requests.get(base + "/readyz", headers=headers, timeout=settings.http_timeout_s)
-            if response.status_code == 404:
-                return _only_model(settings, base, headers)
+            # No single request may outlast the wait by much.
+            timeout = min(settings.http_timeout_s, max(deadline - time.monotonic(), 1.0))
+            response = requests.get(base + "/readyz", headers=headers, timeout=timeout)
             body = _json_object(response)
             if response.status_code == 200 and isinstance(body.get("model"), str):
                 return str(body["model"])
+            if response.status_code in (200, 404):  # another server's /readyz, or none: it may list its model
+                return _only_model(settings, base, headers)
+            if response.status_code != 503:
+                raise CheckNotRun(
+                    f"The embedding-api at {settings.embedding_url} answered {response.status_code} to GET /readyz "
+                    f"({response.text[:200]!r}), so points cannot be checked for vectors of another model. Check "
+                    "EMBEDDING_URL (and EMBEDDING_API_KEY), or run the command with --skip-model-check."
+                )
             if body.get("status") == "failed":
                 raise CheckNotRun(
                     f"The embedding-api at {settings.embedding_url} could not load its model "
                     f"({body.get('detail', 'no detail given')}), so points cannot be checked for vectors of another "
                     "model. Fix the embedding-api (see its log) and run the command again."
                 )
-            waiting = (
-                f"is still loading its model (/readyz answered {response.status_code})",
-                "Wait until its /readyz answers 200",
-            )
+            waiting = ("is still loading its model (/readyz answered 503)", "Wait until its /readyz answers 200")
         except requests.RequestException as exc:
             waiting = (f"could not be reached ({exc})", "Check EMBEDDING_URL and that the embedding-api runs")
         left = deadline - time.monotonic()
@@ -211,7 +216,7 @@ def _only_model(settings: CliSettings, base: str, headers: dict[str, str]) -> st
     if len(names) == 1 and isinstance(names[0], str):
         return names[0]
     raise CheckNotRun(
-        f"The embedding server at {settings.embedding_url} has no /readyz, and GET /v1/models named "
+        f"The embedding server at {settings.embedding_url} names no model in a /readyz, and GET /v1/models named "
         f"{len(names)} models (answered {response.status_code}), not one, so points cannot be checked for vectors "
         "of another model. Run the command with --skip-model-check."
     )
