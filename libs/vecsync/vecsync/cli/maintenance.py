@@ -117,8 +117,8 @@ def _publish_chunk(
     """Publish the current state of a chunk of the scan and save the resync's position in the same transaction.
 
     The scan only names the documents: each is read again inside publish_current_states, after the producer's
-    position is read. What the cursor fetched before that could be older than a state the producer published in
-    between, and published after it, that older state would stay in Qdrant until the document changed again.
+    position is read. What the cursor fetched before that may be older than a state the producer published in
+    between; published after that state, it would stay in Qdrant until the document changed again.
     """
     source = ctx.settings.source
     mongo_ids = [mongo_id_of(document["_id"]) for document in chunk]
