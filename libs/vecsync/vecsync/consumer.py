@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import redis
@@ -369,11 +370,34 @@ class StreamConsumer:
         ids = [entry.id for entry in entries]
         self.leases.hold(ids)
         try:
-            unfinished = self._attempt(entries)
+            redelivered = len(entries) > 1 and any(entry.deliveries > 1 for entry in entries)
+            unfinished = self._attempt_redelivered(entries) if redelivered else self._attempt(entries)
             if unfinished:
                 self._hand_back(unfinished)
         finally:
             self.leases.drop(ids)
+
+    def _attempt_redelivered(self, entries: list[Entry]) -> list[Entry]:
+        """Handle a batch that holds redelivered entries one entry at a time, counting a delivery only when tried.
+
+        Entries come back after their consumer crashed or failed on them, all of its batch at once, and each of
+        them counted a delivery. One entry that kills its process (out of memory, a crash in a native library)
+        would then take every batch-mate to the dead-letter stream with it after MAX_DELIVERIES. Tried alone, in
+        turn, with the delivery of an entry not tried yet taken back until its turn, only the culprit's count rises
+        with each crash.
+        """
+        untried = [entry.id for entry in entries[1:]]
+        self._with_retry(partial(self.leases.recount, untried, -1))
+        for index, entry in enumerate(entries):
+            if index:
+                self._with_retry(partial(self.leases.recount, [entry.id], 1))
+            unfinished = entries[index:] if self.stopping.is_set() else self._attempt([entry])
+            if unfinished:
+                # Handing back takes one delivery off each entry: give the ones not tried theirs again first.
+                later = [entry.id for entry in entries[index + 1 :]]
+                self._with_retry(partial(self.leases.recount, later, 1))
+                return entries[index:]
+        return []
 
     def _attempt(self, entries: list[Entry]) -> list[Entry]:
         """Handle ``entries``, retrying transient failures; the entries left unfinished because of a stop request."""
