@@ -16,6 +16,10 @@ A stage supplies a batch handler; this loop does the rest:
 * retries transient failures (a dependency down, Redis full or read-only) with
   exponential backoff and jitter, forever: the backlog waits in the stream,
   nothing is dead-lettered;
+* pauses on a misconfiguration (a ConfigurationError from the handler: every
+  entry would fail alike), keeping its entries and trying them again with
+  backoff, and says so in its log, ``paused`` (/healthz) and a metric, until
+  the cause is gone;
 * isolates a failing batch entry by entry, dead-letters bad input at once, and
   leaves an entry that failed for an unknown reason pending for redelivery;
 * stops on request after the batch in hand, and in drain mode returns once
@@ -37,7 +41,7 @@ import redis
 
 from vecsync import metrics
 from vecsync.constants import dlq_stream
-from vecsync.errors import PermanentError, TransientError
+from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.flow import PAUSE_SHARE, RedisMemory, resume_share
 from vecsync.flow import POLL_S as FLOW_POLL_S
 from vecsync.leases import Leases
@@ -156,6 +160,9 @@ class StreamConsumer:
             claim_idle_ms=settings.claim_idle_ms,
             liveness=self.liveness,
         )
+        # Why the consumer is paused on a misconfiguration, or None while it is not (see _pause).
+        self.paused: str | None = None
+        metrics.CONSUMER_PAUSED.labels(**self._labels).set(0)
         self._reading_own_history = True
         self._last_claim = 0.0
         self._last_trim = time.monotonic()
@@ -407,9 +414,13 @@ class StreamConsumer:
             if not entries:
                 return []
             self.liveness.beat()
+            asked: float | None = None
             try:
                 self._handle_and_ack(entries)
+                self._resume()
                 return []
+            except ConfigurationError as exc:
+                self._pause(exc, len(entries))
             except RETRYABLE as exc:
                 self._count_refusal(exc)
                 metrics.MESSAGES_FAILED.labels(**self._labels, reason="transient").inc(len(entries))
@@ -418,8 +429,6 @@ class StreamConsumer:
                     "%s: %s; retrying %d entries (attempt %d)", self.stage, exc, len(entries), backoff.attempts + 1
                 )
                 asked = exc.retry_after_s if isinstance(exc, TransientError) else None
-                if not backoff.wait(self.stopping, asked or 0.0):
-                    return entries
             except Exception as exc:  # noqa: BLE001 - any other failure is isolated, never fatal
                 if len(entries) == 1:
                     self._single_entry_failed(entries[0], exc)
@@ -431,6 +440,36 @@ class StreamConsumer:
                     if unfinished:
                         return entries[index:]
                 return []
+            if not backoff.wait(self.stopping, asked or 0.0):
+                return entries
+
+    def _pause(self, exc: ConfigurationError, count: int) -> None:
+        """Hold on to the batch while a setting contradicts a dependency: no entry is at fault, none is dead-lettered.
+
+        A vector size other than EMBEDDING_DIM, a URL that answers 404 or a refused key fail every entry alike;
+        dead-lettering them would move the whole backlog (on a first sync, everything) into a dead-letter stream,
+        which nothing trims. The consumer keeps its entries (its loop keeps coming round, so its leases hold) and
+        tries them again with backoff, so it resumes by itself once the dependency or the setting is right.
+        """
+        metrics.MESSAGES_FAILED.labels(**self._labels, reason="misconfigured").inc(count)
+        reason = str(exc)
+        if reason != self.paused:
+            log.error(
+                "%s paused: %s Nothing is dead-lettered: it keeps its %d entries, tries them again with backoff, and "
+                "resumes by itself once the cause is gone.",
+                self.stage,
+                reason,
+                count,
+            )
+        self.paused = reason
+        metrics.CONSUMER_PAUSED.labels(**self._labels).set(1)
+
+    def _resume(self) -> None:
+        if self.paused is None:
+            return
+        log.warning("%s resumed: the batch it was paused on went through (%s was the cause)", self.stage, self.paused)
+        self.paused = None
+        metrics.CONSUMER_PAUSED.labels(**self._labels).set(0)
 
     def _still_held(self, entries: list[Entry]) -> list[Entry]:
         """Leave out the entries another consumer took over while this one stalled: they are in other hands now."""
