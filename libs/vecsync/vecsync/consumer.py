@@ -22,6 +22,12 @@ A stage supplies a batch handler; this loop does the rest:
   the cause is gone;
 * isolates a failing batch entry by entry, dead-letters bad input at once, and
   leaves an entry that failed for an unknown reason pending for redelivery;
+* handles a batch that holds redelivered entries one entry at a time, so an
+  entry that kills its process is dead-lettered without its batch-mates;
+* splits a batch that fails transiently while the stage's probe passes (the
+  dependency serves other inputs), and dead-letters an entry that fails so
+  alone MAX_DELIVERIES times in a row; during an outage the probe fails too,
+  and nothing is dead-lettered;
 * stops on request after the batch in hand, and in drain mode returns once
   there is nothing left to read, so tests need no sleeps.
 """
@@ -122,7 +128,13 @@ class Backoff:
 
 
 class StreamConsumer:
-    """Runs ``handler`` over a stream through a consumer group. See the module docstring."""
+    """Runs ``handler`` over a stream through a consumer group. See the module docstring.
+
+    ``probe`` is a known-good call to the dependency the handler uses (the embedding-api: one plain text): it
+    passes while the dependency serves other inputs, and raises while it does not. Given one, the loop tells an
+    outage (the probe fails too: retry, forever) from a batch whose inputs make the dependency fail with an error
+    that looks transient (the probe passes: split the batch, and dead-letter an entry that keeps failing alone).
+    """
 
     def __init__(
         self,
@@ -136,8 +148,10 @@ class StreamConsumer:
         stopping: threading.Event | None = None,
         pause_when_redis_full: bool = False,
         partition: int = 0,
+        probe: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
+        self.probe = probe
         self.stage = stage
         self.partition = partition
         self.stream = stream
@@ -409,6 +423,7 @@ class StreamConsumer:
     def _attempt(self, entries: list[Entry]) -> list[Entry]:
         """Handle ``entries``, retrying transient failures; the entries left unfinished because of a stop request."""
         backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, self.liveness)
+        strikes = 0  # transient failures of a lone entry, each followed by a probe that passed
         while True:
             entries = self._still_held(entries)
             if not entries:
@@ -425,6 +440,24 @@ class StreamConsumer:
                 self._count_refusal(exc)
                 metrics.MESSAGES_FAILED.labels(**self._labels, reason="transient").inc(len(entries))
                 metrics.MESSAGES_RETRIED.labels(**self._labels).inc(len(entries))
+                # A dependency that asked to be left alone (Retry-After: busy, loading, its model broken) said the
+                # failure is its own, whatever the input: only other transient failures may be an input's doing.
+                suspect = isinstance(exc, TransientError) and exc.retry_after_s is None
+                if suspect and self._dependency_serves_others():
+                    if len(entries) > 1:
+                        half = len(entries) // 2
+                        log.warning(
+                            "%s: a batch of %d failed (%s) while its dependency serves other requests; retrying it "
+                            "in halves to find the entries it fails on",
+                            self.stage,
+                            len(entries),
+                            exc,
+                        )
+                        return self._attempt_in_turn([entries[:half], entries[half:]])
+                    strikes += 1
+                    if strikes >= self.settings.max_deliveries:
+                        self._fails_alone(entries[0], exc, strikes)
+                        return []
                 log.warning(
                     "%s: %s; retrying %d entries (attempt %d)", self.stage, exc, len(entries), backoff.attempts + 1
                 )
@@ -435,13 +468,38 @@ class StreamConsumer:
                     self.leases.drop([entries[0].id])  # from now on it idles towards its redelivery
                     return []
                 log.warning("%s: batch of %d failed (%s); retrying entry by entry", self.stage, len(entries), exc)
-                for index, entry in enumerate(entries):
-                    unfinished = entries[index:] if self.stopping.is_set() else self._attempt([entry])
-                    if unfinished:
-                        return entries[index:]
-                return []
+                return self._attempt_in_turn([[entry] for entry in entries])
             if not backoff.wait(self.stopping, asked or 0.0):
                 return entries
+
+    def _attempt_in_turn(self, pieces: list[list[Entry]]) -> list[Entry]:
+        """Handle each piece of a batch in turn; the entries left unfinished because of a stop request."""
+        for index, piece in enumerate(pieces):
+            unfinished = piece if self.stopping.is_set() else self._attempt(piece)
+            if unfinished:
+                return unfinished + [entry for later in pieces[index + 1 :] for entry in later]
+        return []
+
+    def _dependency_serves_others(self) -> bool:
+        """Whether the stage's probe passes now: the dependency that just failed a batch serves other inputs."""
+        if self.probe is None:
+            return False
+        try:
+            self.probe()
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means: not known to serve others
+            log.debug("%s: the probe failed too (%s): an outage, not the batch's inputs", self.stage, exc)
+            return False
+        return True
+
+    def _fails_alone(self, entry: Entry, exc: Exception, strikes: int) -> None:
+        """Dead-letter an entry its dependency keeps failing on while it serves other requests."""
+        metrics.MESSAGES_FAILED.labels(**self._labels, reason="invalid").inc()
+        reason = (
+            f"failed {strikes} times in a row ({type(exc).__name__}: {exc}), alone, while the dependency served a "
+            "known-good request after each failure: this entry's input makes it fail. Replay it once the dependency "
+            "handles it."
+        )
+        self._with_retry(lambda: self._dead_letter(entry, reason))
 
     def _pause(self, exc: ConfigurationError, count: int) -> None:
         """Hold on to the batch while a setting contradicts a dependency: no entry is at fault, none is dead-lettered.

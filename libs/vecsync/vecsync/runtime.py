@@ -176,13 +176,15 @@ def serve_consumer(
     post_routes: dict[str, PostRoute] | None = None,
     post_key: str | None = None,
     pause_when_redis_full: bool = False,
+    probe: Callable[[], None] | None = None,
 ) -> None:
     """Run one consumer stage as a service: signal handling, metrics server, the consumer loops.
 
     One consumer loop per partition of ``stream`` (STREAM_PARTITIONS), each on its own thread with its own blocking
     reads, so every process serves every partition and none waits behind another; the handler is shared.
     ``build_handler`` may wait for the stage's own dependency; it returns None
-    when asked to stop meanwhile. /healthz answers 503 until the loops run, and
+    when asked to stop meanwhile. ``probe`` is the stage's known-good call to its
+    dependency (see StreamConsumer). /healthz answers 503 until the loops run, and
     whenever one has not come round for STALL_TIMEOUT_S (see Liveness). A loop
     paused on a misconfiguration is alive (200), and /healthz says why it waits.
     """
@@ -225,6 +227,7 @@ def serve_consumer(
                 stopping=stopping,
                 pause_when_redis_full=pause_when_redis_full,
                 partition=partition,
+                probe=probe,
             )
             for partition in partitions.indexes()
         )

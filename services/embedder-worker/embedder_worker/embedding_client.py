@@ -20,6 +20,8 @@ RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 AUTH_STATUSES = {401, 403}
 # No such endpoint at EMBEDDING_URL (or not in EMBEDDING_API_STYLE): every text would fail alike, so the worker pauses.
 ENDPOINT_STATUSES = {404, 405}
+# What probe() embeds: a plain sentence that any model reads.
+PROBE_TEXT = "A known-good text, sent to check that the embedding-api serves requests."
 # A Retry-After beyond this is taken as this: a misconfigured server must not park the worker for hours.
 MAX_RETRY_AFTER_S = 300.0
 
@@ -116,6 +118,15 @@ class EmbeddingClient:
         if isinstance(listed, list) and isinstance(listed[0], dict) and isinstance(listed[0].get("id"), str):
             return str(listed[0]["id"])
         return self.configured_model  # a server that does not list its models
+
+    def probe(self) -> None:
+        """Embed one known-good text: passes while the embedding-api serves other inputs, raises as embed() does
+        while it does not (down, loading, a model that fails on everything, a misconfiguration).
+
+        The consumer loop calls it after a batch failed transiently, to tell an outage from an input that the
+        embedding-api keeps failing on (a 500 or a reset connection on that text alone).
+        """
+        self.embed([PROBE_TEXT])
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         # Vectors come back as base64 of little-endian float32, the form stage 2 carries: a third of the bytes of
