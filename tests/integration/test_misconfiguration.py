@@ -19,6 +19,7 @@ from tests.support.pipeline import Pipeline
 from tests.support.servers import BIN, free_port, start_embedding_api, wait_for
 from vecsync import metrics
 from vecsync.consumer import StreamConsumer
+from vecsync.messages import EmbeddedDocument
 from vecsync.streams import stream_stats
 
 STAGE1, STAGE2, GROUP = "raw_document_changes", "embedded_documents", "embedding_processors"
@@ -141,3 +142,32 @@ def test_a_wrong_url_or_a_refused_key_pauses_the_worker_until_it_is_answered(
     wait_for(lambda: embedder.paused is None, timeout=10, what="the pause to end")
     assert paused(embedder) == 0
     assert dead_letters(pipeline) == 0
+
+
+def stage2_upsert(pipeline: Pipeline, mongo_id: str, version: str, dim: int) -> None:
+    payload = {"mongo_id": mongo_id, "text": f"text of {mongo_id}"}
+    document = EmbeddedDocument("upsert", pipeline.source, mongo_id, 1.0, version, [0.1] * dim, payload)
+    pipeline.redis_client.xadd(STAGE2, document.to_fields())  # type: ignore[arg-type]
+
+
+def test_vectors_of_another_size_than_the_collection_pause_the_upserter_until_newer_ones_fit(
+    pipeline: Pipeline, running: Running
+) -> None:
+    # The embedder-workers ran with EMBEDDING_DIM=768 and a 768-dimension model; the upserters' collection has 384.
+    for n in range(5):
+        stage2_upsert(pipeline, f"doc-{n}", f"{n + 1}-0", 768)
+    upserter = running.start(pipeline.upserter_consumer())
+    wait_for(lambda: upserter.paused, timeout=10, what="the upserter to pause")
+    reason = upserter.paused or ""
+    assert "768 dimensions" in reason and "holds 384" in reason and "EMBEDDING_DIM" in reason, reason
+    assert dead_letters(pipeline) == 0
+    assert pipeline.store.count() == 0
+
+    # The embedder-workers are set right again: the changes they embed from now on fit the collection. The entries
+    # made at the old size can never be written: they are dead-lettered, to be replayed (embedded again).
+    stage2_upsert(pipeline, "doc-new", "10-0", 384)
+    wait_for(lambda: "doc-new" in pipeline.points(), timeout=10, what="the newer entry to be written")
+    wait_for(lambda: upserter.paused is None, timeout=10, what="the pause to end")
+    letters = [fields for _id, fields in pipeline.redis_client.xrange(STAGE2 + ":dlq")]
+    assert len(letters) == 5
+    assert all("768 dimensions" in letter["error"] and "replay" in letter["error"] for letter in letters)
