@@ -25,9 +25,9 @@ A stage supplies a batch handler; this loop does the rest:
 * handles a batch that holds redelivered entries one entry at a time, so an
   entry that kills its process is dead-lettered without its batch-mates;
 * splits a batch that fails transiently while the stage's probe passes (the
-  dependency serves other inputs), and dead-letters an entry that fails so
-  alone MAX_DELIVERIES times in a row; during an outage the probe fails too,
-  and nothing is dead-lettered;
+  dependency serves other inputs), and dead-letters an entry that keeps
+  failing alone, MAX_DELIVERIES times with the probe passing after each;
+  during an outage the probe fails too, and nothing is dead-lettered;
 * stops on request after the batch in hand, and in drain mode returns once
   there is nothing left to read, so tests need no sleeps.
 """
@@ -495,8 +495,8 @@ class StreamConsumer:
         """Dead-letter an entry its dependency keeps failing on while it serves other requests."""
         metrics.MESSAGES_FAILED.labels(**self._labels, reason="invalid").inc()
         reason = (
-            f"failed {strikes} times in a row ({type(exc).__name__}: {exc}), alone, while the dependency served a "
-            "known-good request after each failure: this entry's input makes it fail. Replay it once the dependency "
+            f"failed {strikes} times, alone ({type(exc).__name__}: {exc}), while the dependency served a known-good "
+            "request right after each failure: this entry's input makes it fail. Replay it once the dependency "
             "handles it."
         )
         self._with_retry(lambda: self._dead_letter(entry, reason))
