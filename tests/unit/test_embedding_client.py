@@ -112,6 +112,13 @@ def test_a_missing_endpoint_or_unknown_model_is_a_misconfiguration(
         EmbeddingClient(api.url, dim=3, timeout_s=5, style=style).embed(["a"])
 
 
+def test_a_rejection_that_only_names_the_model_is_about_the_text(api: FakeApi) -> None:
+    api.status, api.body = 413, {"detail": "input 0 is too long for all-MiniLM-L6-v2"}
+    with pytest.raises(PermanentError, match="too long") as raised:
+        EmbeddingClient(api.url, dim=3, timeout_s=5, style="openai").embed(["a"])
+    assert not isinstance(raised.value, ConfigurationError)
+
+
 def test_retry_after_is_carried_by_the_transient_error(recording_api: FakeApi) -> None:
     api = recording_api
     api.status, api.body, api.headers = 503, {"detail": "queue full"}, {"Retry-After": "7"}

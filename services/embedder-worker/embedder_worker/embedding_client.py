@@ -20,6 +20,8 @@ RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 AUTH_STATUSES = {401, 403}
 # No such endpoint at EMBEDDING_URL (or not in EMBEDDING_API_STYLE): every text would fail alike, so the worker pauses.
 ENDPOINT_STATUSES = {404, 405}
+# How OpenAI-compatible servers say that they do not serve the model a request names.
+UNKNOWN_MODEL_WORDS = ("not found", "does not exist", "unknown model", "no such model", "not served")
 # What probe() embeds: a plain sentence that any model reads.
 PROBE_TEXT = "A known-good text, sent to check that the embedding-api serves requests."
 # A Retry-After beyond this is taken as this: a misconfigured server must not park the worker for hours.
@@ -174,8 +176,10 @@ class EmbeddingClient:
                 f"OpenAI-compatible server also answers so for a model it does not serve (EMBEDDING_MODEL is "
                 f"{self.configured_model})."
             )
-        unknown_model = self.style == "openai" and ("model_not_found" in said or self.configured_model in said)
-        if 400 <= status < 500 and status not in RETRY_STATUSES and unknown_model:
+        # Only an answer that says the model is unknown: one that merely names it (a text too long for the model)
+        # is about a text, and must not pause the stage on it.
+        named = self.configured_model in said and any(words in said.lower() for words in UNKNOWN_MODEL_WORDS)
+        if self.style == "openai" and status in (400, 422) and ("model_not_found" in said or named):
             raise ConfigurationError(
                 f"The embedding-api at {self.base_url} rejected the request naming model {self.configured_model} "
                 f"({status}: {said}): set EMBEDDING_MODEL to a model it serves."
