@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from producer.service import Producer
+from tests.support.fake_api import FakeApi
 from tests.support.pipeline import Pipeline
 from vecsync.cli.context import EXIT_DRIFT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Context
 from vecsync.cli.main import main
@@ -110,14 +111,21 @@ class TestDeadLetters:
     ) -> None:
         pipeline.collection.insert_one({"_id": "poison", "subject": "first"})
         pipeline.run_producer()
-        # The embedding-api was broken for this entry: it went to the DLQ.
-        pipeline.embedder_consumer(embedding_dim=3).run(drain=True)
+        # The embedding-api rejected this entry's text: it went to the DLQ.
+        rejecting = FakeApi()
+        rejecting.status, rejecting.body = 422, {"detail": "Text 0 cannot be read"}
+        working_url, pipeline.embedding_url = pipeline.embedding_url, rejecting.url
+        try:
+            pipeline.embedder_consumer().run(drain=True)
+        finally:
+            pipeline.embedding_url = working_url
+            rejecting.close()
         assert pipeline.redis_client.xlen("raw_document_changes:dlq") == 1
         pipeline.collection.update_one({"_id": "poison"}, {"$set": {"subject": "fixed since"}})
 
         assert cli(pipeline, "dlq", "list") == EXIT_OK
         listing = capsys.readouterr().out
-        assert "mongo_id=poison" in listing and "EMBEDDING_DIM is 3" in listing
+        assert "mongo_id=poison" in listing and "Text 0 cannot be read" in listing
         letter_id = listing.split()[0]
         assert cli(pipeline, "dlq", "show", letter_id) == EXIT_OK
         assert '"mongo_id": "poison"' in capsys.readouterr().out

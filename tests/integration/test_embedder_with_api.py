@@ -86,13 +86,15 @@ def embedder(redis_client: redis.Redis, redis_url: str, api: ServedApi, tmp_path
         block_ms=50,
         **extra,
     )
+    client = EmbeddingClient.from_settings(settings)
     return StreamConsumer(
         redis_client,
         stage="embedder",
         stream=STAGE1,
         group=GROUP,
-        handler=Embedder(settings, EmbeddingClient.from_settings(settings), redis_client).handle,
+        handler=Embedder(settings, client, redis_client).handle,
         settings=settings,
+        probe=client.probe,
     )
 
 

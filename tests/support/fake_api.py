@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Decides one answer from (method, path, JSON body): a status and a body, or None to close the connection unanswered.
+Answer = Callable[[str, str, object], "tuple[int, object] | None"]
 
 
 class FakeApi:
-    """Answers every request with ``status``, ``headers`` and ``body``; keeps each (method, path, JSON body)."""
+    """Answers every request with ``status``, ``headers`` and ``body``; keeps each (method, path, JSON body).
+
+    With ``answer`` set, it decides each answer instead, and may reset the connection (an API that crashes on a
+    request, or a proxy that drops it).
+    """
 
     def __init__(self) -> None:
+        self.answer: Answer | None = None
         self.status = 200
         self.body: object = {}
         self.headers: dict[str, str] = {}
@@ -28,8 +39,16 @@ class FakeApi:
             def _answer(self, method: str, received: object) -> None:
                 fake.requests.append((method, self.path, received))
                 fake.authorization = self.headers.get("Authorization")
-                payload = json.dumps(fake.body).encode()
-                self.send_response(fake.status)
+                status, body = fake.status, fake.body
+                if fake.answer is not None:
+                    decided = fake.answer(method, self.path, received)
+                    if decided is None:
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.close_connection = True
+                        return  # closed with a reset, unanswered
+                    status, body = decided
+                payload = json.dumps(body).encode()
+                self.send_response(status)
                 for name, value in fake.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))

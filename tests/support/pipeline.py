@@ -60,9 +60,8 @@ class Pipeline:
         )
 
     def embedder_settings(self, **extra: Any) -> EmbedderSettings:
-        return EmbedderSettings(
-            embedding_url=self.embedding_url, consumer_name="embedder-1", **{**self._common(), **extra}
-        )
+        values = {"consumer_name": "embedder-1", **self._common(), **extra}
+        return EmbedderSettings(embedding_url=self.embedding_url, **values)
 
     def upserter_settings(self, **extra: Any) -> UpserterSettings:
         return UpserterSettings(
@@ -88,6 +87,7 @@ class Pipeline:
             handler=Embedder(settings, client, self.redis_client).handle,
             settings=settings,
             partition=partition,
+            probe=client.probe,
         )
 
     def upserter_consumer(self, partition: int = 0, **extra: Any) -> StreamConsumer:

@@ -6,6 +6,7 @@ import email.utils
 import threading
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import pytest
 
@@ -14,7 +15,7 @@ from embedder_worker.settings import EmbedderSettings
 from tests.support.fake_api import FakeApi
 from tests.support.servers import free_port
 from vecsync.consumer import Backoff
-from vecsync.errors import PermanentError, TransientError
+from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.messages import pack_vector
 
 
@@ -49,7 +50,6 @@ def test_base64_vectors_are_asked_for_and_read(api: FakeApi) -> None:
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        (pack_vector([1.0, 0.0]), "2 dimensions; EMBEDDING_DIM is 3"),
         (pack_vector([1.0, float("nan"), 0.0]), "NaN"),
         ("not base64!", "unreadable base64"),
     ],
@@ -80,12 +80,43 @@ def test_rejected_input_is_permanent(api: FakeApi) -> None:
 
 @pytest.mark.parametrize(
     ("embeddings", "message"),
-    [([[1, 0]], "2 dimensions; EMBEDDING_DIM is 3"), ([[1, float("nan"), 0]], "NaN"), ([[1, "x", 0]], "non-numeric")],
+    [([[1, float("nan"), 0]], "NaN"), ([[1, "x", 0]], "non-numeric"), (["AAAA", 7], "int where a vector")],
 )
 def test_wrong_vectors_are_permanent(api: FakeApi, embeddings: list, message: str) -> None:  # type: ignore[type-arg]
-    api.body = {"embeddings": embeddings}
+    api.body = {"embeddings": embeddings[-1:]}
     with pytest.raises(PermanentError, match=message):
         client(api.url).embed(["a"])
+
+
+@pytest.mark.parametrize("item", [[1.0, 0.0], pack_vector([1.0, 0.0])], ids=["numbers", "base64"])
+def test_a_vector_of_another_size_is_a_misconfiguration_naming_both_sizes(api: FakeApi, item: object) -> None:
+    api.body = {"embeddings": [item]}
+    with pytest.raises(ConfigurationError, match="vectors of 2 dimensions, but EMBEDDING_DIM is 3"):
+        client(api.url).embed(["a"])
+
+
+@pytest.mark.parametrize(
+    ("style", "status", "detail", "named"),
+    [
+        ("vecsync", 404, "Not Found", "EMBEDDING_URL"),
+        ("openai", 405, "Method Not Allowed", "EMBEDDING_API_STYLE"),
+        ("openai", 400, "The model 'all-MiniLM-L6-v2' does not exist", "EMBEDDING_MODEL"),
+        ("openai", 422, "model_not_found", "EMBEDDING_MODEL"),
+    ],
+)
+def test_a_missing_endpoint_or_unknown_model_is_a_misconfiguration(
+    api: FakeApi, style: Literal["vecsync", "openai"], status: int, detail: str, named: str
+) -> None:
+    api.status, api.body = status, {"detail": detail}
+    with pytest.raises(ConfigurationError, match=named):
+        EmbeddingClient(api.url, dim=3, timeout_s=5, style=style).embed(["a"])
+
+
+def test_a_rejection_that_only_names_the_model_is_about_the_text(api: FakeApi) -> None:
+    api.status, api.body = 413, {"detail": "input 0 is too long for all-MiniLM-L6-v2"}
+    with pytest.raises(PermanentError, match="too long") as raised:
+        EmbeddingClient(api.url, dim=3, timeout_s=5, style="openai").embed(["a"])
+    assert not isinstance(raised.value, ConfigurationError)
 
 
 def test_retry_after_is_carried_by_the_transient_error(recording_api: FakeApi) -> None:
@@ -135,13 +166,11 @@ def test_client_from_settings() -> None:
     assert made.url == "http://api:8080/v1/embeddings" and made.dim == 3 and made.style == "openai"
 
 
-def test_a_refused_api_key_stops_the_worker_at_start_and_never_dead_letters(api: FakeApi) -> None:
-    from vecsync.errors import ConfigurationError
-
+def test_a_refused_api_key_stops_the_worker_at_start_and_pauses_it_later(api: FakeApi) -> None:
     api.status, api.body = 401, {"detail": "Missing or wrong API key"}
     with pytest.raises(ConfigurationError, match="EMBEDDING_API_KEY"):
         client(api.url).check_credentials()
-    with pytest.raises(TransientError, match="EMBEDDING_API_KEY"):
+    with pytest.raises(ConfigurationError, match="EMBEDDING_API_KEY"):
         client(api.url).embed(["a"])
 
 

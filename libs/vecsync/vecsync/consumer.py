@@ -16,8 +16,18 @@ A stage supplies a batch handler; this loop does the rest:
 * retries transient failures (a dependency down, Redis full or read-only) with
   exponential backoff and jitter, forever: the backlog waits in the stream,
   nothing is dead-lettered;
+* pauses on a misconfiguration (a ConfigurationError from the handler: every
+  entry would fail alike), keeping its entries and trying them again with
+  backoff, and says so in its log, ``paused`` (/healthz) and a metric, until
+  the cause is gone;
 * isolates a failing batch entry by entry, dead-letters bad input at once, and
   leaves an entry that failed for an unknown reason pending for redelivery;
+* handles a batch that holds redelivered entries one entry at a time, so an
+  entry that kills its process is dead-lettered without its batch-mates;
+* splits a batch that fails transiently while the stage's probe passes (the
+  dependency serves other inputs), and dead-letters an entry that keeps
+  failing alone, MAX_DELIVERIES times with the probe passing after each;
+  during an outage the probe fails too, and nothing is dead-lettered;
 * stops on request after the batch in hand, and in drain mode returns once
   there is nothing left to read, so tests need no sleeps.
 """
@@ -30,13 +40,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import redis
 
 from vecsync import metrics
 from vecsync.constants import dlq_stream
-from vecsync.errors import PermanentError, TransientError
+from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.flow import PAUSE_SHARE, RedisMemory, resume_share
 from vecsync.flow import POLL_S as FLOW_POLL_S
 from vecsync.leases import Leases
@@ -117,7 +128,13 @@ class Backoff:
 
 
 class StreamConsumer:
-    """Runs ``handler`` over a stream through a consumer group. See the module docstring."""
+    """Runs ``handler`` over a stream through a consumer group. See the module docstring.
+
+    ``probe`` is a known-good call to the dependency the handler uses (the embedding-api: one plain text): it
+    passes while the dependency serves other inputs, and raises while it does not. Given one, the loop tells an
+    outage (the probe fails too: retry, forever) from a batch whose inputs make the dependency fail with an error
+    that looks transient (the probe passes: split the batch, and dead-letter an entry that keeps failing alone).
+    """
 
     def __init__(
         self,
@@ -131,8 +148,10 @@ class StreamConsumer:
         stopping: threading.Event | None = None,
         pause_when_redis_full: bool = False,
         partition: int = 0,
+        probe: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
+        self.probe = probe
         self.stage = stage
         self.partition = partition
         self.stream = stream
@@ -155,6 +174,9 @@ class StreamConsumer:
             claim_idle_ms=settings.claim_idle_ms,
             liveness=self.liveness,
         )
+        # Why the consumer is paused on a misconfiguration, or None while it is not (see _pause).
+        self.paused: str | None = None
+        metrics.CONSUMER_PAUSED.labels(**self._labels).set(0)
         self._reading_own_history = True
         self._last_claim = 0.0
         self._last_trim = time.monotonic()
@@ -369,44 +391,143 @@ class StreamConsumer:
         ids = [entry.id for entry in entries]
         self.leases.hold(ids)
         try:
-            unfinished = self._attempt(entries)
+            redelivered = len(entries) > 1 and any(entry.deliveries > 1 for entry in entries)
+            unfinished = self._attempt_redelivered(entries) if redelivered else self._attempt(entries)
             if unfinished:
                 self._hand_back(unfinished)
         finally:
             self.leases.drop(ids)
 
+    def _attempt_redelivered(self, entries: list[Entry]) -> list[Entry]:
+        """Handle a batch that holds redelivered entries one entry at a time, counting a delivery only when tried.
+
+        Entries come back after their consumer crashed or failed on them, all of its batch at once, and each of
+        them counted a delivery. One entry that kills its process (out of memory, a crash in a native library)
+        would then take every batch-mate to the dead-letter stream with it after MAX_DELIVERIES. Tried alone, in
+        turn, with the delivery of an entry not tried yet taken back until its turn, only the culprit's count rises
+        with each crash.
+        """
+        untried = [entry.id for entry in entries[1:]]
+        self._with_retry(partial(self.leases.recount, untried, -1))
+        for index, entry in enumerate(entries):
+            if index:
+                self._with_retry(partial(self.leases.recount, [entry.id], 1))
+            unfinished = entries[index:] if self.stopping.is_set() else self._attempt([entry])
+            if unfinished:
+                # Handing back takes one delivery off each entry: give the ones not tried theirs again first.
+                later = [entry.id for entry in entries[index + 1 :]]
+                self._with_retry(partial(self.leases.recount, later, 1))
+                return entries[index:]
+        return []
+
     def _attempt(self, entries: list[Entry]) -> list[Entry]:
         """Handle ``entries``, retrying transient failures; the entries left unfinished because of a stop request."""
         backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, self.liveness)
+        strikes = 0  # transient failures of a lone entry, each followed by a probe that passed
         while True:
             entries = self._still_held(entries)
             if not entries:
                 return []
             self.liveness.beat()
+            asked: float | None = None
             try:
                 self._handle_and_ack(entries)
+                self._resume()
                 return []
+            except ConfigurationError as exc:
+                self._pause(exc, len(entries))
             except RETRYABLE as exc:
                 self._count_refusal(exc)
                 metrics.MESSAGES_FAILED.labels(**self._labels, reason="transient").inc(len(entries))
                 metrics.MESSAGES_RETRIED.labels(**self._labels).inc(len(entries))
+                # A dependency that asked to be left alone (Retry-After: busy, loading, its model broken) said the
+                # failure is its own, whatever the input: only other transient failures may be an input's doing.
+                suspect = isinstance(exc, TransientError) and exc.retry_after_s is None
+                if suspect and self._dependency_serves_others():
+                    if len(entries) > 1:
+                        half = len(entries) // 2
+                        log.warning(
+                            "%s: a batch of %d failed (%s) while its dependency serves other requests; retrying it "
+                            "in halves to find the entries it fails on",
+                            self.stage,
+                            len(entries),
+                            exc,
+                        )
+                        return self._attempt_in_turn([entries[:half], entries[half:]])
+                    strikes += 1
+                    if strikes >= self.settings.max_deliveries:
+                        self._fails_alone(entries[0], exc, strikes)
+                        return []
                 log.warning(
                     "%s: %s; retrying %d entries (attempt %d)", self.stage, exc, len(entries), backoff.attempts + 1
                 )
                 asked = exc.retry_after_s if isinstance(exc, TransientError) else None
-                if not backoff.wait(self.stopping, asked or 0.0):
-                    return entries
             except Exception as exc:  # noqa: BLE001 - any other failure is isolated, never fatal
                 if len(entries) == 1:
                     self._single_entry_failed(entries[0], exc)
                     self.leases.drop([entries[0].id])  # from now on it idles towards its redelivery
                     return []
                 log.warning("%s: batch of %d failed (%s); retrying entry by entry", self.stage, len(entries), exc)
-                for index, entry in enumerate(entries):
-                    unfinished = entries[index:] if self.stopping.is_set() else self._attempt([entry])
-                    if unfinished:
-                        return entries[index:]
-                return []
+                return self._attempt_in_turn([[entry] for entry in entries])
+            if not backoff.wait(self.stopping, asked or 0.0):
+                return entries
+
+    def _attempt_in_turn(self, pieces: list[list[Entry]]) -> list[Entry]:
+        """Handle each piece of a batch in turn; the entries left unfinished because of a stop request."""
+        for index, piece in enumerate(pieces):
+            unfinished = piece if self.stopping.is_set() else self._attempt(piece)
+            if unfinished:
+                return unfinished + [entry for later in pieces[index + 1 :] for entry in later]
+        return []
+
+    def _dependency_serves_others(self) -> bool:
+        """Whether the stage's probe passes now: the dependency that just failed a batch serves other inputs."""
+        if self.probe is None:
+            return False
+        try:
+            self.probe()
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means: not known to serve others
+            log.debug("%s: the probe failed too (%s): an outage, not the batch's inputs", self.stage, exc)
+            return False
+        return True
+
+    def _fails_alone(self, entry: Entry, exc: Exception, strikes: int) -> None:
+        """Dead-letter an entry its dependency keeps failing on while it serves other requests."""
+        metrics.MESSAGES_FAILED.labels(**self._labels, reason="invalid").inc()
+        reason = (
+            f"failed {strikes} times, alone ({type(exc).__name__}: {exc}), while the dependency served a known-good "
+            "request right after each failure: this entry's input makes it fail. Replay it once the dependency "
+            "handles it."
+        )
+        self._with_retry(lambda: self._dead_letter(entry, reason))
+
+    def _pause(self, exc: ConfigurationError, count: int) -> None:
+        """Hold on to the batch while a setting contradicts a dependency: no entry is at fault, none is dead-lettered.
+
+        A vector size other than EMBEDDING_DIM, a URL that answers 404 or a refused key fail every entry alike;
+        dead-lettering them would move the whole backlog (on a first sync, everything) into a dead-letter stream,
+        which nothing trims. The consumer keeps its entries (its loop keeps coming round, so its leases hold) and
+        tries them again with backoff, so it resumes by itself once the dependency or the setting is right.
+        """
+        metrics.MESSAGES_FAILED.labels(**self._labels, reason="misconfigured").inc(count)
+        reason = str(exc)
+        if reason != self.paused:
+            log.error(
+                "%s paused: %s Nothing is dead-lettered: it keeps its %d entries, tries them again with backoff, and "
+                "resumes by itself once the cause is gone.",
+                self.stage,
+                reason,
+                count,
+            )
+        self.paused = reason
+        metrics.CONSUMER_PAUSED.labels(**self._labels).set(1)
+
+    def _resume(self) -> None:
+        if self.paused is None:
+            return
+        log.warning("%s resumed: the batch it was paused on went through (%s was the cause)", self.stage, self.paused)
+        self.paused = None
+        metrics.CONSUMER_PAUSED.labels(**self._labels).set(0)
 
     def _still_held(self, entries: list[Entry]) -> list[Entry]:
         """Leave out the entries another consumer took over while this one stalled: they are in other hands now."""

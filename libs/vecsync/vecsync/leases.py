@@ -102,6 +102,11 @@ class Leases:
         if entry_ids:
             self._reclaim_own(keys=[self.stream], args=[self.group, self.consumer, self.claim_idle_ms, -1, *entry_ids])
 
+    def recount(self, entry_ids: list[str], delta: int) -> None:
+        """Add ``delta`` to the delivery count of these entries, where still this consumer's (see consumer.py)."""
+        if entry_ids:
+            self._reclaim_own(keys=[self.stream], args=[self.group, self.consumer, 0, delta, *entry_ids])
+
     def renew(self) -> None:
         """Reset the idle time of every held entry that is still this consumer's."""
         with self._lock:

@@ -27,7 +27,7 @@ MESSAGES_PROCESSED = Counter(
 )
 MESSAGES_FAILED = Counter(
     "vecsync_messages_failed_total",
-    "Stream entries whose handling failed, by reason (transient, invalid, error).",
+    "Stream entries whose handling failed, by reason (transient, misconfigured, invalid, error).",
     [*_STAGE_LABELS, "reason"],
 )
 MESSAGES_RETRIED = Counter(
@@ -58,6 +58,12 @@ REDIS_REFUSED = Counter(
     "Redis commands refused because Redis was full (maxmemory, noeviction) or read-only (a replica, as after a "
     "failover), by reason (oom, readonly); the work was retried.",
     ["stage", "reason"],
+)
+CONSUMER_PAUSED = Gauge(
+    "vecsync_consumer_paused",
+    "1 while the consumer is paused on a misconfiguration (every entry would fail alike: a vector size, a URL, a "
+    "model, a key), keeping its entries and trying them again until the cause is gone, else 0.",
+    _STAGE_LABELS,
 )
 LOOP_HEALTHY = Gauge(
     "vecsync_loop_healthy",

@@ -53,7 +53,8 @@ class MetricsServer:
     """Serves GET /metrics and /healthz, plus any POST routes a service adds, on a background thread.
 
     The POST routes answer only requests that carry ``post_key`` as a bearer token (401 otherwise); /metrics and
-    /healthz stay open, for Prometheus and health checks.
+    /healthz stay open, for Prometheus and health checks. ``detail`` is what /healthz adds to its answer, such as
+    why a stage is paused (None: nothing to add).
     """
 
     def __init__(
@@ -62,12 +63,13 @@ class MetricsServer:
         port: int,
         *,
         healthy: Callable[[], bool] = lambda: True,
+        detail: Callable[[], str | None] = lambda: None,
         post_routes: dict[str, PostRoute] | None = None,
         post_key: str | None = None,
     ) -> None:
         if post_routes and not post_key:
             raise ValueError("POST routes need a key")
-        handler = _make_handler(healthy, post_routes or {}, post_key)
+        handler = _make_handler(healthy, detail, post_routes or {}, post_key)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -95,7 +97,10 @@ class MetricsServer:
 
 
 def _make_handler(
-    healthy: Callable[[], bool], post_routes: dict[str, PostRoute], post_key: str | None
+    healthy: Callable[[], bool],
+    detail: Callable[[], str | None],
+    post_routes: dict[str, PostRoute],
+    post_key: str | None,
 ) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {post_key}".encode()
 
@@ -105,8 +110,9 @@ def _make_handler(
             if path == "/metrics":
                 self._reply(200, CONTENT_TYPE_LATEST, generate_latest())
             elif path == "/healthz":
-                ok = healthy()
-                self._reply(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+                ok, said = healthy(), detail()
+                text = ("ok" if ok else "unhealthy") + (f"; {said}" if said else "")
+                self._reply(200 if ok else 503, "text/plain", f"{text}\n".encode())
             else:
                 self._reply(404, "text/plain", b"not found\n")
 
@@ -170,14 +176,17 @@ def serve_consumer(
     post_routes: dict[str, PostRoute] | None = None,
     post_key: str | None = None,
     pause_when_redis_full: bool = False,
+    probe: Callable[[], None] | None = None,
 ) -> None:
     """Run one consumer stage as a service: signal handling, metrics server, the consumer loops.
 
     One consumer loop per partition of ``stream`` (STREAM_PARTITIONS), each on its own thread with its own blocking
     reads, so every process serves every partition and none waits behind another; the handler is shared.
     ``build_handler`` may wait for the stage's own dependency; it returns None
-    when asked to stop meanwhile. /healthz answers 503 until the loops run, and
-    whenever one has not come round for STALL_TIMEOUT_S (see Liveness).
+    when asked to stop meanwhile. ``probe`` is the stage's known-good call to its
+    dependency (see StreamConsumer). /healthz answers 503 until the loops run, and
+    whenever one has not come round for STALL_TIMEOUT_S (see Liveness). A loop
+    paused on a misconfiguration is alive (200), and /healthz says why it waits.
     """
     stopping = threading.Event()
     stop_on_signals(stopping)
@@ -186,9 +195,17 @@ def serve_consumer(
     def healthy() -> bool:
         return bool(consumers) and all(consumer.liveness.alive() for consumer in consumers)
 
+    def detail() -> str | None:
+        return "; ".join(f"paused: {consumer.paused}" for consumer in consumers if consumer.paused) or None
+
     LOOP_HEALTHY.labels(stage).set_function(healthy)
     server = MetricsServer(
-        settings.metrics_host, settings.metrics_port, healthy=healthy, post_routes=post_routes, post_key=post_key
+        settings.metrics_host,
+        settings.metrics_port,
+        healthy=healthy,
+        detail=detail,
+        post_routes=post_routes,
+        post_key=post_key,
     ).start()
     partitions = settings.partitions
     try:
@@ -210,6 +227,7 @@ def serve_consumer(
                 stopping=stopping,
                 pause_when_redis_full=pause_when_redis_full,
                 partition=partition,
+                probe=probe,
             )
             for partition in partitions.indexes()
         )

@@ -16,8 +16,14 @@ from vecsync.messages import unpack_vector
 
 # Statuses that mean "the service is busy or down, try again": never a reason to dead-letter.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-# The key was refused: no text is at fault, so nothing is dead-lettered; the backlog waits for the operator.
+# The key was refused: no text is at fault, so nothing is dead-lettered; the worker pauses until it is accepted.
 AUTH_STATUSES = {401, 403}
+# No such endpoint at EMBEDDING_URL (or not in EMBEDDING_API_STYLE): every text would fail alike, so the worker pauses.
+ENDPOINT_STATUSES = {404, 405}
+# How OpenAI-compatible servers say that they do not serve the model a request names.
+UNKNOWN_MODEL_WORDS = ("not found", "does not exist", "unknown model", "no such model", "not served")
+# What probe() embeds: a plain sentence that any model reads.
+PROBE_TEXT = "A known-good text, sent to check that the embedding-api serves requests."
 # A Retry-After beyond this is taken as this: a misconfigured server must not park the worker for hours.
 MAX_RETRY_AFTER_S = 300.0
 
@@ -115,6 +121,15 @@ class EmbeddingClient:
             return str(listed[0]["id"])
         return self.configured_model  # a server that does not list its models
 
+    def probe(self) -> None:
+        """Embed one known-good text: passes while the embedding-api serves other inputs, raises as embed() does
+        while it does not (down, loading, a model that fails on everything, a misconfiguration).
+
+        The consumer loop calls it after a batch failed transiently, to tell an outage from an input that the
+        embedding-api keeps failing on (a 500 or a reset connection on that text alone).
+        """
+        self.embed([PROBE_TEXT])
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         # Vectors come back as base64 of little-endian float32, the form stage 2 carries: a third of the bytes of
         # JSON numbers, exact, and no float text to format or parse. A server that ignores the request and sends
@@ -128,10 +143,7 @@ class EmbeddingClient:
             response = self.session.post(self.url, json=body, timeout=self.timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"embedding-api unreachable at {self.url}: {exc}") from exc
-        if response.status_code in AUTH_STATUSES:
-            raise TransientError(
-                f"embedding-api refused the API key ({response.status_code}); check EMBEDDING_API_KEY. Retrying."
-            )
+        self._check_configuration(response)
         if response.status_code in RETRY_STATUSES:
             raise TransientError(
                 f"embedding-api answered {response.status_code}: {response.text[:200]}",
@@ -148,6 +160,39 @@ class EmbeddingClient:
         vectors = [self._vector(item) for item in embeddings]
         self.model = model if isinstance(model, str) and model else self.configured_model
         return vectors
+
+    def _check_configuration(self, response: requests.Response) -> None:
+        """ConfigurationError when the answer says a setting is wrong, not a text: a refused key, no such endpoint, an
+        unknown model. The consumer loop then pauses with its entries instead of dead-lettering every one of them."""
+        status, said = response.status_code, response.text[:300]
+        if status in AUTH_STATUSES:
+            raise ConfigurationError(
+                f"The embedding-api at {self.base_url} refused the API key ({status}: {said}): check EMBEDDING_API_KEY."
+            )
+        if status in ENDPOINT_STATUSES:
+            raise ConfigurationError(
+                f"The embedding-api at {self.base_url} answered {status} to POST {self.url} ({said}): there is no "
+                f"such endpoint there. Check EMBEDDING_URL, and EMBEDDING_API_STYLE ({self.style}); an "
+                f"OpenAI-compatible server also answers so for a model it does not serve (EMBEDDING_MODEL is "
+                f"{self.configured_model})."
+            )
+        # Only an answer that says the model is unknown: one that merely names it (a text too long for the model)
+        # is about a text, and must not pause the stage on it.
+        named = self.configured_model in said and any(words in said.lower() for words in UNKNOWN_MODEL_WORDS)
+        if self.style == "openai" and status in (400, 422) and ("model_not_found" in said or named):
+            raise ConfigurationError(
+                f"The embedding-api at {self.base_url} rejected the request naming model {self.configured_model} "
+                f"({status}: {said}): set EMBEDDING_MODEL to a model it serves."
+            )
+
+    def _wrong_size(self, size: int) -> ConfigurationError:
+        # One model makes vectors of one size: a reply of another size than EMBEDDING_DIM is the configuration's
+        # fault, never a text's, and would fail every text alike.
+        return ConfigurationError(
+            f"The embedding-api at {self.base_url} returned vectors of {size} dimensions, but EMBEDDING_DIM is "
+            f"{self.dim}: set EMBEDDING_DIM to its model's size (the upserters' too, with a collection of that size), "
+            f"or point EMBEDDING_URL at an embedding-api whose model makes {self.dim}-dimension vectors."
+        )
 
     def _embeddings(self, response: requests.Response) -> tuple[Any, Any]:
         """The reply's vectors and the model it names."""
@@ -169,17 +214,16 @@ class EmbeddingClient:
             except InvalidEntry as exc:
                 raise PermanentError(f"embedding-api returned an unreadable base64 vector: {exc}") from None
             if len(vector) != self.dim:
-                raise PermanentError(
-                    f"embedding-api returned a vector of {len(vector)} dimensions; EMBEDDING_DIM is {self.dim}"
-                )
+                raise self._wrong_size(len(vector))
             return vector
         self._check(item)
         return item  # type: ignore[return-value]
 
     def _check(self, vector: object) -> None:
-        if not isinstance(vector, list) or len(vector) != self.dim:
-            size = len(vector) if isinstance(vector, list) else type(vector).__name__
-            raise PermanentError(f"embedding-api returned a vector of {size} dimensions; EMBEDDING_DIM is {self.dim}")
+        if not isinstance(vector, list):
+            raise PermanentError(f"embedding-api returned a {type(vector).__name__} where a vector was expected")
+        if len(vector) != self.dim:
+            raise self._wrong_size(len(vector))
         if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in vector):
             raise PermanentError("embedding-api returned a vector with NaN, infinite or non-numeric values")
 

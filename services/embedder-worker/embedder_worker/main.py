@@ -31,6 +31,7 @@ def main() -> None:
         stream=settings.stage1_stream,
         group=settings.stage1_group,
         build_handler=lambda client, _stopping: Embedder(settings, embedding, client).handle,
+        probe=embedding.probe,
         # Its stage 2 entries are the pipeline's biggest: it waits for the upserters when Redis is nearly full.
         pause_when_redis_full=True,
     )

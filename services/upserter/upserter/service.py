@@ -34,9 +34,9 @@ from upserter.fence import Tombstones
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
 from vecsync.constants import APPLIED_TEXT_KEY, dlq_stream, tombstones_key
-from vecsync.consumer import Batch
+from vecsync.consumer import Batch, Entry
 from vecsync.documents import point_id, source_projection, text_fingerprint
-from vecsync.errors import InvalidEntry, TransientError
+from vecsync.errors import ConfigurationError, InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
 from vecsync.source import publish_current_states
@@ -63,6 +63,9 @@ OTHER_MODEL_POINTS = Gauge(
     "Points made by another model than the entries this upserter applies (or with none recorded), in the sample of "
     "the collection it takes at its first entry; 0 when none.",
 )
+
+# How many of the newest stage 2 entries a paused upserter reads to see whether newer vectors fit the collection.
+NEWEST_SAMPLE = 100
 
 # The fields of a point that decide whether an entry still applies to it.
 _STATE_FIELDS = ["version", "text_sha256", "model"]
@@ -133,12 +136,13 @@ class Upserter:
     def _newest_per_point(self, batch: Batch) -> dict[str, EmbeddedDocument]:
         newest: dict[str, EmbeddedDocument] = {}
         upserts: dict[str, list[EmbeddedDocument]] = collections.defaultdict(list)
+        documents: list[tuple[Entry, EmbeddedDocument]] = []
         for entry in batch.entries:
             try:
-                document = self._read(entry.fields)
+                documents.append((entry, EmbeddedDocument.from_fields(entry.fields)))
             except InvalidEntry as exc:
                 batch.reject(entry, str(exc))
-                continue
+        for _entry, document in self._fitting(documents, batch):
             pid = point_id(document.source, document.mongo_id)
             if document.op == "upsert":
                 upserts[pid].append(document)
@@ -150,14 +154,53 @@ class Upserter:
                 newest[pid] = _with_vector_of_same_text(document, upserts[pid])
         return newest
 
-    def _read(self, fields: dict[str, str]) -> EmbeddedDocument:
-        document = EmbeddedDocument.from_fields(fields)
-        if document.vector is not None and len(document.vector) != self.store.dim:
-            raise InvalidEntry(
-                f"vector has {len(document.vector)} dimensions; collection {self.store.collection!r} "
-                f"holds {self.store.dim} (EMBEDDING_DIM)"
+    def _fitting(
+        self, documents: list[tuple[Entry, EmbeddedDocument]], batch: Batch
+    ) -> list[tuple[Entry, EmbeddedDocument]]:
+        """The batch's documents whose vector (if any) fits the collection; the others are rejected, or pause.
+
+        A vector of another size than the collection's beside vectors that fit is that entry's fault: it is
+        dead-lettered. When no vector of the batch fits, the embedder-workers make vectors of another size than
+        the upserters' EMBEDDING_DIM: a misconfiguration that would fail every entry alike, so the stage pauses
+        (ConfigurationError) until the newest entries of the stream fit again. Then the entries made before the
+        fix are stale and go to the dead-letter stream, to be replayed (embedded again).
+        """
+        dim = self.store.dim
+        misfits = {
+            entry.id: len(doc.vector) for entry, doc in documents if doc.vector is not None and len(doc.vector) != dim
+        }
+        if not misfits:
+            return documents
+        fitting = any(doc.vector is not None and entry.id not in misfits for entry, doc in documents)
+        sizes = ", ".join(str(size) for size in sorted(set(misfits.values())))
+        if not fitting and not self._newest_vector_fits(batch.partition):
+            raise ConfigurationError(
+                f"Every vector of this batch has {sizes} dimensions, but collection {self.store.collection!r} holds "
+                f"{dim} (the upserters' EMBEDDING_DIM): the embedder-workers' EMBEDDING_DIM and model make vectors "
+                "of another size. Set them alike: either the embedder-workers' model and EMBEDDING_DIM back to "
+                f"{dim}, or EMBEDDING_DIM={sizes} on the upserters with the collection rebuilt at that size."
             )
-        return document
+        for entry, _doc in documents:
+            if entry.id in misfits:
+                batch.reject(
+                    entry,
+                    f"vector has {misfits[entry.id]} dimensions; collection {self.store.collection!r} holds {dim} "
+                    "(EMBEDDING_DIM): it was embedded at another size than the entries that fit now; replay it to "
+                    "embed it again",
+                )
+        return [(entry, doc) for entry, doc in documents if entry.id not in misfits]
+
+    def _newest_vector_fits(self, partition: int) -> bool:
+        """Whether the newest entry with a vector in this partition's stage 2 stream fits the collection."""
+        stream = self.partitions.name(self.settings.stage2_stream, partition)
+        for _id, fields in self.client.xrevrange(stream, count=NEWEST_SAMPLE):
+            try:
+                vector = EmbeddedDocument.from_fields(fields).vector
+            except InvalidEntry:
+                continue
+            if vector is not None:
+                return len(vector) == self.store.dim
+        return False
 
     def _apply(self, newest: dict[str, EmbeddedDocument], batch: Batch) -> None:
         ids, fence = list(newest), self.tombstones[batch.partition]
