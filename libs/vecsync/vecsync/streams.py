@@ -6,11 +6,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from vecsync.constants import dlq_stream
+
+# Where it was defined before vecsync.redaction, which now holds every redaction: kept for existing imports.
+from vecsync.redaction import redact_url as redact_url
 
 # Redis refusing a command without being down: full (maxmemory with noeviction) or read-only (a replica, as right
 # after a failover). Both pass; every stage waits them out as it waits out an outage, and never dead-letters for them.
@@ -78,15 +80,6 @@ def memory_share(info: dict[str, Any]) -> float:
     """used_memory as a share of maxmemory, from INFO memory; 0 without a maxmemory."""
     limit = int(info.get("maxmemory", 0))
     return int(info["used_memory"]) / limit if limit else 0.0
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced, safe to log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # Entries read per XRANGE where only their ids or their number matter. A reply is built in Redis's memory before it is

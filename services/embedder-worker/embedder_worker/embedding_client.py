@@ -13,6 +13,7 @@ import requests
 from embedder_worker.settings import EmbedderSettings
 from vecsync.errors import ConfigurationError, InvalidEntry, PermanentError, TransientError
 from vecsync.messages import unpack_vector
+from vecsync.redaction import redact_url
 
 # Statuses that mean "the service is busy or down, try again": never a reason to dead-letter.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
@@ -77,7 +78,7 @@ class EmbeddingClient:
             return
         if response.status_code in AUTH_STATUSES:
             raise ConfigurationError(
-                f"The embedding-api at {self.base_url} refused the request ({response.status_code}): "
+                f"The embedding-api at {redact_url(self.base_url)} refused the request ({response.status_code}): "
                 "check EMBEDDING_API_KEY."
             )
 
@@ -127,7 +128,7 @@ class EmbeddingClient:
         try:
             response = self.session.post(self.url, json=body, timeout=self.timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(f"embedding-api unreachable at {self.url}: {exc}") from exc
+            raise TransientError(f"embedding-api unreachable at {redact_url(self.url)}: {exc}") from exc
         if response.status_code in AUTH_STATUSES:
             raise TransientError(
                 f"embedding-api refused the API key ({response.status_code}); check EMBEDDING_API_KEY. Retrying."

@@ -25,6 +25,7 @@ from vecsync.documents import build_text, lookup, point_id, source_projection, t
 from vecsync.errors import ConfigurationError
 from vecsync.flow import FlowControl
 from vecsync.messages import DocumentChange
+from vecsync.redaction import redact_url
 from vecsync.retention import trim_bound, trim_to
 from vecsync.source import (
     changes_for_ids,
@@ -178,8 +179,9 @@ def verify_command(ctx: Context, repair: bool, restart: bool, batch_size: int) -
     if not saved:
         state.model = embedding_model(ctx.settings)
         if state.model is None:
+            where = redact_url(ctx.settings.embedding_url)
             print(
-                f"Could not learn from the embedding-api at {ctx.settings.embedding_url} which one model it runs: "
+                f"Could not learn from the embedding-api at {where} which one model it runs: "
                 "points are not checked for vectors of another model."
             )
     in_flight = _in_flight(ctx)

@@ -9,6 +9,7 @@ import requests
 
 from vecsync.cli.settings import CliSettings
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
+from vecsync.redaction import redact_url
 from vecsync.vectorstore import Hit, StoreInUse, VectorStore, store_key_file
 
 
@@ -97,12 +98,12 @@ class UpserterStore:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             response = requests.post(self.base_url + path, json=body, headers=headers, timeout=self.timeout_s)
         except requests.RequestException as exc:
-            raise TransientError(f"could not reach the upserter at {self.base_url}: {exc}") from exc
+            raise TransientError(f"could not reach the upserter at {redact_url(self.base_url)}: {exc}") from exc
         if response.status_code == 401:
             where = f"; {self.key_file} holds none" if key is None and self.key_file else ""
             raise ConfigurationError(
-                f"The upserter at {self.base_url} refused the CLI's key{where}. Set UPSERTER_API_KEY to the "
-                "upserter's key, or run the CLI with the upserter's DATA_DIR, where it writes its key."
+                f"The upserter at {redact_url(self.base_url)} refused the CLI's key{where}. Set UPSERTER_API_KEY to "
+                "the upserter's key, or run the CLI with the upserter's DATA_DIR, where it writes its key."
             )
         if response.status_code != 200:
             raise PermanentError(f"the upserter answered {response.status_code} to {path}: {response.text[:300]}")
@@ -129,8 +130,8 @@ def open_store(settings: CliSettings) -> Store:
         store = VectorStore.open(settings, settings.data_dir, payload_indexes=settings.payload_fields)
     except StoreInUse as exc:
         raise ConfigurationError(
-            f"{exc} No upserter answered at UPSERTER_URL={settings.upserter_url} either: point UPSERTER_URL "
-            "at the upserter that holds the store."
+            f"{exc} No upserter answered at UPSERTER_URL={redact_url(settings.upserter_url)} either: point "
+            "UPSERTER_URL at the upserter that holds the store."
         ) from None
     store.ensure_collection()
     return store
@@ -142,7 +143,8 @@ def embed_query(settings: CliSettings, text: str) -> list[float]:
         headers = {"Authorization": f"Bearer {settings.embedding_api_key}"} if settings.embedding_api_key else {}
         response = requests.post(url, json={"text": text}, headers=headers, timeout=settings.http_timeout_s)
     except requests.RequestException as exc:
-        raise TransientError(f"could not reach the embedding-api at {settings.embedding_url}: {exc}") from exc
+        where = redact_url(settings.embedding_url)
+        raise TransientError(f"could not reach the embedding-api at {where}: {exc}") from exc
     if response.status_code != 200:
         raise PermanentError(f"the embedding-api answered {response.status_code}: {response.text[:300]}")
     return list(response.json()["embedding"])
