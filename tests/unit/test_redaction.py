@@ -245,3 +245,19 @@ def test_a_secret_in_a_crash_is_masked(tmp_path: Any) -> None:
     assert result.returncode == 1
     assert "RuntimeError" in result.stderr and "redis://:***@redis:6379/0" in result.stderr
     assert PASSWORD not in result.stderr
+
+
+def test_a_dead_letters_reason_holds_no_password() -> None:
+    # Dead letters are written to Redis and shown by `vecsync dlq`, past every log formatter.
+    from vecsync.streams import dead_letter_fields
+
+    letter = dead_letter_fields(
+        stream="raw_document_changes",
+        group="embedding_processors",
+        entry_id="1-0",
+        fields={"mongo_id": "d"},
+        error=f"embedding-api unreachable at http://user:{PASSWORD}@api:8080/encode_batch",
+        deliveries=5,
+        consumer="w",
+    )
+    assert letter["error"] == "embedding-api unreachable at http://user:***@api:8080/encode_batch"

@@ -11,8 +11,8 @@ import redis
 
 from vecsync.constants import dlq_stream
 
-# Where it was defined before vecsync.redaction, which now holds every redaction: kept for existing imports.
-from vecsync.redaction import redact_url as redact_url
+# redact_url was defined here before vecsync.redaction held every redaction: still importable from here.
+from vecsync.redaction import redact, redact_url  # noqa: F401
 
 # Redis refusing a command without being down: full (maxmemory with noeviction) or read-only (a replica, as right
 # after a failover). Both pass; every stage waits them out as it waits out an outage, and never dead-letters for them.
@@ -253,13 +253,17 @@ def _lag(client: redis.Redis, stream: str, group_info: dict[str, Any]) -> int | 
 def dead_letter_fields(
     *, stream: str, group: str, entry_id: str, fields: dict[str, str], error: str, deliveries: int, consumer: str
 ) -> dict[str, str]:
-    """The fields of a dead-letter entry: everything needed to understand and replay it."""
+    """The fields of a dead-letter entry: everything needed to understand and replay it.
+
+    The reason is redacted (vecsync.redaction): it is stored in Redis and shown by `vecsync dlq`, past every log
+    formatter.
+    """
     return {
         "stream": stream,
         "group": group,
         "entry_id": entry_id,
         "fields": json.dumps(fields, ensure_ascii=False),
-        "error": error,
+        "error": redact(error),
         "deliveries": str(deliveries),
         "consumer": consumer,
         "failed_at": repr(time.time()),
