@@ -387,3 +387,19 @@ def test_string_ids_that_shared_a_point_with_another_id_get_their_own_at_the_upg
     assert pipeline.redis_client.get(ids_migrated_key(pipeline.source))
     pipeline.drain()
     assert pipeline.redis_client.xlen(stage1) - before == 4, "once"
+
+
+def test_an_event_naming_an_objectid_in_the_stand_ins_storage_form_re_reads_that_document(pipeline: Pipeline) -> None:
+    # After resumes, the stand-in names some ObjectId documents so (docs/operations.md, "The MongoDB stand-in").
+    from bson import ObjectId
+
+    from vecsync.source import mongo_id_of
+
+    oid = ObjectId()
+    pipeline.collection.insert_one({"_id": oid, "subject": "s"})
+    producer = Producer(pipeline.producer_settings(), pipeline.redis_client, pipeline.collection)
+    stored_form = {"__neosqlite_objectid__": True, "id": str(oid)}
+    found, errors = producer._reread_changed([{"operationType": "update", "documentKey": {"_id": stored_form}}])
+    assert errors == [None]
+    assert found[0] is not None and found[0]["_id"] == oid
+    assert mongo_id_of(stored_form) == mongo_id_of(oid)
