@@ -150,7 +150,8 @@ def ids_written_otherwise_before(collection: Collection[dict[str, Any]], *, size
     """The string _ids whose mongo_id earlier releases wrote as the string itself, in chunks of ``size``.
 
     Each of them shared its id string, and so its point, with the value it reads as (the ObjectId of its digits, for
-    one): ``migrate_ids`` publishes both again. One scan of the _id index, in _id order.
+    one): the producer publishes both again once, at its first start on this release (see migrated_id_changes).
+    One scan of the _id index, in _id order.
     """
     for chunk in chunks_after(collection, None, size=size, projection={"_id": 1}, query=_MAYBE_QUOTED):
         ids = [document["_id"] for document in chunk if written_otherwise_before(document["_id"])]
