@@ -115,3 +115,11 @@ def test_every_id_reads_back_as_the_value_and_type_it_was() -> None:
         assert (type(read), read) == (type(value), value), mongo_id
     # Strings that only look like another value's id are the only ones written otherwise than as themselves.
     assert [mongo_id_of(text) for text in ("ticket-1", "7", "{not json", '"')] == ["ticket-1", "7", "{not json", '"']
+
+
+def test_strings_that_extended_json_cannot_read_are_ids_as_they_are() -> None:
+    from vecsync.source import id_of
+
+    for text in ['{"$oid": "zz"}', '{"$binary": 5}', '{"$numberLong": []}', '{"$timestamp": 1}', '{"a": ' + "[" * 5000]:
+        assert mongo_id_of(text) == text
+        assert id_of(text) == text

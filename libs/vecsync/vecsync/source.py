@@ -70,7 +70,7 @@ def id_of(mongo_id: str) -> Any:
     if mongo_id.startswith("{") or mongo_id in _JSON_WORDS:
         try:
             return json_util.loads(mongo_id)
-        except ValueError:
+        except Exception:  # noqa: BLE001 - what Extended JSON cannot read (bad $oid, $binary...) is a string
             return mongo_id
     return mongo_id
 
