@@ -586,9 +586,10 @@ class Producer:
 
         Such a string (24 lowercase hex digits, say) shared its point with the value it reads as (the ObjectId of
         those digits); see vecsync.source.mongo_id_of. Both documents are published again, in their current state,
-        under the ids of this release, beside nothing else this producer writes (it has not started yet). The mark
-        is set only once every one of them is in stage 1, so a crash or stop before it starts over, which republishes
-        some documents twice, and changes nothing else.
+        under the ids of this release, before this producer reads its change stream (publish_beside_producer keeps
+        the order with anything a producer publishes meanwhile). The mark is set only once every one of them is in
+        stage 1, so a crash or stop before it starts over, which republishes some documents twice and changes
+        nothing else.
         """
         mark = self.keys.ids_migrated
         if self.client.get(mark) is not None:  # GET, not EXISTS: in the producer's least-privilege ACL
