@@ -217,12 +217,29 @@ def monkeypatch_value(name: str, value: str) -> str:
     return value.format(port=closed_port()) if name == "UPSERTER_URL" else f"http://127.0.0.1:{closed_port()}"
 
 
-def test_an_api_key_echoed_by_a_server_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("module", "cls", "name"),
+    [
+        ("embedder_worker.settings", "EmbedderSettings", "EMBEDDING_API_KEY"),
+        ("vecsync.cli.settings", "CliSettings", "EMBEDDING_API_KEY"),
+        ("embedding_api.settings", "EmbeddingApiSettings", "EMBEDDING_API_KEY"),
+        ("upserter.settings", "UpserterSettings", "QDRANT_API_KEY"),
+        ("vecsync.cli.settings", "CliSettings", "QDRANT_API_KEY"),
+        ("upserter.settings", "UpserterSettings", "UPSERTER_API_KEY"),
+        ("vecsync.cli.settings", "CliSettings", "UPSERTER_API_KEY"),
+    ],
+)
+def test_an_api_key_echoed_by_a_server_is_masked(
+    monkeypatch: pytest.MonkeyPatch, module: str, cls: str, name: str
+) -> None:
+    import importlib
+
     from vecsync.redaction import redact
 
-    monkeypatch.setenv("EMBEDDING_API_KEY", KEY)
-    settings.load(EmbedderSettings)
-    assert redact(f"The server answered 401: invalid key {KEY!r}") == "The server answered 401: invalid key '***'"
+    key = f"{name.lower()}-{cls}-0123456789"  # one of its own per case: a key remembered before cannot pass it
+    monkeypatch.setenv(name, key)
+    settings.load(getattr(importlib.import_module(module), cls))
+    assert redact(f"The server answered 401: invalid key {key!r}") == "The server answered 401: invalid key '***'"
 
 
 def test_the_cli_masks_a_bad_redis_url_in_a_subprocess(tmp_path: Any) -> None:
