@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import time
+from typing import Any
 
 from bson import ObjectId
 
 from tests.support.pipeline import Pipeline
 from vecsync.constants import resume_token_key
 from vecsync.documents import point_id
+from vecsync.source import document_change
 
 
 def test_snapshot_then_changes_reach_qdrant(pipeline: Pipeline) -> None:
@@ -120,3 +123,32 @@ def test_deletes_reach_qdrant_for_every_id_type(pipeline: Pipeline) -> None:
         pipeline.collection.delete_one({"_id": key})
     pipeline.drain()
     assert pipeline.points() == {}
+
+
+def test_an_objectid_and_a_string_of_its_digits_keep_their_own_points(pipeline: Pipeline) -> None:
+    # MongoDB holds both at once; the stand-in cannot (it indexes every _id as text), so their changes enter stage 1
+    # as the producer writes them, and the later stages run for real.
+    oid = ObjectId()
+
+    def publish(key: Any, document: dict[str, Any] | None) -> None:
+        change = document_change(pipeline.source, key, document, time.time())
+        pipeline.redis_client.xadd(pipeline.producer_settings().stage1_stream, change.to_fields())
+
+    def stages() -> dict[str, dict[str, Any]]:
+        pipeline.embedder_consumer().run(drain=True)
+        pipeline.upserter_consumer().run(drain=True)
+        return pipeline.points()
+
+    publish(oid, {"_id": oid, "subject": "the ObjectId"})
+    publish(str(oid), {"_id": str(oid), "subject": "the string"})
+    points = stages()
+    assert {mongo_id: payload["text"] for mongo_id, payload in points.items()} == {
+        str(oid): "the ObjectId",
+        f'"{oid}"': "the string",
+    }
+    publish(str(oid), {"_id": str(oid), "subject": "the string, changed"})
+    assert stages()[str(oid)]["text"] == "the ObjectId", "a change of the string leaves the ObjectId's point"
+    publish(oid, None)
+    points = stages()
+    assert {mongo_id: payload["text"] for mongo_id, payload in points.items()} == {f'"{oid}"': "the string, changed"}
+    assert pipeline.store.retrieve([point_id(pipeline.source, f'"{oid}"')]), "the string's point is its own"

@@ -346,3 +346,60 @@ def test_healthz_reflects_the_producer_loop(redis_url: str, tmp_path: Path) -> N
         if mongo.process is not None:
             mongo.process.send_signal(signal.SIGCONT)
         mongo.stop()
+
+
+def test_string_ids_that_shared_a_point_with_another_id_get_their_own_at_the_upgrade(pipeline: Pipeline) -> None:
+    from bson import ObjectId
+
+    from vecsync.constants import APPLIED_TEXT_KEY, ids_migrated_key
+    from vecsync.documents import point_id
+    from vecsync.vectorstore import Point
+
+    hex_string, oid = "65f0c0ffee0000000000abcd", ObjectId()
+    pipeline.collection.insert_many(
+        [
+            {"_id": hex_string, "subject": "a string of 24 hex digits"},
+            {"_id": "true", "subject": "a string that reads as a boolean"},
+            {"_id": oid, "subject": "an ObjectId"},
+            {"_id": "plain", "subject": "a plain string"},
+        ]
+    )
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+    assert pipeline.redis_client.xlen(pipeline.producer_settings().stage1_stream) == 4, "a first start only snapshots"
+    # As an earlier release left it: those two strings' points under the strings themselves, no mark.
+    old_ids = {text: point_id(pipeline.source, text) for text in (hex_string, "true")}
+    new_ids = {text: point_id(pipeline.source, f'"{text}"') for text in (hex_string, "true")}
+    for text, record in zip(old_ids, pipeline.store.retrieve(list(new_ids.values()), with_vectors=True), strict=True):
+        assert record.vector is not None
+        pipeline.store.upsert([Point(old_ids[text], record.vector, {**record.payload, "mongo_id": text})])
+    pipeline.store.delete(list(new_ids.values()))
+    pipeline.redis_client.hdel(APPLIED_TEXT_KEY, *new_ids.values())
+    pipeline.redis_client.delete(ids_migrated_key(pipeline.source))
+    stage1 = pipeline.producer_settings().stage1_stream
+    before = pipeline.redis_client.xlen(stage1)
+
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+    assert not pipeline.store.retrieve(list(old_ids.values())), "the points the strings shared are deleted"
+    assert pipeline.points()[f'"{hex_string}"']["text"] == "a string of 24 hex digits"
+    assert pipeline.redis_client.xlen(stage1) - before == 4, "each string under its new id and its old one, only"
+    assert pipeline.redis_client.get(ids_migrated_key(pipeline.source))
+    pipeline.drain()
+    assert pipeline.redis_client.xlen(stage1) - before == 4, "once"
+
+
+def test_an_event_naming_an_objectid_in_the_stand_ins_storage_form_re_reads_that_document(pipeline: Pipeline) -> None:
+    # After resumes, the stand-in names some ObjectId documents so (docs/operations.md, "The MongoDB stand-in").
+    from bson import ObjectId
+
+    from vecsync.source import mongo_id_of
+
+    oid = ObjectId()
+    pipeline.collection.insert_one({"_id": oid, "subject": "s"})
+    producer = Producer(pipeline.producer_settings(), pipeline.redis_client, pipeline.collection)
+    stored_form = {"__neosqlite_objectid__": True, "id": str(oid)}
+    found, errors = producer._reread_changed([{"operationType": "update", "documentKey": {"_id": stored_form}}])
+    assert errors == [None]
+    assert found[0] is not None and found[0]["_id"] == oid
+    assert mongo_id_of(stored_form) == mongo_id_of(oid)

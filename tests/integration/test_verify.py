@@ -115,3 +115,24 @@ class TestVerifyWaitsForTheModel:
         assert cli(pipeline, "verify", "--skip-model-check", embedding_url=nowhere) == EXIT_OK
         out = capsys.readouterr().out
         assert "not checked for vectors of another model" in out and "0 missing, 0 extra, 0 stale" in out
+
+
+def test_a_point_a_string_shared_before_the_upgrade_is_extra_and_repair_deletes_it(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An earlier release wrote the string's point under the string itself; the document was deleted before the
+    # upgrade, so no scan finds it. Its id string now names the ObjectId of those digits, which does not exist.
+    hex_string = "65f0c0ffee0000000000abcd"
+    pipeline.collection.insert_one({"_id": "kept", "subject": "a document"})
+    pipeline.drain()
+    [record] = pipeline.store.retrieve([point_id(pipeline.source, "kept")], with_vectors=True)
+    assert record.vector is not None
+    stale = point_id(pipeline.source, hex_string)
+    pipeline.store.upsert([Point(stale, record.vector, {**record.payload, "mongo_id": hex_string})])
+
+    assert cli(pipeline, "verify") == EXIT_DRIFT
+    assert f"extra: {hex_string}" in capsys.readouterr().out
+    assert cli(pipeline, "--yes", "verify", "--repair") == EXIT_OK
+    pipeline.drain()
+    assert not pipeline.store.retrieve([stale])
+    assert list(pipeline.points()) == ["kept"]

@@ -416,3 +416,68 @@ def test_a_rate_limit_with_retry_after_over_rest_is_transient() -> None:
     finally:
         http.shutdown()
         http.server_close()
+
+
+# --- Write ordering ---------------------------------------------------------------------------------------------------
+
+
+RECORDED_PATHS: list[str] = []
+
+
+class _Recorded(BaseHTTPRequestHandler):
+    """Answers every write as a Qdrant server answers a completed one, recording its path and query string."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        RECORDED_PATHS.append(self.path)
+        done = {"operation_id": 1, "status": "completed"}
+        result = [done] * 3 if self.path.startswith("/collections/documents/points/batch") else done
+        body = json.dumps({"result": result, "status": "ok", "time": 0})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def do_PUT(self) -> None:  # an upsert
+        self.do_POST()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_the_fences_writes_ask_for_strong_ordering_over_rest() -> None:
+    # A payload-only write applies only where the replica holds the text_sha256 and model of the upsert before it:
+    # a replica that saw the two in the other order would skip it for good. Strong ordering makes every replica
+    # apply a shard's writes in one order.
+    RECORDED_PATHS.clear()
+    http = HTTPServer(("127.0.0.1", 0), _Recorded)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = QdrantClient(url=f"http://127.0.0.1:{http.server_port}", check_compatibility=False, timeout=5)
+        store = _store(client)
+        _fence_batch(store)
+        # The tools' unconditional writes too, so that they take their place in the same order on every replica.
+        store.upsert([Point(UPSERT_ID, [0.5, 0.25, 0.0, 1.0], {"version": "8-0"})])
+        store.delete([DELETE_ID])
+    finally:
+        http.shutdown()
+        http.server_close()
+    routes = [path.partition("?")[0] for path in RECORDED_PATHS]
+    assert routes == [
+        "/collections/documents/points/batch",
+        "/collections/documents/points",
+        "/collections/documents/points/delete",
+    ]
+    for path in RECORDED_PATHS:
+        query = path.partition("?")[2].split("&")
+        assert "ordering=strong" in query and "wait=true" in query, path
+
+
+def test_the_fences_writes_ask_for_strong_ordering_over_grpc(grpc_server: GrpcServer) -> None:
+    with pytest.raises(TransientError):
+        _fence_batch(_store(grpc_server.client()))
+    [(_method, body)] = grpc_server.calls
+    request = qdrant_grpc.UpdateBatchPoints.FromString(body)
+    assert request.HasField("ordering") and request.ordering.type == qdrant_grpc.WriteOrderingType.Strong

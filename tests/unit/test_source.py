@@ -58,3 +58,68 @@ def test_durable_reads_are_primary_majority_reads_whatever_the_uri_asks() -> Non
         assert collection.read_concern == ReadConcern("majority")
     finally:
         client.close()
+
+
+HEX = "65f0c0ffee0000000000abcd"
+
+
+def test_an_objectid_and_a_string_of_its_digits_are_two_documents() -> None:
+    from vecsync.documents import point_id
+    from vecsync.source import id_candidates
+
+    assert mongo_id_of(ObjectId(HEX)) == HEX, "ObjectIds keep the id string, so the point id, they always had"
+    assert mongo_id_of(HEX) == f'"{HEX}"'
+    assert point_id("app.documents", mongo_id_of(ObjectId(HEX))) != point_id("app.documents", mongo_id_of(HEX))
+    assert id_candidates(mongo_id_of(ObjectId(HEX))) == [ObjectId(HEX)]
+    assert id_candidates(mongo_id_of(HEX)) == [HEX]
+    assert mongo_id_of(HEX.upper()) == HEX.upper(), "no ObjectId is written in capitals: nothing to tell apart"
+
+
+def test_the_stand_ins_form_of_an_objectid_is_that_objectid() -> None:
+    from vecsync.source import id_candidates
+
+    stored_form = {"__neosqlite_objectid__": True, "id": HEX}
+    assert mongo_id_of(stored_form) == mongo_id_of(ObjectId(HEX)) == HEX
+    assert id_candidates(mongo_id_of(stored_form)) == [ObjectId(HEX)]
+
+
+def test_every_id_reads_back_as_the_value_and_type_it_was() -> None:
+    from vecsync.source import id_of
+
+    values: list[Any] = [
+        ObjectId(HEX),
+        HEX,
+        HEX.upper(),
+        "ticket-1",
+        "",
+        "true",
+        True,
+        False,
+        "null",
+        None,
+        7,
+        "7",
+        '{"$numberInt": "7"}',
+        '"quoted"',
+        '"',
+        "{not json",
+        1.5,
+        {"a": 1},
+        Binary.from_uuid(uuid.UUID(int=1)),
+        Decimal128("1.5"),
+    ]
+    ids = [mongo_id_of(value) for value in values]
+    assert len(set(ids)) == len(ids), f"two values share an id string: {ids}"
+    for value, mongo_id in zip(values, ids, strict=True):
+        read = id_of(mongo_id)
+        assert (type(read), read) == (type(value), value), mongo_id
+    # Strings that only look like another value's id are the only ones written otherwise than as themselves.
+    assert [mongo_id_of(text) for text in ("ticket-1", "7", "{not json", '"')] == ["ticket-1", "7", "{not json", '"']
+
+
+def test_strings_that_extended_json_cannot_read_are_ids_as_they_are() -> None:
+    from vecsync.source import id_of
+
+    for text in ['{"$oid": "zz"}', '{"$binary": 5}', '{"$numberLong": []}', '{"$timestamp": 1}', '{"a": ' + "[" * 5000]:
+        assert mongo_id_of(text) == text
+        assert id_of(text) == text

@@ -39,6 +39,15 @@ def producer_batch_key(source: str) -> str:
     return f"vecsync:producer:{source}:batch"
 
 
+def ids_migrated_key(source: str) -> str:
+    """Set once the producer has published again the documents whose id string this release changed.
+
+    Those are string _ids that read as another value's id (24 lowercase hex digits, ``true``, ``{...}``, ``"..."``),
+    which earlier releases wrote as themselves and so in one point with, say, the ObjectId of those digits.
+    """
+    return f"vecsync:producer:{source}:ids_migrated"
+
+
 def producer_position_key(source: str) -> str:
     """With several partitions, one per partition: the high-water mark of the producer's writes to it, a hash of
     the number of the batch that last wrote it, that batch's size and its resume token."""

@@ -45,6 +45,7 @@ from vecsync import settings as settings_module
 from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.partitions import ProducerKeys
+from vecsync.redaction import RedactingFormatter, redact
 from vecsync.runtime import EXIT_CONFIG, EXIT_HISTORY_LOST
 from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, require_scheme
 from vecsync.source import Snapshot, stored_snapshot
@@ -671,11 +672,13 @@ def _count(number: int, noun: str) -> str:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         settings = settings_module.load(LocalStackSettings)
     except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     stack = LocalStack(settings)
     signal.signal(signal.SIGTERM, lambda *_: stack.stopping.set())
@@ -702,13 +705,13 @@ def main() -> None:
     except Interrupted:
         pass
     except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {redact(str(exc))}", file=sys.stderr, flush=True)
         status = EXIT_CONFIG
     except StageFailed as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {redact(str(exc))}", file=sys.stderr, flush=True)
         status = exc.status
     except (VecsyncError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {redact(str(exc))}", file=sys.stderr, flush=True)
         status = 1
     finally:
         stack.stop()

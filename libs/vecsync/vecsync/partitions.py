@@ -104,6 +104,7 @@ class ProducerKeys:
     snapshot: str
     batch: str
     positions: list[str]
+    ids_migrated: str
 
     @classmethod
     def of(cls, source: str, partitions: Partitions) -> ProducerKeys:
@@ -116,6 +117,7 @@ class ProducerKeys:
             snapshot=constants.snapshot_key(source) + tag,
             batch=constants.producer_batch_key(source) + tag,
             positions=partitions.names(constants.producer_position_key(source)) if partitions.split else [],
+            ids_migrated=constants.ids_migrated_key(source) + tag,
         )
 
     def other_naming(self, source: str, partitions: Partitions) -> ProducerKeys:

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from vecsync.consumer import Backoff, Handler, StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
+from vecsync.redaction import RedactingFormatter, redact
 from vecsync.settings import ConsumerSettings
 from vecsync.streams import REDIS_UNAVAILABLE, connect
 
@@ -32,10 +34,14 @@ EXIT_INVALIDATED = 4
 PostRoute = Callable[[Any], tuple[int, Any]]
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
+    """Log to stderr at ``level``, every line (tracebacks too) with its secrets masked (vecsync.redaction)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def stop_on_signals(stopping: threading.Event) -> None:
@@ -156,14 +162,18 @@ def _make_handler(
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a service's main, turning the errors an operator must act on into one clear line and an exit code."""
+    # Redacted here as well as by the log formatter: a settings error comes before logging is set up.
     try:
         main()
     except ConfigurationError as exc:
-        logging.getLogger("vecsync").error("%s", exc)
+        logging.getLogger("vecsync").error("%s", redact(str(exc)))
         sys.exit(EXIT_CONFIG)
     except HistoryLost as exc:
-        logging.getLogger("vecsync").error("%s", exc)
+        logging.getLogger("vecsync").error("%s", redact(str(exc)))
         sys.exit(EXIT_HISTORY_LOST)
+    except Exception:  # noqa: BLE001 - a failure nobody expected: its traceback as Python prints it, secrets masked
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        sys.exit(1)
 
 
 def serve_consumer(

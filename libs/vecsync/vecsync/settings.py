@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from vecsync import constants
 from vecsync.errors import ConfigurationError
 from vecsync.partitions import Partitions, base_name
+from vecsync.redaction import redact, redact_url, remember_secret, remember_url_secrets
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -311,12 +312,32 @@ SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 def load(cls: type[SettingsT]) -> SettingsT:
     """Build ``cls`` from the environment, or raise ConfigurationError naming each bad variable."""
     try:
-        return cls()
+        loaded = cls()
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             name = "_".join(str(part) for part in error["loc"]).upper() or "configuration"
             given = error.get("input")
+            if isinstance(given, str) and name.endswith(_URL_SUFFIXES):
+                remember_url_secrets(given)
+                given = redact_url(given)
             shown = "" if isinstance(given, dict) or name.endswith("KEY") else f" (got {given!r})"
             problems.append(f"{name}: {error['msg']}{shown}")
-        raise ConfigurationError("Invalid configuration: " + "; ".join(problems)) from None
+        raise ConfigurationError(redact("Invalid configuration: " + "; ".join(problems))) from None
+    _remember_secrets(loaded)
+    return loaded
+
+
+# Settings that hold a URL, whose password is masked wherever it is shown, and settings that are secrets whole.
+_URL_SUFFIXES = ("_URL", "_URI")
+_SECRET_SUFFIXES = ("_KEY", "_PASSWORD", "_TOKEN", "_SECRET")
+
+
+def _remember_secrets(loaded: BaseSettings) -> None:
+    """Have vecsync.redaction mask the secrets of ``loaded`` in every later message and log."""
+    for name, value in loaded.model_dump().items():
+        upper = name.upper()
+        if isinstance(value, str) and upper.endswith(_URL_SUFFIXES):
+            remember_url_secrets(value)
+        elif isinstance(value, str) and upper.endswith(_SECRET_SUFFIXES):
+            remember_secret(value)

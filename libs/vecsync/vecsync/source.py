@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import math
+import re
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,14 +37,81 @@ from vecsync.settings import CommonSettings, MongoSettings
 
 
 def mongo_id_of(value: Any) -> str:
-    """The id string of a document: an ObjectId's 24 hex digits, a string as is, else canonical Extended JSON."""
+    """The id string of a document, one per _id value and type (``id_of`` reads it back).
+
+    An ObjectId is its 24 hex digits; a string is itself, unless ``id_of`` would read it as another value (24
+    lowercase hex digits would be an ObjectId, ``true`` a boolean, ``{...}`` Extended JSON, ``"..."`` a quoted
+    string): then it is quoted as a JSON string, ``"65f0c0ffee0000000000abcd"``. Every other _id is its canonical
+    Extended JSON. So no two documents share an id string, and with it a point (docs/design.md, "Point ids and
+    payload").
+    """
+    value = canonical_id(value)
     if isinstance(value, ObjectId):
         return str(value)
     if isinstance(value, str):
-        return value
+        return value if _reads_as_itself(value) else json.dumps(value, ensure_ascii=False)
     if isinstance(value, uuid.UUID):  # decoded with a uuidRepresentation: encode it as the standard subtype
         value = Binary.from_uuid(value)
     return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
+
+
+def id_of(mongo_id: str) -> Any:
+    """The _id value that a mongo_id string stands for: the inverse of mongo_id_of.
+
+    A string that mongo_id_of never writes (such as a string id of an earlier release that is now quoted) reads as
+    the value it spells, so that a change published for it names that value's document, never the string's.
+    """
+    if mongo_id.startswith('"'):
+        try:
+            quoted = json.loads(mongo_id)
+        except ValueError:
+            return mongo_id
+        return quoted if isinstance(quoted, str) else mongo_id
+    if _OBJECT_ID.fullmatch(mongo_id):
+        return ObjectId(mongo_id)
+    if mongo_id.startswith("{") or mongo_id in _JSON_WORDS:
+        try:
+            return json_util.loads(mongo_id)
+        except Exception:  # noqa: BLE001 - what Extended JSON cannot read (bad $oid, $binary...) is a string
+            return mongo_id
+    return mongo_id
+
+
+def id_candidates(mongo_id: str) -> list[Any]:
+    """The _id values to look a mongo_id up by in MongoDB: the one it stands for (see id_of)."""
+    return [id_of(mongo_id)]
+
+
+def canonical_id(value: Any) -> Any:
+    """``value``, with an ObjectId in neosqlite's storage form (the MongoDB stand-in) as the ObjectId it stands for.
+
+    The stand-in names some documents in change events by ``{"__neosqlite_objectid__": true, "id": "<24 hex>"}``
+    (docs/operations.md, "The MongoDB stand-in"); read as a document _id, that would be a third id for the
+    ObjectId's document, and a re-read by it would find nothing. No real _id has that form in practice.
+    """
+    if (
+        isinstance(value, dict)
+        and len(value) == 2
+        and value.get("__neosqlite_objectid__") is True
+        and isinstance(value.get("id"), str)
+        and ObjectId.is_valid(value["id"])
+    ):
+        return ObjectId(value["id"])
+    return value
+
+
+def written_otherwise_before(value: Any) -> bool:
+    """Whether ``value`` is a string _id that earlier releases wrote as itself and mongo_id_of now quotes."""
+    return isinstance(value, str) and not _reads_as_itself(value)
+
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+_JSON_WORDS = ("true", "false", "null")
+
+
+def _reads_as_itself(text: str) -> bool:
+    read = id_of(text)
+    return isinstance(read, str) and read == text
 
 
 def to_plain(value: Any) -> Any:
@@ -75,16 +144,35 @@ def _iso(value: datetime.datetime) -> str:
     return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-def id_candidates(mongo_id: str) -> list[Any]:
-    """The _id values a mongo_id string may stand for (the inverse of mongo_id_of)."""
-    if mongo_id.startswith("{"):
-        try:
-            return [json_util.loads(mongo_id)]
-        except ValueError:
-            return [mongo_id]
-    if ObjectId.is_valid(mongo_id) and len(mongo_id) == 24:
-        return [ObjectId(mongo_id), mongo_id]
-    return [mongo_id]
+# String _ids that may read as another value's id (see id_of); written_otherwise_before decides exactly.
+_MAYBE_QUOTED = {"_id": {"$type": "string", "$regex": r'^(?:[0-9a-f]{24}$|["{]|(?:true|false|null)$)'}}
+
+
+def ids_written_otherwise_before(collection: Collection[dict[str, Any]], *, size: int) -> Iterator[list[Any]]:
+    """The string _ids whose mongo_id earlier releases wrote as the string itself, in chunks of ``size``.
+
+    Each of them shared its id string, and so its point, with the value it reads as (the ObjectId of its digits, for
+    one): the producer publishes both again once, at its first start on this release (see migrated_id_changes).
+    One scan of the _id index, in _id order.
+    """
+    for chunk in chunks_after(collection, None, size=size, projection={"_id": 1}, query=_MAYBE_QUOTED):
+        ids = [document["_id"] for document in chunk if written_otherwise_before(document["_id"])]
+        if ids:
+            yield ids
+
+
+def migrated_id_changes(
+    collection: Collection[dict[str, Any]], source: str, ids: list[str], *, projection: dict[str, int] | None
+) -> list[DocumentChange]:
+    """The changes that move the points of string ``ids`` (see ids_written_otherwise_before) to their own ids.
+
+    Each string's document is published under its new id (a new point), and its old id string again: that now
+    names the value it reads as, whose current state (or, when no such document exists, a delete) replaces the
+    point the two shared.
+    """
+    return changes_for_ids(
+        collection, source, [i for text in ids for i in (mongo_id_of(text), text)], projection=projection
+    )
 
 
 def durable_reads(collection: Collection[dict[str, Any]]) -> Collection[dict[str, Any]]:

@@ -6,11 +6,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from vecsync.constants import dlq_stream
+
+# redact_url was defined here before vecsync.redaction held every redaction: still importable from here.
+from vecsync.redaction import redact, redact_url  # noqa: F401
 
 # Redis refusing a command without being down: full (maxmemory with noeviction) or read-only (a replica, as right
 # after a failover). Both pass; every stage waits them out as it waits out an outage, and never dead-letters for them.
@@ -78,15 +80,6 @@ def memory_share(info: dict[str, Any]) -> float:
     """used_memory as a share of maxmemory, from INFO memory; 0 without a maxmemory."""
     limit = int(info.get("maxmemory", 0))
     return int(info["used_memory"]) / limit if limit else 0.0
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced, safe to log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # Entries read per XRANGE where only their ids or their number matter. A reply is built in Redis's memory before it is
@@ -260,13 +253,17 @@ def _lag(client: redis.Redis, stream: str, group_info: dict[str, Any]) -> int | 
 def dead_letter_fields(
     *, stream: str, group: str, entry_id: str, fields: dict[str, str], error: str, deliveries: int, consumer: str
 ) -> dict[str, str]:
-    """The fields of a dead-letter entry: everything needed to understand and replay it."""
+    """The fields of a dead-letter entry: everything needed to understand and replay it.
+
+    The reason is redacted (vecsync.redaction): it is stored in Redis and shown by `vecsync dlq`, past every log
+    formatter.
+    """
     return {
         "stream": stream,
         "group": group,
         "entry_id": entry_id,
         "fields": json.dumps(fields, ensure_ascii=False),
-        "error": error,
+        "error": redact(error),
         "deliveries": str(deliveries),
         "consumer": consumer,
         "failed_at": repr(time.time()),

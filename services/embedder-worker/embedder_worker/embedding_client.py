@@ -13,6 +13,7 @@ import requests
 from embedder_worker.settings import EmbedderSettings
 from vecsync.errors import ConfigurationError, InvalidEntry, PermanentError, TransientError
 from vecsync.messages import unpack_vector
+from vecsync.redaction import redact_url
 
 # Statuses that mean "the service is busy or down, try again": never a reason to dead-letter.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
@@ -71,6 +72,8 @@ class EmbeddingClient:
         self.dim = dim
         self.timeout_s = timeout_s
         self.base_url = base
+        # What messages show of the two: without a password the URL may carry.
+        self.shown_url, self.shown_endpoint = redact_url(base), redact_url(self.url)
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -83,7 +86,7 @@ class EmbeddingClient:
             return
         if response.status_code in AUTH_STATUSES:
             raise ConfigurationError(
-                f"The embedding-api at {self.base_url} refused the request ({response.status_code}): "
+                f"The embedding-api at {self.shown_url} refused the request ({response.status_code}): "
                 "check EMBEDDING_API_KEY."
             )
 
@@ -142,7 +145,7 @@ class EmbeddingClient:
         try:
             response = self.session.post(self.url, json=body, timeout=self.timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(f"embedding-api unreachable at {self.url}: {exc}") from exc
+            raise TransientError(f"embedding-api unreachable at {redact_url(self.url)}: {exc}") from exc
         self._check_configuration(response)
         if response.status_code in RETRY_STATUSES:
             raise TransientError(
@@ -167,12 +170,13 @@ class EmbeddingClient:
         status, said = response.status_code, response.text[:300]
         if status in AUTH_STATUSES:
             raise ConfigurationError(
-                f"The embedding-api at {self.base_url} refused the API key ({status}: {said}): check EMBEDDING_API_KEY."
+                f"The embedding-api at {self.shown_url} refused the API key ({status}: {said}): "
+                "check EMBEDDING_API_KEY."
             )
         if status in ENDPOINT_STATUSES:
             raise ConfigurationError(
-                f"The embedding-api at {self.base_url} answered {status} to POST {self.url} ({said}): there is no "
-                f"such endpoint there. Check EMBEDDING_URL, and EMBEDDING_API_STYLE ({self.style}); an "
+                f"The embedding-api at {self.shown_url} answered {status} to POST {self.shown_endpoint} ({said}): "
+                f"there is no such endpoint there. Check EMBEDDING_URL, and EMBEDDING_API_STYLE ({self.style}); an "
                 f"OpenAI-compatible server also answers so for a model it does not serve (EMBEDDING_MODEL is "
                 f"{self.configured_model})."
             )
@@ -181,7 +185,7 @@ class EmbeddingClient:
         named = self.configured_model in said and any(words in said.lower() for words in UNKNOWN_MODEL_WORDS)
         if self.style == "openai" and status in (400, 422) and ("model_not_found" in said or named):
             raise ConfigurationError(
-                f"The embedding-api at {self.base_url} rejected the request naming model {self.configured_model} "
+                f"The embedding-api at {self.shown_url} rejected the request naming model {self.configured_model} "
                 f"({status}: {said}): set EMBEDDING_MODEL to a model it serves."
             )
 
@@ -189,7 +193,7 @@ class EmbeddingClient:
         # One model makes vectors of one size: a reply of another size than EMBEDDING_DIM is the configuration's
         # fault, never a text's, and would fail every text alike.
         return ConfigurationError(
-            f"The embedding-api at {self.base_url} returned vectors of {size} dimensions, but EMBEDDING_DIM is "
+            f"The embedding-api at {self.shown_url} returned vectors of {size} dimensions, but EMBEDDING_DIM is "
             f"{self.dim}: set EMBEDDING_DIM to its model's size (the upserters' too, with a collection of that size), "
             f"or point EMBEDDING_URL at an embedding-api whose model makes {self.dim}-dimension vectors."
         )

@@ -6,8 +6,8 @@ from embedder_worker.embedding_client import EmbeddingClient
 from embedder_worker.service import Embedder
 from embedder_worker.settings import EmbedderSettings
 from vecsync import settings as settings_module
+from vecsync.redaction import redact_url
 from vecsync.runtime import run_main, serve_consumer, setup_logging
-from vecsync.streams import redact_url
 
 log = logging.getLogger("vecsync.embedder_worker")
 
@@ -20,7 +20,7 @@ def main() -> None:
         settings.consumer_name,
         settings.stage1_stream,
         settings.stage2_stream,
-        settings.embedding_url,
+        redact_url(settings.embedding_url),
         redact_url(settings.redis_url),
     )
     embedding = EmbeddingClient.from_settings(settings)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import redis
@@ -54,10 +55,14 @@ from vecsync.metrics import REDIS_REFUSED
 from vecsync.partitions import ProducerKeys
 from vecsync.source import (
     Snapshot,
+    canonical_id,
     chunks_after,
     document_change,
     ejson_id,
+    ids_written_otherwise_before,
+    migrated_id_changes,
     mongo_id_of,
+    publish_beside_producer,
     read_current,
     stored_snapshot,
 )
@@ -213,6 +218,7 @@ class Producer:
         """Publish from the stored token on; True when the stream ended (invalidated) and must be reopened."""
         token: Mapping[str, Any] | None = self._stored_token()
         snapshot = None if token is not None else self._stored_snapshot()
+        self._migrate_ids(snapshotting_first=token is None and snapshot is None)
         self._read_positions(following_token=token is not None)
         with self._open_change_stream(token or (json_util.loads(snapshot.token) if snapshot else None)) as stream:
             if token is None:
@@ -416,7 +422,7 @@ class Producer:
             operation = event["operationType"]
             EVENTS_READ.labels(operation).inc()
             if operation in DOCUMENT_OPERATIONS:
-                key = event["documentKey"]["_id"]
+                key = canonical_id(event["documentKey"]["_id"])
                 if error is not None:
                     dead_letters.append(self._unreadable(operation, key, error))
                     continue
@@ -438,7 +444,9 @@ class Producer:
     def _reread_changed(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any] | None], list[str | None]]:
         """Each event's document as it is now (None for deletes and gone documents), and why it could not be read."""
         keys = [
-            event["documentKey"]["_id"] if event["operationType"] in ("insert", "update", "replace") else None
+            canonical_id(event["documentKey"]["_id"])
+            if event["operationType"] in ("insert", "update", "replace")
+            else None
             for event in events
         ]
         current, unreadable = self._reread([key for key in keys if key is not None])
@@ -572,6 +580,43 @@ class Producer:
             other.snapshot,
             self.partitions.count,
         )
+
+    def _migrate_ids(self, *, snapshotting_first: bool) -> None:
+        """Once per source: give the string ids that earlier releases wrote as themselves points of their own.
+
+        Such a string (24 lowercase hex digits, say) shared its point with the value it reads as (the ObjectId of
+        those digits); see vecsync.source.mongo_id_of. Both documents are published again, in their current state,
+        under the ids of this release, before this producer reads its change stream (publish_beside_producer keeps
+        the order with anything a producer publishes meanwhile). The mark is set only once every one of them is in
+        stage 1, so a crash or stop before it starts over, which republishes some documents twice and changes
+        nothing else.
+        """
+        mark = self.keys.ids_migrated
+        if self.client.get(mark) is not None:  # GET, not EXISTS: in the producer's least-privilege ACL
+            return
+        if snapshotting_first:  # the snapshot about to begin publishes every document under this release's ids
+            self.client.set(mark, repr(time.time()))
+            return
+        moved = 0
+        for ids in ids_written_otherwise_before(self.collection, size=self.settings.batch_size):
+            if self.stopping.is_set():
+                return
+            self.flow.wait_for_room()
+            publish_beside_producer(
+                self.client,
+                self.settings,
+                self.source,
+                partial(migrated_id_changes, self.collection, self.source, ids, projection=self.projection),
+            )
+            moved += len(ids)
+        self.client.set(mark, repr(time.time()))
+        if moved:
+            log.info(
+                "Published again %d documents of %s whose string ids earlier releases shared with other ids "
+                '(docs/operations.md, "Upgrading: string ids that look like other ids")',
+                moved,
+                self.source,
+            )
 
     def _history_lost(self, exc: OperationFailure) -> None:
         HISTORY_LOST.inc()

@@ -18,9 +18,9 @@ from vecsync import settings as settings_module
 from vecsync.constants import APPLIED_VERSIONS_KEY
 from vecsync.consumer import Backoff, Handler
 from vecsync.errors import TransientError
+from vecsync.redaction import redact_url
 from vecsync.runtime import run_main, serve_consumer, setup_logging
 from vecsync.source import open_collection
-from vecsync.streams import redact_url
 from vecsync.vectorstore import VectorStore, store_key_file
 
 log = logging.getLogger("vecsync.upserter")
@@ -51,7 +51,7 @@ def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dic
         settings.consumer_name,
         settings.stage2_stream,
         settings.qdrant_collection,
-        embedded or settings.qdrant_url,
+        embedded or redact_url(settings.qdrant_url or ""),
         redact_url(settings.redis_url),
     )
     routes, key = None, None

@@ -35,8 +35,9 @@ from vecsync.cli.store import embed_query
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.flow import FlowControl
 from vecsync.partitions import ProducerKeys
+from vecsync.redaction import redact, redact_url
 from vecsync.source import stored_snapshot
-from vecsync.streams import StreamStats, redact_url, stage_stats
+from vecsync.streams import StreamStats, stage_stats
 
 HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
 # What every point's payload holds besides PAYLOAD_FIELDS (see vecsync.documents.build_payload).
@@ -56,10 +57,10 @@ def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except (ConfigurationError, Declined) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (VecsyncError, redis.RedisError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(

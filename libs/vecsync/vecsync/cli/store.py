@@ -11,6 +11,7 @@ import requests
 
 from vecsync.cli.settings import CliSettings
 from vecsync.errors import CheckNotRun, ConfigurationError, PermanentError, TransientError
+from vecsync.redaction import redact_url
 from vecsync.vectorstore import Hit, StoreInUse, VectorStore, store_key_file
 
 
@@ -99,12 +100,12 @@ class UpserterStore:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             response = requests.post(self.base_url + path, json=body, headers=headers, timeout=self.timeout_s)
         except requests.RequestException as exc:
-            raise TransientError(f"could not reach the upserter at {self.base_url}: {exc}") from exc
+            raise TransientError(f"could not reach the upserter at {redact_url(self.base_url)}: {exc}") from exc
         if response.status_code == 401:
             where = f"; {self.key_file} holds none" if key is None and self.key_file else ""
             raise ConfigurationError(
-                f"The upserter at {self.base_url} refused the CLI's key{where}. Set UPSERTER_API_KEY to the "
-                "upserter's key, or run the CLI with the upserter's DATA_DIR, where it writes its key."
+                f"The upserter at {redact_url(self.base_url)} refused the CLI's key{where}. Set UPSERTER_API_KEY to "
+                "the upserter's key, or run the CLI with the upserter's DATA_DIR, where it writes its key."
             )
         if response.status_code != 200:
             raise PermanentError(f"the upserter answered {response.status_code} to {path}: {response.text[:300]}")
@@ -131,8 +132,8 @@ def open_store(settings: CliSettings) -> Store:
         store = VectorStore.open(settings, settings.data_dir, payload_indexes=settings.payload_fields)
     except StoreInUse as exc:
         raise ConfigurationError(
-            f"{exc} No upserter answered at UPSERTER_URL={settings.upserter_url} either: point UPSERTER_URL "
-            "at the upserter that holds the store."
+            f"{exc} No upserter answered at UPSERTER_URL={redact_url(settings.upserter_url)} either: point "
+            "UPSERTER_URL at the upserter that holds the store."
         ) from None
     store.ensure_collection()
     return store
@@ -144,7 +145,8 @@ def embed_query(settings: CliSettings, text: str) -> list[float]:
         headers = {"Authorization": f"Bearer {settings.embedding_api_key}"} if settings.embedding_api_key else {}
         response = requests.post(url, json={"text": text}, headers=headers, timeout=settings.http_timeout_s)
     except requests.RequestException as exc:
-        raise TransientError(f"could not reach the embedding-api at {settings.embedding_url}: {exc}") from exc
+        where = redact_url(settings.embedding_url)
+        raise TransientError(f"could not reach the embedding-api at {where}: {exc}") from exc
     if response.status_code != 200:
         raise PermanentError(f"the embedding-api answered {response.status_code}: {response.text[:300]}")
     return list(response.json()["embedding"])
@@ -161,7 +163,7 @@ def wait_for_model(settings: CliSettings, timeout_s: float, on_wait: Callable[[s
     an OpenAI-compatible server without /readyz is asked GET /v1/models, which must name exactly one model.
     ``on_wait`` is told once why the wait goes on.
     """
-    base = settings.embedding_url.rstrip("/")
+    base, where = settings.embedding_url.rstrip("/"), redact_url(settings.embedding_url)
     headers = {"Authorization": f"Bearer {settings.embedding_api_key}"} if settings.embedding_api_key else {}
     deadline = time.monotonic() + timeout_s
     told = False
@@ -177,13 +179,13 @@ def wait_for_model(settings: CliSettings, timeout_s: float, on_wait: Callable[[s
                 return _only_model(settings, base, headers)
             if response.status_code != 503:
                 raise CheckNotRun(
-                    f"The embedding-api at {settings.embedding_url} answered {response.status_code} to GET /readyz "
+                    f"The embedding-api at {where} answered {response.status_code} to GET /readyz "
                     f"({response.text[:200]!r}), so points cannot be checked for vectors of another model. Check "
                     "EMBEDDING_URL (and EMBEDDING_API_KEY), or run the command with --skip-model-check."
                 )
             if body.get("status") == "failed":
                 raise CheckNotRun(
-                    f"The embedding-api at {settings.embedding_url} could not load its model "
+                    f"The embedding-api at {where} could not load its model "
                     f"({body.get('detail', 'no detail given')}), so points cannot be checked for vectors of another "
                     "model. Fix the embedding-api (see its log) and run the command again."
                 )
@@ -193,30 +195,31 @@ def wait_for_model(settings: CliSettings, timeout_s: float, on_wait: Callable[[s
         left = deadline - time.monotonic()
         if left <= 0:
             raise CheckNotRun(
-                f"The embedding-api at {settings.embedding_url} {waiting[0]} after {timeout_s:g} s, so points cannot "
+                f"The embedding-api at {where} {waiting[0]} after {timeout_s:g} s, so points cannot "
                 f"be checked for vectors of another model. {waiting[1]}, or give it longer with --ready-timeout; "
                 "--skip-model-check runs the command without that check."
             )
         if on_wait is not None and not told:
-            on_wait(f"The embedding-api at {settings.embedding_url} {waiting[0]}; waiting up to {timeout_s:g} s.")
+            on_wait(f"The embedding-api at {where} {waiting[0]}; waiting up to {timeout_s:g} s.")
             told = True
         time.sleep(min(READY_POLL_S, left))
 
 
 def _only_model(settings: CliSettings, base: str, headers: dict[str, str]) -> str:
+    where = redact_url(settings.embedding_url)
     try:
         response = requests.get(base + "/v1/models", headers=headers, timeout=settings.http_timeout_s)
         models = _json_object(response).get("data") if response.status_code == 200 else None
     except requests.RequestException as exc:
         raise CheckNotRun(
-            f"Could not ask the embedding-api at {settings.embedding_url} which model it runs ({exc}). Check "
+            f"Could not ask the embedding-api at {where} which model it runs ({exc}). Check "
             "EMBEDDING_URL, or run the command with --skip-model-check."
         ) from None
     names = [m.get("id") for m in models if isinstance(m, dict)] if isinstance(models, list) else []
     if len(names) == 1 and isinstance(names[0], str):
         return names[0]
     raise CheckNotRun(
-        f"The embedding server at {settings.embedding_url} names no model in a /readyz, and GET /v1/models named "
+        f"The embedding server at {where} names no model in a /readyz, and GET /v1/models named "
         f"{len(names)} models (answered {response.status_code}), not one, so points cannot be checked for vectors "
         "of another model. Run the command with --skip-model-check."
     )

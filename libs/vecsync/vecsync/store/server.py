@@ -1,8 +1,10 @@
 """The collection on a Qdrant server, through qdrant-client (QDRANT_URL), over REST or gRPC (QDRANT_PREFER_GRPC).
 
-Each batch of the fence's writes is one `batch_update_points` request; Qdrant
-evaluates each write's condition on the stored point in the same operation as
-the write (an upsert's update_filter needs Qdrant 1.16). The collection is
+Each batch of the fence's writes is one `batch_update_points` request with
+strong write ordering; Qdrant evaluates each write's condition on the stored
+point in the same operation as the write (an upsert's update_filter needs
+Qdrant 1.16), and strong ordering makes every replica of a shard evaluate them
+in the same order. The collection is
 created with the distribution the settings give (QDRANT_SHARDS,
 QDRANT_REPLICATION_FACTOR, QDRANT_WRITE_CONSISTENCY); an existing one is kept.
 """
@@ -38,6 +40,13 @@ log = logging.getLogger(__name__)
 
 # The first Qdrant release with conditional upserts (an upsert's update_filter).
 CONDITIONAL_WRITES_SINCE = (1, 16)
+
+# Every write of the fence is conditional on the stored point, so its outcome on a replica depends on the writes that
+# replica applied before it. With Qdrant's default (weak) ordering, replicas of a shard may apply writes in different
+# orders: a payload-only write, which needs the text_sha256 and model of the upsert before it, is then skipped for good
+# on a replica that sees it first, whatever the write consistency factor. Strong ordering sends every write of a shard
+# through its one permanent leader, so every replica applies them in one order and the conditions agree.
+FENCE_ORDERING = models.WriteOrdering.STRONG
 
 
 def older_than(version: tuple[int, int]) -> models.Filter:
@@ -185,7 +194,7 @@ class ServerStore(VectorStore):
             return
         structs = [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points]
         with _mapped_errors("upsert points"):
-            self.client.upsert(self.collection, points=structs, wait=True)
+            self.client.upsert(self.collection, points=structs, wait=True, ordering=FENCE_ORDERING)
 
     def write_if_newer(
         self,
@@ -216,13 +225,20 @@ class ServerStore(VectorStore):
         if not operations:
             return
         with _mapped_errors("write points"):
-            self.client.batch_update_points(self.collection, update_operations=operations, wait=True)
+            self.client.batch_update_points(
+                self.collection, update_operations=operations, wait=True, ordering=FENCE_ORDERING
+            )
 
     def delete(self, point_ids: list[str]) -> None:
         if not point_ids:
             return
         with _mapped_errors("delete points"):
-            self.client.delete(self.collection, points_selector=models.PointIdsList(points=point_ids), wait=True)
+            self.client.delete(
+                self.collection,
+                points_selector=models.PointIdsList(points=point_ids),
+                wait=True,
+                ordering=FENCE_ORDERING,  # in one order with the fence's writes to the same points
+            )
 
     def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
         query_filter = None
