@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from prometheus_client import Counter, Gauge
 
-from upserter.fence import Tombstones
+from upserter.fence import Tombstones, oldest_version_left
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
 from vecsync.constants import APPLIED_TEXT_KEY, dlq_stream, tombstones_key
@@ -48,6 +48,10 @@ EMBEDDED_AGAIN = Counter(
 )
 SUPERSEDED = Counter(
     "vecsync_upserter_superseded_total", "Entries skipped because a newer change of their document was already applied."
+)
+TOMBSTONES_REMOVED = Counter(
+    "vecsync_upserter_tombstones_removed_total",
+    "Tombstones removed because no change older than them was left in the streams or dead-letter streams.",
 )
 OTHER_MODEL_POINTS = Gauge(
     "vecsync_upserter_other_model_points",
@@ -98,6 +102,8 @@ class Upserter:
             for partition in self.partitions.indexes()
         ]
         self.models = ModelCheck(store)
+        # When each partition's tombstones were last swept: the first sweep comes one interval after the start.
+        self._last_sweep = dict.fromkeys(self.partitions.indexes(), time.monotonic())
 
     def handle(self, batch: Batch) -> None:
         newest = self._newest_per_point(batch)
@@ -111,6 +117,33 @@ class Upserter:
             log.warning("Qdrant collection %r is missing; creating it", self.store.collection)
             self.store.ensure_collection()
             raise
+        self._sweep_if_due(batch.partition)
+
+    def _sweep_if_due(self, partition: int) -> None:
+        interval = self.settings.tombstone_sweep_interval_s
+        if not interval or time.monotonic() - self._last_sweep[partition] < interval:
+            return
+        self._last_sweep[partition] = time.monotonic()
+        try:
+            removed = self.sweep_tombstones(partition)
+        except redis.RedisError as exc:  # the tombstones stay a while longer; the batch is not held up for it
+            log.warning("Could not sweep the tombstones of partition %d: %s", partition, exc)
+            return
+        if removed:
+            log.info("Removed %d tombstones that no change left in the streams can need", removed)
+
+    def sweep_tombstones(self, partition: int) -> int:
+        """Remove the partition's tombstones that no change left in its streams is older than; the number removed."""
+        oldest = oldest_version_left(
+            self.client,
+            stage1=self.partitions.name(self.settings.stage1_stream, partition),
+            stage2=self.partitions.name(self.settings.stage2_stream, partition),
+        )
+        if oldest is None:
+            return 0
+        removed = self.tombstones[partition].remove_up_to(oldest)
+        TOMBSTONES_REMOVED.inc(removed)
+        return removed
 
     def _newest_per_point(self, batch: Batch) -> dict[str, EmbeddedDocument]:
         newest: dict[str, EmbeddedDocument] = {}
