@@ -84,7 +84,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         # The group is created by the operator (or the first consumer); do it as admin here, then drop admin rights.
         embedder_settings = pipeline.embedder_settings(trim_interval_s=0.001)
         embedding = EmbeddingClient.from_settings(embedder_settings)
-        upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001)
+        upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001, skip_unchanged_hint_points=2)
 
         def run_stages(*, through_an_outage: bool = False) -> None:
             Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)

@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge
 from upserter.fence import Tombstones, oldest_version_left
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
-from vecsync.constants import APPLIED_TEXT_KEY, dlq_stream, tombstones_key
+from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY, dlq_stream, tombstones_key
 from vecsync.consumer import Batch
 from vecsync.documents import point_id, text_fingerprint
 from vecsync.errors import InvalidEntry
@@ -58,6 +58,18 @@ OTHER_MODEL_POINTS = Gauge(
     "Points made by another model than the entries this upserter applies (or with none recorded), in the sample of "
     "the collection it takes at its first entry; 0 when none.",
 )
+
+# After a batch wrote the current generation of the skip-unchanged hint (KEYS[1]), under its locks: drop the points
+# it wrote or removed from the previous generation (KEYS[2]), where they would only be stale, and once the current one
+# holds ARGV[1] points, make it the previous one (the one before goes). ARGV[2..]: the batch's point ids.
+_HINT_UPKEEP = """
+if #ARGV > 1 then redis.call('HDEL', KEYS[2], unpack(ARGV, 2)) end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
 
 # The fields of a point that decide whether an entry still applies to it.
 _STATE_FIELDS = ["version", "text_sha256", "model"]
@@ -102,6 +114,7 @@ class Upserter:
             for partition in self.partitions.indexes()
         ]
         self.models = ModelCheck(store)
+        self._hint_upkeep = client.register_script(_HINT_UPKEEP)
         # When each partition's tombstones were last swept: the first sweep comes one interval after the start.
         self._last_sweep = dict.fromkeys(self.partitions.indexes(), time.monotonic())
 
@@ -233,14 +246,19 @@ class Upserter:
         """Update the skip-unchanged hint of each point written, in one step with a last check of the locks.
 
         Only a hint (the upserter checks a payload-only entry against the point itself), but one that an upserter
-        whose locks lapsed must not write: it could be older than what another upserter wrote since.
+        whose locks lapsed must not write: it could be older than what another upserter wrote since. It is kept to
+        the points written last, in two generations of at most SKIP_UNCHANGED_HINT_POINTS each.
         """
         fields: dict[str, str | None] = dict.fromkeys(plan.gone)
         for pid, doc in plan.written().items():
             payload = doc.payload or {}
             sha = payload.get("text_sha256")
             fields[pid] = text_fingerprint(sha, payload.get("model")) if isinstance(sha, str) else None
-        held.confirm_and_set(self.partitions.name(APPLIED_TEXT_KEY, partition), fields)
+        current = self.partitions.name(APPLIED_TEXT_KEY, partition)
+        held.confirm_and_set(current, fields)
+        if fields:
+            previous = self.partitions.name(APPLIED_TEXT_PREVIOUS_KEY, partition)
+            self._hint_upkeep(keys=[current, previous], args=[self.settings.skip_unchanged_hint_points, *fields])
 
     def _embed_again(self, doc: EmbeddedDocument, batch: Batch) -> None:
         """Queue the change behind a payload-only entry again to be embedded, keeping its place in the order."""
