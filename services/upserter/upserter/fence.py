@@ -138,7 +138,7 @@ class Tombstones:
         removed, cursor, bound_text = 0, 0, f"{bound[0]}-{bound[1]}"
         while True:
             cursor, page = self.client.hscan(self.key, cursor, count=SWEEP_PAGE)
-            due = [pid for pid, version in page.items() if _parse(version) <= bound]
+            due = [pid for pid, version in page.items() if parse_version(version) <= bound]
             if due:
                 removed += int(self._remove_up_to(keys=[self.key], args=[bound_text, *due]))
             if not cursor:
@@ -168,8 +168,8 @@ def oldest_version_left(client: redis.Redis, *, stage1: str, stage2: str) -> tup
             read_to, version = script(keys=[stream], args=[first, last, SWEEP_PAGE])
             if not read_to:
                 return oldest
-            if version and (oldest is None or _parse(version) < oldest):
-                oldest = _parse(version)
+            if version and (oldest is None or parse_version(version) < oldest):
+                oldest = parse_version(version)
             first = f"({read_to}"
 
     try:
@@ -177,7 +177,7 @@ def oldest_version_left(client: redis.Redis, *, stage1: str, stage2: str) -> tup
     except redis.ResponseError:
         return None  # no stage 1 yet: nothing to compare with
     found = [
-        _parse(began),
+        parse_version(began),
         oldest_in(stage1, last=began),
         oldest_in(dlq_stream(stage1)),
         oldest_in(stage2),
@@ -185,10 +185,6 @@ def oldest_version_left(client: redis.Redis, *, stage1: str, stage2: str) -> tup
         oldest_in(stage1, first=f"({began}"),
     ]
     trimmed_to = client.get(TRIMMED_KEY_PREFIX + stage1)
-    if trimmed_to and _parse(str(trimmed_to)) > _parse(began):
+    if trimmed_to and parse_version(str(trimmed_to)) > parse_version(began):
         return None  # stage 1 lost entries written during the sweep, which it has not read yet
     return min(version for version in found if version is not None)
-
-
-def _parse(version: str) -> tuple[int, int]:
-    return parse_version(version)
