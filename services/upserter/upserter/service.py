@@ -63,7 +63,7 @@ OTHER_MODEL_POINTS = Gauge(
 # it wrote or removed from the previous generation (KEYS[2]), where they would only be stale, and once the current one
 # holds ARGV[1] points, make it the previous one (the one before goes). ARGV[2..]: the batch's point ids.
 _HINT_UPKEEP = """
-if #ARGV > 1 then redis.call('HDEL', KEYS[2], unpack(ARGV, 2)) end
+for i = 2, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[1]) then
   redis.call('RENAME', KEYS[1], KEYS[2])
   return 1
