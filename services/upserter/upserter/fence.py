@@ -83,7 +83,7 @@ return removed
 )
 
 # Entries the sweep reads per script call, and tombstones it looks at per HSCAN call.
-SWEEP_PAGE = 1000
+SWEEP_PAGE = 250
 
 # Set-if-greater, atomically, so a tombstone never moves backwards whoever writes it and in whatever order.
 # Versions are compared as decimal numbers of any size: by length first (they have no leading zeros), then as text.
