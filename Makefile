@@ -10,7 +10,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 LOCK := constraints.txt
 
 .PHONY: venv lock wheelhouse run test test-unit test-rules lint typecheck chaos chaos-cluster big-sync clean up up-gpu down logs \
-	scale config compose-smoke bench-embed bench bench-snapshot bench-partitions
+	scale config compose-smoke bench-embed bench bench-snapshot bench-partitions soak
 
 venv: $(STAMP)
 
@@ -100,6 +100,12 @@ bench-partitions: $(STAMP)
 # Sizes: BENCH_SNAPSHOT_DOCS, BENCH_SNAPSHOT_ROUNDS, BENCH_SNAPSHOT_PARTS.
 bench-snapshot: $(STAMP)
 	$(BIN)/python bench/snapshot.py
+
+# A soak test, not in `make test`: 20 minutes of inserts, updates and deletes at half the hash pipeline's rate, Redis
+# memory and every process's RSS flat after the first 5 (bench/soak.py); results in bench/results/soak.{json,md,png}.
+# Sizes: SOAK_SECONDS, SOAK_WARMUP_SECONDS, SOAK_RATE, SOAK_RETENTION_COUNT; SOAK_RESULTS redirects a short run.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache wheelhouse/*.whl

@@ -52,6 +52,24 @@ def test_the_pipeline_runs_on_the_cluster_with_its_partitions_spread_over_the_ma
     assert sorted(masters.count(master) for master in set(masters)) == [2, 3, 3]
 
 
+def test_leaving_groups_the_tombstone_sweep_and_the_hint_run_on_the_cluster(pipeline: Pipeline) -> None:
+    """Each is a script or a pipeline over one partition's keys, in one hash slot."""
+    from upserter.service import Upserter
+
+    pipeline.overrides.update(tombstone_sweep_interval_s=0.001, skip_unchanged_hint_points=2)
+    pipeline.collection.insert_many([{"_id": f"d{n}", "subject": f"subject {n}"} for n in range(40)])
+    pipeline.drain()
+    pipeline.collection.delete_many({"_id": {"$in": [f"d{n}" for n in range(10)]}})
+    pipeline.collection.update_many({}, {"$set": {"owner": "Bob"}})  # payload-only, judged by the hint
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+    assert dead_letters(pipeline) == 0
+    client = pipeline.redis_client
+    assert all(client.xinfo_consumers(stream, group) == [] for stream, group in pipeline.groups())
+    upserter = Upserter(pipeline.upserter_settings(), client, pipeline.store, pipeline.collection)
+    assert all(upserter.sweep_tombstones(partition) >= 0 for partition in range(PARTITIONS))
+
+
 class Running:
     """Every stage running in this process, one consumer per partition, until stopped."""
 

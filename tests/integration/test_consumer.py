@@ -232,3 +232,57 @@ def test_a_busy_stream_is_trimmed_by_volume_not_only_by_the_clock(redis_client: 
     # Trimming once a minute would let a fast stage pile up a minute of acknowledged entries beyond retention.
     consumer(redis_client, copy_to_out, stream_retention_count=100, trim_interval_s=3600).run(drain=True)
     assert redis_client.xlen(STREAM) <= 100 + 1000
+
+
+def test_an_idle_entry_behind_many_busy_ones_is_reclaimed(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, STREAM, GROUP)
+    busy = add(redis_client, *[f"busy {i}" for i in range(2000)])
+    [idle] = add(redis_client, "left by a dead consumer")
+    # Live consumers hold the first 2,000 entries and keep renewing them; a dead one holds the last, idle for an hour.
+    redis_client.xreadgroup(GROUP, "dead", {STREAM: ">"})
+    for index, entry_id in enumerate(busy):
+        redis_client.xclaim(STREAM, GROUP, f"live {index % 8}", 0, [entry_id], justid=True)
+    redis_client.xclaim(STREAM, GROUP, "dead", 0, [idle], idle=3_600_000, justid=True)
+    handled: list[str] = []
+    consumer(redis_client, lambda batch: handled.extend(e.id for e in batch.entries), batch_size=10).run(drain=True)
+    # XAUTOCLAIM looks at no more than 10 x COUNT = 100 pending entries per call: only the cursor reaches it.
+    assert handled == [idle]
+    assert pending(redis_client) == len(busy)
+
+
+class TakesAnEntryBeforeTheLeave(redis.Redis):
+    """A client that, once armed, lets a consumer of the same name take an entry just before the stopped consumer
+    removes itself from the group (XGROUP DELCONSUMER, or the script that runs it): a restart racing the leave."""
+
+    armed = False
+    url = ""
+    taken: list[str]
+
+    def execute_command(self, *args: object, **options: object) -> object:
+        command = str(args[0]).upper()
+        if self.armed and (command.startswith("XGROUP DELCONSUMER") or command in ("EVALSHA", "EVAL")):
+            self.armed = False
+            with redis.Redis.from_url(self.url, decode_responses=True) as restarted:
+                self.taken.append(restarted.xadd(STREAM, {"value": "b"}))
+                restarted.xreadgroup(GROUP, "c1", {STREAM: ">"}, count=1)
+        return super().execute_command(*args, **options)
+
+
+def test_leaving_the_group_never_discards_entries_a_consumer_of_the_same_name_took(redis_url: str) -> None:
+    client = TakesAnEntryBeforeTheLeave.from_url(redis_url, decode_responses=True)
+    client.url, client.taken = redis_url, []
+    client.flushall()
+    add(client, "a")
+    loop = consumer(client, copy_to_out)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while client.xlen(OUT) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.armed = True
+    loop.stop()
+    thread.join(5)
+    assert not client.armed, "the consumer tried to leave its group"
+    mine = client.xpending_range(STREAM, GROUP, "-", "+", 10, consumername="c1")
+    assert [item["message_id"] for item in mine] == client.taken, "the restarted consumer still holds what it took"
+    client.close()

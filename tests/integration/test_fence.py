@@ -334,3 +334,91 @@ class TestUpgrade:
         pipeline.upserter_consumer().run(drain=True)
         payload = pipeline.points()["d"]
         assert (payload["text"], payload["version_ms"], payload["version_seq"]) == ("newer", 600, 0)
+
+
+def trim_everything(client: redis.Redis) -> None:
+    """Trim both stages' streams down to what no group still needs and their last entry (no retention window)."""
+    from vecsync.constants import STAGE1_STREAM
+    from vecsync.retention import trim
+
+    for stream in (STAGE1_STREAM, STAGE2_STREAM):
+        trim(client, stream, keep_count=0, keep_age_s=0)
+
+
+class TestTombstoneRemoval:
+    """A tombstone goes once no change of its document older than it is left in either stream or dead-letter
+    stream: nothing older can arrive any more, not even through a replay of what the streams retain."""
+
+    def test_a_tombstone_goes_once_no_older_change_is_left(self, pipeline: Pipeline) -> None:
+        pipeline.overrides["tombstone_sweep_interval_s"] = 0.001  # a sweep after every batch
+        client, collection = pipeline.redis_client, pipeline.collection
+        fence, deleted = tombstones_key(pipeline.store.collection), point_id(pipeline.source, "d")
+        collection.insert_one({"_id": "d", "subject": "to be deleted"})
+        pipeline.drain()
+        collection.delete_one({"_id": "d"})
+        pipeline.drain()
+        assert client.hexists(fence, deleted), "the insert is still retained in both streams"
+        trim_everything(client)  # leaves the delete, the last entry of each stream
+        collection.insert_one({"_id": "e", "subject": "a later change"})
+        pipeline.drain()
+        assert not client.hexists(fence, deleted)
+        pipeline.assert_matches_mongo()
+
+    def test_a_late_older_change_cannot_bring_the_document_back_while_it_is_left(self, pipeline: Pipeline) -> None:
+        pipeline.overrides["tombstone_sweep_interval_s"] = 0.001
+        client, collection = pipeline.redis_client, pipeline.collection
+        fence, deleted = tombstones_key(pipeline.store.collection), point_id(pipeline.source, "d")
+        collection.insert_one({"_id": "d", "subject": "first"})
+        pipeline.drain()
+        collection.update_one({"_id": "d"}, {"$set": {"subject": "second, finished late"}})
+        pipeline.run_producer()
+        pipeline.embedder_consumer().run(drain=True)
+        client.xreadgroup(STAGE2_GROUP, "slow", {STAGE2_STREAM: ">"})  # an upserter that stalls on the update
+        collection.delete_one({"_id": "d"})
+        pipeline.drain()
+        for later in ("e", "f"):
+            trim_everything(client)  # the update is pending: it stays, and everything after it
+            collection.insert_one({"_id": later, "subject": "a later change"})
+            pipeline.drain()
+            assert client.hexists(fence, deleted), "the update older than the delete is still in stage 2"
+        # The stalled upserter's entry is taken over at last: the tombstone keeps the document deleted.
+        pipeline.upserter_consumer(claim_idle_ms=1).run(drain=True)
+        assert "d" not in pipeline.points()
+        trim_everything(client)
+        collection.insert_one({"_id": "g", "subject": "a later change"})
+        pipeline.drain()
+        assert not client.hexists(fence, deleted)
+        pipeline.assert_matches_mongo()
+
+    def test_an_older_change_in_a_dead_letter_stream_keeps_the_tombstone(self, pipeline: Pipeline) -> None:
+        from vecsync.constants import STAGE1_STREAM, dlq_stream
+        from vecsync.streams import dead_letter_fields
+
+        pipeline.overrides["tombstone_sweep_interval_s"] = 0.001
+        client, collection = pipeline.redis_client, pipeline.collection
+        fence, deleted = tombstones_key(pipeline.store.collection), point_id(pipeline.source, "d")
+        collection.insert_one({"_id": "d", "subject": "first"})
+        pipeline.drain()
+        [(inserted, _fields)] = client.xrange(STAGE1_STREAM)
+        collection.delete_one({"_id": "d"})
+        pipeline.drain()
+        # The insert's stage 2 entry failed on an upserter and waits in the dead-letter stream, to be replayed.
+        original = entry("d", inserted, "first")
+        letter = dead_letter_fields(
+            stream=STAGE2_STREAM,
+            group=STAGE2_GROUP,
+            entry_id=client.xrange(STAGE2_STREAM)[0][0],
+            fields=original,
+            error="failed",
+            deliveries=5,
+            consumer="upserter-9",
+        )
+        client.xadd(dlq_stream(STAGE2_STREAM), letter)
+        trim_everything(client)
+        collection.insert_one({"_id": "e", "subject": "a later change"})
+        pipeline.drain()
+        assert client.hexists(fence, deleted)
+        client.delete(dlq_stream(STAGE2_STREAM))  # `vecsync dlq purge`
+        collection.insert_one({"_id": "f", "subject": "a later change"})
+        pipeline.drain()
+        assert not client.hexists(fence, deleted)

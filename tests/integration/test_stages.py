@@ -186,6 +186,25 @@ class TestUnchangedText:
         pipeline.drain()
         assert self.embedded() == calls + 1
 
+    def test_the_hint_is_bounded_and_keeps_the_points_written_last(self, pipeline: Pipeline) -> None:
+        from vecsync.constants import APPLIED_TEXT_KEY
+
+        pipeline.overrides["skip_unchanged_hint_points"] = 4
+        for n in range(12):  # one batch each, in order
+            pipeline.collection.insert_one({"_id": f"t{n}", "subject": f"text {n}", "owner": "Ann"})
+            pipeline.drain()
+        hints = sum(len(pipeline.redis_client.keys(f"{APPLIED_TEXT_KEY}{tail}")) for tail in ("", ":*"))
+        held = sum(pipeline.redis_client.hlen(key) for key in pipeline.redis_client.keys(f"{APPLIED_TEXT_KEY}*"))
+        assert hints <= 2 and held <= 2 * 4, "at most two generations of SKIP_UNCHANGED_HINT_POINTS points"
+        calls = self.embedded()
+        pipeline.collection.update_one({"_id": "t11"}, {"$set": {"owner": "Bob"}})  # written last: still hinted
+        pipeline.drain()
+        assert self.embedded() == calls
+        pipeline.collection.update_one({"_id": "t0"}, {"$set": {"owner": "Bob"}})  # its hint went: embedded again
+        pipeline.drain()
+        assert self.embedded() == calls + 1
+        pipeline.assert_matches_mongo()
+
     def test_repeated_changes_in_one_batch_are_embedded_once(self, pipeline: Pipeline) -> None:
         pipeline.run_producer()
         pipeline.collection.insert_one({"_id": "r", "subject": "version 0"})

@@ -60,6 +60,9 @@ APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"
 # The text fingerprint (vecsync.documents.text_fingerprint) of each point as last written: only a hint, which the
 # embedder-worker checks to skip unchanged texts.
 APPLIED_TEXT_KEY = "vecsync:upserter:applied_text"
+# The hint's previous generation: once APPLIED_TEXT_KEY holds SKIP_UNCHANGED_HINT_POINTS points, the upserter renames
+# it to this (dropping the generation before), so the hint keeps the points written last, at most about twice that.
+APPLIED_TEXT_PREVIOUS_KEY = APPLIED_TEXT_KEY + ":previous"
 POINT_LOCK_PREFIX = "vecsync:upserter:lock:"
 
 

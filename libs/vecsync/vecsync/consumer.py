@@ -68,6 +68,16 @@ log = logging.getLogger(__name__)
 # A consumer trims its stream at least every this many entries it finished (see _trim_if_due).
 TRIM_EVERY_MIN_ENTRIES = 1000
 
+# Removes a consumer from its group only if it holds no pending entry, in one step: between a separate check and
+# XGROUP DELCONSUMER, a consumer of the same name (a restart) could take entries, and DELCONSUMER would discard them
+# from the group's pending list, never to be processed. One key, so it runs on a Redis Cluster too. KEYS[1]: the
+# stream. ARGV: group, consumer. Returns 1 when the consumer left (or was not there), 0 when it holds entries.
+_LEAVE_GROUP = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # Errors that mean "try again later": Redis unreachable, full or read-only, or a dependency the handler reported.
 RETRYABLE = (TransientError, *REDIS_UNAVAILABLE, *REDIS_REFUSALS)
 
@@ -177,8 +187,11 @@ class StreamConsumer:
         # Why the consumer is paused on a misconfiguration, or None while it is not (see _pause).
         self.paused: str | None = None
         metrics.CONSUMER_PAUSED.labels(**self._labels).set(0)
+        self._leave_group = client.register_script(_LEAVE_GROUP)
         self._reading_own_history = True
         self._last_claim = 0.0
+        # Where the next XAUTOCLAIM scan of the pending list starts (see _claim_idle).
+        self._claim_cursor = "0-0"
         self._last_trim = time.monotonic()
         self._finished_since_trim = 0
 
@@ -212,11 +225,7 @@ class StreamConsumer:
     def _leave_group_if_idle(self) -> None:
         """Remove this consumer from the group when it holds nothing, so restarts leave no stale names behind."""
         try:
-            mine = self.client.xpending_range(
-                self.stream, self.group, min="-", max="+", count=1, consumername=self.consumer
-            )
-            if not mine:
-                self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+            self._leave_group(keys=[self.stream], args=[self.group, self.consumer])
         except redis.RedisError as exc:  # best effort: a stale name costs nothing but a line in `vecsync status`
             log.info("%s could not leave group %s: %s", self.stage, self.group, exc)
 
@@ -331,18 +340,33 @@ class StreamConsumer:
         return drain or time.monotonic() - self._last_claim >= interval
 
     def _claim_idle(self) -> list[Entry]:
+        """Take over entries idle longer than CLAIM_IDLE_MS, following XAUTOCLAIM's cursor round the pending list.
+
+        Each XAUTOCLAIM looks at no more than ten times COUNT pending entries. Started at 0-0 every time, it would
+        only ever look at the oldest ones: with many entries held by live consumers ahead of it, an idle entry
+        further along would never be reclaimed. So the scan goes on from the cursor each call returns, until it
+        claims something or has come round the whole list once, and the next call carries on where this one
+        stopped, so the entries at the front do not always come first.
+        """
         self._last_claim = time.monotonic()
-        response = self.client.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self.settings.claim_idle_ms,
-            start_id="0-0",
-            count=self.settings.batch_size,
-        )
-        entries = self._entries(response[1])
-        if not entries:
-            return []
+        from_the_start = self._claim_cursor == "0-0"
+        while True:
+            response = self.client.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.settings.claim_idle_ms,
+                start_id=self._claim_cursor,
+                count=self.settings.batch_size,
+            )
+            self._claim_cursor = str(response[0])
+            entries = self._entries(response[1])
+            if entries:
+                break
+            if self._claim_cursor == "0-0":
+                if from_the_start:
+                    return []  # came round the whole list: nothing is idle
+                from_the_start = True  # wrapped: once more from the front, which covers where this round began
         log.warning(
             "%s reclaimed %d entries idle for over %d ms", self.stage, len(entries), self.settings.claim_idle_ms
         )

@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from embedder_worker.embedding_client import EmbeddingClient, TextsRejected
 from embedder_worker.settings import EmbedderSettings
-from vecsync.constants import APPLIED_TEXT_KEY
+from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY
 from vecsync.consumer import Batch, Entry
 from vecsync.documents import build_payload, build_text, point_id, text_fingerprint, text_sha256
 from vecsync.errors import InvalidEntry, TransientError
@@ -134,12 +134,16 @@ class Embedder:
         model = self.embedding.current_model()
         if model is None:
             return None, set()
-        hints = self.partitions.name(APPLIED_TEXT_KEY, partition)
-        stored = self.client.hmget(hints, [item.point_id for item in candidates])
+        ids = [item.point_id for item in candidates]
+        # The hint's two generations (upserter.service): the current one knows the points written since it began.
+        reads = self.client.pipeline(transaction=False)
+        reads.hmget(self.partitions.name(APPLIED_TEXT_KEY, partition), ids)
+        reads.hmget(self.partitions.name(APPLIED_TEXT_PREVIOUS_KEY, partition), ids)
+        current, previous = reads.execute()
         return model, {
             item.point_id
-            for item, stored_fingerprint in zip(candidates, stored, strict=True)
-            if stored_fingerprint == text_fingerprint(text_sha256(item.text), model)
+            for item, now, before in zip(candidates, current, previous, strict=True)
+            if (now if now is not None else before) == text_fingerprint(text_sha256(item.text), model)
         }
 
     def _output(self, item: _Work, vector: list[float] | None, model: str | None, unchanged: bool) -> EmbeddedDocument:

@@ -30,10 +30,10 @@ from prometheus_client import Counter, Gauge
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from upserter.fence import Tombstones
+from upserter.fence import Tombstones, oldest_version_left
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
-from vecsync.constants import APPLIED_TEXT_KEY, dlq_stream, tombstones_key
+from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY, dlq_stream, tombstones_key
 from vecsync.consumer import Batch, Entry
 from vecsync.documents import point_id, source_projection, text_fingerprint
 from vecsync.errors import ConfigurationError, InvalidEntry, TransientError
@@ -58,6 +58,10 @@ REREAD_FROM_MONGO = Counter(
 SUPERSEDED = Counter(
     "vecsync_upserter_superseded_total", "Entries skipped because a newer change of their document was already applied."
 )
+TOMBSTONES_REMOVED = Counter(
+    "vecsync_upserter_tombstones_removed_total",
+    "Tombstones removed because no change older than them was left in the streams or dead-letter streams.",
+)
 OTHER_MODEL_POINTS = Gauge(
     "vecsync_upserter_other_model_points",
     "Points made by another model than the entries this upserter applies (or with none recorded), in the sample of "
@@ -66,6 +70,18 @@ OTHER_MODEL_POINTS = Gauge(
 
 # How many of the newest stage 2 entries a paused upserter reads to see whether newer vectors fit the collection.
 NEWEST_SAMPLE = 100
+
+# After a batch wrote the current generation of the skip-unchanged hint (KEYS[1]), under its locks: drop the points
+# it wrote or removed from the previous generation (KEYS[2]), where they would only be stale, and once the current one
+# holds ARGV[1] points, make it the previous one (the one before goes). ARGV[2..]: the batch's point ids.
+_HINT_UPKEEP = """
+for i = 2, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
 
 # The fields of a point that decide whether an entry still applies to it.
 _STATE_FIELDS = ["version", "text_sha256", "model"]
@@ -119,6 +135,9 @@ class Upserter:
         self.projection = source_projection(settings.text_fields, settings.payload_fields)
         # Read only when a change to embed again was trimmed from stage 1 (see _embed_current_state).
         self.mongo = mongo
+        self._hint_upkeep = client.register_script(_HINT_UPKEEP)
+        # When each partition's tombstones were last swept: the first sweep comes one interval after the start.
+        self._last_sweep = dict.fromkeys(self.partitions.indexes(), time.monotonic())
 
     def handle(self, batch: Batch) -> None:
         newest = self._newest_per_point(batch)
@@ -132,6 +151,33 @@ class Upserter:
             log.warning("Qdrant collection %r is missing; creating it", self.store.collection)
             self.store.ensure_collection()
             raise
+        self._sweep_if_due(batch.partition)
+
+    def _sweep_if_due(self, partition: int) -> None:
+        interval = self.settings.tombstone_sweep_interval_s
+        if not interval or time.monotonic() - self._last_sweep[partition] < interval:
+            return
+        self._last_sweep[partition] = time.monotonic()
+        try:
+            removed = self.sweep_tombstones(partition)
+        except Exception as exc:  # noqa: BLE001 - the tombstones stay a while longer; the batch never fails for it
+            log.warning("Could not sweep the tombstones of partition %d: %s", partition, exc)
+            return
+        if removed:
+            log.info("Removed %d tombstones that no change left in the streams can need", removed)
+
+    def sweep_tombstones(self, partition: int) -> int:
+        """Remove the partition's tombstones that no change left in its streams is older than; the number removed."""
+        oldest = oldest_version_left(
+            self.client,
+            stage1=self.partitions.name(self.settings.stage1_stream, partition),
+            stage2=self.partitions.name(self.settings.stage2_stream, partition),
+        )
+        if oldest is None:
+            return 0
+        removed = self.tombstones[partition].remove_up_to(oldest)
+        TOMBSTONES_REMOVED.inc(removed)
+        return removed
 
     def _newest_per_point(self, batch: Batch) -> dict[str, EmbeddedDocument]:
         newest: dict[str, EmbeddedDocument] = {}
@@ -261,14 +307,19 @@ class Upserter:
         """Update the skip-unchanged hint of each point written, in one step with a last check of the locks.
 
         Only a hint (the upserter checks a payload-only entry against the point itself), but one that an upserter
-        whose locks lapsed must not write: it could be older than what another upserter wrote since.
+        whose locks lapsed must not write: it could be older than what another upserter wrote since. It is kept to
+        the points written last, in two generations of at most SKIP_UNCHANGED_HINT_POINTS each.
         """
         fields: dict[str, str | None] = dict.fromkeys(plan.gone)
         for pid, doc in plan.written().items():
             payload = doc.payload or {}
             sha = payload.get("text_sha256")
             fields[pid] = text_fingerprint(sha, payload.get("model")) if isinstance(sha, str) else None
-        held.confirm_and_set(self.partitions.name(APPLIED_TEXT_KEY, partition), fields)
+        current = self.partitions.name(APPLIED_TEXT_KEY, partition)
+        held.confirm_and_set(current, fields)
+        if fields:
+            previous = self.partitions.name(APPLIED_TEXT_PREVIOUS_KEY, partition)
+            self._hint_upkeep(keys=[current, previous], args=[self.settings.skip_unchanged_hint_points, *fields])
 
     def _embed_again(self, doc: EmbeddedDocument, batch: Batch) -> None:
         """Queue the change behind a payload-only entry again to be embedded, keeping its place in the order."""

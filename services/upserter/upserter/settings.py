@@ -16,6 +16,12 @@ class UpserterSettings(ConsumerSettings, QdrantSettings, TextSettings, MongoSett
     point_lock_ttl_ms: int = Field(default=60_000, ge=1000)
     # How long to wait for points locked by another upserter before retrying the batch later.
     point_lock_wait_ms: int = Field(default=10_000, ge=0)
+    # How often, at most, the upserter removes the tombstones of one partition that no change still in the streams
+    # can need (upserter.fence); 0 keeps every tombstone for ever.
+    tombstone_sweep_interval_s: float = Field(default=60.0, ge=0)
+    # The skip-unchanged hint (docs/design.md) keeps the text fingerprints of the points written last: its current
+    # generation starts anew once it holds this many points (per partition), and the one before is kept beside it.
+    skip_unchanged_hint_points: int = Field(default=250_000, ge=1)
     # The key the CLI's collection operations must carry when this upserter serves an embedded store. Unset: a
     # random key, written at start to DATA_DIR/upserter-api-key (mode 0600), where a CLI on this host reads it.
     upserter_api_key: str | None = Field(default=None, repr=False, min_length=16)

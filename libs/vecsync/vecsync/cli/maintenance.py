@@ -16,6 +16,7 @@ from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, count, progress
 from vecsync.cli.store import wait_for_model
 from vecsync.constants import (
     APPLIED_TEXT_KEY,
+    APPLIED_TEXT_PREVIOUS_KEY,
     APPLIED_VERSIONS_KEY,
     RESYNC_PROGRESS_PREFIX,
     TRIMMED_KEY_PREFIX,
@@ -371,7 +372,11 @@ def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
     ctx.store.recreate()
     # The points' versions went with the collection; the tombstones record MongoDB's deletes and stay. The
     # skip-unchanged hint describes points that are gone, and the applied-versions hash is no longer used.
-    for key in [APPLIED_VERSIONS_KEY, *partitions.names(APPLIED_TEXT_KEY)]:
+    for key in [
+        APPLIED_VERSIONS_KEY,
+        *partitions.names(APPLIED_TEXT_KEY),
+        *partitions.names(APPLIED_TEXT_PREVIOUS_KEY),
+    ]:
         ctx.redis.delete(key)  # one at a time: on a Redis Cluster, each lives in its partition's slot
     if use_mongo:
         ctx.assume_yes = True  # already confirmed as a whole
