@@ -180,7 +180,9 @@ class RedisCluster:
     def _wait_until_master(self, replica: int, slot: int) -> None:
         wait_for(
             lambda: (
-                all(self.client(port).execute_command("CLUSTER INFO")["cluster_state"] == "ok" for port in self._alive())
+                all(
+                    self.client(port).execute_command("CLUSTER INFO")["cluster_state"] == "ok" for port in self._alive()
+                )
                 and self.master_of(slot) == replica
             ),
             timeout=60,

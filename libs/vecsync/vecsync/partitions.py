@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.crc import key_slot
 
@@ -104,6 +104,10 @@ class ProducerKeys:
     snapshot: str
     batch: str
     positions: list[str]
+    # Split only, like the positions: the batch each mark last received (in the producer's slot), and the key
+    # written before each WAIT for a replica (one per partition, in its slot).
+    marks: str = ""
+    replicated: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, source: str, partitions: Partitions) -> ProducerKeys:
@@ -116,6 +120,8 @@ class ProducerKeys:
             snapshot=constants.snapshot_key(source) + tag,
             batch=constants.producer_batch_key(source) + tag,
             positions=partitions.names(constants.producer_position_key(source)) if partitions.split else [],
+            marks=constants.producer_marks_key(source) + tag if partitions.split else "",
+            replicated=partitions.names(constants.producer_replicated_key(source)) if partitions.split else [],
         )
 
     def other_naming(self, source: str, partitions: Partitions) -> ProducerKeys:
