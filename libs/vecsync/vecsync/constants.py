@@ -59,6 +59,12 @@ def producer_replicated_key(source: str) -> str:
     return f"vecsync:producer:{source}:replicated"
 
 
+def partitions_key(stream: str) -> str:
+    """The STREAM_PARTITIONS that the pipeline's stream ``stream`` (its base name) is split into: stored by the first
+    process that uses it (SET NX), checked by every other, changed only by `vecsync repartition`."""
+    return f"vecsync:partitions:{stream}"
+
+
 # Upserter state. The version fence itself lives in each point's payload in Qdrant (see docs/design.md).
 # No longer used: the newest version applied per point, as earlier upserters kept it. `vecsync rebuild` deletes it.
 APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"

@@ -17,9 +17,11 @@ import hashlib
 import itertools
 from dataclasses import dataclass, field
 
+import redis
 from redis.crc import key_slot
 
 from vecsync import constants
+from vecsync.errors import ConfigurationError
 
 SLOTS = 16384
 
@@ -127,3 +129,33 @@ class ProducerKeys:
     def other_naming(self, source: str, partitions: Partitions) -> ProducerKeys:
         """The same keys named as they are when split if these are not, and the other way round."""
         return ProducerKeys.of(source, Partitions(1, tagged=not partitions.split))
+
+
+def stored_count(client: redis.Redis, stream: str) -> int | None:
+    """The number of partitions the pipeline's stream ``stream`` is split into, as stored; None before any process
+    stored one."""
+    value = client.get(constants.partitions_key(stream))
+    return int(value) if value is not None else None
+
+
+def check_count(client: redis.Redis, streams: list[str], count: int) -> None:
+    """Store ``count`` (STREAM_PARTITIONS) as the number of partitions of each of ``streams`` the first time (SET NX),
+    and raise ConfigurationError when one is stored with another number.
+
+    Every process of a pipeline must split the streams alike, or a document's changes go to streams that another
+    process never reads; nothing else would notice.
+    """
+    for stream in streams:
+        if client.set(constants.partitions_key(stream), count, nx=True):
+            continue
+        stored = stored_count(client, stream)
+        if stored is not None and stored != count:
+            raise ConfigurationError(
+                f"STREAM_PARTITIONS is {count}, but the stream {stream} of this pipeline is split into {stored} "
+                f"partitions (stored at {constants.partitions_key(stream)} by the first process that used it). Every "
+                f"process of one pipeline must use the same number: start this one with STREAM_PARTITIONS={stored}, "
+                f"or change the number for the whole pipeline: wait until `vecsync status --json` reports "
+                f'"drained": true, stop every service, run `vecsync repartition` with STREAM_PARTITIONS={count}, and '
+                f"start every service with STREAM_PARTITIONS={count} "
+                '(docs/operations.md, "Changing STREAM_PARTITIONS").'
+            )

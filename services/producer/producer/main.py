@@ -13,6 +13,7 @@ from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
 from vecsync.consumer import Backoff
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
+from vecsync.partitions import check_count
 from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
 from vecsync.streams import connect, redact_url
 
@@ -52,6 +53,7 @@ def main() -> None:
         client = connect(settings.redis_url, cluster=settings.redis_cluster)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
+        check_count(client, settings.pipeline_streams(), settings.stream_partitions)
         register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])
         producers.append(Producer(settings, client, mongo_collection(settings), stopping))
         producers[0].run()

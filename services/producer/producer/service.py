@@ -60,6 +60,7 @@ from vecsync.source import (
     mongo_id_of,
     read_current,
     stored_snapshot,
+    take_over_producer_state,
 )
 from vecsync.streams import (
     REDIS_REFUSALS,
@@ -658,18 +659,9 @@ class Producer:
         """Take over the token or snapshot stored under the other naming (STREAM_PARTITIONS went from 1 to more, or
         back), so that a change of partitions does not snapshot the collection again. Runs before this producer
         writes anything: the snapshot first, so that a crash in between leaves one of them to adopt again."""
-        if self.client.get(self.token_key) or self.client.hget(self.snapshot_key, "token"):
+        other = take_over_producer_state(self.client, self.source, self.partitions)
+        if other is None:
             return
-        other = self.keys.other_naming(self.source, self.partitions)
-        token, snapshot = self.client.get(other.token), self.client.hgetall(other.snapshot)
-        if not token and not snapshot:
-            return
-        if snapshot:
-            self.client.hset(self.snapshot_key, mapping=snapshot)
-        if token:
-            self.client.set(self.token_updated_key, self.client.get(other.token_updated) or repr(time.time()))
-            self.client.set(self.token_key, token)
-        self._delete(other.token, other.token_updated, other.snapshot)
         log.info(
             "Took over the resume token and snapshot stored as %s and %s, for STREAM_PARTITIONS=%d",
             other.token,
