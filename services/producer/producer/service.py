@@ -643,11 +643,13 @@ class Producer:
                 raise TokenMoved(f"the stored resume token of {self.source} changed while going back") from None
         log.error(
             "Partitions %s of %s lost writes their Redis master had acknowledged (an unplanned failover, or a master "
-            "restarted without its last writes); publishing again from %s. Set PRODUCER_REPLICA_WAIT_MS (on a Redis "
-            "Cluster) so that the resume token waits for a replica.",
+            "restarted without its last writes); publishing again from %s.%s",
             ", ".join(map(str, lost)),
             self.source,
             back_to,
+            ""
+            if self.replica_wait_ms
+            else " On a Redis Cluster, PRODUCER_REPLICA_WAIT_MS above 0 makes the resume token wait for a replica.",
         )
 
     def _stored_token(self) -> Mapping[str, Any] | None:
