@@ -15,8 +15,11 @@ from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from producer.service import Producer
+from tests.integration.test_cli import cli
 from tests.support.pipeline import Pipeline
 from tests.support.servers import RedisCluster, start_redis_cluster, wait_for
+from vecsync.cli.context import EXIT_OK, EXIT_USAGE
+from vecsync.constants import tombstones_key
 from vecsync.consumer import StreamConsumer
 from vecsync.documents import point_id
 from vecsync.partitions import Partitions, ProducerKeys, partition_index
@@ -235,3 +238,37 @@ def test_an_unplanned_failover_to_a_replica_that_missed_a_partitions_share_loses
     lost_found = (REGISTRY.get_sample_value("vecsync_producer_lost_shares_total") or 0.0) - lost_before
     assert (lost_found > 0) == (not replica_wait_ms), "only a token that moved past a share finds it lost"
     client.close()
+
+
+def test_repartition_on_the_cluster_moves_the_tombstones_to_their_new_partitions(pipeline: Pipeline) -> None:
+    collection = pipeline.collection
+    collection.insert_many([{"_id": f"d{n}", "subject": f"subject {n}"} for n in range(30)])
+    pipeline.drain()
+    collection.delete_many({"_id": {"$in": [f"d{n}" for n in range(0, 30, 3)]}})
+    pipeline.drain()
+    base = tombstones_key(pipeline.store.collection)
+    before = {
+        point: version
+        for name in Partitions(PARTITIONS, tagged=True).names(base)
+        for point, version in pipeline.redis_client.hgetall(name).items()
+    }
+    assert len(before) == 10
+    overrides = {"redis_cluster": True}
+    assert cli(pipeline, "status", stream_partitions=PARTITIONS, **overrides) == EXIT_OK
+    assert cli(pipeline, "repartition", "--yes", stream_partitions=3, **overrides) == EXIT_OK
+
+    new = Partitions(3, tagged=True)
+    after = {
+        point: (name, version)
+        for name in new.names(base)
+        for point, version in pipeline.redis_client.hgetall(name).items()
+    }
+    assert {point: version for point, (_name, version) in after.items()} == before
+    assert all(name == new.name(base, new.of(point)) for point, (name, _version) in after.items())
+    assert cli(pipeline, "status", stream_partitions=PARTITIONS, **overrides) == EXIT_USAGE
+
+    pipeline.overrides["stream_partitions"] = 3
+    collection.update_many({}, {"$set": {"subject": "after the change"}})
+    pipeline.drain()
+    pipeline.assert_matches_mongo()
+    assert dead_letters(pipeline) == 0
