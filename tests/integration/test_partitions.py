@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import redis
 from bson import ObjectId
 from prometheus_client import CollectorRegistry
 
@@ -21,7 +22,7 @@ from vecsync.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from vecsync.constants import tombstones_key
 from vecsync.documents import point_id
 from vecsync.metrics import StreamStatsCollector
-from vecsync.partitions import Partitions, ProducerKeys
+from vecsync.partitions import Partitions, ProducerKeys, check_count
 from vecsync.runtime import EXIT_CONFIG
 from vecsync.source import mongo_id_of
 
@@ -297,3 +298,16 @@ def test_repartition_refuses_a_pipeline_that_is_not_drained(pipeline: Pipeline) 
     pipeline.run_producer()  # stage 1 holds entries no worker read
     assert cli(pipeline, "repartition", "--yes", "--from", str(PARTITIONS), stream_partitions=2) == EXIT_FAILED
     assert pipeline.redis_client.get(STORED_PARTITIONS) is None, "nothing changed"
+
+
+def test_a_full_redis_at_start_up_is_no_reason_not_to_start(redis_client: redis.Redis) -> None:
+    """The number cannot be stored while Redis refuses writes; the process starts, and a later start stores it."""
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", "1")  # every write that needs memory is refused
+    try:
+        check_count(redis_client, ["raw_document_changes"], PARTITIONS)
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    assert redis_client.get(STORED_PARTITIONS) is None
+    check_count(redis_client, ["raw_document_changes"], PARTITIONS)
+    assert redis_client.get(STORED_PARTITIONS) == str(PARTITIONS)

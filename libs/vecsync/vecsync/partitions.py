@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import logging
 from dataclasses import dataclass, field
 
 import redis
@@ -22,8 +23,11 @@ from redis.crc import key_slot
 
 from vecsync import constants
 from vecsync.errors import ConfigurationError
+from vecsync.streams import REDIS_REFUSALS
 
 SLOTS = 16384
+
+log = logging.getLogger(__name__)
 
 
 def partition_of(point_id: str, partitions: int) -> int:
@@ -146,9 +150,16 @@ def check_count(client: redis.Redis, streams: list[str], count: int) -> None:
     process never reads; nothing else would notice.
     """
     for stream in streams:
-        if client.set(constants.partitions_key(stream), count, nx=True):
-            continue
         stored = stored_count(client, stream)
+        if stored is None:
+            try:
+                if client.set(constants.partitions_key(stream), count, nx=True):
+                    continue
+            except REDIS_REFUSALS as exc:
+                # A full or read-only Redis is waited out by every stage; the next start stores the number.
+                log.warning("Could not store STREAM_PARTITIONS=%d for %s yet (%s)", count, stream, exc)
+                continue
+            stored = stored_count(client, stream)  # another process stored one first
         if stored is not None and stored != count:
             raise ConfigurationError(
                 f"STREAM_PARTITIONS is {count}, but the stream {stream} of this pipeline is split into {stored} "
