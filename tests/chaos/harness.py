@@ -12,8 +12,12 @@ ObjectIds, strings, integers and UUIDs in equal shares, and meanwhile:
 * freezes the upserter, and with it the embedded Qdrant, for a while (SIGSTOP, then SIGCONT).
 
 With ``--cluster``, Redis is a real Redis Cluster of three masters and three replicas, the streams are split into
-``--partitions`` partitions, and instead of the Redis kill, the master of a partition hands over to its replica
-(CLUSTER FAILOVER) while changes flow.
+``--partitions`` partitions, and instead of the Redis kill, two failovers happen while changes flow: an unplanned
+one first, where the master of a partition (not the one holding the producer's token) dies with writes its replica
+never received (the replica is frozen with SIGSTOP and its link cut; the master is SIGKILLed; the replica resumes
+and takes over with CLUSTER FAILOVER TAKEOVER; the old master comes back as its replica), and later a manual one
+(CLUSTER FAILOVER) of another partition's master. ``--replica-wait-ms`` sets the producer's
+PRODUCER_REPLICA_WAIT_MS (0: no wait, so the unplanned failover drops shares the producer must find).
 
 Meanwhile it samples every point's version through the upserter once a second. Then it waits until every stage
 is drained and compares MongoDB with Qdrant point by point: ids, payload fields, text, and the vector against a
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -52,6 +57,7 @@ from vecsync.documents import build_text, point_id
 from vecsync.errors import VecsyncError
 from vecsync.localstack import Child, LocalStack, LocalStackSettings
 from vecsync.messages import parse_version
+from vecsync.partitions import ProducerKeys
 from vecsync.settings import QdrantSettings
 from vecsync.source import mongo_id_of
 from vecsync.streams import connect
@@ -76,6 +82,10 @@ class ChaosConfig:
     # A Redis Cluster instead of one Redis, and STREAM_PARTITIONS.
     cluster: bool = False
     partitions: int = 1
+    # PRODUCER_REPLICA_WAIT_MS on the cluster; None keeps the default.
+    replica_wait_ms: int | None = None
+    # On the cluster: how long the replica of the master that dies misses its writes.
+    replica_away_s: float = 2.0
 
 
 @dataclass
@@ -118,6 +128,8 @@ def fault_schedule(config: ChaosConfig, stage_names: list[str], rng: random.Rand
         faults.append(Fault(round(config.duration_s * 0.2, 1), "stop", "embedding-api", config.api_outage_s))
     if config.restart_redis:
         faults.append(Fault(round(config.duration_s * 0.5, 1), "failover" if config.cluster else "kill", "redis"))
+    if config.restart_redis and config.cluster:
+        faults.append(Fault(round(config.duration_s * 0.35, 1), "takeover", "redis", config.replica_away_s))
     if config.qdrant_outage_s:
         faults.append(Fault(round(config.duration_s * 0.7, 1), "freeze", "upserter", config.qdrant_outage_s))
     return sorted(faults, key=lambda fault: fault.at_s)
@@ -154,6 +166,10 @@ class FaultInjector(threading.Thread):
         for fault in self.schedule:
             if self.done.wait(max(0.0, fault.at_s - (time.monotonic() - started))):
                 return
+            if fault.action == "takeover":
+                assert self.cluster is not None
+                self._unplanned_failover(fault)
+                continue
             if fault.action == "failover":
                 assert self.cluster is not None
                 partitions = self.stack.settings.partitions
@@ -175,6 +191,33 @@ class FaultInjector(threading.Thread):
                 child.paused = True
                 child.process.send_signal(signal.SIGSTOP)
                 self._later(fault.duration_s, lambda child=child: self._thaw(child))
+
+    def _unplanned_failover(self, fault: Fault) -> None:
+        """The master of a partition dies with writes its replica never received, and the replica takes over."""
+        assert self.cluster is not None
+        settings, cluster = self.stack.settings, self.cluster
+        partitions = settings.partitions
+        token_master = cluster.master_of(key_slot(ProducerKeys.of(settings.source, partitions).token.encode()))
+        manual = partitions.name(settings.stage1_stream, partitions.count // 2)
+        stream = next(
+            name
+            for name in partitions.names(settings.stage1_stream)
+            if cluster.master_of(key_slot(name.encode()))
+            not in (token_master, cluster.master_of(key_slot(manual.encode())))
+        )
+        master = cluster.master_of(key_slot(stream.encode()))
+        replica = cluster.replica_of(master)
+        print(
+            f"[chaos {fault.at_s:6.1f}s] replica {replica} of {stream}'s master {master} misses its writes", flush=True
+        )
+        cluster.node(replica).process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        cluster.client(master).client_kill_filter(_type="replica")
+        self.done.wait(fault.duration_s)
+        cluster.node(master).process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        cluster.node(replica).process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        cluster.take_over(replica)
+        cluster.node(master).start()  # back as the new master's replica
+        print(f"[chaos {fault.at_s:6.1f}s] master {master} killed; {replica} took over; {master} back", flush=True)
 
     def _thaw(self, child: Child) -> None:
         if child.process is not None and child.process.poll() is None:
@@ -331,6 +374,8 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     started = time.monotonic()
     cluster = start_redis_cluster(workdir / "redis-cluster") if config.cluster else None
     overrides: dict[str, Any] = {"redis_url": cluster.url, "redis_cluster": True} if cluster else {}
+    if cluster and config.replica_wait_ms is not None:
+        os.environ["PRODUCER_REPLICA_WAIT_MS"] = str(config.replica_wait_ms)  # the stack's processes inherit it
     settings = stack_settings(
         workdir / "data",
         embedding_backend="hash",
@@ -403,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("data/chaos"))
     parser.add_argument("--cluster", action="store_true", help="a Redis Cluster of 3 masters and 3 replicas")
     parser.add_argument("--partitions", type=int, default=1, help="STREAM_PARTITIONS")
+    parser.add_argument(
+        "--replica-wait-ms", type=int, default=None, help="PRODUCER_REPLICA_WAIT_MS on the cluster (default: its own)"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
     config = ChaosConfig(
@@ -412,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration,
         cluster=args.cluster,
         partitions=args.partitions,
+        replica_wait_ms=args.replica_wait_ms,
     )
     workdir = args.workdir / str(seed)
     print(f"chaos: seed {seed}, {config.operations} operations over {config.documents} documents, workdir {workdir}")

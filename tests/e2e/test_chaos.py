@@ -33,8 +33,9 @@ def test_short_chaos_run_converges(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_short_chaos_run_on_a_redis_cluster_with_partitions_converges(tmp_path: Path) -> None:
-    """REDIS_CLUSTER=true, STREAM_PARTITIONS=8, three embedder-workers, kills of every stage and a CLUSTER FAILOVER
-    of a partition's master while changes flow; `make chaos-cluster` runs the long one."""
+    """REDIS_CLUSTER=true, STREAM_PARTITIONS=8, three embedder-workers, kills of every stage, an unplanned failover (a
+    master killed with writes its replica missed, the replica taking over) and a CLUSTER FAILOVER of another
+    partition's master while changes flow; `make chaos-cluster` runs the long one."""
     seed = int(os.environ.get("CHAOS_SEED", "20261130"))
     config = ChaosConfig(
         seed=seed,
@@ -49,6 +50,7 @@ def test_short_chaos_run_on_a_redis_cluster_with_partitions_converges(tmp_path: 
     )
     result = run_chaos(config, tmp_path)
     assert [fault.action for fault in result.schedule].count("failover") == 1
+    assert [fault.action for fault in result.schedule].count("takeover") == 1
     assert result.version_samples > 5, "the versions were watched"
     assert result.passed, (
         f"seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "

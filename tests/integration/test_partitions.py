@@ -4,23 +4,31 @@ and `vecsync status` over them. The same on a real Redis Cluster: test_cluster.p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections import Counter
 from typing import Any
 
 import pytest
+import redis
 from bson import ObjectId
 from prometheus_client import CollectorRegistry
 
 from producer.service import Producer
-from tests.integration.test_cli import cli, dead_letter_stage2
+from tests.integration.test_cli import cli, cli_env, dead_letter_stage2
 from tests.support.pipeline import Pipeline
-from vecsync.cli.context import EXIT_OK
+from tests.support.servers import BIN, free_port
+from vecsync.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from vecsync.constants import APPLIED_TEXT_PREVIOUS_KEY, tombstones_key
 from vecsync.documents import point_id
 from vecsync.metrics import StreamStatsCollector
-from vecsync.partitions import Partitions
+from vecsync.partitions import Partitions, ProducerKeys, check_count
+from vecsync.runtime import EXIT_CONFIG
 from vecsync.source import mongo_id_of
 
 PARTITIONS = 4
+# Where the first process stores the stage 1 stream's STREAM_PARTITIONS (the key operators see).
+STORED_PARTITIONS = "vecsync:partitions:raw_document_changes"
 
 
 class Killed(BaseException):
@@ -214,3 +222,101 @@ def test_stream_metrics_name_the_stages_stream_and_each_partition(pipeline: Pipe
     assert {stream for stream, _ in lengths} == {"raw_document_changes", "embedded_documents"}
     assert {partition for _, partition in lengths} == {str(p) for p in range(PARTITIONS)}
     assert sum(value for (stream, _), value in lengths.items() if stream == "raw_document_changes") == 36
+
+
+def test_a_process_started_with_another_stream_partitions_refuses_to_start(pipeline: Pipeline) -> None:
+    assert cli(pipeline, "status", stream_partitions=PARTITIONS) == EXIT_OK  # the first process stores its number
+    env = {
+        **os.environ,
+        **cli_env(pipeline),
+        "PATH": os.environ["PATH"],
+        "STREAM_PARTITIONS": "2",
+        "METRICS_PORT": str(free_port()),
+        "BACKOFF_MAX_S": "0.1",
+    }
+    done = subprocess.run([str(BIN / "vecsync-producer")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "STREAM_PARTITIONS is 2" in done.stderr and f"split into {PARTITIONS} partitions" in done.stderr
+    assert "vecsync repartition" in done.stderr
+    assert cli(pipeline, "status", stream_partitions=2) == EXIT_USAGE
+    assert pipeline.redis_client.get(STORED_PARTITIONS) == str(PARTITIONS)
+
+
+def tombstones(pipeline: Pipeline, partitions: Partitions) -> dict[str, tuple[str, str]]:
+    """Each tombstone's (hash, version), over the partitions."""
+    client, base = pipeline.redis_client, tombstones_key(pipeline.store.collection)
+    return {
+        point: (name, version)
+        for name in dict.fromkeys([*partitions.names(base), *Partitions(1).names(base)])
+        for point, version in client.hgetall(name).items()
+    }
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, PARTITIONS), (PARTITIONS, 2)])
+def test_repartition_moves_the_tombstones_and_the_producers_state_of_a_drained_pipeline(
+    pipeline: Pipeline, before: int, after: int
+) -> None:
+    pipeline.overrides["stream_partitions"] = before
+    ids = seed(pipeline)
+    pipeline.drain()
+    pipeline.collection.delete_many({"_id": {"$in": ids[::3]}})
+    pipeline.drain()
+    assert cli(pipeline, "status", stream_partitions=before) == EXIT_OK
+    deleted = tombstones(pipeline, Partitions(before))
+    assert deleted, "the deletes left tombstones"
+    old_keys = ProducerKeys.of(pipeline.source, Partitions(before))
+    token = pipeline.redis_client.get(old_keys.token)
+    migrated = pipeline.redis_client.get(old_keys.ids_migrated)
+    assert migrated, "the producer marked its ids as migrated"
+    # A hint of the previous generation (the upserter rotates them at SKIP_UNCHANGED_HINT_POINTS) moves too.
+    old, hinted = Partitions(before), point_id(pipeline.source, "hinted")
+    previous_hint = old.name(APPLIED_TEXT_PREVIOUS_KEY, old.of(hinted))
+    pipeline.redis_client.hset(previous_hint, hinted, "fingerprint")
+
+    assert cli(pipeline, "repartition", "--yes", stream_partitions=after) == EXIT_OK
+
+    new = Partitions(after)
+    moved = tombstones(pipeline, new)
+    assert {point: version for point, (_name, version) in moved.items()} == {
+        point: version for point, (_name, version) in deleted.items()
+    }
+    assert all(
+        name == new.name(tombstones_key(pipeline.store.collection), new.of(point))
+        for point, (name, _v) in moved.items()
+    )
+    assert pipeline.redis_client.get(ProducerKeys.of(pipeline.source, new).token) == token
+    assert pipeline.redis_client.get(ProducerKeys.of(pipeline.source, new).ids_migrated) == migrated
+    assert pipeline.redis_client.hget(new.name(APPLIED_TEXT_PREVIOUS_KEY, new.of(hinted)), hinted) == "fingerprint"
+    assert cli(pipeline, "status", stream_partitions=before) == EXIT_USAGE, "the old number is refused now"
+
+    pipeline.overrides["stream_partitions"] = after
+    streams = new.names("raw_document_changes")  # a partition of two numbers may share a name, and its entries
+    last = {name: (pipeline.redis_client.xrevrange(name, count=1) or [("0-0", {})])[0][0] for name in streams}
+    pipeline.collection.insert_one({"_id": "new", "subject": "written after the change"})
+    pipeline.drain()
+    published = [
+        f["mongo_id"] for name in streams for _id, f in pipeline.redis_client.xrange(name, min=f"({last[name]}")
+    ]
+    assert published == ["new"], "only the change since, no second snapshot"
+    pipeline.assert_matches_mongo()
+
+
+def test_repartition_refuses_a_pipeline_that_is_not_drained(pipeline: Pipeline) -> None:
+    partitioned(pipeline)
+    seed(pipeline)
+    pipeline.run_producer()  # stage 1 holds entries no worker read
+    assert cli(pipeline, "repartition", "--yes", "--from", str(PARTITIONS), stream_partitions=2) == EXIT_FAILED
+    assert pipeline.redis_client.get(STORED_PARTITIONS) is None, "nothing changed"
+
+
+def test_a_full_redis_at_start_up_is_no_reason_not_to_start(redis_client: redis.Redis) -> None:
+    """The number cannot be stored while Redis refuses writes; the process starts, and a later start stores it."""
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", "1")  # every write that needs memory is refused
+    try:
+        check_count(redis_client, ["raw_document_changes"], PARTITIONS)
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    assert redis_client.get(STORED_PARTITIONS) is None
+    check_count(redis_client, ["raw_document_changes"], PARTITIONS)
+    assert redis_client.get(STORED_PARTITIONS) == str(PARTITIONS)

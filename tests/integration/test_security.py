@@ -71,6 +71,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     from producer.service import Producer
     from upserter.service import Upserter
     from vecsync.consumer import StreamConsumer
+    from vecsync.partitions import check_count
     from vecsync.retention import trim
     from vecsync.streams import connect
 
@@ -86,6 +87,9 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         embedder_settings = pipeline.embedder_settings(trim_interval_s=0.001)
         embedding = EmbeddingClient.from_settings(embedder_settings)
         upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001, skip_unchanged_hint_points=2)
+        # What every process checks at start-up (vecsync.runtime, producer.main): the first stores the number.
+        for client in clients.values():
+            check_count(client, embedder_settings.pipeline_streams(), embedder_settings.stream_partitions)
 
         def run_stages(*, through_an_outage: bool = False, trim_stage1: bool = False) -> None:
             Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)

@@ -136,36 +136,62 @@ class RedisCluster:
 
     def master_of(self, slot: int) -> int:
         """The port of the master that serves ``slot`` now."""
-        for start, end, master, *_replicas in self._client(self.nodes[0].port).execute_command("CLUSTER SLOTS"):
+        for start, end, master, *_replicas in self.client(self._alive()[0]).execute_command("CLUSTER SLOTS"):
             if int(start) <= slot <= int(end):
                 return int(master[1])
         raise LookupError(f"no master serves slot {slot}")
+
+    def replica_of(self, master: int) -> int:
+        """The port of the replica of the master on port ``master``."""
+        return next(
+            node.port
+            for node in self.nodes
+            if node.port != master
+            and node.process is not None
+            and node.process.poll() is None
+            and int(self.client(node.port).info("replication").get("master_port", 0)) == master
+        )
 
     def fail_over(self, slot: int) -> tuple[int, int]:
         """A manual CLUSTER FAILOVER of the master of ``slot`` to its replica, as an operator makes one; returns
         (old master, new master) once every node agrees and the cluster is ok again."""
         old = self.master_of(slot)
-        replica = next(
-            node.port
-            for node in self.nodes
-            if node.port != old and int(self._client(node.port).info("replication").get("master_port", 0)) == old
-        )
-        self._client(replica).execute_command("CLUSTER FAILOVER")
+        replica = self.replica_of(old)
+        self.client(replica).execute_command("CLUSTER FAILOVER")
+        self._wait_until_master(replica, slot)
+        return old, replica
+
+    def take_over(self, replica: int) -> None:
+        """CLUSTER FAILOVER TAKEOVER on the replica on port ``replica``: it becomes master without its master's
+        agreement or the other masters' vote, as after its master died; returns once the cluster is ok again."""
+        slot = self._slot_of_master(int(self.client(replica).info("replication")["master_port"]))
+        self.client(replica).execute_command("CLUSTER FAILOVER TAKEOVER")
+        self._wait_until_master(replica, slot)
+
+    def _slot_of_master(self, master: int) -> int:
+        for start, _end, node, *_replicas in self.client(self._alive()[0]).execute_command("CLUSTER SLOTS"):
+            if int(node[1]) == master:
+                return int(start)
+        raise LookupError(f"the node on port {master} serves no slot")
+
+    def _alive(self) -> list[int]:
+        return [node.port for node in self.nodes if node.process is not None and node.process.poll() is None]
+
+    def _wait_until_master(self, replica: int, slot: int) -> None:
         wait_for(
             lambda: (
                 all(
-                    self._client(node.port).execute_command("CLUSTER INFO")["cluster_state"] == "ok"
-                    for node in self.nodes
+                    self.client(port).execute_command("CLUSTER INFO")["cluster_state"] == "ok" for port in self._alive()
                 )
                 and self.master_of(slot) == replica
             ),
             timeout=60,
             what=f"the failover of slot {slot} to the node on port {replica}",
         )
-        return old, replica
 
     @staticmethod
-    def _client(port: int) -> redis.Redis:
+    def client(port: int) -> redis.Redis:
+        """A plain client of the one node on port ``port``."""
         return redis.Redis(port=port, decode_responses=True, socket_timeout=10)
 
 
@@ -205,6 +231,13 @@ def start_redis_cluster(workdir: Path, *, masters: int = 3) -> RedisCluster:
                 [redis_cli, "-p", str(node.port), "cluster", "info"], capture_output=True, text=True, timeout=10
             ).stdout
             if "cluster_state:ok" not in info:
+                return False
+            # A replica holds its master's data only once its first sync is done (the master waits
+            # repl-diskless-sync-delay before it starts one): a failover before that loses everything.
+            replication = cluster.client(node.port).info("replication")
+            if replication["role"] == "slave" and (
+                replication["master_link_status"] != "up" or replication["master_sync_in_progress"]
+            ):
                 return False
         return True
 

@@ -55,3 +55,6 @@ def test_the_producers_keys_keep_their_names_with_one_partition() -> None:
     assert len({key_slot(key.encode()) for key in (keys.token, keys.token_updated, keys.snapshot, keys.batch)}) == 1
     streams = Partitions(4).names("raw_document_changes")
     assert [key_slot(key.encode()) for key in keys.positions] == [key_slot(name.encode()) for name in streams]
+    # The batch each mark received is stored with the token; the key written before each WAIT is in its partition.
+    assert key_slot(keys.marks.encode()) == key_slot(keys.token.encode())
+    assert [key_slot(key.encode()) for key in keys.replicated] == [key_slot(name.encode()) for name in streams]

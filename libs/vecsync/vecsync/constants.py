@@ -54,6 +54,26 @@ def producer_position_key(source: str) -> str:
     return f"vecsync:producer:{source}:position"
 
 
+def producer_marks_key(source: str) -> str:
+    """With several partitions (or a Redis Cluster): a hash, in the producer's own slot, of the batch number that
+    each partition's high-water mark last received, by the name of the mark's key; stored with the resume token, so
+    that a partition whose mark is found older has lost writes its master acknowledged (docs/design.md,
+    "Partitions and Redis Cluster")."""
+    return f"vecsync:producer:{source}:marks"
+
+
+def producer_replicated_key(source: str) -> str:
+    """On a Redis Cluster, one per partition: the number of the last batch that a replica of the partition's master
+    acknowledged (WAIT), written just before the WAIT so that WAIT counts from a write of its own connection."""
+    return f"vecsync:producer:{source}:replicated"
+
+
+def partitions_key(stream: str) -> str:
+    """The STREAM_PARTITIONS that the pipeline's stream ``stream`` (its base name) is split into: stored by the first
+    process that uses it (SET NX), checked by every other, changed only by `vecsync repartition`."""
+    return f"vecsync:partitions:{stream}"
+
+
 # Upserter state. The version fence itself lives in each point's payload in Qdrant (see docs/design.md).
 # No longer used: the newest version applied per point, as earlier upserters kept it. `vecsync rebuild` deletes it.
 APPLIED_VERSIONS_KEY = "vecsync:upserter:applied_versions"

@@ -15,13 +15,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
+import redis
 from redis.crc import key_slot
 
 from vecsync import constants
+from vecsync.errors import ConfigurationError
+from vecsync.streams import REDIS_REFUSALS
 
 SLOTS = 16384
+
+log = logging.getLogger(__name__)
 
 
 def partition_of(point_id: str, partitions: int) -> int:
@@ -105,6 +111,10 @@ class ProducerKeys:
     batch: str
     positions: list[str]
     ids_migrated: str
+    # Split only, like the positions: the batch each mark last received (in the producer's slot), and the key
+    # written before each WAIT for a replica (one per partition, in its slot).
+    marks: str = ""
+    replicated: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, source: str, partitions: Partitions) -> ProducerKeys:
@@ -118,8 +128,47 @@ class ProducerKeys:
             batch=constants.producer_batch_key(source) + tag,
             positions=partitions.names(constants.producer_position_key(source)) if partitions.split else [],
             ids_migrated=constants.ids_migrated_key(source) + tag,
+            marks=constants.producer_marks_key(source) + tag if partitions.split else "",
+            replicated=partitions.names(constants.producer_replicated_key(source)) if partitions.split else [],
         )
 
     def other_naming(self, source: str, partitions: Partitions) -> ProducerKeys:
         """The same keys named as they are when split if these are not, and the other way round."""
         return ProducerKeys.of(source, Partitions(1, tagged=not partitions.split))
+
+
+def stored_count(client: redis.Redis, stream: str) -> int | None:
+    """The number of partitions the pipeline's stream ``stream`` is split into, as stored; None before any process
+    stored one."""
+    value = client.get(constants.partitions_key(stream))
+    return int(value) if value is not None else None
+
+
+def check_count(client: redis.Redis, streams: list[str], count: int) -> None:
+    """Store ``count`` (STREAM_PARTITIONS) as the number of partitions of each of ``streams`` the first time (SET NX),
+    and raise ConfigurationError when one is stored with another number.
+
+    Every process of a pipeline must split the streams alike, or a document's changes go to streams that another
+    process never reads; nothing else would notice.
+    """
+    for stream in streams:
+        stored = stored_count(client, stream)
+        if stored is None:
+            try:
+                if client.set(constants.partitions_key(stream), count, nx=True):
+                    continue
+            except REDIS_REFUSALS as exc:
+                # A full or read-only Redis is waited out by every stage; the next start stores the number.
+                log.warning("Could not store STREAM_PARTITIONS=%d for %s yet (%s)", count, stream, exc)
+                continue
+            stored = stored_count(client, stream)  # another process stored one first
+        if stored is not None and stored != count:
+            raise ConfigurationError(
+                f"STREAM_PARTITIONS is {count}, but the stream {stream} of this pipeline is split into {stored} "
+                f"partitions (stored at {constants.partitions_key(stream)} by the first process that used it). Every "
+                f"process of one pipeline must use the same number: start this one with STREAM_PARTITIONS={stored}, "
+                f"or change the number for the whole pipeline: wait until `vecsync status --json` reports "
+                f'"drained": true, stop every service, run `vecsync repartition` with STREAM_PARTITIONS={count}, and '
+                f"start every service with STREAM_PARTITIONS={count} "
+                '(docs/operations.md, "Changing STREAM_PARTITIONS").'
+            )

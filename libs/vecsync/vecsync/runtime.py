@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from vecsync.consumer import Backoff, Handler, StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
+from vecsync.partitions import check_count
 from vecsync.redaction import RedactingFormatter, redact
 from vecsync.settings import ConsumerSettings
 from vecsync.streams import REDIS_UNAVAILABLE, connect
@@ -222,6 +223,7 @@ def serve_consumer(
         client = connect(settings.redis_url, cluster=settings.redis_cluster)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
+        check_count(client, settings.pipeline_streams(), settings.stream_partitions)
         register_stream_stats(client, [(name, group) for name in partitions.names(stream)])
         handler = build_handler(client, stopping)
         if handler is None:

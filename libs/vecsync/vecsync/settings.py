@@ -99,6 +99,10 @@ class CommonSettings(BaseSettings):
     def partitions(self) -> Partitions:
         return Partitions(self.stream_partitions, tagged=self.redis_cluster)
 
+    def pipeline_streams(self) -> list[str]:
+        """The base names of both stages' streams, whose STREAM_PARTITIONS every process checks at start-up."""
+        return [self.stage1_stream, self.stage2_stream]
+
     def stage1_groups(self) -> list[tuple[str, str]]:
         """(stream, group) of every partition of stage 1."""
         return [(stream, self.stage1_group) for stream in self.partitions.names(self.stage1_stream)]

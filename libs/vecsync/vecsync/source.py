@@ -32,7 +32,7 @@ from pymongo.read_concern import ReadConcern
 
 from vecsync.documents import point_id
 from vecsync.messages import DocumentChange
-from vecsync.partitions import ProducerKeys
+from vecsync.partitions import Partitions, ProducerKeys
 from vecsync.settings import CommonSettings, MongoSettings
 
 
@@ -316,6 +316,37 @@ def stored_snapshot(client: redis.Redis, key: str) -> Snapshot | None:
     """The snapshot in progress stored at ``key`` (ProducerKeys.snapshot), or None when none is."""
     fields = client.hgetall(key)
     return Snapshot.from_fields(fields) if fields.get("token") else None
+
+
+def take_over_producer_state(client: redis.Redis, source: str, partitions: Partitions) -> ProducerKeys | None:
+    """Move the resume token, snapshot and ids-migrated mark of the producer of ``source`` from the other naming to
+    the names it has with ``partitions``, unless some are stored there already; the keys they came from, or None if
+    nothing moved.
+
+    The token and snapshot keep their names whatever the number of partitions, except between one partition on one
+    Redis (the seed's names) and a split pipeline (ProducerKeys.other_naming): the producer calls this before it
+    writes anything, and so does `vecsync repartition`, so that a change of partitions needs no new snapshot. The
+    snapshot goes first, so that a crash in between leaves one of them to take over again.
+    """
+    keys = ProducerKeys.of(source, partitions)
+    if client.get(keys.token) or client.hget(keys.snapshot, "token"):
+        return None
+    other = keys.other_naming(source, partitions)
+    token, snapshot = client.get(other.token), client.hgetall(other.snapshot)
+    if not token and not snapshot:
+        return None
+    if snapshot:
+        client.hset(keys.snapshot, mapping=snapshot)
+    # Before the token: a producer that finds the token under its names but not the mark migrates the ids again.
+    migrated = client.get(other.ids_migrated)
+    if migrated is not None:
+        client.set(keys.ids_migrated, migrated)
+    if token:
+        client.set(keys.token_updated, client.get(other.token_updated) or repr(time.time()))
+        client.set(keys.token, token)
+    for key in (other.token, other.token_updated, other.snapshot, other.ids_migrated):
+        client.delete(key)  # one by one: on a Redis Cluster, they live in different slots
+    return other
 
 
 def publish_beside_producer(

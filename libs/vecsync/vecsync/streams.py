@@ -67,6 +67,31 @@ def is_cluster(client: redis.Redis) -> bool:
     return isinstance(client, redis.RedisCluster)
 
 
+def node_of(client: redis.Redis, key: str) -> tuple[str, redis.Redis]:
+    """The name of the node that serves ``key`` (its master, on a Redis Cluster) and a plain client of it alone."""
+    if not is_cluster(client):
+        return "", client
+    cluster = cast(redis.RedisCluster, client)
+    node = cluster.get_node_from_key(key)
+    return node.name, cluster.get_redis_connection(node)
+
+
+def wait_for_replica(client: redis.Redis, key: str, value: str, timeout_ms: int) -> bool:
+    """Whether every write the master of ``key`` acknowledged so far reached one of its replicas within
+    ``timeout_ms``: SET ``key`` ``value``, then WAIT for one replica, on one connection.
+
+    WAIT counts from the last write of the connection it runs on, and a pooled client gives no command the
+    connection of the one before: so it follows a write of its own, whose place in the master's replication stream
+    comes after every write acknowledged before it. ``key`` must be in a slot of that master.
+    """
+    _name, node = node_of(client, key)
+    pipe = node.pipeline(transaction=False)
+    pipe.set(key, value)
+    pipe.execute_command("WAIT", 1, timeout_ms)
+    _stored, replicas = pipe.execute()
+    return int(replicas) >= 1
+
+
 def memory_infos(client: redis.Redis) -> list[dict[str, Any]]:
     """INFO memory of Redis, or of every master of a Redis Cluster."""
     if is_cluster(client):

@@ -8,6 +8,7 @@ from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
 from vecsync.consumer import Backoff
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
+from vecsync.partitions import check_count
 from vecsync.redaction import redact_url
 from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
 from vecsync.source import open_collection
@@ -38,6 +39,7 @@ def main() -> None:
         client = connect(settings.redis_url, cluster=settings.redis_cluster)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
+        check_count(client, settings.pipeline_streams(), settings.stream_partitions)
         register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])
         producers.append(Producer(settings, client, open_collection(settings, "vecsync-producer"), stopping))
         producers[0].run()

@@ -30,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -65,8 +65,17 @@ from vecsync.source import (
     publish_beside_producer,
     read_current,
     stored_snapshot,
+    take_over_producer_state,
 )
-from vecsync.streams import REDIS_REFUSALS, REDIS_UNAVAILABLE, dead_letter_fields, refusal_reason
+from vecsync.streams import (
+    REDIS_REFUSALS,
+    REDIS_UNAVAILABLE,
+    dead_letter_fields,
+    is_cluster,
+    node_of,
+    refusal_reason,
+    wait_for_replica,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +126,24 @@ HISTORY_LOST = Counter(
     "vecsync_producer_history_lost_total", "Times the change stream could not resume from the stored token."
 )
 ERRORS = Counter("vecsync_producer_errors_total", "Failures talking to MongoDB or Redis, retried.", ["dependency"])
+REPLICA_WAITS_TIMED_OUT = Counter(
+    "vecsync_producer_replica_waits_timed_out_total",
+    "Batches whose share on a Redis Cluster master no replica acknowledged within PRODUCER_REPLICA_WAIT_MS.",
+)
+LOST_SHARES = Counter(
+    "vecsync_producer_lost_shares_total",
+    "Partitions found to have lost writes their master had acknowledged (an unplanned failover, a master restarted "
+    "without its last writes); the producer went back to their last mark.",
+)
 TOKEN_AGE = Gauge("vecsync_producer_resume_token_age_seconds", "Seconds since the stored resume token last advanced.")
 
 
 class TokenMoved(Exception):
     """Raised when the stored resume token is not the one this producer last wrote."""
+
+
+class ReplicaBehind(Exception):
+    """Raised when no replica of a partition's master acknowledged its share of a batch within the wait allowed."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +179,10 @@ class Producer:
         self._batch_written = 0
         self._positions: list[str | None] = [None] * self.partitions.count
         self._in_flight: InFlight | None = None
+        # Only on a Redis Cluster do a partition's share and the token live on different masters, each replicated on
+        # its own: on one Redis (with replicas or not) every write is one stream, so a token that survives a crash or
+        # a failover has its shares with it.
+        self.replica_wait_ms = settings.producer_replica_wait_ms if self.partitions.split and is_cluster(client) else 0
         self.projection = source_projection(settings.text_fields, settings.payload_fields)
         self._token_stored_at = time.time()
         self._token_written: str | None = None  # the token JSON this process last stored
@@ -193,6 +219,9 @@ class Producer:
             except TokenMoved as exc:
                 ERRORS.labels("redis").inc()
                 log.warning("%s; resuming from the stored token", exc)
+            except ReplicaBehind as exc:
+                ERRORS.labels("redis").inc()
+                log.warning("%s; publishing the batch again after a pause", exc)
             except OperationFailure as exc:
                 if exc.code in MONGO_AUTH_FAILURES:
                     raise ConfigurationError(
@@ -216,6 +245,8 @@ class Producer:
 
     def _follow_changes(self, *, drain: bool) -> bool:
         """Publish from the stored token on; True when the stream ended (invalidated) and must be reopened."""
+        self._adopt_other_naming()
+        self._recover_lost_shares()
         token: Mapping[str, Any] | None = self._stored_token()
         snapshot = None if token is not None else self._stored_snapshot()
         self._migrate_ids(snapshotting_first=token is None and snapshot is None)
@@ -510,9 +541,14 @@ class Producer:
         if partitioned:
             # A snapshot chunk has no change events to compare on a restart: it is published again whole.
             mark = {"events": str(events), "token": json_util.dumps(token) if token is not None and events else ""}
-            for partition, (entries, letters) in sorted(self._by_partition(changes, dead_letters or []).items()):
+            if snapshot is not None and not snapshot_done:
+                # Where a restart goes on should this partition lose what follows (see _recover_lost_shares).
+                mark["snapshot"] = json.dumps(snapshot.to_fields())
+            shares = self._by_partition(changes, dead_letters or [])
+            for partition, (entries, letters) in sorted(shares.items()):
                 if partition not in skip:
                     self._write_partition(partition, number, entries, letters, mark)
+            self._wait_for_replicas(shares, number)
         with self.client.pipeline(transaction=True) as tx:
             tx.watch(self.token_key, self.snapshot_key)
             if tx.get(self.token_key) != self._token_written or (
@@ -529,6 +565,8 @@ class Producer:
                     tx.xadd(dlq_stream(self.streams[0]), letter)
             else:
                 tx.set(self.keys.batch, number)
+                if shares:
+                    tx.hset(self.keys.marks, mapping={self.keys.positions[p]: str(number) for p in shares})
             if token is not None:
                 token_json = json_util.dumps(token)
                 tx.set(self.token_key, token_json)
@@ -552,8 +590,77 @@ class Producer:
             ENTRIES_PUBLISHED.labels(change.op).inc()
         return len(changes)
 
+    def _wait_for_replicas(self, partitions: Iterable[int], number: int) -> None:
+        """Return once a replica of each master holding one of ``partitions`` acknowledged its writes so far, or
+        raise ReplicaBehind: one WAIT per master covers every partition it holds."""
+        if not self.replica_wait_ms:
+            return
+        by_node: dict[str, int] = {}
+        for partition in sorted(partitions):
+            by_node.setdefault(node_of(self.client, self.keys.replicated[partition])[0], partition)
+        for partition in by_node.values():
+            if not wait_for_replica(self.client, self.keys.replicated[partition], str(number), self.replica_wait_ms):
+                REPLICA_WAITS_TIMED_OUT.inc()
+                raise ReplicaBehind(
+                    f"No replica of the Redis Cluster master of partition {partition} of {self.source} acknowledged "
+                    f"batch {number} within PRODUCER_REPLICA_WAIT_MS ({self.replica_wait_ms} ms), so the resume "
+                    "token stays where it is. Check that master's replica (INFO replication); to publish without "
+                    "waiting for replicas, set PRODUCER_REPLICA_WAIT_MS=0"
+                )
+
+    def _recover_lost_shares(self) -> None:
+        """Go back to the oldest mark of the partitions that lost writes their master had acknowledged.
+
+        Each batch's token transaction records the batch number each partition it wrote received (keys.marks). A
+        partition whose mark is found older has lost the shares after it (an unplanned failover to a replica that
+        missed them, a master restarted without its last writes) while the token, on another master, kept them
+        covered. Its mark says what it still holds: the resume token of its batch's last event, or the snapshot's
+        position after its chunk. The producer goes back there (further back, to a new snapshot, when the partition
+        lost every mark), in one transaction that also records the marks as found, and publishes everything since
+        again; the stages absorb what other partitions receive twice.
+        """
+        if not self.partitions.split:
+            return
+        expected = self.client.hgetall(self.keys.marks)
+        if not expected:
+            return
+        marks = {p: self.client.hgetall(key) for p, key in enumerate(self.keys.positions) if key in expected}
+        lost = [p for p, mark in marks.items() if int(mark.get("batch") or 0) < int(expected[self.keys.positions[p]])]
+        if not lost:
+            return
+        LOST_SHARES.inc(len(lost))
+        oldest = marks[min(lost, key=lambda p: int(marks[p].get("batch") or 0))]
+        with self.client.pipeline(transaction=True) as tx:
+            tx.watch(self.token_key, self.snapshot_key, self.keys.marks)
+            tx.multi()
+            if oldest.get("token"):
+                tx.set(self.token_key, oldest["token"])
+                tx.set(self.token_updated_key, repr(time.time()))
+                back_to = "the change stream after its last batch"
+            else:
+                tx.delete(self.token_key, self.snapshot_key)
+                if oldest.get("snapshot"):
+                    tx.hset(self.snapshot_key, mapping=json.loads(oldest["snapshot"]))
+                    back_to = "the snapshot after its last chunk"
+                else:
+                    back_to = "a new snapshot, as it holds no mark"
+            tx.hset(self.keys.marks, mapping={self.keys.positions[p]: marks[p].get("batch") or "0" for p in lost})
+            try:
+                tx.execute()
+            except redis.WatchError:
+                raise TokenMoved(f"the stored resume token of {self.source} changed while going back") from None
+        log.error(
+            "Partitions %s of %s lost writes their Redis master had acknowledged (an unplanned failover, or a master "
+            "restarted without its last writes); publishing again from %s.%s",
+            ", ".join(map(str, lost)),
+            self.source,
+            back_to,
+            ""
+            if self.replica_wait_ms
+            else " On a Redis Cluster, PRODUCER_REPLICA_WAIT_MS above 0 makes the resume token wait for a replica.",
+        )
+
     def _stored_token(self) -> Mapping[str, Any] | None:
-        self._adopt_other_naming()
         raw = self.client.get(self.token_key)
         self._token_written = raw
         return json_util.loads(raw) if raw else None
@@ -562,18 +669,9 @@ class Producer:
         """Take over the token or snapshot stored under the other naming (STREAM_PARTITIONS went from 1 to more, or
         back), so that a change of partitions does not snapshot the collection again. Runs before this producer
         writes anything: the snapshot first, so that a crash in between leaves one of them to adopt again."""
-        if self.client.get(self.token_key) or self.client.hget(self.snapshot_key, "token"):
+        other = take_over_producer_state(self.client, self.source, self.partitions)
+        if other is None:
             return
-        other = self.keys.other_naming(self.source, self.partitions)
-        token, snapshot = self.client.get(other.token), self.client.hgetall(other.snapshot)
-        if not token and not snapshot:
-            return
-        if snapshot:
-            self.client.hset(self.snapshot_key, mapping=snapshot)
-        if token:
-            self.client.set(self.token_updated_key, self.client.get(other.token_updated) or repr(time.time()))
-            self.client.set(self.token_key, token)
-        self._delete(other.token, other.token_updated, other.snapshot)
         log.info(
             "Took over the resume token and snapshot stored as %s and %s, for STREAM_PARTITIONS=%d",
             other.token,
@@ -636,7 +734,13 @@ class Producer:
         )
         other = self.keys.other_naming(self.source, self.partitions)
         self._delete(
-            self.token_key, self.snapshot_key, self.keys.batch, *self.keys.positions, other.token, other.snapshot
+            self.token_key,
+            self.snapshot_key,
+            self.keys.batch,
+            *self.keys.positions,
+            *([self.keys.marks] if self.keys.marks else []),
+            other.token,
+            other.snapshot,
         )
 
     def _delete(self, *keys: str) -> None:

@@ -14,3 +14,8 @@ class ProducerSettings(ServiceSettings, MongoSettings, TextSettings, FlowControl
     backoff_max_s: float = Field(default=30.0, gt=0)
     # What to do when the stored resume token is older than MongoDB's history: stop (the default) or snapshot again.
     resync_on_history_lost: bool = False
+    # On a Redis Cluster: how long each partition's share of a batch may take to reach a replica of its master (WAIT)
+    # before the resume token moves past it; longer, the producer pauses and writes the batch again. 0 turns the
+    # wait off: an unplanned failover may then lose a share, which the producer finds and publishes again
+    # (docs/design.md, "Partitions and Redis Cluster").
+    producer_replica_wait_ms: int = Field(default=1000, ge=0)

@@ -20,6 +20,7 @@ import redis
 
 from vecsync import settings as settings_module
 from vecsync.cli import dlq, maintenance
+from vecsync.cli import repartition as repartition_module
 from vecsync.cli.context import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -34,7 +35,7 @@ from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import embed_query
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.flow import FlowControl
-from vecsync.partitions import ProducerKeys
+from vecsync.partitions import ProducerKeys, check_count
 from vecsync.redaction import redact, redact_url
 from vecsync.source import stored_snapshot
 from vecsync.streams import StreamStats, stage_stats
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
     try:
         ctx = ctx or Context(settings_module.load(CliSettings))
         ctx.assume_yes = ctx.assume_yes or args.yes
+        if getattr(args, "checks_partitions", True):
+            check_count(ctx.redis, ctx.settings.pipeline_streams(), ctx.settings.stream_partitions)
         status = int(args.command(ctx, args))
         sys.stdout.flush()  # here, where a closed pipe can still be told apart from a failure
         return status
@@ -156,6 +159,20 @@ def _parser() -> argparse.ArgumentParser:
 
     trim = commands.add_parser("trim", help="remove acknowledged entries outside the retention window")
     trim.set_defaults(command=lambda ctx, a: maintenance.trim_command(ctx))
+
+    repartition = commands.add_parser(
+        "repartition", help="move a drained pipeline's tombstones and producer state to STREAM_PARTITIONS"
+    )
+    repartition.add_argument(
+        "--from",
+        dest="from_count",
+        type=int,
+        metavar="N",
+        help="the STREAM_PARTITIONS the processes ran with, where no number is stored yet",
+    )
+    repartition.set_defaults(
+        command=lambda ctx, a: repartition_module.repartition_command(ctx, a.from_count), checks_partitions=False
+    )
     return parser
 
 
