@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "--filter", action="append", default=[], metavar="FIELD=VALUE", help="payload FIELD equals VALUE"
     )
     search.add_argument("--json", action="store_true", help="print JSON")
-    search.set_defaults(command=search_command)
+    # Search reads only the collection, and is what search clients run: it needs no Redis, so no partition check.
+    search.set_defaults(command=search_command, checks_partitions=False)
 
     dead = _Commands(
         commands.add_parser("dlq", help="dead letters: list, show, replay, purge").add_subparsers(
