@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -463,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         replica_wait_ms=args.replica_wait_ms,
     )
     workdir = args.workdir / str(seed)
+    # A replay starts from nothing: a MongoDB file, a Redis append-only file or a cluster's nodes.conf left by an
+    # earlier run of the same seed would fail it (duplicate keys, nodes that already know a cluster).
+    shutil.rmtree(workdir, ignore_errors=True)
     print(f"chaos: seed {seed}, {config.operations} operations over {config.documents} documents, workdir {workdir}")
     result = run_chaos(config, workdir)
     summary = {k: v for k, v in asdict(result).items() if k != "schedule"}
