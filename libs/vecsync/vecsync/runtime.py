@@ -17,7 +17,8 @@ from typing import Any
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from vecsync.consumer import Backoff, Handler, StreamConsumer
+from vecsync.backoff import Backoff
+from vecsync.consumer import Handler, StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.partitions import check_count

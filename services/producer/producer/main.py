@@ -6,7 +6,7 @@ import threading
 from producer.service import Producer
 from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
-from vecsync.consumer import Backoff
+from vecsync.backoff import Backoff
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.partitions import check_count
 from vecsync.redaction import redact_url

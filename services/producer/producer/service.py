@@ -44,8 +44,8 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from producer.settings import ProducerSettings
+from vecsync.backoff import Backoff
 from vecsync.constants import dlq_stream
-from vecsync.consumer import Backoff
 from vecsync.documents import point_id, source_projection
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.flow import FlowControl
