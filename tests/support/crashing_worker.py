@@ -10,8 +10,8 @@ import os
 import sys
 
 from vecsync.consumer import Batch, StreamConsumer
+from vecsync.redis_client import connect
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import connect
 
 STREAM, GROUP, OUT = "in", "workers", "out"
 CRASH_EXIT = 17

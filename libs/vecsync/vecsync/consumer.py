@@ -47,21 +47,16 @@ import redis
 from vecsync import metrics
 from vecsync.backoff import Backoff
 from vecsync.constants import dlq_stream
+from vecsync.consumer_groups import ensure_group
+from vecsync.dead_letters import dead_letter_fields
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.flow import PAUSE_SHARE, RedisMemory, resume_share
 from vecsync.flow import POLL_S as FLOW_POLL_S
 from vecsync.leases import Leases
 from vecsync.liveness import Liveness
+from vecsync.redis_errors import REDIS_REFUSALS, REDIS_UNAVAILABLE, is_unblocked, refusal_reason
 from vecsync.retention import trim
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import (
-    REDIS_REFUSALS,
-    REDIS_UNAVAILABLE,
-    dead_letter_fields,
-    ensure_group,
-    is_unblocked,
-    refusal_reason,
-)
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.partitions import check_count
 from vecsync.redaction import RedactingFormatter, redact
+from vecsync.redis_client import connect
+from vecsync.redis_errors import REDIS_UNAVAILABLE
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import REDIS_UNAVAILABLE, connect
 
 log = logging.getLogger(__name__)
 
