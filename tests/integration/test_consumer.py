@@ -9,7 +9,8 @@ import time
 import pytest
 import redis
 
-from vecsync.consumer import Batch, StreamConsumer
+from vecsync.batch import Batch
+from vecsync.consumer import StreamConsumer
 from vecsync.consumer_groups import ensure_group
 from vecsync.errors import PermanentError, TransientError
 from vecsync.settings import ConsumerSettings

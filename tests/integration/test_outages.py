@@ -19,7 +19,8 @@ import requests
 
 from tests.support.servers import BIN, Server, free_port, start_redis, wait_for
 from vecsync import metrics
-from vecsync.consumer import Batch, StreamConsumer
+from vecsync.batch import Batch
+from vecsync.consumer import StreamConsumer
 from vecsync.consumer_groups import ensure_group
 from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-from vecsync.consumer import Batch, StreamConsumer
+from vecsync.batch import Batch
+from vecsync.consumer import StreamConsumer
 from vecsync.redis_client import connect
 from vecsync.settings import ConsumerSettings
 

@@ -18,7 +18,8 @@ import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vecsync.backoff import Backoff
-from vecsync.consumer import Handler, StreamConsumer
+from vecsync.batch import Handler
+from vecsync.consumer import StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.partitions import check_count

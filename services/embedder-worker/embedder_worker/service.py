@@ -19,8 +19,8 @@ from prometheus_client import Counter
 
 from embedder_worker.embedding_client import EmbeddingClient, TextsRejected
 from embedder_worker.settings import EmbedderSettings
+from vecsync.batch import Batch, Entry
 from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY
-from vecsync.consumer import Batch, Entry
 from vecsync.documents import build_payload, build_text, point_id, text_fingerprint, text_sha256
 from vecsync.errors import InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
