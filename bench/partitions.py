@@ -44,7 +44,7 @@ from pipeline import HASH_DOCS, cpu_seconds, documents, insert_and_time, stack  
 from producer.service import Producer  # noqa: E402
 from producer.settings import ProducerSettings  # noqa: E402
 from tests.support.servers import RedisCluster, start_mongo, start_redis_cluster  # noqa: E402
-from vecsync.streams import connect  # noqa: E402
+from vecsync.redis_client import connect  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ROUNDS = int(os.environ.get("BENCH_PARTITION_ROUNDS", "3"))

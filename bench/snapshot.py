@@ -37,8 +37,8 @@ from producer.service import Producer  # noqa: E402
 from producer.settings import ProducerSettings  # noqa: E402
 from tests.support.servers import start_mongo, start_redis  # noqa: E402
 from vecsync.documents import source_projection  # noqa: E402
+from vecsync.redis_client import connect  # noqa: E402
 from vecsync.source import chunks_after, document_change, ejson_id  # noqa: E402
-from vecsync.streams import connect  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = int(os.environ.get("BENCH_SNAPSHOT_DOCS", "20000"))

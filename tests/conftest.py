@@ -25,7 +25,7 @@ from tests.support.servers import (
     start_redis_cluster,
 )
 from tests.support.stores import make_store
-from vecsync.streams import connect
+from vecsync.redis_client import connect
 from vecsync.vectorstore import VectorStore
 
 _collection_names = itertools.count()

@@ -59,9 +59,9 @@ from vecsync.errors import VecsyncError
 from vecsync.localstack import Child, LocalStack, LocalStackSettings
 from vecsync.messages import parse_version
 from vecsync.partitions import ProducerKeys
+from vecsync.redis_client import connect
 from vecsync.settings import QdrantSettings
 from vecsync.source import mongo_id_of
-from vecsync.streams import connect
 from vecsync.vectorstore import VectorStore, store_key_file
 
 PAYLOAD_FIELDS = ("product", "customer", "owner", "subject")

@@ -29,7 +29,7 @@ from tests.support.monitoring import tool
 from tests.support.servers import free_port, wait_for
 from tests.support.stack import running_stack, stack_settings
 from vecsync.localstack import LocalStack, LocalStackSettings
-from vecsync.streams import connect
+from vecsync.redis_client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKLOG_THRESHOLD = 50

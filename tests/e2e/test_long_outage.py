@@ -17,7 +17,7 @@ from tests.chaos.harness import ChaosResult, compare
 from tests.support.servers import wait_for
 from tests.support.stack import drained, running_stack, stack_settings
 from vecsync.localstack import Child, LocalStack
-from vecsync.streams import connect
+from vecsync.redis_client import connect
 
 CLAIM_IDLE_MS = 500
 MAX_DELIVERIES = 2

@@ -19,8 +19,8 @@ from vecsync.cli.context import EXIT_DRIFT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_
 from vecsync.cli.main import main
 from vecsync.cli.settings import CliSettings
 from vecsync.constants import VERIFY_PROGRESS_PREFIX
+from vecsync.dead_letters import dead_letter_fields
 from vecsync.documents import point_id
-from vecsync.streams import dead_letter_fields
 from vecsync.vectorstore import Point
 
 VECSYNC = str(Path(sys.executable).parent / "vecsync")

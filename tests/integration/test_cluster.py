@@ -23,7 +23,8 @@ from vecsync.constants import tombstones_key
 from vecsync.consumer import StreamConsumer
 from vecsync.documents import point_id
 from vecsync.partitions import Partitions, ProducerKeys, partition_index
-from vecsync.streams import connect, stream_stats
+from vecsync.redis_client import connect
+from vecsync.stream_stats import stream_stats
 
 PARTITIONS = 8
 

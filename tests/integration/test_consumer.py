@@ -9,10 +9,11 @@ import time
 import pytest
 import redis
 
-from vecsync.consumer import Batch, StreamConsumer
+from vecsync.batch import Batch
+from vecsync.consumer import StreamConsumer
+from vecsync.consumer_groups import ensure_group
 from vecsync.errors import PermanentError, TransientError
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import ensure_group
 
 STREAM, GROUP, OUT = "in", "workers", "out"
 

@@ -28,7 +28,7 @@ from vecsync.consumer import StreamConsumer
 from vecsync.documents import point_id, text_fingerprint, text_sha256
 from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument
-from vecsync.streams import stream_stats
+from vecsync.stream_stats import stream_stats
 
 STAGE1, STAGE2, GROUP = "raw_document_changes", "embedded_documents", "embedding_processors"
 SOURCE = "app.documents"

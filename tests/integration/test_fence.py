@@ -392,7 +392,7 @@ class TestTombstoneRemoval:
 
     def test_an_older_change_in_a_dead_letter_stream_keeps_the_tombstone(self, pipeline: Pipeline) -> None:
         from vecsync.constants import STAGE1_STREAM, dlq_stream
-        from vecsync.streams import dead_letter_fields
+        from vecsync.dead_letters import dead_letter_fields
 
         pipeline.overrides["tombstone_sweep_interval_s"] = 0.001
         client, collection = pipeline.redis_client, pipeline.collection

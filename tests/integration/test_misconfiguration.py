@@ -20,7 +20,7 @@ from tests.support.servers import BIN, free_port, start_embedding_api, wait_for
 from vecsync import metrics
 from vecsync.consumer import StreamConsumer
 from vecsync.messages import EmbeddedDocument
-from vecsync.streams import stream_stats
+from vecsync.stream_stats import stream_stats
 
 STAGE1, STAGE2, GROUP = "raw_document_changes", "embedded_documents", "embedding_processors"
 

@@ -19,11 +19,13 @@ import requests
 
 from tests.support.servers import BIN, Server, free_port, start_redis, wait_for
 from vecsync import metrics
-from vecsync.consumer import Batch, StreamConsumer
+from vecsync.batch import Batch
+from vecsync.consumer import StreamConsumer
+from vecsync.consumer_groups import ensure_group
 from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange
+from vecsync.redis_client import connect
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import connect, ensure_group
 
 STREAM, GROUP, OUT = "in", "workers", "out"
 # Short enough that an outage of a second or two is many times CLAIM_IDLE_MS x MAX_DELIVERIES.

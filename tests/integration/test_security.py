@@ -72,8 +72,8 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     from upserter.service import Upserter
     from vecsync.consumer import StreamConsumer
     from vecsync.partitions import check_count
+    from vecsync.redis_client import connect
     from vecsync.retention import trim
-    from vecsync.streams import connect
 
     users = acl_users()
     assert set(users) == {"producer", "embedder", "upserter"}
@@ -148,7 +148,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
 
 def hold_renew_and_hand_back_one_entry(consumer: Any) -> None:
     """What a consumer does through an outage and a stop, under its own Redis user."""
-    from vecsync.streams import ensure_group
+    from vecsync.consumer_groups import ensure_group
 
     client, stream, group = consumer.client, consumer.stream, consumer.group
     ensure_group(client, stream, group)

@@ -16,7 +16,7 @@ from tests.support.pipeline import Pipeline
 from tests.support.servers import wait_for
 from vecsync.cli.context import EXIT_OK
 from vecsync.constants import resume_token_key, snapshot_key
-from vecsync.streams import unprocessed
+from vecsync.stream_stats import unprocessed
 
 STAGE1, STAGE2 = "raw_document_changes", "embedded_documents"
 

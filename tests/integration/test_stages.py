@@ -14,7 +14,7 @@ from vecsync.constants import POINT_LOCK_PREFIX
 from vecsync.documents import point_id
 from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument
-from vecsync.streams import stream_stats
+from vecsync.stream_stats import stream_stats
 
 SOURCE = "app.documents"
 

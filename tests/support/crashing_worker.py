@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import sys
 
-from vecsync.consumer import Batch, StreamConsumer
+from vecsync.batch import Batch
+from vecsync.consumer import StreamConsumer
+from vecsync.redis_client import connect
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import connect
 
 STREAM, GROUP, OUT = "in", "workers", "out"
 CRASH_EXIT = 17

@@ -19,7 +19,7 @@ from upserter.settings import UpserterSettings
 from vecsync.consumer import StreamConsumer
 from vecsync.documents import build_text, point_id, text_sha256
 from vecsync.source import mongo_id_of
-from vecsync.streams import stream_stats
+from vecsync.stream_stats import stream_stats
 from vecsync.vectorstore import VectorStore
 
 # Fast retries and reclaims, so that failure paths finish within a test.

@@ -10,7 +10,8 @@ from typing import Any
 
 from tests.support.servers import free_port, free_port_run
 from vecsync.localstack import LocalStack, LocalStackSettings
-from vecsync.streams import connect, stream_stats
+from vecsync.redis_client import connect
+from vecsync.stream_stats import stream_stats
 
 
 def stack_settings(data_dir: Path, **overrides: Any) -> LocalStackSettings:

@@ -14,7 +14,7 @@ from embedder_worker.embedding_client import EmbeddingClient, TextsRejected, ret
 from embedder_worker.settings import EmbedderSettings
 from tests.support.fake_api import FakeApi
 from tests.support.servers import free_port
-from vecsync.consumer import Backoff
+from vecsync.backoff import Backoff
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.messages import pack_vector
 

@@ -266,7 +266,7 @@ def test_a_secret_in_a_crash_is_masked(tmp_path: Any) -> None:
 
 def test_a_dead_letters_reason_holds_no_password() -> None:
     # Dead letters are written to Redis and shown by `vecsync dlq`, past every log formatter.
-    from vecsync.streams import dead_letter_fields
+    from vecsync.dead_letters import dead_letter_fields
 
     letter = dead_letter_fields(
         stream="raw_document_changes",

@@ -75,7 +75,7 @@ def test_stream_retention_count_may_differ_per_stream(monkeypatch: pytest.Monkey
 
 
 def test_backoff_stays_at_its_ceiling_through_an_outage_of_any_length() -> None:
-    from vecsync.consumer import Backoff
+    from vecsync.backoff import Backoff
 
     backoff = Backoff(0.5, 30.0)
     delays = [backoff.next_delay() for _ in range(5000)]  # some forty hours of retries at the ceiling

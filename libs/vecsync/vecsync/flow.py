@@ -23,8 +23,9 @@ from collections.abc import Callable
 import redis
 
 from vecsync.liveness import Liveness
+from vecsync.redis_client import memory_infos, memory_share
 from vecsync.settings import CommonSettings, FlowControlSettings
-from vecsync.streams import memory_infos, memory_share, unprocessed
+from vecsync.stream_stats import unprocessed
 
 log = logging.getLogger(__name__)
 

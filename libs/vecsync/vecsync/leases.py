@@ -103,7 +103,7 @@ class Leases:
             self._reclaim_own(keys=[self.stream], args=[self.group, self.consumer, self.claim_idle_ms, -1, *entry_ids])
 
     def recount(self, entry_ids: list[str], delta: int) -> None:
-        """Add ``delta`` to the delivery count of these entries, where still this consumer's (see consumer.py)."""
+        """Add ``delta`` to the delivery count of these entries, where still this consumer's (see vecsync.isolation)."""
         if entry_ids:
             self._reclaim_own(keys=[self.stream], args=[self.group, self.consumer, 0, delta, *entry_ids])
 

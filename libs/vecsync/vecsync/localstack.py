@@ -46,11 +46,12 @@ from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.partitions import ProducerKeys
 from vecsync.redaction import RedactingFormatter, redact
+from vecsync.redis_client import connect
 from vecsync.runtime import EXIT_CONFIG, EXIT_HISTORY_LOST
 from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, require_scheme
 from vecsync.source import Snapshot, stored_snapshot
 from vecsync.store import local_mode
-from vecsync.streams import connect, stream_stats
+from vecsync.stream_stats import stream_stats
 from vecsync.vectorstore import store_key_file
 
 log = logging.getLogger("vecsync.localstack")

@@ -16,7 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 from vecsync.partitions import base_name, partition_index
-from vecsync.streams import StreamStats, memory_infos, memory_share, stream_stats
+from vecsync.redis_client import memory_infos, memory_share
+from vecsync.stream_stats import StreamStats, stream_stats
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from redis.crc import key_slot
 
 from vecsync import constants
 from vecsync.errors import ConfigurationError
-from vecsync.streams import REDIS_REFUSALS
+from vecsync.redis_errors import REDIS_REFUSALS
 
 SLOTS = 16384
 

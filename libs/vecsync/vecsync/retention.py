@@ -15,8 +15,8 @@ import time
 import redis
 
 from vecsync.constants import TRIMMED_KEY_PREFIX
+from vecsync.entry_ids import nth_entry_id
 from vecsync.messages import parse_version
-from vecsync.streams import nth_entry_id
 
 # At most this many entries are removed per call, so one call stays cheap on a huge backlog.
 MAX_TRIM_PER_CALL = 10_000

@@ -17,13 +17,16 @@ from typing import Any
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from vecsync.consumer import Backoff, Handler, StreamConsumer
+from vecsync.backoff import Backoff
+from vecsync.batch import Handler
+from vecsync.consumer import StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
 from vecsync.partitions import check_count
 from vecsync.redaction import RedactingFormatter, redact
+from vecsync.redis_client import connect
+from vecsync.redis_errors import REDIS_UNAVAILABLE
 from vecsync.settings import ConsumerSettings
-from vecsync.streams import REDIS_UNAVAILABLE, connect
 
 log = logging.getLogger(__name__)
 

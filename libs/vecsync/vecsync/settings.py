@@ -4,6 +4,9 @@ Each service has one settings class built from the mixins below. Field names
 are the environment variable names (case-insensitive), so ``redis_url`` is
 ``REDIS_URL``. ``load()`` turns a validation failure into one clear message
 that names every offending variable.
+
+One job, the settings of every process: ``load()`` stays beside the classes, as it is how each of them is built,
+and it hands their secrets to vecsync.redaction as it builds them.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def require_scheme(*schemes: str) -> Callable[[str], str]:
     def check(value: str) -> str:
         scheme = urlsplit(value).scheme if "://" in value else ""
         if scheme.lower() not in schemes:
-            example = _EXAMPLES.get(schemes[0], f"{schemes[0]}://HOST:PORT")
+            example = _URL_EXAMPLES.get(schemes[0], f"{schemes[0]}://HOST:PORT")
             found = f"scheme {scheme}://" if scheme else "no scheme"
             raise ValueError(
                 f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}, "
@@ -59,7 +62,7 @@ def require_scheme(*schemes: str) -> Callable[[str], str]:
     return check
 
 
-_EXAMPLES = {
+_URL_EXAMPLES = {
     "redis": "redis://127.0.0.1:6379/0",
     "mongodb": "mongodb://127.0.0.1:27017/?directConnection=true",
     "http": "http://127.0.0.1:8080",
@@ -133,21 +136,21 @@ class RetentionSettings(BaseSettings):
 
     @field_validator("stream_retention_count", mode="before")
     @classmethod
-    def _counts_per_stream(cls, value: object) -> str:
+    def _check_retention_counts(cls, value: object) -> str:
         text = str(value)
-        _retention_counts(text)
+        _parse_retention_counts(text)
         return text
 
     def retention_count(self, stream: str) -> int:
         """The newest entries of ``stream`` (of each of its partitions) that trimming always keeps."""
-        default, per_stream = _retention_counts(self.stream_retention_count)
+        default, per_stream = _parse_retention_counts(self.stream_retention_count)
         return per_stream.get(base_name(stream), default)
 
 
 DEFAULT_RETENTION_COUNT = 100_000
 
 
-def _retention_counts(text: str) -> tuple[int, dict[str, int]]:
+def _parse_retention_counts(text: str) -> tuple[int, dict[str, int]]:
     default, per_stream = DEFAULT_RETENTION_COUNT, {}
     for part in [part.strip() for part in text.split(",") if part.strip()]:
         name, sep, count = part.rpartition("=")
@@ -230,7 +233,7 @@ class MongoSettings(BaseSettings):
 
 
 # Each distribution setting, and the argument of Qdrant's create_collection it sets.
-QDRANT_DISTRIBUTION = {
+QDRANT_DISTRIBUTION_ARGUMENTS = {
     "qdrant_shards": "shard_number",
     "qdrant_replication_factor": "replication_factor",
     "qdrant_write_consistency": "write_consistency_factor",
@@ -255,7 +258,7 @@ class QdrantSettings(BaseSettings):
     qdrant_prefer_grpc: bool = False
     qdrant_grpc_port: int = Field(default=6334, ge=1, le=65535)
 
-    @field_validator(*QDRANT_DISTRIBUTION, mode="before")
+    @field_validator(*QDRANT_DISTRIBUTION_ARGUMENTS, mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose passes a variable that .env leaves unset as an empty string (${QDRANT_SHARDS:-}).
@@ -269,7 +272,7 @@ class QdrantSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _distribution_needs_a_server(self) -> QdrantSettings:
-        given = [name.upper() for name in QDRANT_DISTRIBUTION if getattr(self, name) is not None]
+        given = [name.upper() for name in QDRANT_DISTRIBUTION_ARGUMENTS if getattr(self, name) is not None]
         if given and not self.qdrant_url:
             raise ValueError(
                 f"{', '.join(given)} distribute a collection over the nodes of a Qdrant server, so they need "
@@ -286,7 +289,7 @@ class QdrantSettings(BaseSettings):
 
     def collection_distribution(self) -> dict[str, int]:
         """The distribution arguments of Qdrant's create_collection that are set, e.g. {"shard_number": 6}."""
-        values = {argument: getattr(self, name) for name, argument in QDRANT_DISTRIBUTION.items()}
+        values = {argument: getattr(self, name) for name, argument in QDRANT_DISTRIBUTION_ARGUMENTS.items()}
         return {argument: value for argument, value in values.items() if value is not None}
 
     def embedded_path(self, data_dir: Path) -> Path | None:

@@ -1,4 +1,8 @@
-"""The embedder-worker's client of the embedding-api, or of any OpenAI-compatible embeddings server."""
+"""The embedder-worker's client of the embedding-api, or of any OpenAI-compatible embeddings server.
+
+One job: turn texts into vectors over HTTP, and every answer that is not vectors into the error the consumer loop acts
+on (TransientError with the server's Retry-After, ConfigurationError, PermanentError, TextsRejected).
+"""
 
 from __future__ import annotations
 
@@ -78,6 +82,17 @@ class EmbeddingClient:
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
 
+    @classmethod
+    def from_settings(cls, settings: EmbedderSettings) -> EmbeddingClient:
+        return cls(
+            settings.embedding_url,
+            dim=settings.embedding_dim,
+            timeout_s=settings.embedding_timeout_s,
+            style=settings.embedding_api_style,
+            configured_model=settings.embedding_model,
+            api_key=settings.embedding_api_key,
+        )
+
     def check_credentials(self) -> None:
         """Stop at start when the server refuses the API key; say nothing when it cannot be reached yet."""
         try:
@@ -89,17 +104,6 @@ class EmbeddingClient:
                 f"The embedding-api at {self.shown_url} refused the request ({response.status_code}): "
                 "check EMBEDDING_API_KEY."
             )
-
-    @classmethod
-    def from_settings(cls, settings: EmbedderSettings) -> EmbeddingClient:
-        return cls(
-            settings.embedding_url,
-            dim=settings.embedding_dim,
-            timeout_s=settings.embedding_timeout_s,
-            style=settings.embedding_api_style,
-            configured_model=settings.embedding_model,
-            api_key=settings.embedding_api_key,
-        )
 
     def current_model(self) -> str | None:
         """The model the last reply named; else the first of GET /v1/models (one request); None while unknown."""
@@ -146,7 +150,7 @@ class EmbeddingClient:
             response = self.session.post(self.url, json=body, timeout=self.timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"embedding-api unreachable at {redact_url(self.url)}: {exc}") from exc
-        self._check_configuration(response)
+        self._raise_if_misconfigured(response)
         if response.status_code in RETRY_STATUSES:
             raise TransientError(
                 f"embedding-api answered {response.status_code}: {response.text[:200]}",
@@ -154,17 +158,17 @@ class EmbeddingClient:
             )
         if response.status_code != 200:
             message = f"embedding-api rejected the texts with {response.status_code}: {response.text[:500]}"
-            reasons = _failed_texts(response, len(texts))
+            reasons = _texts_the_model_failed_on(response, len(texts))
             raise TextsRejected(message, reasons) if reasons else PermanentError(message)
-        embeddings, model = self._embeddings(response)
+        embeddings, model = self._vectors_and_model(response)
         if not isinstance(embeddings, list) or len(embeddings) != len(texts):
             count = len(embeddings) if isinstance(embeddings, list) else type(embeddings).__name__
             raise TransientError(f"embedding-api returned {count} vectors for {len(texts)} texts")
-        vectors = [self._vector(item) for item in embeddings]
+        vectors = [self._checked_vector(item) for item in embeddings]
         self.model = model if isinstance(model, str) and model else self.configured_model
         return vectors
 
-    def _check_configuration(self, response: requests.Response) -> None:
+    def _raise_if_misconfigured(self, response: requests.Response) -> None:
         """ConfigurationError when the answer says a setting is wrong, not a text: a refused key, no such endpoint, an
         unknown model. The consumer loop then pauses with its entries instead of dead-lettering every one of them."""
         status, said = response.status_code, response.text[:300]
@@ -189,7 +193,7 @@ class EmbeddingClient:
                 f"({status}: {said}): set EMBEDDING_MODEL to a model it serves."
             )
 
-    def _wrong_size(self, size: int) -> ConfigurationError:
+    def _wrong_size_error(self, size: int) -> ConfigurationError:
         # One model makes vectors of one size: a reply of another size than EMBEDDING_DIM is the configuration's
         # fault, never a text's, and would fail every text alike.
         return ConfigurationError(
@@ -198,7 +202,7 @@ class EmbeddingClient:
             f"or point EMBEDDING_URL at an embedding-api whose model makes {self.dim}-dimension vectors."
         )
 
-    def _embeddings(self, response: requests.Response) -> tuple[Any, Any]:
+    def _vectors_and_model(self, response: requests.Response) -> tuple[Any, Any]:
         """The reply's vectors and the model it names."""
         try:
             body = response.json()
@@ -210,7 +214,7 @@ class EmbeddingClient:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise TransientError(f"embedding-api sent a malformed reply: {response.text[:200]}") from None
 
-    def _vector(self, item: object) -> list[float]:
+    def _checked_vector(self, item: object) -> list[float]:
         """One vector of the reply, from base64 float32 or a list of numbers, checked."""
         if isinstance(item, str):
             try:
@@ -218,21 +222,21 @@ class EmbeddingClient:
             except InvalidEntry as exc:
                 raise PermanentError(f"embedding-api returned an unreadable base64 vector: {exc}") from None
             if len(vector) != self.dim:
-                raise self._wrong_size(len(vector))
+                raise self._wrong_size_error(len(vector))
             return vector
-        self._check(item)
+        self._check_vector_of_numbers(item)
         return item  # type: ignore[return-value]
 
-    def _check(self, vector: object) -> None:
+    def _check_vector_of_numbers(self, vector: object) -> None:
         if not isinstance(vector, list):
             raise PermanentError(f"embedding-api returned a {type(vector).__name__} where a vector was expected")
         if len(vector) != self.dim:
-            raise self._wrong_size(len(vector))
+            raise self._wrong_size_error(len(vector))
         if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in vector):
             raise PermanentError("embedding-api returned a vector with NaN, infinite or non-numeric values")
 
 
-def _failed_texts(response: requests.Response, count: int) -> dict[int, str]:
+def _texts_the_model_failed_on(response: requests.Response, count: int) -> dict[int, str]:
     """The texts a rejection names as the ones the model fails on (index: error); empty unless every item is valid."""
     try:
         body = response.json()

@@ -19,8 +19,8 @@ from prometheus_client import Counter
 
 from embedder_worker.embedding_client import EmbeddingClient, TextsRejected
 from embedder_worker.settings import EmbedderSettings
+from vecsync.batch import Batch, Entry
 from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY
-from vecsync.consumer import Batch, Entry
 from vecsync.documents import build_payload, build_text, point_id, text_fingerprint, text_sha256
 from vecsync.errors import InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
@@ -40,7 +40,9 @@ COLLAPSED = Counter(
 
 
 @dataclass
-class _Work:
+class _ParsedChange:
+    """A stage 1 entry read as a change, with the text, version and point id that the embedder derives from it."""
+
     entry: Entry
     change: DocumentChange
     text: str
@@ -73,10 +75,10 @@ class Embedder:
             if item.entry.id in batch.rejected:
                 continue
             vector, made_by = embedded.get(item.point_id, (None, model))
-            output = self._output(item, vector, made_by, item.point_id in unchanged)
+            output = self._embedded_document(item, vector, made_by, item.point_id in unchanged)
             batch.tx.xadd(self.partitions.name(self.settings.stage2_stream, batch.partition), output.to_fields())
 
-    def _embed(self, batch: Batch, to_embed: list[_Work]) -> dict[str, tuple[list[float], str]]:
+    def _embed(self, batch: Batch, to_embed: list[_ParsedChange]) -> dict[str, tuple[list[float], str]]:
         """Each text's vector and the model that made it, by point id.
 
         Entries whose text the embedding-api's model fails on are dead-lettered, and the rest embedded in one more
@@ -96,13 +98,13 @@ class Embedder:
         model = self.embedding.model or self.settings.embedding_model
         return {item.point_id: (vector, model) for item, vector in zip(to_embed, vectors, strict=True)}
 
-    def _newest_per_document(self, batch: Batch) -> list[_Work]:
+    def _newest_per_document(self, batch: Batch) -> list[_ParsedChange]:
         """Parse the batch, dead-letter what cannot be read, and keep only the newest change of each document.
 
         Older changes in the batch are superseded by the newest one (which holds the current state), so they are
         acknowledged without output instead of being embedded for nothing.
         """
-        newest: dict[str, _Work] = {}
+        newest: dict[str, _ParsedChange] = {}
         for entry in batch.entries:
             try:
                 change = DocumentChange.from_fields(entry.fields)
@@ -115,14 +117,16 @@ class Embedder:
                 text = build_text(change.document, self.settings.text_fields, self.settings.max_text_chars)
                 if not text:
                     DOCUMENTS_WITHOUT_TEXT.inc()
-            item = _Work(entry, change, text, change.version or entry.id, point_id(change.source, change.mongo_id))
+            item = _ParsedChange(
+                entry, change, text, change.version or entry.id, point_id(change.source, change.mongo_id)
+            )
             current = newest.get(item.point_id)
             if current is None or parse_version(item.version) > parse_version(current.version):
                 newest[item.point_id] = item
         COLLAPSED.inc(len(batch.entries) - len(batch.rejected) - len(newest))
         return list(newest.values())
 
-    def _unchanged_texts(self, work: list[_Work], partition: int) -> tuple[str | None, set[str]]:
+    def _unchanged_texts(self, work: list[_ParsedChange], partition: int) -> tuple[str | None, set[str]]:
         """The embedding-api's model, and the point ids whose text Qdrant already holds as embedded by that model.
 
         One Redis round trip for the batch. While the model is unknown (the embedding-api cannot be reached), no
@@ -146,7 +150,9 @@ class Embedder:
             if (now if now is not None else before) == text_fingerprint(text_sha256(item.text), model)
         }
 
-    def _output(self, item: _Work, vector: list[float] | None, model: str | None, unchanged: bool) -> EmbeddedDocument:
+    def _embedded_document(
+        self, item: _ParsedChange, vector: list[float] | None, model: str | None, unchanged: bool
+    ) -> EmbeddedDocument:
         change = item.change
         common = {"source": change.source, "mongo_id": change.mongo_id, "changed_at": change.changed_at}
         if vector is None and not unchanged:

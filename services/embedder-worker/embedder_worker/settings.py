@@ -1,3 +1,5 @@
+"""The embedder-worker's settings: a consumer's, a document's text, and how to reach the embedding-api."""
+
 from typing import Literal
 
 from pydantic import Field

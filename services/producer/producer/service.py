@@ -44,8 +44,9 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from producer.settings import ProducerSettings
+from vecsync.backoff import Backoff
 from vecsync.constants import dlq_stream
-from vecsync.consumer import Backoff
+from vecsync.dead_letters import dead_letter_fields
 from vecsync.documents import point_id, source_projection
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.flow import FlowControl
@@ -53,6 +54,8 @@ from vecsync.liveness import Liveness
 from vecsync.messages import DocumentChange
 from vecsync.metrics import REDIS_REFUSED
 from vecsync.partitions import ProducerKeys
+from vecsync.redis_client import is_cluster, node_of, wait_for_replica
+from vecsync.redis_errors import REDIS_REFUSALS, REDIS_UNAVAILABLE, refusal_reason
 from vecsync.source import (
     Snapshot,
     canonical_id,
@@ -66,15 +69,6 @@ from vecsync.source import (
     read_current,
     stored_snapshot,
     take_over_producer_state,
-)
-from vecsync.streams import (
-    REDIS_REFUSALS,
-    REDIS_UNAVAILABLE,
-    dead_letter_fields,
-    is_cluster,
-    node_of,
-    refusal_reason,
-    wait_for_replica,
 )
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ from upserter.read_api import store_routes, write_store_key
 from upserter.service import Upserter
 from upserter.settings import UpserterSettings
 from vecsync import settings as settings_module
+from vecsync.backoff import Backoff
+from vecsync.batch import Handler
 from vecsync.constants import APPLIED_VERSIONS_KEY
-from vecsync.consumer import Backoff, Handler
 from vecsync.errors import TransientError
 from vecsync.redaction import redact_url
 from vecsync.runtime import run_main, serve_consumer, setup_logging

@@ -33,14 +33,14 @@ from pymongo.errors import PyMongoError
 from upserter.fence import Tombstones, oldest_version_left
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
+from vecsync.batch import Batch, Entry
 from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY, dlq_stream, tombstones_key
-from vecsync.consumer import Batch, Entry
+from vecsync.dead_letters import dead_letter_fields
 from vecsync.documents import point_id, source_projection, text_fingerprint
 from vecsync.errors import ConfigurationError, InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
 from vecsync.source import publish_current_states
-from vecsync.streams import dead_letter_fields
 from vecsync.vectorstore import CollectionMissing, Point, VectorStore, version_of
 
 log = logging.getLogger("vecsync.upserter")

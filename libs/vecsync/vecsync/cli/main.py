@@ -38,7 +38,7 @@ from vecsync.flow import FlowControl
 from vecsync.partitions import ProducerKeys, check_count
 from vecsync.redaction import redact, redact_url
 from vecsync.source import stored_snapshot
-from vecsync.streams import StreamStats, stage_stats
+from vecsync.stream_stats import StreamStats, stage_stats
 
 HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
 # What every point's payload holds besides PAYLOAD_FIELDS (see vecsync.documents.build_payload).

@@ -22,6 +22,7 @@ from vecsync.constants import (
     TRIMMED_KEY_PREFIX,
     VERIFY_PROGRESS_PREFIX,
 )
+from vecsync.consumer_groups import ensure_group
 from vecsync.documents import build_text, lookup, point_id, source_projection, text_sha256
 from vecsync.errors import ConfigurationError
 from vecsync.flow import FlowControl
@@ -35,7 +36,7 @@ from vecsync.source import (
     read_current,
     to_plain,
 )
-from vecsync.streams import ensure_group, stream_stats
+from vecsync.stream_stats import stream_stats
 
 # Verify reports this many example ids per kind of difference.
 EXAMPLES = 20

@@ -19,7 +19,7 @@ from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.messages import parse_version
 from vecsync.partitions import Partitions, ProducerKeys, stored_count
 from vecsync.source import take_over_producer_state
-from vecsync.streams import stage_stats
+from vecsync.stream_stats import stage_stats
 
 # The skip-unchanged hint's two generations (see the upserter's hint upkeep).
 HINT_KEYS = (APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY)
