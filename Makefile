@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PACKAGES := libs/vecsync services/producer services/embedder-worker services/upserter services/embedding-api
+# The local stack (make run) and the MongoDB stand-in: installed here, never in an image.
+LOCAL := libs/vecsync-local
+PACKAGES := libs/vecsync $(LOCAL) services/producer services/embedder-worker services/upserter services/embedding-api
 SERVICES := $(filter services/%,$(PACKAGES))
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 # Every version that make venv, the wheelhouse and the images install; `make lock` regenerates it from the venv.
@@ -15,14 +17,14 @@ LOCK := constraints.txt
 venv: $(STAMP)
 
 # torch is pinned (by the lock too) and installed first, on its own: an unpinned torch pulls a multi-GB CUDA build.
-# Then every package with its dependencies, and then our five packages once more as editable installs, without their
-# dependencies: in one command pip refuses an editable library beside the services' reference to its path.
+# Then every package with its dependencies, and then our six packages once more as editable installs, without their
+# dependencies: in one command pip refuses an editable library beside the packages' references to its path.
 # pip check fails the install when a version in the lock no longer satisfies a package's requirements.
 $(STAMP): $(PYPROJECTS) requirements-dev.txt $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --constraint $(LOCK) --upgrade pip
 	$(BIN)/pip install --quiet --constraint $(LOCK) torch==2.13.0
-	$(BIN)/pip install --quiet --constraint $(LOCK) 'libs/vecsync[cli]' $(SERVICES) -r requirements-dev.txt
+	$(BIN)/pip install --quiet --constraint $(LOCK) 'libs/vecsync[cli]' $(LOCAL) $(SERVICES) -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation $(addprefix -e ,$(PACKAGES))
 	$(BIN)/pip check
 	touch $(STAMP)
@@ -45,9 +47,9 @@ lock: $(STAMP)
 wheelhouse: $(STAMP)
 	$(BIN)/python scripts/wheelhouse.py wheelhouse $(WHEELHOUSE_EXTRA)
 
-# Starts every stage locally on the embedded default, loads the sample data, runs until Ctrl-C.
+# Starts every stage locally on the embedded default, loads the sample data, runs until Ctrl-C (libs/vecsync-local).
 run: $(STAMP)
-	$(BIN)/python -m vecsync.localstack
+	$(BIN)/python -m vecsync_local
 
 test: $(STAMP)
 	$(BIN)/pytest
@@ -65,7 +67,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy -p vecsync -p producer -p embedder_worker -p upserter -p embedding_api
+	$(BIN)/mypy -p vecsync -p vecsync_local -p producer -p embedder_worker -p upserter -p embedding_api
 
 # The long chaos test (tests/chaos/harness.py); `make test` runs a short one. SEED=<n> replays a run.
 chaos: $(STAMP)

@@ -51,8 +51,8 @@ import store  # noqa: E402
 from tests.support.servers import wait_for  # noqa: E402
 from tests.support.stack import drained, stack_settings  # noqa: E402
 from vecsync.cli.store import UpserterStore  # noqa: E402
-from vecsync.localstack import LocalStack, read_samples  # noqa: E402
 from vecsync.vectorstore import store_key_file  # noqa: E402
+from vecsync_local.stack import LocalStack, read_samples  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = int(os.environ.get("BENCH_DOCS", "2000"))

@@ -46,7 +46,7 @@ from pipeline import documents, insert_and_time, rss_mb, searchable, stack  # no
 from tests.support.servers import wait_for  # noqa: E402
 from tests.support.stack import drained  # noqa: E402
 from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY, tombstones_key  # noqa: E402
-from vecsync.localstack import LocalStack  # noqa: E402
+from vecsync_local.stack import LocalStack  # noqa: E402
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "1200"))
 WARMUP_SECONDS = float(os.environ.get("SOAK_WARMUP_SECONDS", "300"))

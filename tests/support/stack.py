@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.servers import free_port, free_port_run
-from vecsync.localstack import LocalStack, LocalStackSettings
 from vecsync.redis_client import connect
 from vecsync.stream_stats import stream_stats
+from vecsync_local.stack import LocalStack, LocalStackSettings
 
 
 def stack_settings(data_dir: Path, **overrides: Any) -> LocalStackSettings:

@@ -2,7 +2,7 @@
 
 A mongod started without ``--replSet`` refuses every ``watch()`` with error code
 40573. No mongod can be installed here, so this serves the stand-in as the
-embedded default does (vecsync.mongo_standin), except that it gives the same
+embedded default does (vecsync_local.mongo_standin), except that it gives the same
 answer, for testing what the producer's console script does then.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from vecsync import mongo_standin
+from vecsync_local import mongo_standin
 
 STANDALONE_ANSWER = {
     "ok": 0,

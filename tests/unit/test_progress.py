@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import time
 
-from vecsync.localstack import Progress
 from vecsync.source import Snapshot
+from vecsync_local.console import Progress
 
 
 def test_make_run_shows_how_far_the_snapshot_has_read() -> None:

@@ -1,4 +1,5 @@
-"""``python -m vecsync.mongo_standin``: the nx-27017 MongoDB stand-in, corrected where it breaks change capture.
+"""``python -m vecsync_local.mongo_standin``: the nx-27017 MongoDB stand-in, corrected where it breaks change
+capture.
 
 The embedded default (``make run``) and the tests use nx-27017, a MongoDB
 wire-protocol server backed by SQLite through neosqlite, in place of mongod.
@@ -101,8 +102,8 @@ def _then(first: Callable[[Any], Any], second: Callable[[Any], Any]) -> Callable
 def _require(owner: object, name: str) -> None:
     if not hasattr(owner, name):
         raise SystemExit(
-            f"nx-27017 {_installed_version()} has no {name}, which vecsync.mongo_standin corrects; it was written "
-            f"for nx-27017 {TESTED_VERSION}. Install nx-27017=={TESTED_VERSION}."
+            f"nx-27017 {_installed_version()} has no {name}, which vecsync_local.mongo_standin corrects; it was "
+            f"written for nx-27017 {TESTED_VERSION}. Install nx-27017=={TESTED_VERSION}."
         )
 
 
@@ -118,8 +119,8 @@ def main() -> None:
         from nx_27017.nx_27017 import main as serve
     except ImportError:
         raise SystemExit(
-            "The MongoDB stand-in needs the nx-27017 package; install the development requirements "
-            "(`make venv`), or point MONGO_URI at a MongoDB replica set."
+            "The MongoDB stand-in needs the nx-27017 package, a dependency of vecsync-local; install it "
+            "(`make venv` does), or point MONGO_URI at a MongoDB replica set."
         ) from None
     apply_corrections()
     sys.argv[0] = "nx-27017"

@@ -1,0 +1,64 @@
+"""``make run`` (``python -m vecsync_local``): start the local stack, load the samples, run until Ctrl-C.
+
+The order of a run, and the exit status of each way it ends: 0 after Ctrl-C, 2 for a bad setting or a stage
+that exited 2, 3 when the producer exited 3 (its change stream lost its history), 1 for any other failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from vecsync import settings as settings_module
+from vecsync.errors import ConfigurationError, VecsyncError
+from vecsync.redaction import RedactingFormatter
+from vecsync.runtime import EXIT_CONFIG
+from vecsync_local import console
+from vecsync_local.stack import LocalStack, LocalStackSettings
+from vecsync_local.supervisor import ChildFailed, Interrupted
+
+
+def main() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    try:
+        settings = settings_module.load(LocalStackSettings)
+    except ConfigurationError as exc:
+        console.error(str(exc))
+        sys.exit(EXIT_CONFIG)
+    stack = LocalStack(settings)
+    signal.signal(signal.SIGTERM, lambda *_: stack.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stack.stopping.set())
+    status = 0
+    try:
+        # The samples go in before the producer starts, as into a database that already holds documents: its
+        # snapshot then publishes each once. Loaded while it snapshots, they would come both from its scan and
+        # from its change stream (correct, but twice the work).
+        stack.start_servers()
+        total = stack.load_samples()
+        stack.start_stages()
+        stack.wait_until_searchable(total)
+        if not stack.stopping.is_set():
+            print(console.all_searchable(total), flush=True)
+            stack.supervise()
+    except Interrupted:
+        pass
+    except ConfigurationError as exc:
+        console.error(str(exc))
+        status = EXIT_CONFIG
+    except ChildFailed as exc:
+        console.error(str(exc))
+        status = exc.status
+    except (VecsyncError, OSError) as exc:
+        console.error(str(exc))
+        status = 1
+    finally:
+        stack.stop()
+        print("Stopped.", flush=True)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
