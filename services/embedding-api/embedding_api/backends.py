@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 # Texts per forward pass when ENCODE_BATCH_SIZE is unset. On a CPU, short passes pad less: measured on 2 cores
 # (bench/results/embed.md), torch is fastest at 8 (146 texts/s against 106 at 32) and onnxruntime on both cores at
-# 2-4 (onnx-int8 345 at 4 against 181 at 32). An onnx-int8 copy on one thread (see CPU_MODEL_WORKERS) is fastest at
-# 1-2: two such copies encode batches of 32 at 374-377 texts/s with passes of 1, 351-354 with passes of 4, and
-# merged batches of unrelated texts lose 15-20% at 4. A GPU wants long passes.
+# 2-4 (onnx-int8 345 at 4 against 181 at 32). An onnx-int8 copy on one thread (see
+# worker_layout.CPU_MODEL_WORKERS) is fastest at 1-2: two such copies encode batches of 32 at 374-377 texts/s with
+# passes of 1, 351-354 with passes of 4, and merged batches of unrelated texts lose 15-20% at 4. A GPU wants long
+# passes.
 CPU_FORWARD_BATCH = {"torch": 8, "onnx": 4, "onnx-int8": 4}
 SINGLE_THREAD_FORWARD_BATCH = {"onnx-int8": 1}
 GPU_FORWARD_BATCH = 128
