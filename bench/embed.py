@@ -89,8 +89,8 @@ def load_in_process(backend: str, workers: int = 1) -> Any:
 
 
 def server_workers(backend: str) -> int:
-    from embedding_api.backends import model_workers
     from embedding_api.settings import EmbeddingApiSettings
+    from embedding_api.worker_layout import model_workers
 
     return model_workers(EmbeddingApiSettings(embedding_backend=backend, device=DEVICE))  # type: ignore[arg-type]
 

@@ -91,8 +91,9 @@ def in_process_rate(backend: str, texts: list[str]) -> float:
     MODEL_WORKERS copies sharing each batch (faster for onnx on a CPU)."""
     from embed import in_process_split
 
-    from embedding_api.backends import load_encoder, model_workers
+    from embedding_api.backends import load_encoder
     from embedding_api.settings import EmbeddingApiSettings
+    from embedding_api.worker_layout import model_workers
 
     def settings(workers: int | None) -> EmbeddingApiSettings:
         return EmbeddingApiSettings(

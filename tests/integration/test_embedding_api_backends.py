@@ -136,7 +136,8 @@ def test_cuda_path_uses_fp16_and_agrees_with_the_cpu() -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here (torch.cuda.is_available() is false); runs wherever a GPU is present")
-    from embedding_api.backends import TorchEncoder, default_model_path
+    from embedding_api.backends import TorchEncoder
+    from embedding_api.model_folder import default_model_path
 
     texts = sample_texts(32)
     gpu = TorchEncoder(default_model_path(), "all-MiniLM-L6-v2", "auto", 32)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from embedding_api.backends import HashEncoder
-from embedding_api.batching import Batcher, ModelUnavailable, NotReady, QueueFull, TextsFailed
+from embedding_api.batching import Batcher
+from embedding_api.encoding_errors import ModelUnavailable, NotReady, QueueFull, TextsFailed
 
 
 class RecordingEncoder(HashEncoder):

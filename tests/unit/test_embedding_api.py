@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from embedding_api import backends
+from embedding_api import backends, model_folder, worker_layout
 from embedding_api.app import create_app
 from embedding_api.backends import HashEncoder
 from embedding_api.settings import EmbeddingApiSettings
@@ -227,10 +227,10 @@ def test_model_copies_and_their_threads_by_backend(
     workers: int,
     threads: int,  # type: ignore[type-arg]
 ) -> None:
-    monkeypatch.setattr(backends, "_cores", lambda: 2)
+    monkeypatch.setattr(worker_layout, "_usable_cores", lambda: 2)
     configured = EmbeddingApiSettings(**settings)
-    assert backends.model_workers(configured) == workers
-    assert backends.cpu_threads_per_worker(configured) == threads  # 0: the backend's own default, every core
+    assert worker_layout.model_workers(configured) == workers
+    assert worker_layout.cpu_threads_per_worker(configured) == threads  # 0: the backend's own default, every core
 
 
 @pytest.mark.parametrize(
@@ -310,14 +310,17 @@ def test_a_model_that_fails_on_everything_answers_503_never_4xx() -> None:
 
 def test_the_model_identity_names_the_model_whatever_the_backend(tmp_path: Path) -> None:
     for backend in ("torch", "onnx", "onnx-int8"):
-        assert backends.model_location(EmbeddingApiSettings(embedding_backend=backend))[1] == "all-MiniLM-L6-v2"
+        assert (
+            model_folder.model_folder_and_identity(EmbeddingApiSettings(embedding_backend=backend))[1]
+            == "all-MiniLM-L6-v2"
+        )
     folders = {}
     for name, weights in [("first", b"weights one"), ("second", b"weights two"), ("copy", b"weights one")]:
         folder = tmp_path / name / "model"
         (folder / "1_Pooling").mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(weights)
         (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
-        folders[name] = backends.model_location(EmbeddingApiSettings(model_path=folder))
+        folders[name] = model_folder.model_folder_and_identity(EmbeddingApiSettings(model_path=folder))
     assert folders["first"][0] == tmp_path / "first" / "model"
     identities = {name: identity for name, (_path, identity) in folders.items()}
     assert identities["first"] != identities["second"], "another model in a folder of the same name"

@@ -3,90 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
-import numpy as np
-import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedding_api.backends import Encoder, model_workers
-from embedding_api.batching import Batcher, BatchStats, Encoded, ModelUnavailable, NotReady, QueueFull, TextsFailed
+from embedding_api.backends import Encoder
+from embedding_api.batching import Batcher, Encoded
+from embedding_api.encoding_errors import ModelUnavailable, NotReady, QueueFull, TextsFailed
+from embedding_api.metrics import (
+    FAILED_TEXTS,
+    QUEUE_TEXTS,
+    REGISTRY,
+    TEXTS,
+    observe_model_call,
+    publish_model_info,
+)
+from embedding_api.replies import describe_validation_error, error_response, json_response, vectors_in_format
+from embedding_api.request_guard import GuardAndMeasure
 from embedding_api.settings import EmbeddingApiSettings
-
-# The embedding-api's own registry: the default one also holds the pipeline stages' families (vecsync.metrics, which
-# vecsync.runtime imports), and those would only ever show here without values.
-REGISTRY = CollectorRegistry(auto_describe=True)
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
-
-REQUESTS = Counter(
-    "vecsync_embedding_requests_total",
-    "Requests answered, by endpoint and status.",
-    ["endpoint", "status"],
-    registry=REGISTRY,
-)
-REQUEST_DURATION = Histogram(
-    "vecsync_embedding_request_duration_seconds",
-    "Time to answer a request.",
-    ["endpoint"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    registry=REGISTRY,
-)
-TEXTS = Counter("vecsync_embedding_texts_total", "Texts encoded.", registry=REGISTRY)
-TRUNCATED = Counter(
-    "vecsync_embedding_truncated_texts_total",
-    "Texts longer than the model's window, encoded from their beginning.",
-    registry=REGISTRY,
-)
-MODEL_BATCH_SIZE = Histogram(
-    "vecsync_embedding_model_batch_size",
-    "Texts per model call.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-    registry=REGISTRY,
-)
-MODEL_BATCH_TOKENS = Histogram(
-    "vecsync_embedding_model_batch_tokens",
-    "Tokens per model call (after truncation, before padding).",
-    buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
-    registry=REGISTRY,
-)
-MODEL_CALL_DURATION = Histogram(
-    "vecsync_embedding_model_call_duration_seconds",
-    "Time of one model call.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    registry=REGISTRY,
-)
-FAILED_TEXTS = Counter(
-    "vecsync_embedding_failed_texts_total",
-    "Texts the model failed on by themselves while it still encoded a known-good text; their requests got 422.",
-    registry=REGISTRY,
-)
-QUEUE_TEXTS = Gauge("vecsync_embedding_queue_texts", "Texts accepted and not yet encoded.", registry=REGISTRY)
-MODEL_INFO = Info("vecsync_embedding_model", "The model and backend in use.", registry=REGISTRY)
-
-OPENAI_PREFIX = "/v1/"
-
+from embedding_api.worker_layout import model_workers
 
 # "float": JSON numbers. "base64": each vector as base64 of little-endian float32, as in the OpenAI API:
 # a third of the bytes, exact, and no number formatting or parsing on either side.
@@ -111,17 +51,6 @@ class OpenAIEmbeddingsRequest(BaseModel):
     user: str | None = None
 
 
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
-
-
-def _authorized(path: str, headers: Headers, api_key: str | None) -> bool:
-    """Whether the request may go on: always without a configured key, else only with the right bearer token."""
-    if api_key is None or path in OPEN_PATHS:
-        return True
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
-
-
 def create_app(
     settings: EmbeddingApiSettings,
     encoder: Encoder | None = None,
@@ -142,8 +71,8 @@ def create_app(
         max_queue_texts=settings.max_queue_texts,
         warm_up=load is not None,
         background_load=load is not None,
-        on_batch=_observe_batch,
-        on_ready=_describe_model,
+        on_batch=observe_model_call,
+        on_ready=publish_model_info,
         on_load_failure=on_load_failure,
         on_failed_texts=FAILED_TEXTS.inc,
     )
@@ -151,12 +80,12 @@ def create_app(
     QUEUE_TEXTS.set_function(lambda: batcher.queued_texts)
     app.router.add_event_handler("shutdown", batcher.close)
 
-    def model() -> Encoder:
+    def loaded_encoder() -> Encoder:
         assert batcher.encoder is not None
         return batcher.encoder
 
     async def embed(texts: list[str]) -> Encoded:
-        _check_limits(texts, settings)
+        _check_request_limits(texts, settings)
         try:
             future = batcher.submit(texts)
         except QueueFull as exc:
@@ -187,7 +116,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        return _error(request.url.path, 422, f"Invalid request: {_describe_validation(exc)}")
+        return error_response(request.url.path, 422, f"Invalid request: {describe_validation_error(exc)}")
 
     @app.exception_handler(TextsFailed)
     async def texts_failed(request: Request, exc: TextsFailed) -> Response:
@@ -197,36 +126,38 @@ def create_app(
             "text fails again whenever it is sent; change it or leave it out."
         )
         failed = [{"index": index, "error": error} for index, error in sorted(exc.errors.items())]
-        return _error(request.url.path, 422, message, extra={"failed": failed})
+        return error_response(request.url.path, 422, message, extra={"failed": failed})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _error(request.url.path, exc.status_code, str(exc.detail), exc.headers)
+        return error_response(request.url.path, exc.status_code, str(exc.detail), exc.headers)
 
     @app.post("/encode")
     async def encode_one(request: EncodeRequest) -> Response:
         encoded = await embed([request.text])
-        vector = _vectors(encoded.vectors, request.encoding_format)[0]
-        return _json({"embedding": vector, "model": model().name, "truncated": encoded.truncated[0]})
+        vector = vectors_in_format(encoded.vectors, request.encoding_format)[0]
+        return json_response({"embedding": vector, "model": loaded_encoder().name, "truncated": encoded.truncated[0]})
 
     @app.post("/encode_batch")
     async def encode_batch(request: EncodeBatchRequest) -> Response:
         encoded = await embed(request.texts)
-        encoder = model()
-        vectors = _vectors(encoded.vectors, request.encoding_format)
-        return _json({"embeddings": vectors, "model": encoder.name, "dim": encoder.dim, "truncated": encoded.truncated})
+        encoder = loaded_encoder()
+        vectors = vectors_in_format(encoded.vectors, request.encoding_format)
+        return json_response(
+            {"embeddings": vectors, "model": encoder.name, "dim": encoder.dim, "truncated": encoded.truncated}
+        )
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: OpenAIEmbeddingsRequest) -> Response:
         texts = _openai_texts(request.input)
         encoded = await embed(texts)
-        encoder = model()
+        encoder = loaded_encoder()
         if request.dimensions is not None and request.dimensions != encoder.dim:
             raise HTTPException(422, f"dimensions={request.dimensions} is not available; this model has {encoder.dim}.")
-        vectors = _vectors(encoded.vectors, request.encoding_format)
+        vectors = vectors_in_format(encoded.vectors, request.encoding_format)
         data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
         tokens = sum(encoded.tokens)
-        return _json(
+        return json_response(
             {
                 "object": "list",
                 "data": data,
@@ -239,7 +170,7 @@ def create_app(
     async def openai_models() -> dict[str, Any]:
         if not batcher.ready:
             return {"object": "list", "data": []}
-        return {"object": "list", "data": [{"id": model().name, "object": "model", "owned_by": "vecsync"}]}
+        return {"object": "list", "data": [{"id": loaded_encoder().name, "object": "model", "owned_by": "vecsync"}]}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -248,12 +179,12 @@ def create_app(
     @app.get("/readyz")
     async def readyz() -> Response:
         if batcher.load_error is not None:
-            return _json({"status": "failed", "detail": str(batcher.load_error)}, 503)
+            return json_response({"status": "failed", "detail": str(batcher.load_error)}, 503)
         if not batcher.ready:
-            return _json({"status": "loading"}, 503)
-        encoder = model()
+            return json_response({"status": "loading"}, 503)
+        encoder = loaded_encoder()
         body = {"status": "ready", "model": encoder.name, "backend": encoder.backend, "dim": encoder.dim}
-        return _json(body | {"device": encoder.device, "max_tokens": encoder.max_tokens})
+        return json_response(body | {"device": encoder.device, "max_tokens": encoder.max_tokens})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -262,103 +193,6 @@ def create_app(
     known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(GuardAndMeasure, settings=settings, known_paths=known_paths)
     return app
-
-
-def _observe_batch(stats: BatchStats) -> None:
-    MODEL_BATCH_SIZE.observe(stats.texts)
-    MODEL_BATCH_TOKENS.observe(stats.tokens)
-    MODEL_CALL_DURATION.observe(stats.seconds)
-    if stats.truncated:
-        TRUNCATED.inc(stats.truncated)
-
-
-def _describe_model(encoder: Encoder) -> None:
-    MODEL_INFO.info(
-        {"model": encoder.name, "backend": encoder.backend, "device": encoder.device, "dim": str(encoder.dim)}
-    )
-
-
-class GuardAndMeasure:
-    """Checks the API key and the body size before anything is read, and counts and times every answer.
-
-    Plain ASGI rather than ``@app.middleware("http")``: that wrapper streams each response through extra tasks
-    and queues, which measured as a large share of the cost of a single-text request.
-    """
-
-    def __init__(self, app: ASGIApp, settings: EmbeddingApiSettings, known_paths: frozenset[str]) -> None:
-        self.app = app
-        self.settings = settings
-        self.known_paths = known_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        path: str = scope["path"]
-        status = 500  # what the client gets if the app raises before answering
-
-        async def send_and_note_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            rejection = self._rejection(path, Headers(scope=scope))
-            if rejection is not None:
-                await rejection(scope, receive, send_and_note_status)
-            else:
-                await self.app(scope, receive, send_and_note_status)
-        finally:
-            if path not in OPEN_PATHS:
-                # Only known routes become label values: probing random paths must not grow the metrics unbounded.
-                endpoint = path if path in self.known_paths else "other"
-                REQUESTS.labels(endpoint, str(status)).inc()
-                REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
-
-    def _rejection(self, path: str, headers: Headers) -> Response | None:
-        if not _authorized(path, headers, self.settings.embedding_api_key):
-            message = "Missing or wrong API key: send 'Authorization: Bearer <EMBEDDING_API_KEY>'."
-            return _error(path, 401, message, {"WWW-Authenticate": "Bearer"})
-        length = headers.get("content-length")
-        limit = self.settings.max_request_bytes
-        if length and length.isdigit() and int(length) > limit:
-            return _error(path, 413, f"The request body has {length} bytes; the limit is MAX_REQUEST_BYTES={limit}.")
-        return None
-
-
-def _error(
-    path: str,
-    status: int,
-    message: str,
-    headers: Mapping[str, str] | None = None,
-    *,
-    extra: Mapping[str, Any] | None = None,
-) -> Response:
-    """An error in the shape of the route's API; ``extra`` fields go next to the message."""
-    if path.startswith(OPENAI_PREFIX):
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        error = {"message": message, "type": kind, "param": None, "code": str(status), **(extra or {})}
-        body: dict[str, Any] = {"error": error}
-    else:
-        body = {"detail": message, **(extra or {})}
-    return _json(body, status, headers)
-
-
-def _describe_validation(exc: RequestValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        if error.get("type") == "json_invalid":
-            reason = error.get("ctx", {}).get("error", "")
-            problems.append(f"the body is not valid JSON ({reason})" if reason else "the body is not valid JSON")
-            continue
-        if tuple(error["loc"]) == ("body",):
-            problems.append("the body must be a JSON object (with Content-Type: application/json)")
-            continue
-        location = ".".join(str(part) for part in error["loc"])
-        problems.append(f"{location}: {error['msg']}")
-    return "; ".join(problems)
 
 
 def _openai_texts(value: str | list[Any]) -> list[str]:
@@ -371,22 +205,7 @@ def _openai_texts(value: str | list[Any]) -> list[str]:
     return texts
 
 
-def _vectors(vectors: np.ndarray, encoding_format: str) -> np.ndarray | list[str]:
-    """The rows as they go into the reply: the array itself (orjson writes it), or base64 of each row."""
-    if encoding_format == "float":
-        return vectors
-    rows = np.ascontiguousarray(vectors, dtype="<f4")
-    return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-
-
-def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    # orjson writes numpy arrays natively and formats float32 in their shortest form: several times faster than
-    # the standard library on a batch of vectors, and the request thread spends that time holding the GIL.
-    content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(content, status_code=status, headers=headers, media_type="application/json")
-
-
-def _check_limits(texts: list[str], settings: EmbeddingApiSettings) -> None:
+def _check_request_limits(texts: list[str], settings: EmbeddingApiSettings) -> None:
     if not texts:
         raise HTTPException(422, "Send at least one text.")
     if len(texts) > settings.max_texts_per_request:

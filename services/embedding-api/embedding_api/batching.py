@@ -12,13 +12,11 @@ request keeps every worker busy; and it waits for company only while no other
 worker is busy. Each request gets its own texts' vectors back, in order,
 through a future, and the event loop never runs the model.
 
-When a model call fails, its texts are encoded again in halves, and the
-failing halves in halves again, down to the texts the model fails on alone:
-every other request still gets its vectors, and a request holding such a text
-fails with ``TextsFailed`` naming it. Before any text is blamed, the model must
-still encode a known-good text (the warm-up text); a model that fails on that
-too is broken, and so is one out of memory: every request of the call then
-fails with ``ModelUnavailable``, which callers answer as retryable.
+When a model call fails, failure_isolation finds the texts the model fails on
+alone: every other request still gets its vectors, and a request holding such a
+text fails with ``TextsFailed`` naming it. When the model itself is at fault
+(broken, or out of memory), every request of the call fails with
+``ModelUnavailable``, which callers answer as retryable.
 """
 
 from __future__ import annotations
@@ -34,41 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedding_api.backends import Encoder
+from embedding_api.encoding_errors import ModelUnavailable, NotReady, QueueFull, TextsFailed
+from embedding_api.failure_isolation import KNOWN_GOOD_TEXTS, encode_one_vector_each, isolate_failing_texts
 
 log = logging.getLogger(__name__)
-
-# Encoded at load, and again to tell a broken model from a text the model fails on.
-KNOWN_GOOD_TEXTS = ["warm-up", "a second, somewhat longer warm-up text"]
-# Room for a model's error in a reply and a dead letter, not for a whole stack dump.
-MAX_ERROR_CHARS = 500
-
-
-class QueueFull(Exception):
-    """Raised by ``submit`` when taking the texts would exceed the queue's capacity."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"the queue is full; retry in {retry_after_s} s")
-        self.retry_after_s = retry_after_s
-
-
-class NotReady(Exception):
-    """Raised by ``submit`` while the model is still loading, or when it failed to load."""
-
-
-class ModelUnavailable(Exception):
-    """Raised to the requests of a model call when the model, not a text, is at fault; a retry may work."""
-
-
-class TextsFailed(Exception):
-    """Raised to a request when the model fails on some of its texts alone while it still encodes a known-good text.
-
-    ``errors`` maps the index of each such text in the request to the model's error on it.
-    """
-
-    def __init__(self, errors: dict[int, str]) -> None:
-        described = "; ".join(f"text {index}: {error}" for index, error in sorted(errors.items()))
-        super().__init__(f"the model failed on {described}")
-        self.errors = errors
 
 
 @dataclass
@@ -81,7 +48,9 @@ class Encoded:
 
 
 @dataclass
-class _Request:
+class _PendingRequest:
+    """A submitted request, with what is known of its texts so far (filled in once it is admitted)."""
+
     texts: list[str]
     future: concurrent.futures.Future[Encoded]
     arrived: float
@@ -92,8 +61,10 @@ class _Request:
 
 
 @dataclass
-class _Item:
-    request: _Request
+class _QueuedText:
+    """One admitted text, ``request.texts[index]``, waiting for a batch; ``tokens``: its count after truncation."""
+
+    request: _PendingRequest
     index: int
     tokens: int
     arrived: float
@@ -101,6 +72,8 @@ class _Item:
 
 @dataclass
 class BatchStats:
+    """One merged model call, as the metrics see it."""
+
     texts: int
     tokens: int
     truncated: int
@@ -142,23 +115,23 @@ class Batcher:
         self._on_load_failure = on_load_failure
         self._on_failed_texts = on_failed_texts
         self._cond = threading.Condition()
-        self._requests: deque[_Request] = deque()
-        self._items: deque[_Item] = deque()
+        self._new_requests: deque[_PendingRequest] = deque()
+        self._admitted_texts: deque[_QueuedText] = deque()
         self._queued = 0
         self._closed = False
-        self._rate = 0.0  # texts per second, a moving average, for Retry-After
+        self._texts_per_s = 0.0  # texts per second, a moving average, for Retry-After
         # How many texts the last batch gathered: waiting for company pays only when company came last time.
-        self._expected = 1
+        self._last_batch_texts = 1
         self._idle_workers = 0
         self._busy_workers = 0
         self._tokens_in_flight = 0  # of the batches being encoded
         self._ready = threading.Event()
         # Loading in the background lets the port open (and /healthz answer) while a large model loads.
         self._background_load = background_load
-        self._others: list[threading.Thread] = []  # the workers after the first, started once the model loaded
-        if not background_load and not self._start():
+        self._other_workers: list[threading.Thread] = []  # the workers after the first, started once the model loaded
+        if not background_load and not self._load_models_then_start_workers():
             raise RuntimeError(f"The model failed to load: {self.load_error}")
-        self._thread = threading.Thread(target=self._run, args=(0,), name="model-0", daemon=True)
+        self._thread = threading.Thread(target=self._worker_loop, args=(0,), name="model-0", daemon=True)
         self._thread.start()
 
     @property
@@ -182,7 +155,7 @@ class Batcher:
                 raise NotReady("the service is shutting down")
             if self._queued + len(texts) > self.max_queue_texts:
                 raise QueueFull(self._retry_after_s())
-            self._requests.append(_Request(texts, future, time.monotonic()))
+            self._new_requests.append(_PendingRequest(texts, future, time.monotonic()))
             self._queued += len(texts)
             self._cond.notify()
         return future
@@ -191,19 +164,19 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        for thread in [self._thread, *self._others]:
+        for thread in [self._thread, *self._other_workers]:
             thread.join(timeout=30)
 
     def _retry_after_s(self) -> int:
         # Time to work through what is queued at the recent pace; at least a second.
-        rate = self._rate or 10.0
+        rate = self._texts_per_s or 10.0
         return max(1, min(60, round(self._queued / rate)))
 
     # The model workers ------------------------------------------------------
 
-    def _run(self, worker: int) -> None:
+    def _worker_loop(self, worker: int) -> None:
         # Worker 0 loads every copy of the model (unless that was done up front), then starts the other workers.
-        if worker == 0 and self._background_load and not self._start():
+        if worker == 0 and self._background_load and not self._load_models_then_start_workers():
             return
         encoder = self._encoders[worker]
         while True:
@@ -211,10 +184,10 @@ class Batcher:
             if batch is None:
                 break
             if batch:
-                self._encode(batch, encoder)
+                self._encode_and_answer(batch, encoder)
         self._fail_pending(NotReady("the service is shutting down"))
 
-    def _start(self) -> bool:
+    def _load_models_then_start_workers(self) -> bool:
         try:
             # One copy per worker, loaded one after another: the first load may build a cache the others reuse.
             for _ in range(self.workers):
@@ -230,20 +203,20 @@ class Batcher:
             return False
         self.encoder = self._encoders[0]
         for worker in range(1, self.workers):
-            thread = threading.Thread(target=self._run, args=(worker,), name=f"model-{worker}", daemon=True)
+            thread = threading.Thread(target=self._worker_loop, args=(worker,), name=f"model-{worker}", daemon=True)
             thread.start()
-            self._others.append(thread)
+            self._other_workers.append(thread)
         if self._on_ready:
             self._on_ready(self.encoder)
         self._ready.set()
         return True
 
-    def _next_batch(self, encoder: Encoder) -> list[_Item] | None:
+    def _next_batch(self, encoder: Encoder) -> list[_QueuedText] | None:
         """The oldest texts that fit in one batch; None once closed."""
         with self._cond:
             self._idle_workers += 1
             try:
-                while not self._items and not self._requests:
+                while not self._admitted_texts and not self._new_requests:
                     if self._closed:
                         return None
                     self._cond.wait()
@@ -254,9 +227,9 @@ class Batcher:
             with self._cond:
                 if self._closed:
                     return None
-                if not self._items:
+                if not self._admitted_texts:
                     return []  # every request was cancelled
-                wait = self._items[0].arrived + self.max_wait_s - time.monotonic()
+                wait = self._admitted_texts[0].arrived + self.max_wait_s - time.monotonic()
                 # Waiting for company pays only while the model would otherwise sit idle: when another worker is
                 # busy, the texts are better encoded now, on this worker, than merged later.
                 if (
@@ -268,14 +241,14 @@ class Batcher:
                 ):
                     self._busy_workers += 1
                     return self._take_batch()
-                if not self._requests:
+                if not self._new_requests:
                     self._cond.wait(wait)
 
     def _admit_new_requests(self, encoder: Encoder) -> None:
         """Count the tokens of newly queued requests (outside the lock) and queue their texts as items."""
         with self._cond:
-            arrived = list(self._requests)
-            self._requests.clear()
+            arrived = list(self._new_requests)
+            self._new_requests.clear()
         for request in arrived:
             if not request.future.set_running_or_notify_cancel():
                 with self._cond:
@@ -292,72 +265,73 @@ class Batcher:
             request.vectors = [None] * len(request.texts)
             request.remaining = len(request.texts)
             items = [
-                _Item(request, i, min(count, encoder.max_tokens), request.arrived) for i, count in enumerate(counts)
+                _QueuedText(request, i, min(count, encoder.max_tokens), request.arrived)
+                for i, count in enumerate(counts)
             ]
             with self._cond:
-                self._items.extend(items)
+                self._admitted_texts.extend(items)
 
     def _batch_is_full(self) -> bool:
         size = tokens = 0
-        target = min(self.max_batch_size, self._expected)
-        for item in self._items:
+        target = min(self.max_batch_size, self._last_batch_texts)
+        for item in self._admitted_texts:
             size += 1
             tokens += item.tokens
             if size >= target or tokens >= self.max_batch_tokens:
                 return True
         return False
 
-    def _take_batch(self) -> list[_Item]:
+    def _take_batch(self) -> list[_QueuedText]:
         token_limit = self.max_batch_tokens
         if self.workers > 1:
             # Take this worker's equal share of all the work in hand (waiting, and being encoded by the others):
             # one large request then keeps every worker busy, and no worker sits idle while another works through
             # a long batch of everything that had queued up.
-            waiting = sum(item.tokens for item in self._items)
+            waiting = sum(item.tokens for item in self._admitted_texts)
             token_limit = min(token_limit, -(-(waiting + self._tokens_in_flight) // self.workers))
-        batch = [self._items.popleft()]
+        batch = [self._admitted_texts.popleft()]
         tokens = batch[0].tokens
         if self.max_batch_size == 1:
             # Merging off: the first request's texts alone, as one model call.
             owner = batch[0].request
-            while self._items and self._items[0].request is owner:
-                item = self._items.popleft()
+            while self._admitted_texts and self._admitted_texts[0].request is owner:
+                item = self._admitted_texts.popleft()
                 tokens += item.tokens
                 batch.append(item)
         else:
-            while self._items and len(batch) < self.max_batch_size:
-                if tokens + self._items[0].tokens > token_limit:
+            while self._admitted_texts and len(batch) < self.max_batch_size:
+                if tokens + self._admitted_texts[0].tokens > token_limit:
                     break
-                item = self._items.popleft()
+                item = self._admitted_texts.popleft()
                 tokens += item.tokens
                 batch.append(item)
-            self._expected = len(batch)
+            self._last_batch_texts = len(batch)
         self._tokens_in_flight += tokens
         if self._idle_workers:
             self._cond.notify()  # an idle worker takes the next share
         return batch
 
-    def _encode(self, batch: list[_Item], encoder: Encoder) -> None:
+    def _encode_and_answer(self, batch: list[_QueuedText], encoder: Encoder) -> None:
         started = time.perf_counter()
         texts = [item.request.texts[item.index] for item in batch]
         merged = True
         try:
-            outcomes: list[np.ndarray | str] = list(_call(encoder, texts))
+            outcomes: list[np.ndarray | str] = list(encode_one_vector_each(encoder, texts))
         except Exception as exc:  # noqa: BLE001 - a text or the model is at fault: find out which
             log.warning("A model call over %d texts failed (%s); encoding them in smaller groups", len(batch), exc)
             merged = False
             try:
-                outcomes = _isolate(encoder, texts, exc)
+                outcomes = isolate_failing_texts(encoder, texts, exc)
             except ModelUnavailable as unavailable:
                 log.error("The model failed on a call over %d texts: %s", len(batch), unavailable)
-                self._done(batch, 0.0)
+                self._account_finished_call(batch, 0.0)
                 for request in {id(item.request): item.request for item in batch}.values():
                     if not request.future.done():
                         request.future.set_exception(unavailable)
                 return
         elapsed = time.perf_counter() - started
-        self._done(batch, elapsed if merged else 0.0)
-        finished: list[_Request] = []
+        self._account_finished_call(batch, elapsed if merged else 0.0)
+        finished: list[_PendingRequest] = []
         with self._cond:
             # A request's texts may be spread over several workers' batches: the last one to finish answers it.
             for item, outcome in zip(batch, outcomes, strict=True):
@@ -375,7 +349,7 @@ class Batcher:
             if request.errors:
                 request.future.set_exception(TextsFailed(dict(request.errors)))
             else:
-                request.future.set_result(self._result(request))
+                request.future.set_result(self._assembled_result(request))
         failed = sum(1 for outcome in outcomes if isinstance(outcome, str))
         if failed:
             log.warning(
@@ -388,7 +362,7 @@ class Batcher:
             truncated = sum(1 for item in batch if item.request.tokens[item.index] > max_tokens)
             self._on_batch(BatchStats(len(batch), sum(item.tokens for item in batch), truncated, elapsed))
 
-    def _done(self, batch: list[_Item], elapsed: float) -> None:
+    def _account_finished_call(self, batch: list[_QueuedText], elapsed: float) -> None:
         """Account for a finished model call; ``elapsed`` (0: unknown) feeds the rate behind Retry-After."""
         with self._cond:
             self._busy_workers -= 1
@@ -396,9 +370,9 @@ class Batcher:
             self._queued -= len(batch)
             if elapsed:
                 rate = self.workers * len(batch) / max(elapsed, 1e-6)
-                self._rate = 0.8 * self._rate + 0.2 * rate if self._rate else rate
+                self._texts_per_s = 0.8 * self._texts_per_s + 0.2 * rate if self._texts_per_s else rate
 
-    def _result(self, request: _Request) -> Encoded:
+    def _assembled_result(self, request: _PendingRequest) -> Encoded:
         assert self.encoder is not None
         window = self.encoder.max_tokens
         vectors = np.stack([vector for vector in request.vectors if vector is not None])
@@ -406,9 +380,9 @@ class Batcher:
 
     def _fail_pending(self, exc: Exception) -> None:
         with self._cond:
-            pending = [request for request in self._requests] + [item.request for item in self._items]
-            self._requests.clear()
-            self._items.clear()
+            pending = [request for request in self._new_requests] + [item.request for item in self._admitted_texts]
+            self._new_requests.clear()
+            self._admitted_texts.clear()
             self._queued = 0
         for request in pending:
             if not request.future.done():
@@ -416,62 +390,3 @@ class Batcher:
                     request.future.set_exception(exc)
                 except concurrent.futures.InvalidStateError:
                     pass
-
-
-def _isolate(encoder: Encoder, texts: list[str], error: Exception) -> list[np.ndarray | str]:
-    """Each text's vector, or the model's error on that text alone; ModelUnavailable when the model is at fault."""
-    _raise_if_out_of_memory(error)
-    outcomes: list[np.ndarray | str | None] = [None] * len(texts)
-    _bisect(encoder, texts, list(range(len(texts))), error, outcomes)
-    if any(isinstance(outcome, str) for outcome in outcomes):
-        try:
-            _call(encoder, KNOWN_GOOD_TEXTS)
-        except Exception as exc:
-            _raise_if_out_of_memory(exc)
-            raise ModelUnavailable(
-                f"the model fails on a known-good text too ({_describe(exc)}), so the model is at fault, not the texts"
-            ) from exc
-    return [outcome for outcome in outcomes if outcome is not None]
-
-
-def _call(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    vectors = encoder.encode(texts)
-    if len(vectors) != len(texts):
-        raise RuntimeError(f"the encoder returned {len(vectors)} vectors for {len(texts)} texts")
-    return vectors
-
-
-def _bisect(
-    encoder: Encoder, texts: list[str], indexes: list[int], error: Exception, outcomes: list[np.ndarray | str | None]
-) -> None:
-    # The texts at ``indexes`` failed together with ``error``: encode each half, and split the failing halves again.
-    if len(indexes) == 1:
-        outcomes[indexes[0]] = _describe(error)
-        return
-    middle = len(indexes) // 2
-    for part in (indexes[:middle], indexes[middle:]):
-        try:
-            vectors = _call(encoder, [texts[i] for i in part])
-        except Exception as exc:  # noqa: BLE001 - narrowed down further
-            _raise_if_out_of_memory(exc)
-            _bisect(encoder, texts, part, exc, outcomes)
-            continue
-        for i, vector in zip(part, vectors, strict=True):
-            outcomes[i] = vector
-
-
-def _raise_if_out_of_memory(exc: Exception) -> None:
-    # torch.cuda.OutOfMemoryError, onnxruntime's "Failed to allocate memory", or the host's MemoryError: the device
-    # was too full for this call, which says nothing about its texts.
-    message = str(exc).lower()
-    if (
-        isinstance(exc, MemoryError)
-        or type(exc).__name__ == "OutOfMemoryError"
-        or "out of memory" in message
-        or "failed to allocate memory" in message
-    ):
-        raise ModelUnavailable(f"the model ran out of memory ({_describe(exc)})") from exc
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]

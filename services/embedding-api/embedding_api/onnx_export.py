@@ -7,43 +7,34 @@ GELU) before the optional dynamic int8 quantisation: fused, the quantised model 
 faster and closer to the fp32 vectors. Files are keyed by a hash of the model folder, and
 written atomically, so concurrent first starts and model changes are safe.
 
-The libraries doing the work narrate it: a line per fusion and per quantised tensor at INFO, a weight-loading
-progress bar and tracer warnings that are expected for this graph. Such chatter goes to DEBUG, so that the
-embedding-api's log shows what it does (export, quantise, load) and any real warning or error.
+The libraries doing the work narrate it; quiet_loading sends that chatter to DEBUG, and the tracer warnings that are
+expected for this graph are silenced where the graph is traced.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedding_api.backends import hash_model_files
+from embedding_api.model_digest import model_folder_digest
+from embedding_api.quiet_loading import library_chatter_at_debug, load_without_progress_bar
 
 log = logging.getLogger(__name__)
 
 # Bump when the export recipe changes, so old cache entries are not reused.
 EXPORT_VERSION = "1"
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
-# Loggers whose records are this service's own (or its server's): never demoted.
-OWN_LOGGERS = ("embedding_api", "vecsync", "uvicorn")
-# Library warnings that are expected for this export recipe and say nothing an operator can act on.
-EXPECTED_WARNINGS = (
-    # onnxruntime's quantiser asks for its shape pre-processing; the fused graph is quantised as it is, on purpose.
-    "Please consider to run pre-processing before quantization",
-)
 
 
 def ensure_onnx_model(model_path: Path, cache_dir: Path, *, quantized: bool) -> Path:
     """The cached ONNX file for ``model_path``, exported (and quantised) first when missing."""
-    folder = cache_dir / f"{model_path.name}-{model_fingerprint(model_path)}"
+    folder = cache_dir / f"{model_path.name}-{_cache_key(model_path)}"
     fp32 = folder / "model.onnx"
     int8 = folder / "model-int8.onnx"
     target = int8 if quantized else fp32
@@ -58,47 +49,20 @@ def ensure_onnx_model(model_path: Path, cache_dir: Path, *, quantized: bool) -> 
     with library_chatter_at_debug():
         if not fp32.exists():
             log.info("Exporting %s to ONNX into %s (once)", model_path, folder)
-            _atomic(fp32, lambda tmp: _export(model_path, tmp))
+            _write_atomically(fp32, lambda tmp: _export(model_path, tmp))
         if quantized and not int8.exists():
             log.info("Quantising %s to int8", fp32)
-            _atomic(int8, lambda tmp: _quantize(fp32, tmp))
+            _write_atomically(int8, lambda tmp: _quantize(fp32, tmp))
     return target
 
 
-class _DemoteLibraryChatter(logging.Filter):
-    """Turns the export libraries' INFO lines, and their expected warnings, into DEBUG records."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith(OWN_LOGGERS) or record.levelno >= logging.ERROR:
-            return True
-        if record.levelno >= logging.WARNING and not record.getMessage().startswith(EXPECTED_WARNINGS):
-            return True
-        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
+def _cache_key(model_path: Path) -> str:
+    """The folder's digest salted with EXPORT_VERSION: another model, or another recipe, gets another entry."""
+    return model_folder_digest(model_path, EXPORT_VERSION.encode())[:16]
 
 
-@contextmanager
-def library_chatter_at_debug() -> Iterator[None]:
-    """While the model is exported and quantised, log what the libraries narrate at DEBUG (see the module doc)."""
-    demote = _DemoteLibraryChatter()
-    # On the handlers: a filter on a logger never sees the records that propagate to it from its children.
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(demote)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(demote)
-
-
-def model_fingerprint(model_path: Path) -> str:
-    digest = hashlib.sha256(EXPORT_VERSION.encode())
-    hash_model_files(digest, model_path)
-    return digest.hexdigest()[:16]
-
-
-def _atomic(target: Path, write: Any) -> None:
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file next to ``target``, then renamed over it: readers see all or nothing."""
     handle, name = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
     os.close(handle)
     tmp = Path(name)
@@ -115,7 +79,7 @@ def _export(model_path: Path, target: Path) -> None:
     from sentence_transformers import SentenceTransformer
     from torch.jit._trace import TracerWarning
 
-    model = load_quietly(lambda: SentenceTransformer(str(model_path), device="cpu", model_kwargs=EAGER))
+    model = load_without_progress_bar(lambda: SentenceTransformer(str(model_path), device="cpu", model_kwargs=EAGER))
     model.eval()
 
     class Pipeline(torch.nn.Module):
@@ -153,20 +117,6 @@ def _export(model_path: Path, target: Path) -> None:
 
 # Eager attention exports as plain MatMul/Softmax, which onnxruntime's optimiser fuses; SDPA does not fuse.
 EAGER = {"attn_implementation": "eager"}
-
-
-def load_quietly(load: Any) -> Any:
-    """``load()`` without transformers' weight-loading progress bar, which would fill the log with carriage returns."""
-    from transformers.utils import logging as typed_logging
-
-    transformers_logging: Any = typed_logging  # its progress-bar switches are not annotated
-    enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        return load()
-    finally:
-        if enabled:
-            transformers_logging.enable_progress_bar()
 
 
 def _fuse(model_path: Path, target: Path) -> None:

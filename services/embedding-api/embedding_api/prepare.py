@@ -2,7 +2,7 @@
 
 import logging
 
-from embedding_api.backends import model_location
+from embedding_api.model_folder import model_folder_and_identity
 from embedding_api.onnx_export import ensure_onnx_model
 from embedding_api.settings import EmbeddingApiSettings
 from vecsync import settings as settings_module
@@ -17,7 +17,7 @@ def main() -> None:
     if settings.embedding_backend not in ("onnx", "onnx-int8"):
         log.info("EMBEDDING_BACKEND=%s needs no preparation", settings.embedding_backend)
         return
-    path, _name = model_location(settings)
+    path, _identity = model_folder_and_identity(settings)
     onnx_file = ensure_onnx_model(path, settings.onnx_cache, quantized=settings.embedding_backend == "onnx-int8")
     log.info("Ready: %s", onnx_file)
 

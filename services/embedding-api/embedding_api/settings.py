@@ -1,3 +1,6 @@
+"""The embedding-api's settings: each field comes from the environment variable of its name in capitals (or a file
+of that name under VECSYNC_SECRETS_DIR)."""
+
 import os
 from pathlib import Path
 from typing import Literal
@@ -51,7 +54,7 @@ class EmbeddingApiSettings(BaseSettings):
     max_queue_texts: int = Field(default=4096, ge=1)
     # Model threads, each with its own copy of the model and an equal share of the cores. Unset: 2 for onnx-int8
     # on a CPU, where two single-threaded copies beat one on two threads (they no longer wait for each other inside
-    # every layer); 1 for the other backends and on a GPU (see backends.model_workers).
+    # every layer); 1 for the other backends and on a GPU (see worker_layout.model_workers).
     model_workers: int | None = Field(default=None, ge=1)
     # Texts per forward pass inside one model call (a merged batch is sorted by length and cut into these).
     # Unset: what measured fastest for the backend and device (see backends.forward_batch_size).
