@@ -6,7 +6,7 @@ import io
 import time
 
 from vecsync.localstack import Progress
-from vecsync.source import Snapshot
+from vecsync.producer_state import Snapshot
 
 
 def test_make_run_shows_how_far_the_snapshot_has_read() -> None:

@@ -8,10 +8,10 @@ from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
 from vecsync.consumer import Backoff
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
+from vecsync.mongo_reads import open_collection
 from vecsync.partitions import check_count
 from vecsync.redaction import redact_url
 from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
-from vecsync.source import open_collection
 from vecsync.streams import connect
 
 log = logging.getLogger("vecsync.producer")

@@ -18,9 +18,9 @@ from vecsync import settings as settings_module
 from vecsync.constants import APPLIED_VERSIONS_KEY
 from vecsync.consumer import Backoff, Handler
 from vecsync.errors import TransientError
+from vecsync.mongo_reads import open_collection
 from vecsync.redaction import redact_url
 from vecsync.runtime import run_main, serve_consumer, setup_logging
-from vecsync.source import open_collection
 from vecsync.vectorstore import VectorStore, store_key_file
 
 log = logging.getLogger("vecsync.upserter")

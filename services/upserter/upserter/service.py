@@ -39,7 +39,7 @@ from vecsync.documents import point_id, source_projection, text_fingerprint
 from vecsync.errors import ConfigurationError, InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
-from vecsync.source import publish_current_states
+from vecsync.stage1 import publish_current_states
 from vecsync.streams import dead_letter_fields
 from vecsync.vectorstore import CollectionMissing, Point, VectorStore, version_of
 

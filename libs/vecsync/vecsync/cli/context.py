@@ -16,7 +16,7 @@ from tqdm import tqdm
 from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import Store, open_store
 from vecsync.errors import VecsyncError
-from vecsync.source import open_collection
+from vecsync.mongo_reads import open_collection
 from vecsync.streams import connect
 
 EXIT_OK = 0
