@@ -22,7 +22,8 @@ there. It has three writers:
   together with its removal from the DLQ.
 
 Why each guarantee holds: docs/design.md, "Why nothing is lost", "Partitions and Redis Cluster" and "Recoveries
-never reinstate an older state".
+never reinstate an older state". The module runs a little past the usual length so that the whole protocol, every
+key each writer WATCHes and every transaction, reads in one place.
 """
 
 from __future__ import annotations
