@@ -92,20 +92,22 @@ class ProducerWriter:
         # its own: on one Redis (with replicas or not) every write is one stream, so a token that survives a crash or
         # a failover has its shares with it.
         self.replica_wait_ms = replica_wait_ms if partitions.hash_tagged and is_cluster(client) else 0
-        # What this process last stored or read, which each transaction WATCHes: the token JSON, the snapshot's
-        # position, and with hash-tagged names the number of the last batch written to every partition and each
-        # partition's mark.
+        # What this process last stored or read: the token JSON and the snapshot's position (the token's
+        # transaction checks them), and with hash-tagged names each partition's mark (its share's transaction checks
+        # it) and the number of the last batch written to every partition.
         self.token_written: str | None = None
         self.snapshot_written: str | None = None
         self.batch_written = 0
         self.positions: list[str | None] = [None] * partitions.count
 
     def stored_token(self) -> Mapping[str, Any] | None:
+        """The resume token stored, now what this process last wrote; None when none is."""
         raw = self.client.get(self.keys.token)
         self.token_written = raw
         return json_util.loads(raw) if raw else None
 
     def stored_snapshot(self) -> Snapshot | None:
+        """The snapshot in progress stored, its position now what this process last wrote; None when none is."""
         snapshot = stored_snapshot(self.client, self.keys.snapshot)
         self.snapshot_written = snapshot.last_id if snapshot else None
         return snapshot
