@@ -36,9 +36,10 @@ sys.path.insert(0, str(ROOT))
 from producer.service import Producer  # noqa: E402
 from producer.settings import ProducerSettings  # noqa: E402
 from tests.support.servers import start_mongo, start_redis  # noqa: E402
+from vecsync.bson_codec import ejson_id  # noqa: E402
 from vecsync.documents import source_projection  # noqa: E402
+from vecsync.mongo_reads import chunks_after, document_change  # noqa: E402
 from vecsync.redis_client import connect  # noqa: E402
-from vecsync.source import chunks_after, document_change, ejson_id  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = int(os.environ.get("BENCH_SNAPSHOT_DOCS", "20000"))

@@ -52,15 +52,15 @@ from redis.crc import key_slot
 from embedding_api.backends import HashEncoder
 from tests.support.servers import RedisCluster, start_redis_cluster, wait_for
 from tests.support.stack import drained, stack_settings
+from vecsync.bson_codec import mongo_id_of
 from vecsync.cli.store import UpserterStore
 from vecsync.constants import dlq_stream
 from vecsync.documents import build_text, point_id
 from vecsync.errors import VecsyncError
 from vecsync.messages import parse_version
-from vecsync.partitions import ProducerKeys
+from vecsync.producer_state import ProducerKeys
 from vecsync.redis_client import connect
 from vecsync.settings import QdrantSettings
-from vecsync.source import mongo_id_of
 from vecsync.vectorstore import VectorStore, store_key_file
 from vecsync_local.stack import LocalStack, LocalStackSettings
 from vecsync_local.supervisor import Child

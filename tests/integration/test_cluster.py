@@ -22,7 +22,8 @@ from vecsync.cli.context import EXIT_OK, EXIT_USAGE
 from vecsync.constants import tombstones_key
 from vecsync.consumer import StreamConsumer
 from vecsync.documents import point_id
-from vecsync.partitions import Partitions, ProducerKeys, partition_index
+from vecsync.partitions import Partitions, partition_index
+from vecsync.producer_state import ProducerKeys
 from vecsync.redis_client import connect
 from vecsync.stream_stats import stream_stats
 
@@ -55,7 +56,7 @@ def test_the_pipeline_runs_on_the_cluster_with_its_partitions_spread_over_the_ma
     pipeline.assert_matches_mongo()
     assert dead_letters(pipeline) == 0
 
-    streams = Partitions(PARTITIONS, tagged=True).names("raw_document_changes")
+    streams = Partitions(PARTITIONS, redis_cluster=True).names("raw_document_changes")
     masters = [redis_cluster.master_of(key_slot(name.encode())) for name in streams]
     assert sorted(masters.count(master) for master in set(masters)) == [2, 3, 3]
 
@@ -118,7 +119,7 @@ def test_a_failover_while_changes_flow_loses_nothing_and_dead_letters_nothing(
         for n in range(100):
             collection.insert_one({"_id": f"d{n}", "subject": f"subject {n}"})
         # The master of partition 3 hands over to its replica while the stages work and changes keep coming.
-        slot = key_slot(Partitions(PARTITIONS, tagged=True).name("raw_document_changes", 3).encode())
+        slot = key_slot(Partitions(PARTITIONS, redis_cluster=True).name("raw_document_changes", 3).encode())
         changing = threading.Thread(
             target=lambda: [
                 collection.update_one({"_id": f"d{n}"}, {"$set": {"subject": f"changed {n}"}}) for n in range(100)
@@ -268,7 +269,7 @@ def test_repartition_on_the_cluster_moves_the_tombstones_to_their_new_partitions
     base = tombstones_key(pipeline.store.collection)
     before = {
         point: version
-        for name in Partitions(PARTITIONS, tagged=True).names(base)
+        for name in Partitions(PARTITIONS, redis_cluster=True).names(base)
         for point, version in pipeline.redis_client.hgetall(name).items()
     }
     assert len(before) == 10
@@ -276,7 +277,7 @@ def test_repartition_on_the_cluster_moves_the_tombstones_to_their_new_partitions
     assert cli(pipeline, "status", stream_partitions=PARTITIONS, **overrides) == EXIT_OK
     assert cli(pipeline, "repartition", "--yes", stream_partitions=3, **overrides) == EXIT_OK
 
-    new = Partitions(3, tagged=True)
+    new = Partitions(3, redis_cluster=True)
     after = {
         point: (name, version)
         for name in new.names(base)

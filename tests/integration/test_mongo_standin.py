@@ -14,7 +14,7 @@ import pymongo
 from bson import Binary, ObjectId
 from pymongo.collection import Collection
 
-from vecsync.source import mongo_id_of
+from vecsync.bson_codec import mongo_id_of
 
 UUID_ID = Binary.from_uuid(uuid.UUID("7d444840-9dc0-11d1-b245-5ffdce74fad2"))
 WHEN = datetime.datetime(2024, 5, 6, 7, 8, 9)

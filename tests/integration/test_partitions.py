@@ -18,13 +18,14 @@ from producer.service import Producer
 from tests.integration.test_cli import cli, cli_env, dead_letter_stage2
 from tests.support.pipeline import Pipeline
 from tests.support.servers import BIN, free_port
+from vecsync.bson_codec import mongo_id_of
 from vecsync.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from vecsync.constants import APPLIED_TEXT_PREVIOUS_KEY, tombstones_key
 from vecsync.documents import point_id
 from vecsync.metrics import StreamStatsCollector
-from vecsync.partitions import Partitions, ProducerKeys, check_count
+from vecsync.partitions import Partitions, check_count
+from vecsync.producer_state import ProducerKeys
 from vecsync.runtime import EXIT_CONFIG
-from vecsync.source import mongo_id_of
 
 PARTITIONS = 4
 # Where the first process stores the stage 1 stream's STREAM_PARTITIONS (the key operators see).
@@ -113,7 +114,7 @@ def test_a_batch_cut_short_between_partitions_is_finished_without_repeats(
     pipeline.run_producer()  # the snapshot of the empty collection: from now on, change events
     ids = seed(pipeline)
     first = Producer(pipeline.producer_settings(), pipeline.redis_client, pipeline.collection)
-    write_partition = first._write_partition
+    write_partition = first.stage1._write_partition
     partitions_written = []
 
     def write_then_die(partition: int, *args: Any) -> None:
@@ -122,7 +123,7 @@ def test_a_batch_cut_short_between_partitions_is_finished_without_repeats(
         write_partition(partition, *args)
         partitions_written.append(partition)
 
-    monkeypatch.setattr(first, "_write_partition", write_then_die)
+    monkeypatch.setattr(first.stage1, "_write_partition", write_then_die)
     with pytest.raises(Killed):
         first.run(drain=True)
     before = Counter(mongo_id for _partition, mongo_id in stage1_changes(pipeline))

@@ -11,7 +11,7 @@ from bson import ObjectId
 from tests.support.pipeline import Pipeline
 from vecsync.constants import resume_token_key
 from vecsync.documents import point_id
-from vecsync.source import document_change
+from vecsync.mongo_reads import document_change
 
 
 def test_snapshot_then_changes_reach_qdrant(pipeline: Pipeline) -> None:

@@ -78,7 +78,7 @@ def test_refused_credentials_are_a_configuration_error(pipeline: Pipeline) -> No
 
 
 def test_invalidating_events_are_counted_and_watching_continues(pipeline: Pipeline) -> None:
-    from producer.service import INVALIDATIONS
+    from producer.metrics import INVALIDATIONS
 
     before = INVALIDATIONS.labels("drop")._value.get()
     events = [
@@ -152,7 +152,7 @@ def test_restarts_replay_changes_of_every_id_type_without_dead_letters(pipeline:
 
     from bson import ObjectId
 
-    from vecsync.source import mongo_id_of, to_plain
+    from vecsync.bson_codec import mongo_id_of, to_plain
 
     rng = random.Random(12)
     keys: list[Any] = [ObjectId() for _ in range(25)] + [f"doc-{n}" for n in range(25)] + list(range(1000, 1025))
@@ -393,13 +393,13 @@ def test_an_event_naming_an_objectid_in_the_stand_ins_storage_form_re_reads_that
     # After resumes, the stand-in names some ObjectId documents so (docs/operations.md, "The MongoDB stand-in").
     from bson import ObjectId
 
-    from vecsync.source import mongo_id_of
+    from vecsync.bson_codec import mongo_id_of
 
     oid = ObjectId()
     pipeline.collection.insert_one({"_id": oid, "subject": "s"})
     producer = Producer(pipeline.producer_settings(), pipeline.redis_client, pipeline.collection)
     stored_form = {"__neosqlite_objectid__": True, "id": str(oid)}
-    found, errors = producer._reread_changed([{"operationType": "update", "documentKey": {"_id": stored_form}}])
+    found, errors = producer.events.reread_changed([{"operationType": "update", "documentKey": {"_id": stored_form}}])
     assert errors == [None]
     assert found[0] is not None and found[0]["_id"] == oid
     assert mongo_id_of(stored_form) == mongo_id_of(oid)

@@ -16,9 +16,9 @@ from producer.service import Producer
 from producer.settings import ProducerSettings
 from upserter.service import Upserter
 from upserter.settings import UpserterSettings
+from vecsync.bson_codec import mongo_id_of
 from vecsync.consumer import StreamConsumer
 from vecsync.documents import build_text, point_id, text_sha256
-from vecsync.source import mongo_id_of
 from vecsync.stream_stats import stream_stats
 from vecsync.vectorstore import VectorStore
 

@@ -7,7 +7,8 @@ from collections import Counter
 
 from redis.crc import key_slot
 
-from vecsync.partitions import SLOTS, Partitions, ProducerKeys, partition_of
+from vecsync.partitions import SLOTS, Partitions, partition_of
+from vecsync.producer_state import ProducerKeys
 
 
 def test_one_partition_keeps_every_name() -> None:
@@ -40,7 +41,7 @@ def test_documents_spread_evenly_and_stay_in_their_partition() -> None:
 
 
 def test_one_partition_on_a_cluster_is_tagged_so_a_stream_and_its_keys_share_a_slot() -> None:
-    cluster = Partitions(1, tagged=True)
+    cluster = Partitions(1, redis_cluster=True)
     names = [cluster.name(base, 0) for base in ("raw_document_changes", "vecsync:producer:app.documents:resume_token")]
     assert all(name.startswith(base) for name, base in zip(names, ["raw_document_changes", "vecsync:"], strict=True))
     assert len({key_slot(name.encode()) for name in names}) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 
-from vecsync.source import Snapshot
+from vecsync.producer_state import Snapshot
 from vecsync_local.console import Progress
 
 

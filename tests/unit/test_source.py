@@ -6,7 +6,7 @@ from typing import Any
 from bson import Binary, Decimal128, ObjectId
 from bson.datetime_ms import DatetimeMS
 
-from vecsync.source import mongo_id_of, to_plain
+from vecsync.bson_codec import mongo_id_of, to_plain
 
 
 def test_mongo_ids() -> None:
@@ -47,7 +47,7 @@ def test_durable_reads_are_primary_majority_reads_whatever_the_uri_asks() -> Non
     from pymongo import ReadPreference
     from pymongo.read_concern import ReadConcern
 
-    from vecsync.source import durable_reads
+    from vecsync.mongo_reads import durable_reads
 
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         "mongodb://127.0.0.1:1/?readPreference=secondaryPreferred&readConcernLevel=local", connect=False
@@ -64,8 +64,8 @@ HEX = "65f0c0ffee0000000000abcd"
 
 
 def test_an_objectid_and_a_string_of_its_digits_are_two_documents() -> None:
+    from vecsync.bson_codec import id_candidates
     from vecsync.documents import point_id
-    from vecsync.source import id_candidates
 
     assert mongo_id_of(ObjectId(HEX)) == HEX, "ObjectIds keep the id string, so the point id, they always had"
     assert mongo_id_of(HEX) == f'"{HEX}"'
@@ -76,7 +76,7 @@ def test_an_objectid_and_a_string_of_its_digits_are_two_documents() -> None:
 
 
 def test_the_stand_ins_form_of_an_objectid_is_that_objectid() -> None:
-    from vecsync.source import id_candidates
+    from vecsync.bson_codec import id_candidates
 
     stored_form = {"__neosqlite_objectid__": True, "id": HEX}
     assert mongo_id_of(stored_form) == mongo_id_of(ObjectId(HEX)) == HEX
@@ -84,7 +84,7 @@ def test_the_stand_ins_form_of_an_objectid_is_that_objectid() -> None:
 
 
 def test_every_id_reads_back_as_the_value_and_type_it_was() -> None:
-    from vecsync.source import id_of
+    from vecsync.bson_codec import id_of
 
     values: list[Any] = [
         ObjectId(HEX),
@@ -118,7 +118,7 @@ def test_every_id_reads_back_as_the_value_and_type_it_was() -> None:
 
 
 def test_strings_that_extended_json_cannot_read_are_ids_as_they_are() -> None:
-    from vecsync.source import id_of
+    from vecsync.bson_codec import id_of
 
     for text in ['{"$oid": "zz"}', '{"$binary": 5}', '{"$numberLong": []}', '{"$timestamp": 1}', '{"a": ' + "[" * 5000]:
         assert mongo_id_of(text) == text

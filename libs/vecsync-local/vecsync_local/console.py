@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vecsync.producer_state import Snapshot
 from vecsync.redaction import redact
-from vecsync.source import Snapshot
 from vecsync_local.supervisor import Child
 
 

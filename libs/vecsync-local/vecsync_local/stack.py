@@ -40,11 +40,10 @@ from pydantic import Field, field_validator
 from vecsync import settings as settings_module
 from vecsync.cli.store import UpserterStore
 from vecsync.errors import ConfigurationError, VecsyncError
-from vecsync.partitions import ProducerKeys
+from vecsync.producer_state import ProducerKeys, Snapshot, stored_snapshot
 from vecsync.redis_client import connect
 from vecsync.runtime import EXIT_CONFIG, EXIT_HISTORY_LOST
 from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, require_scheme
-from vecsync.source import Snapshot, stored_snapshot
 from vecsync.store import local_mode
 from vecsync.stream_stats import stream_stats
 from vecsync.vectorstore import store_key_file

@@ -1,7 +1,7 @@
 """Partitioned streams: STREAM_PARTITIONS splits each stage's stream, and the state beside it, by document.
 
 With one partition on one Redis (the default) every stream and key keeps the name it always had; on a Redis
-Cluster, names carry a hash tag even with one partition (Partitions.split). With P partitions, a document's
+Cluster, names carry a hash tag even with one partition (Partitions.hash_tagged). With P partitions, a document's
 changes all go to partition ``partition_of(point_id)``, so they stay in one stream, in order; each stage's stream is
 P streams, and each key a stage commits together with a stream (the producer's position, the upserters' locks,
 tombstones and the skip-unchanged hint) is P keys. Every name of partition p carries one Redis Cluster hash tag, so
@@ -16,7 +16,7 @@ import functools
 import hashlib
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 from redis.crc import key_slot
@@ -65,26 +65,26 @@ class Partitions:
     """The names of each partition's streams and keys."""
 
     count: int = 1
-    # Names carry hash tags even with one partition: on a Redis Cluster, a partition's stream and the keys committed
+    # On a Redis Cluster, names carry hash tags even with one partition: a partition's stream and the keys committed
     # with it must share a slot whatever their number.
-    tagged: bool = False
+    redis_cluster: bool = False
 
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ValueError("STREAM_PARTITIONS must be at least 1")
 
     @property
-    def split(self) -> bool:
+    def hash_tagged(self) -> bool:
         """Whether names carry hash tags: several partitions, or a Redis Cluster. Else every name is the seed's."""
-        return self.count > 1 or self.tagged
+        return self.count > 1 or self.redis_cluster
 
     def of(self, point_id: str) -> int:
         return partition_of(point_id, self.count)
 
     def name(self, base: str, partition: int) -> str:
-        """``base`` for partition ``partition``: itself when not split (one partition on one Redis), else with the
-        partition's hash tag."""
-        if not self.split:
+        """``base`` for partition ``partition``: itself when not hash-tagged (one partition on one Redis), else with
+        the partition's hash tag."""
+        if not self.hash_tagged:
             return base
         return f"{base}:{partition_tag(partition, self.count)}"
 
@@ -93,48 +93,6 @@ class Partitions:
 
     def indexes(self) -> range:
         return range(self.count)
-
-
-@dataclass(frozen=True)
-class ProducerKeys:
-    """The keys of the producer of one source.
-
-    Split (see Partitions.split), the resume token, its time, the snapshot in progress and the number of the last
-    batch published share one slot of their own, chosen by the source and not by the number of partitions, so that
-    they keep their names when STREAM_PARTITIONS changes; each partition's high-water mark lives in its partition's
-    slot, written with its entries (docs/design.md, "Partitions"). Not split, they are the seed's names.
-    """
-
-    token: str
-    token_updated: str
-    snapshot: str
-    batch: str
-    positions: list[str]
-    ids_migrated: str
-    # Split only, like the positions: the batch each mark last received (in the producer's slot), and the key
-    # written before each WAIT for a replica (one per partition, in its slot).
-    marks: str = ""
-    replicated: list[str] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, source: str, partitions: Partitions) -> ProducerKeys:
-        tag = ""
-        if partitions.split:
-            tag = ":{vsp-" + hashlib.sha256(source.encode("utf-8")).hexdigest()[:12] + "}"
-        return cls(
-            token=constants.resume_token_key(source) + tag,
-            token_updated=constants.resume_token_updated_key(source) + tag,
-            snapshot=constants.snapshot_key(source) + tag,
-            batch=constants.producer_batch_key(source) + tag,
-            positions=partitions.names(constants.producer_position_key(source)) if partitions.split else [],
-            ids_migrated=constants.ids_migrated_key(source) + tag,
-            marks=constants.producer_marks_key(source) + tag if partitions.split else "",
-            replicated=partitions.names(constants.producer_replicated_key(source)) if partitions.split else [],
-        )
-
-    def other_naming(self, source: str, partitions: Partitions) -> ProducerKeys:
-        """The same keys named as they are when split if these are not, and the other way round."""
-        return ProducerKeys.of(source, Partitions(1, tagged=not partitions.split))
 
 
 def stored_count(client: redis.Redis, stream: str) -> int | None:

@@ -100,7 +100,7 @@ class CommonSettings(BaseSettings):
 
     @property
     def partitions(self) -> Partitions:
-        return Partitions(self.stream_partitions, tagged=self.redis_cluster)
+        return Partitions(self.stream_partitions, redis_cluster=self.redis_cluster)
 
     def pipeline_streams(self) -> list[str]:
         """The base names of both stages' streams, whose STREAM_PARTITIONS every process checks at start-up."""

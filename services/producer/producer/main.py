@@ -8,11 +8,11 @@ from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
 from vecsync.backoff import Backoff
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
+from vecsync.mongo_reads import open_collection
 from vecsync.partitions import check_count
 from vecsync.redaction import redact_url
 from vecsync.redis_client import connect
 from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
-from vecsync.source import open_collection
 
 log = logging.getLogger("vecsync.producer")
 

@@ -1,19 +1,17 @@
 """The producer: MongoDB change stream in, one stage 1 entry per change out.
 
-Each published batch and the resume token that covers it are written in one
-MULTI/EXEC, so after any crash the producer resumes exactly after the last
-change it published: nothing is lost, and at worst nothing is duplicated.
+Each published batch and the resume token that covers it are written together
+(vecsync.stage1), so after any crash the producer resumes exactly after the
+last change it published: nothing is lost, and at worst nothing is duplicated.
 With STREAM_PARTITIONS (or on a Redis Cluster) a batch spans several hash
 slots: each partition's share is written with that partition's high-water
 mark, then the token, and a restart completes a batch that reached only some
 partitions (docs/design.md, "Partitions and Redis Cluster").
 
-Entries carry the document as re-read by its key right after the change, not
-the change event's own copy. The read happens after the change, so it shows
-that change or a newer state, and changes to one document are published in
-order, so the last entry of every document holds its current state. Reads
-project the document to what the later stages use: its _id, text and payload
-fields.
+Entries carry the document as re-read by its key right after the change
+(producer.events), and changes to one document are published in order, so the
+last entry of every document holds its current state. Reads project the
+document to what the later stages use: its _id, text and payload fields.
 
 The first start snapshots the collection in _id order, in chunks, after
 opening the change stream. Each chunk is published in one MULTI/EXEC with the
@@ -21,55 +19,60 @@ snapshot's position (its last _id) and the resume token of that change stream,
 so a restart goes on after the last chunk published and then follows the
 changes made since the snapshot began. Before each chunk or batch of events it
 reads, the producer waits while the pipeline holds too much (vecsync.flow).
+
+This module is the producer's loop: what it does at each start, the snapshot,
+the following of the change stream, and how it meets each failure. The
+snapshot and the following stay in one class: they share one position, one
+writer and one retry loop, and the snapshot hands over to the following in the
+middle of a run.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import replace
 from typing import Any
 
 import redis
 from bson import json_util
-from prometheus_client import Counter, Gauge
 from pymongo.change_stream import CollectionChangeStream
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
+from producer.events import MONGO_AUTH_FAILURES, EventReader
+from producer.id_migration import migrate_ids
+from producer.metrics import (
+    ENTRIES_PUBLISHED,
+    ERRORS,
+    HISTORY_LOST,
+    LOST_SHARES,
+    PIPELINE_BACKLOG,
+    REPLICA_WAITS_TIMED_OUT,
+    SNAPSHOT_DOCUMENTS,
+    SNAPSHOT_DONE,
+    SNAPSHOT_ESTIMATED,
+    SNAPSHOT_RUNNING,
+    THROTTLED,
+    THROTTLED_FOR,
+    TOKEN_AGE,
+)
 from producer.settings import ProducerSettings
 from vecsync.backoff import Backoff
-from vecsync.constants import dlq_stream
-from vecsync.dead_letters import dead_letter_fields
-from vecsync.documents import point_id, source_projection
+from vecsync.bson_codec import ejson_id
+from vecsync.documents import source_projection
 from vecsync.errors import ConfigurationError, HistoryLost
 from vecsync.flow import FlowControl
 from vecsync.liveness import Liveness
 from vecsync.messages import DocumentChange
 from vecsync.metrics import REDIS_REFUSED
-from vecsync.partitions import ProducerKeys
-from vecsync.redis_client import is_cluster, node_of, wait_for_replica
+from vecsync.mongo_reads import chunks_after, document_change
+from vecsync.producer_state import Snapshot, forget_position, take_over_producer_state
 from vecsync.redis_errors import REDIS_REFUSALS, REDIS_UNAVAILABLE, refusal_reason
-from vecsync.source import (
-    Snapshot,
-    canonical_id,
-    chunks_after,
-    document_change,
-    ejson_id,
-    ids_written_otherwise_before,
-    migrated_id_changes,
-    mongo_id_of,
-    publish_beside_producer,
-    read_current,
-    stored_snapshot,
-    take_over_producer_state,
-)
+from vecsync.stage1 import InFlight, ProducerWriter, ReplicaBehind, TokenMoved
 
 log = logging.getLogger(__name__)
 
@@ -77,76 +80,6 @@ log = logging.getLogger(__name__)
 IN_FLIGHT_READS = 3
 CHANGE_STREAM_HISTORY_LOST = 286
 CHANGE_STREAM_NEEDS_REPLICA_SET = 40573  # what a standalone server answers to watch()
-MONGO_AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
-DOCUMENT_OPERATIONS = {"insert", "update", "replace", "delete"}
-# After these the change stream is invalidated; see "Collection drops and renames" in docs/design.md.
-INVALIDATING_OPERATIONS = {"drop", "rename", "dropDatabase", "invalidate"}
-
-EVENTS_READ = Counter("vecsync_producer_events_total", "Change events read, by operation type.", ["operation"])
-SNAPSHOT_DOCUMENTS = Counter(
-    "vecsync_producer_snapshot_documents_total", "Documents published by the initial snapshot."
-)
-SNAPSHOT_RUNNING = Gauge("vecsync_producer_snapshot_running", "1 while the producer snapshots the collection, else 0.")
-SNAPSHOT_DONE = Gauge(
-    "vecsync_producer_snapshot_documents_done", "Documents the snapshot in progress has published, across restarts."
-)
-SNAPSHOT_ESTIMATED = Gauge(
-    "vecsync_producer_snapshot_documents_estimated", "The collection's estimated size when the snapshot began."
-)
-THROTTLED = Gauge(
-    "vecsync_producer_throttled",
-    "1 while the producer waits for the pipeline's backlog to fall below PRODUCER_RESUME_BACKLOG, else 0.",
-)
-THROTTLED_FOR = Gauge(
-    "vecsync_producer_throttled_for_seconds", "How long the producer has been waiting for room (0 when it is not)."
-)
-THROTTLED_SECONDS = Counter(
-    "vecsync_producer_throttled_seconds_total", "Time the producer spent waiting for room in the pipeline."
-)
-PIPELINE_BACKLOG = Gauge(
-    "vecsync_producer_pipeline_backlog",
-    "Entries not yet processed in both stages, as the producer last measured them before reading MongoDB.",
-)
-ENTRIES_PUBLISHED = Counter("vecsync_producer_entries_published_total", "Entries added to stage 1.", ["op"])
-INVALIDATIONS = Counter(
-    "vecsync_producer_invalidations_total",
-    "Drop, rename and invalidate events: the watched collection went away.",
-    ["operation"],
-)
-DEAD_LETTERED = Counter(
-    "vecsync_producer_dead_lettered_total", "Changes whose document could not be re-read, sent to the stage 1 DLQ."
-)
-HISTORY_LOST = Counter(
-    "vecsync_producer_history_lost_total", "Times the change stream could not resume from the stored token."
-)
-ERRORS = Counter("vecsync_producer_errors_total", "Failures talking to MongoDB or Redis, retried.", ["dependency"])
-REPLICA_WAITS_TIMED_OUT = Counter(
-    "vecsync_producer_replica_waits_timed_out_total",
-    "Batches whose share on a Redis Cluster master no replica acknowledged within PRODUCER_REPLICA_WAIT_MS.",
-)
-LOST_SHARES = Counter(
-    "vecsync_producer_lost_shares_total",
-    "Partitions found to have lost writes their master had acknowledged (an unplanned failover, a master restarted "
-    "without its last writes); the producer went back to their last mark.",
-)
-TOKEN_AGE = Gauge("vecsync_producer_resume_token_age_seconds", "Seconds since the stored resume token last advanced.")
-
-
-class TokenMoved(Exception):
-    """Raised when the stored resume token is not the one this producer last wrote."""
-
-
-class ReplicaBehind(Exception):
-    """Raised when no replica of a partition's master acknowledged its share of a batch within the wait allowed."""
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """A batch of change events that a crash left written to some partitions only (docs/design.md, "Partitions")."""
-
-    partitions: frozenset[int]
-    events: int
-    token: str  # the resume token of its last event, as stored JSON
 
 
 class Producer:
@@ -163,24 +96,18 @@ class Producer:
         self.stopping = stopping or threading.Event()
         self.source = settings.source
         self.partitions = settings.partitions
-        self.keys = ProducerKeys.of(self.source, self.partitions)
-        self.token_key = self.keys.token
-        self.token_updated_key = self.keys.token_updated
-        self.snapshot_key = self.keys.snapshot
-        self.streams = self.partitions.names(settings.stage1_stream)
-        # With several partitions: the number of the last batch written to every partition, each partition's
-        # high-water mark as this process last read or wrote it, and a batch a crash left half written.
-        self._batch_written = 0
-        self._positions: list[str | None] = [None] * self.partitions.count
-        self._in_flight: InFlight | None = None
-        # Only on a Redis Cluster do a partition's share and the token live on different masters, each replicated on
-        # its own: on one Redis (with replicas or not) every write is one stream, so a token that survives a crash or
-        # a failover has its shares with it.
-        self.replica_wait_ms = settings.producer_replica_wait_ms if self.partitions.split and is_cluster(client) else 0
+        self.stage1 = ProducerWriter(
+            client,
+            self.source,
+            self.partitions,
+            settings.stage1_stream,
+            replica_wait_ms=settings.producer_replica_wait_ms,
+        )
         self.projection = source_projection(settings.text_fields, settings.payload_fields)
+        self.events = EventReader(collection, self.source, self.partitions, self.stage1.streams, self.projection)
+        # A batch a crash left written to some partitions only, found at the start (see ProducerWriter.read_marks).
+        self._in_flight: InFlight | None = None
         self._token_stored_at = time.time()
-        self._token_written: str | None = None  # the token JSON this process last stored
-        self._snapshot_written: str | None = None  # the snapshot position this process last stored
         self._wrote_since_failure = False
         # Beats at every read of the change stream, every snapshot batch and every pause: what /healthz reports.
         self.liveness = Liveness(settings.stall_timeout_s)
@@ -239,12 +166,20 @@ class Producer:
 
     def _follow_changes(self, *, drain: bool) -> bool:
         """Publish from the stored token on; True when the stream ended (invalidated) and must be reopened."""
-        self._adopt_other_naming()
+        self._take_over_state_of_other_tagging()
         self._recover_lost_shares()
-        token: Mapping[str, Any] | None = self._stored_token()
-        snapshot = None if token is not None else self._stored_snapshot()
-        self._migrate_ids(snapshotting_first=token is None and snapshot is None)
-        self._read_positions(following_token=token is not None)
+        token: Mapping[str, Any] | None = self.stage1.stored_token()
+        snapshot = None if token is not None else self.stage1.stored_snapshot()
+        migrate_ids(
+            self.client,
+            self.settings,
+            self.collection,
+            self.flow,
+            self.stopping,
+            projection=self.projection,
+            snapshotting_first=token is None and snapshot is None,
+        )
+        self._read_marks(following_token=token is not None)
         with self._open_change_stream(token or (json_util.loads(snapshot.token) if snapshot else None)) as stream:
             if token is None:
                 if not self._snapshot(stream, snapshot):
@@ -337,11 +272,6 @@ class Producer:
             chunks.close()
         return snapshot
 
-    def _stored_snapshot(self) -> Snapshot | None:
-        snapshot = stored_snapshot(self.client, self.snapshot_key)
-        self._snapshot_written = snapshot.last_id if snapshot else None
-        return snapshot
-
     def _next_events(self, stream: CollectionChangeStream[Any], *, exactly: int | None = None) -> list[dict[str, Any]]:
         """Up to BATCH_SIZE events; with ``exactly``, that many, unless the stream keeps giving none."""
         events: list[dict[str, Any]] = []
@@ -356,30 +286,15 @@ class Producer:
             events.append(event)
         return events
 
-    # Partitions -------------------------------------------------------------
-
-    def _read_positions(self, *, following_token: bool) -> None:
-        """Read each partition's high-water mark, and find the batch a crash left half written, if any.
-
-        A batch goes to its partitions one transaction each, then its resume token is stored with its number. A
-        partition whose mark holds a higher number than the stored one received the batch that comes right after
-        the stored token; it must not receive it again.
-        """
-        if not self.partitions.split:
-            return
-        self._batch_written = int(self.client.get(self.keys.batch) or 0)
-        marks = [self.client.hgetall(key) for key in self.keys.positions]
-        self._positions = [mark.get("batch") for mark in marks]
-        ahead = [p for p, mark in enumerate(marks) if int(mark.get("batch") or 0) > self._batch_written]
-        tokens = {marks[p].get("token", "") for p in ahead}
-        self._in_flight = None
-        if ahead and following_token and len(tokens) == 1 and "" not in tokens:
-            self._in_flight = InFlight(frozenset(ahead), int(marks[ahead[0]].get("events") or 0), tokens.pop())
+    def _read_marks(self, *, following_token: bool) -> None:
+        """Find the batch a crash left written to some partitions only, if any (ProducerWriter.read_marks)."""
+        self._in_flight = self.stage1.read_marks(following_token=following_token)
+        if self._in_flight is not None:
             log.info(
                 "The last batch of %d changes reached %d of %d partitions before the producer stopped; publishing "
                 "it to the others",
                 self._in_flight.events,
-                len(ahead),
+                len(self._in_flight.partitions),
                 self.partitions.count,
             )
 
@@ -396,117 +311,11 @@ class Producer:
         )
         return frozenset()
 
-    def _write_partition(
-        self,
-        partition: int,
-        number: int,
-        entries: list[dict[str, str]],
-        letters: list[dict[str, str]],
-        mark: dict[str, str],
-    ) -> None:
-        """XADD one partition's share of a batch, with the partition's high-water mark, in one MULTI/EXEC."""
-        key, stream = self.keys.positions[partition], self.streams[partition]
-        with self.client.pipeline(transaction=True) as tx:
-            tx.watch(key)
-            if tx.hget(key, "batch") != self._positions[partition]:
-                raise TokenMoved(
-                    f"the high-water mark of partition {partition} of {self.source} changed under this producer"
-                )
-            tx.multi()
-            for fields in entries:
-                tx.xadd(stream, fields)
-            for letter in letters:
-                tx.xadd(dlq_stream(stream), letter)
-            tx.hset(key, mapping={"batch": str(number), **mark})
-            try:
-                tx.execute()
-            except redis.WatchError:
-                raise TokenMoved(
-                    f"the high-water mark of partition {partition} of {self.source} changed while publishing"
-                ) from None
-        self._positions[partition] = str(number)
-
-    def _by_partition(
-        self, changes: list[DocumentChange], letters: list[dict[str, str]]
-    ) -> dict[int, tuple[list[dict[str, str]], list[dict[str, str]]]]:
-        shares: dict[int, tuple[list[dict[str, str]], list[dict[str, str]]]] = {}
-        for change in changes:
-            partition = self.partitions.of(point_id(change.source, change.mongo_id))
-            shares.setdefault(partition, ([], []))[0].append(change.to_fields())
-        for letter in letters:
-            mongo_id = json.loads(letter["fields"])["mongo_id"]
-            shares.setdefault(self.partitions.of(point_id(self.source, mongo_id)), ([], []))[1].append(letter)
-        return shares
-
     def _publish(
         self, events: list[dict[str, Any]], token: Mapping[str, Any], skip: frozenset[int] = frozenset()
     ) -> None:
-        found, errors = self._reread_changed(events)
-        changes, dead_letters = [], []
-        for event, document, error in zip(events, found, errors, strict=True):
-            operation = event["operationType"]
-            EVENTS_READ.labels(operation).inc()
-            if operation in DOCUMENT_OPERATIONS:
-                key = canonical_id(event["documentKey"]["_id"])
-                if error is not None:
-                    dead_letters.append(self._unreadable(operation, key, error))
-                    continue
-                # A document gone by the time it is re-read was deleted since; its delete event follows.
-                changes.append(document_change(self.source, key, document, _event_time(event)))
-            elif operation in INVALIDATING_OPERATIONS:
-                INVALIDATIONS.labels(operation).inc()
-                log.error(
-                    "Change stream event %r on %s: the collection is gone or renamed. Existing points are kept "
-                    "and watching continues after this event; if the collection is not coming back, run "
-                    "`vecsync verify --repair` to delete its points.",
-                    operation,
-                    self.source,
-                )
-            else:
-                log.info("Ignoring change stream event %r on %s: it changes no document", operation, self.source)
+        changes, dead_letters = self.events.changes_of(events)
         self._write(changes, token=token, dead_letters=dead_letters, events=len(events), skip=skip)
-
-    def _reread_changed(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any] | None], list[str | None]]:
-        """Each event's document as it is now (None for deletes and gone documents), and why it could not be read."""
-        keys = [
-            canonical_id(event["documentKey"]["_id"])
-            if event["operationType"] in ("insert", "update", "replace")
-            else None
-            for event in events
-        ]
-        current, unreadable = self._reread([key for key in keys if key is not None])
-        found = [current.get(mongo_id_of(key)) if key is not None else None for key in keys]
-        errors = [unreadable.get(mongo_id_of(key)) if key is not None else None for key in keys]
-        return found, errors
-
-    def _reread(self, keys: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        """The current documents by mongo_id, and why each document that cannot be read could not be."""
-        try:
-            return read_current(self.collection, keys, self.projection), {}
-        except OperationFailure as exc:
-            if exc.code in MONGO_AUTH_FAILURES:
-                raise
-        # One bad key must not block the others: read them one by one.
-        current, unreadable = {}, {}
-        for key in keys:
-            try:
-                current.update(read_current(self.collection, [key], self.projection))
-            except OperationFailure as exc:
-                unreadable[mongo_id_of(key)] = str(exc)
-        return current, unreadable
-
-    def _unreadable(self, operation: str, key: Any, error: str) -> dict[str, str]:
-        log.error("The %s of document %s cannot be re-read from MongoDB (%s); dead-lettered", operation, key, error)
-        DEAD_LETTERED.inc()
-        return dead_letter_fields(
-            stream=self.streams[self.partitions.of(point_id(self.source, mongo_id_of(key)))],
-            group="producer",
-            entry_id="",
-            fields={"source": self.source, "mongo_id": mongo_id_of(key), "event": operation},
-            error=f"the document could not be re-read from MongoDB: {error}",
-            deliveries=1,
-            consumer="producer",
-        )
 
     def _write(
         self,
@@ -519,150 +328,52 @@ class Producer:
         events: int = 0,
         skip: frozenset[int] = frozenset(),
     ) -> int:
-        """XADD ``changes`` (and ``dead_letters`` to the stage 1 DLQ) and store ``token``, in one MULTI/EXEC.
-
-        With ``snapshot``, its position is stored in the same transaction; with ``snapshot_done``, it is deleted
-        there instead, as the token that the changes since the snapshot began resume from is stored.
-
-        With several partitions, each partition's share goes first, in one MULTI/EXEC per partition with its
-        high-water mark (the batch's number, its ``events`` and its token), except to the partitions in ``skip``,
-        which hold it already; then the token and the batch's number, in one more.
-        """
-        if not changes and token is None and snapshot is None:
+        """Publish ``changes`` with the position that covers them (ProducerWriter.write); the number published."""
+        try:
+            written = self.stage1.write(
+                changes,
+                token=token,
+                dead_letters=dead_letters,
+                snapshot=snapshot,
+                snapshot_done=snapshot_done,
+                events=events,
+                skip=skip,
+            )
+        except ReplicaBehind:
+            REPLICA_WAITS_TIMED_OUT.inc()
+            raise
+        if not written:
             return 0
-        partitioned = self.partitions.split
-        number = self._batch_written + 1
-        if partitioned:
-            # A snapshot chunk has no change events to compare on a restart: it is published again whole.
-            mark = {"events": str(events), "token": json_util.dumps(token) if token is not None and events else ""}
-            if snapshot is not None and not snapshot_done:
-                # Where a restart goes on should this partition lose what follows (see _recover_lost_shares).
-                mark["snapshot"] = json.dumps(snapshot.to_fields())
-            shares = self._by_partition(changes, dead_letters or [])
-            for partition, (entries, letters) in sorted(shares.items()):
-                if partition not in skip:
-                    self._write_partition(partition, number, entries, letters, mark)
-            self._wait_for_replicas(shares, number)
-        with self.client.pipeline(transaction=True) as tx:
-            tx.watch(self.token_key, self.snapshot_key)
-            if tx.get(self.token_key) != self._token_written or (
-                snapshot is not None and tx.hget(self.snapshot_key, "last_id") != self._snapshot_written
-            ):
-                # Redis lost its latest writes (a crash within the fsync window), or another producer
-                # runs: what this process thinks it published may not be there. Resume from what is.
-                raise TokenMoved(f"the stored resume token or snapshot of {self.source} changed under this producer")
-            tx.multi()
-            if not partitioned:
-                for change in changes:
-                    tx.xadd(self.streams[0], change.to_fields())
-                for letter in dead_letters or []:
-                    tx.xadd(dlq_stream(self.streams[0]), letter)
-            else:
-                tx.set(self.keys.batch, number)
-                if shares:
-                    tx.hset(self.keys.marks, mapping={self.keys.positions[p]: str(number) for p in shares})
-            if token is not None:
-                token_json = json_util.dumps(token)
-                tx.set(self.token_key, token_json)
-                tx.set(self.token_updated_key, repr(time.time()))
-            if snapshot_done:
-                tx.delete(self.snapshot_key)
-            elif snapshot is not None:
-                tx.hset(self.snapshot_key, mapping=snapshot.to_fields())
-            try:
-                tx.execute()
-            except redis.WatchError:
-                raise TokenMoved(f"the stored resume token of {self.source} changed while publishing") from None
         self._wrote_since_failure = True
-        self._batch_written = number
-        if snapshot is not None:
-            self._snapshot_written = None if snapshot_done else snapshot.last_id
         if token is not None:
-            self._token_written = token_json
             self._token_stored_at = time.time()
         for change in changes:
             ENTRIES_PUBLISHED.labels(change.op).inc()
         return len(changes)
 
-    def _wait_for_replicas(self, partitions: Iterable[int], number: int) -> None:
-        """Return once a replica of each master holding one of ``partitions`` acknowledged its writes so far, or
-        raise ReplicaBehind: one WAIT per master covers every partition it holds."""
-        if not self.replica_wait_ms:
-            return
-        by_node: dict[str, int] = {}
-        for partition in sorted(partitions):
-            by_node.setdefault(node_of(self.client, self.keys.replicated[partition])[0], partition)
-        for partition in by_node.values():
-            if not wait_for_replica(self.client, self.keys.replicated[partition], str(number), self.replica_wait_ms):
-                REPLICA_WAITS_TIMED_OUT.inc()
-                raise ReplicaBehind(
-                    f"No replica of the Redis Cluster master of partition {partition} of {self.source} acknowledged "
-                    f"batch {number} within PRODUCER_REPLICA_WAIT_MS ({self.replica_wait_ms} ms), so the resume "
-                    "token stays where it is. Check that master's replica (INFO replication); to publish without "
-                    "waiting for replicas, set PRODUCER_REPLICA_WAIT_MS=0"
-                )
-
     def _recover_lost_shares(self) -> None:
-        """Go back to the oldest mark of the partitions that lost writes their master had acknowledged.
-
-        Each batch's token transaction records the batch number each partition it wrote received (keys.marks). A
-        partition whose mark is found older has lost the shares after it (an unplanned failover to a replica that
-        missed them, a master restarted without its last writes) while the token, on another master, kept them
-        covered. Its mark says what it still holds: the resume token of its batch's last event, or the snapshot's
-        position after its chunk. The producer goes back there (further back, to a new snapshot, when the partition
-        lost every mark), in one transaction that also records the marks as found, and publishes everything since
-        again; the stages absorb what other partitions receive twice.
-        """
-        if not self.partitions.split:
+        """Go back to the oldest mark of the partitions that lost writes their master had acknowledged
+        (ProducerWriter.find_lost_shares and go_back)."""
+        lost = self.stage1.find_lost_shares()
+        if lost is None:
             return
-        expected = self.client.hgetall(self.keys.marks)
-        if not expected:
-            return
-        marks = {p: self.client.hgetall(key) for p, key in enumerate(self.keys.positions) if key in expected}
-        lost = [p for p, mark in marks.items() if int(mark.get("batch") or 0) < int(expected[self.keys.positions[p]])]
-        if not lost:
-            return
-        LOST_SHARES.inc(len(lost))
-        oldest = marks[min(lost, key=lambda p: int(marks[p].get("batch") or 0))]
-        with self.client.pipeline(transaction=True) as tx:
-            tx.watch(self.token_key, self.snapshot_key, self.keys.marks)
-            tx.multi()
-            if oldest.get("token"):
-                tx.set(self.token_key, oldest["token"])
-                tx.set(self.token_updated_key, repr(time.time()))
-                back_to = "the change stream after its last batch"
-            else:
-                tx.delete(self.token_key, self.snapshot_key)
-                if oldest.get("snapshot"):
-                    tx.hset(self.snapshot_key, mapping=json.loads(oldest["snapshot"]))
-                    back_to = "the snapshot after its last chunk"
-                else:
-                    back_to = "a new snapshot, as it holds no mark"
-            tx.hset(self.keys.marks, mapping={self.keys.positions[p]: marks[p].get("batch") or "0" for p in lost})
-            try:
-                tx.execute()
-            except redis.WatchError:
-                raise TokenMoved(f"the stored resume token of {self.source} changed while going back") from None
+        LOST_SHARES.inc(len(lost.partitions))
+        back_to = self.stage1.go_back(lost)
         log.error(
             "Partitions %s of %s lost writes their Redis master had acknowledged (an unplanned failover, or a master "
             "restarted without its last writes); publishing again from %s.%s",
-            ", ".join(map(str, lost)),
+            ", ".join(map(str, lost.partitions)),
             self.source,
             back_to,
             ""
-            if self.replica_wait_ms
+            if self.stage1.replica_wait_ms
             else " On a Redis Cluster, PRODUCER_REPLICA_WAIT_MS above 0 makes the resume token wait for a replica.",
         )
 
-    def _stored_token(self) -> Mapping[str, Any] | None:
-        raw = self.client.get(self.token_key)
-        self._token_written = raw
-        return json_util.loads(raw) if raw else None
-
-    def _adopt_other_naming(self) -> None:
-        """Take over the token or snapshot stored under the other naming (STREAM_PARTITIONS went from 1 to more, or
+    def _take_over_state_of_other_tagging(self) -> None:
+        """Take over the token or snapshot stored under the other tagging (STREAM_PARTITIONS went from 1 to more, or
         back), so that a change of partitions does not snapshot the collection again. Runs before this producer
-        writes anything: the snapshot first, so that a crash in between leaves one of them to adopt again."""
+        writes anything: the snapshot first, so that a crash in between leaves one of them to take over again."""
         other = take_over_producer_state(self.client, self.source, self.partitions)
         if other is None:
             return
@@ -673,52 +384,15 @@ class Producer:
             self.partitions.count,
         )
 
-    def _migrate_ids(self, *, snapshotting_first: bool) -> None:
-        """Once per source: give the string ids that earlier releases wrote as themselves points of their own.
-
-        Such a string (24 lowercase hex digits, say) shared its point with the value it reads as (the ObjectId of
-        those digits); see vecsync.source.mongo_id_of. Both documents are published again, in their current state,
-        under the ids of this release, before this producer reads its change stream (publish_beside_producer keeps
-        the order with anything a producer publishes meanwhile). The mark is set only once every one of them is in
-        stage 1, so a crash or stop before it starts over, which republishes some documents twice and changes
-        nothing else.
-        """
-        mark = self.keys.ids_migrated
-        if self.client.get(mark) is not None:  # GET, not EXISTS: in the producer's least-privilege ACL
-            return
-        if snapshotting_first:  # the snapshot about to begin publishes every document under this release's ids
-            self.client.set(mark, repr(time.time()))
-            return
-        moved = 0
-        for ids in ids_written_otherwise_before(self.collection, size=self.settings.batch_size):
-            if self.stopping.is_set():
-                return
-            self.flow.wait_for_room()
-            publish_beside_producer(
-                self.client,
-                self.settings,
-                self.source,
-                partial(migrated_id_changes, self.collection, self.source, ids, projection=self.projection),
-            )
-            moved += len(ids)
-        self.client.set(mark, repr(time.time()))
-        if moved:
-            log.info(
-                "Published again %d documents of %s whose string ids earlier releases shared with other ids "
-                '(docs/operations.md, "Upgrading: string ids that look like other ids")',
-                moved,
-                self.source,
-            )
-
     def _history_lost(self, exc: OperationFailure) -> None:
         HISTORY_LOST.inc()
         if not self.settings.resync_on_history_lost:
             raise HistoryLost(
                 f"The change stream of {self.source} cannot resume from the stored token: MongoDB no longer holds "
                 f"that history ({exc}). Changes made meanwhile may be missing. Set RESYNC_ON_HISTORY_LOST=true to "
-                f"snapshot the collection again automatically, or delete the Redis keys {self.token_key} and "
-                f"{self.snapshot_key} and restart; then run `vecsync verify --repair` to remove points of documents "
-                "deleted meanwhile."
+                f"snapshot the collection again automatically, or delete the Redis keys {self.stage1.keys.token} "
+                f"and {self.stage1.keys.snapshot} and restart; then run `vecsync verify --repair` to remove points of "
+                "documents deleted meanwhile."
             ) from exc
         log.error(
             "The change stream of %s lost its history (%s); RESYNC_ON_HISTORY_LOST is set, so the collection "
@@ -726,20 +400,7 @@ class Producer:
             self.source,
             exc,
         )
-        other = self.keys.other_naming(self.source, self.partitions)
-        self._delete(
-            self.token_key,
-            self.snapshot_key,
-            self.keys.batch,
-            *self.keys.positions,
-            *([self.keys.marks] if self.keys.marks else []),
-            other.token,
-            other.snapshot,
-        )
-
-    def _delete(self, *keys: str) -> None:
-        for key in keys:
-            self.client.delete(key)  # one by one: on a Redis Cluster, they live in different slots
+        forget_position(self.client, self.source, self.partitions)
 
 
 def _standalone_message(exc: OperationFailure) -> str:
@@ -750,14 +411,3 @@ def _standalone_message(exc: OperationFailure) -> str:
         "with `--replSet rs0`, run `rs.initiate()` once in mongosh, add `replicaSet=rs0` to MONGO_URI, and "
         "start the producer again."
     )
-
-
-def _event_time(event: dict[str, Any]) -> float:
-    wall_time = event.get("wallTime")
-    if wall_time is not None:
-        # pymongo decodes BSON dates as naive datetimes in UTC.
-        return float(wall_time.replace(tzinfo=wall_time.tzinfo or datetime.UTC).timestamp())
-    cluster_time = event.get("clusterTime")
-    if cluster_time is not None and hasattr(cluster_time, "time"):
-        return float(cluster_time.time)
-    return time.time()

@@ -19,9 +19,9 @@ from vecsync.backoff import Backoff
 from vecsync.batch import Handler
 from vecsync.constants import APPLIED_VERSIONS_KEY
 from vecsync.errors import TransientError
+from vecsync.mongo_reads import open_collection
 from vecsync.redaction import redact_url
 from vecsync.runtime import run_main, serve_consumer, setup_logging
-from vecsync.source import open_collection
 from vecsync.vectorstore import VectorStore, store_key_file
 
 log = logging.getLogger("vecsync.upserter")

@@ -40,7 +40,7 @@ from vecsync.documents import point_id, source_projection, text_fingerprint
 from vecsync.errors import ConfigurationError, InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
-from vecsync.source import publish_current_states
+from vecsync.stage1 import publish_current_states
 from vecsync.vectorstore import CollectionMissing, Point, VectorStore, version_of
 
 log = logging.getLogger("vecsync.upserter")

@@ -16,8 +16,8 @@ from tqdm import tqdm
 from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import Store, open_store
 from vecsync.errors import VecsyncError
+from vecsync.mongo_reads import open_collection
 from vecsync.redis_client import connect
-from vecsync.source import open_collection
 
 EXIT_OK = 0
 EXIT_FAILED = 1

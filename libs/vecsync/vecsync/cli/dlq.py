@@ -15,7 +15,7 @@ from vecsync.constants import dlq_stream
 from vecsync.documents import source_projection
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.partitions import base_name
-from vecsync.source import publish_current_states
+from vecsync.stage1 import publish_current_states, put_back
 
 
 @dataclass
@@ -165,11 +165,9 @@ def _replay(ctx: Context, letter: DeadLetter) -> None:
             ctx.redis, ctx.settings, ctx.collection, ctx.settings.source, [mongo_id], projection=projection, also=remove
         )
         return
-    # A stage 1 letter naming no document of this collection: put it back as it was, for its consumer to judge.
-    with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(letter.fields["stream"], letter.original)  # the partition whose DLQ holds it, in its slot
-        remove(pipe)
-        pipe.execute()
+    # A stage 1 letter naming no document of this collection: put it back as it was, for its consumer to judge, into
+    # the partition whose DLQ holds it (in its slot).
+    put_back(ctx.redis, letter.fields["stream"], letter.original, also=remove)
 
 
 def purge_command(ctx: Context, stage: int | None) -> int:

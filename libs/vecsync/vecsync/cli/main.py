@@ -35,9 +35,9 @@ from vecsync.cli.settings import CliSettings
 from vecsync.cli.store import embed_query
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.flow import FlowControl
-from vecsync.partitions import ProducerKeys, check_count
+from vecsync.partitions import check_count
+from vecsync.producer_state import ProducerKeys, stored_snapshot
 from vecsync.redaction import redact, redact_url
-from vecsync.source import stored_snapshot
 from vecsync.stream_stats import StreamStats, stage_stats
 
 HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from bson import json_util
 
+from vecsync.bson_codec import ejson_id, id_candidates, mongo_id_of, to_plain
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, count, progress
 from vecsync.cli.store import wait_for_model
 from vecsync.constants import (
@@ -26,16 +27,9 @@ from vecsync.consumer_groups import ensure_group
 from vecsync.documents import build_text, lookup, point_id, source_projection, text_sha256
 from vecsync.errors import ConfigurationError
 from vecsync.flow import FlowControl
+from vecsync.mongo_reads import chunks_after, read_current
 from vecsync.retention import trim_bound, trim_to
-from vecsync.source import (
-    chunks_after,
-    ejson_id,
-    id_candidates,
-    mongo_id_of,
-    publish_current_states,
-    read_current,
-    to_plain,
-)
+from vecsync.stage1 import publish_current_states
 from vecsync.stream_stats import stream_stats
 
 # Verify reports this many example ids per kind of difference.

@@ -17,8 +17,8 @@ from vecsync.cli.context import EXIT_OK, Context, count
 from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY, partitions_key, tombstones_key
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.messages import parse_version
-from vecsync.partitions import Partitions, ProducerKeys, stored_count
-from vecsync.source import take_over_producer_state
+from vecsync.partitions import Partitions, stored_count
+from vecsync.producer_state import ProducerKeys, take_over_producer_state
 from vecsync.stream_stats import stage_stats
 
 # The skip-unchanged hint's two generations (see the upserter's hint upkeep).
@@ -35,7 +35,7 @@ def repartition_command(ctx: Context, from_count: int | None) -> int:
     settings = ctx.settings
     target = settings.partitions
     current = _current_count(ctx, from_count)
-    old = Partitions(current, tagged=settings.redis_cluster)
+    old = Partitions(current, redis_cluster=settings.redis_cluster)
     _require_drained(ctx, old)
     collection = settings.qdrant_collection
     if current == target.count and from_count is None:
@@ -154,15 +154,15 @@ def _drop_either(_moved: str, _present: str) -> None:
 
 def _move_producer_state(client: redis.Redis, source: str, old: Partitions, new: Partitions) -> str:
     """Move the producer's resume token and snapshot to their names under ``new`` (the producer's own takeover,
-    vecsync.source.take_over_producer_state), and delete what described the old partitions: their high-water marks,
-    the batch each last received, and the keys of the waits for their replicas. The number of the last batch stays,
-    so that numbers only grow."""
+    vecsync.producer_state.take_over_producer_state), and delete what described the old partitions: their
+    high-water marks, the batch each last received, and the keys of the waits for their replicas. The number of the
+    last batch stays, so that numbers only grow."""
     moved = take_over_producer_state(client, source, new)
     old_keys = ProducerKeys.of(source, old)
     new_keys = ProducerKeys.of(source, new)
     for key in [*old_keys.positions, *old_keys.replicated, *([old_keys.marks] if old_keys.marks else [])]:
         client.delete(key)  # one by one: on a Redis Cluster, they live in different slots
-    if new_keys.token != old_keys.token and not new.split:
+    if new_keys.token != old_keys.token and not new.hash_tagged:
         client.delete(old_keys.batch)
     if moved is not None:
         return f"the producer's resume token and snapshot moved from {moved.token} to {new_keys.token}"
