@@ -60,8 +60,9 @@ from vecsync.messages import parse_version
 from vecsync.partitions import ProducerKeys
 from vecsync.settings import QdrantSettings
 from vecsync.source import mongo_id_of
+from vecsync.store import open_vector_store
 from vecsync.streams import connect
-from vecsync.vectorstore import VectorStore, store_key_file
+from vecsync.vectorstore import store_key_file
 
 PAYLOAD_FIELDS = ("product", "customer", "owner", "subject")
 OWNERS = ["Ann", "Bo", "Chen", "Dara", "Eli"]
@@ -332,7 +333,7 @@ class VersionWatch(threading.Thread):
 def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) -> None:
     """Count missing, extra and stale points, checking ids, text, payload fields and vectors."""
     encoder = HashEncoder(384)
-    store = VectorStore.open(QdrantSettings(), settings.data_dir.resolve())
+    store = open_vector_store(QdrantSettings(), settings.data_dir.resolve())
     try:
         documents = list(collection.find())
         result.id_types = dict(Counter(type(document["_id"]).__name__ for document in documents))

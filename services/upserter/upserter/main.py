@@ -21,6 +21,7 @@ from vecsync.errors import TransientError
 from vecsync.redaction import redact_url
 from vecsync.runtime import run_main, serve_consumer, setup_logging
 from vecsync.source import open_collection
+from vecsync.store import open_vector_store
 from vecsync.vectorstore import VectorStore, store_key_file
 
 log = logging.getLogger("vecsync.upserter")
@@ -29,7 +30,7 @@ log = logging.getLogger("vecsync.upserter")
 def main() -> None:
     settings = settings_module.load(UpserterSettings)
     setup_logging(settings.log_level)
-    store = VectorStore.open(
+    store = open_vector_store(
         settings,
         settings.data_dir,
         payload_indexes=settings.payload_fields,
