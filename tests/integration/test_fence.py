@@ -145,7 +145,7 @@ class TestRebuildByHand:
 
 class TestTombstones:
     def test_a_tombstone_only_ever_grows(self, redis_client: redis.Redis) -> None:
-        from upserter.fence import Tombstones
+        from upserter.tombstones import Tombstones
 
         tombstones = Tombstones(redis_client, tombstones_key("documents"))
         tombstones.record({"p": "9-0", "q": "5-9"})

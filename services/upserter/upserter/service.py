@@ -30,9 +30,9 @@ from prometheus_client import Counter, Gauge
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from upserter.fence import Tombstones, oldest_version_left
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
+from upserter.tombstones import Tombstones, oldest_version_left
 from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY, dlq_stream, tombstones_key
 from vecsync.consumer import Batch, Entry
 from vecsync.documents import point_id, source_projection, text_fingerprint
