@@ -189,14 +189,15 @@ class TestUpserterStoreRoutes:
     """The collection operations the embedded upserter serves for the CLI answer only a caller with its key."""
 
     def test_an_unauthenticated_caller_gets_401_and_the_collection_is_untouched(self, store: Any) -> None:
-        from upserter.read_api import store_routes
+        from upserter.store_api import store_routes
+        from vecsync.authenticated_routes import AuthenticatedRoutes
         from vecsync.cli.store import UpserterStore
         from vecsync.errors import ConfigurationError
         from vecsync.runtime import MetricsServer
         from vecsync.vectorstore import Point
 
         store.upsert([Point("00000000-0000-0000-0000-000000000001", [1.0] * 384, {"mongo_id": "a"})])
-        server = MetricsServer("127.0.0.1", 0, post_routes=store_routes(store), post_key="the-key").start()
+        server = MetricsServer("127.0.0.1", 0, post_routes=AuthenticatedRoutes(store_routes(store), "the-key")).start()
         base = f"http://127.0.0.1:{server.port}"
         try:
             for path in ("/recreate", "/count", "/search", "/payloads", "/scroll"):

@@ -395,12 +395,15 @@ class TestStoreOfAnEarlierRelease:
 
 def test_the_upserters_read_routes_answer_as_the_embedded_store_does(tmp_path: Path) -> None:
     """What the CLI gets through the upserter that holds the store: the same as from the store itself."""
-    from upserter.read_api import store_routes
+    from upserter.store_api import store_routes
+    from vecsync.authenticated_routes import AuthenticatedRoutes
     from vecsync.cli.store import UpserterStore
     from vecsync.runtime import MetricsServer
 
     store = make_store("embedded", tmp_path, dim=4)
-    server = MetricsServer("127.0.0.1", 0, post_routes=store_routes(store), post_key="a key of the upserter").start()
+    server = MetricsServer(
+        "127.0.0.1", 0, post_routes=AuthenticatedRoutes(store_routes(store), "a key of the upserter")
+    ).start()
     try:
         store.write_if_newer(upserts=[sample(n) for n in range(30)])
         remote = UpserterStore(f"http://127.0.0.1:{server.port}", "documents", 30, api_key="a key of the upserter")

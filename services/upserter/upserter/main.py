@@ -11,10 +11,11 @@ from typing import Any
 import redis
 from pymongo.collection import Collection
 
-from upserter.read_api import store_routes, write_store_key
 from upserter.service import Upserter
 from upserter.settings import UpserterSettings
+from upserter.store_api import store_routes, write_store_key
 from vecsync import settings as settings_module
+from vecsync.authenticated_routes import AuthenticatedRoutes
 from vecsync.constants import APPLIED_VERSIONS_KEY
 from vecsync.consumer import Backoff, Handler
 from vecsync.errors import TransientError
@@ -55,7 +56,7 @@ def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dic
         embedded or redact_url(settings.qdrant_url or ""),
         redact_url(settings.redis_url),
     )
-    routes, key = None, None
+    routes = None
     if embedded:
         # The embedded store can only be opened here, so this process answers the CLI's collection operations,
         # to callers that hold its key only.
@@ -67,7 +68,7 @@ def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dic
                 settings.metrics_port,
                 store_key_file(settings.data_dir),
             )
-        routes = store_routes(store)
+        routes = AuthenticatedRoutes(store_routes(store), key)
 
     def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
         if not _wait_for_collection(store, settings, stopping):
@@ -88,7 +89,6 @@ def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dic
         group=settings.stage2_group,
         build_handler=build_handler,
         post_routes=routes,
-        post_key=key,
     )
 
 

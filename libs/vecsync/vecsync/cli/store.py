@@ -37,7 +37,7 @@ class Store(Protocol):
 
 
 class UpserterStore:
-    """The collection operations over the upserter's HTTP port (see upserter.read_api).
+    """The collection operations over the upserter's HTTP port (see upserter.store_api).
 
     Each request carries the upserter's key: ``api_key``, or else the content of ``key_file``, read at every
     request so that a restarted upserter's new key is picked up.
