@@ -129,7 +129,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         assert redis_client.hlen("vecsync:upserter:tombstones:documents") == 1
         # The sweep of the tombstones reads every stream and dead-letter stream: the insert of d4 keeps its tombstone.
         upserter = Upserter(upserter_settings, clients["upserter"], pipeline.store, pipeline.collection)
-        assert upserter.sweep_tombstones(0) == 0
+        assert upserter.tombstone_sweep.run(0) == 0
 
         # A payload-only change whose point is gone, its stage 1 entry trimmed: the upserter reads the document from
         # MongoDB and publishes it beside the producer, which reads the producer's position.
