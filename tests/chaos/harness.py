@@ -61,7 +61,8 @@ from vecsync.messages import parse_version
 from vecsync.producer_state import ProducerKeys
 from vecsync.redis_client import connect
 from vecsync.settings import QdrantSettings
-from vecsync.vectorstore import VectorStore, store_key_file
+from vecsync.store import open_vector_store
+from vecsync.vectorstore import store_key_file
 from vecsync_local.stack import LocalStack, LocalStackSettings
 from vecsync_local.supervisor import Child
 
@@ -334,7 +335,7 @@ class VersionWatch(threading.Thread):
 def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) -> None:
     """Count missing, extra and stale points, checking ids, text, payload fields and vectors."""
     encoder = HashEncoder(384)
-    store = VectorStore.open(QdrantSettings(), settings.data_dir.resolve())
+    store = open_vector_store(QdrantSettings(), settings.data_dir.resolve())
     try:
         documents = list(collection.find())
         result.id_types = dict(Counter(type(document["_id"]).__name__ for document in documents))

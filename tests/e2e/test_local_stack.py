@@ -18,7 +18,7 @@ import pytest
 from tests.support.servers import free_port, port_open, wait_for
 from tests.support.stack import stack_settings
 from vecsync.cli.settings import CliSettings
-from vecsync.vectorstore import VectorStore
+from vecsync.store import open_vector_store
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "support_tickets.jsonl"
@@ -254,7 +254,7 @@ def test_a_point_lost_while_stopped_is_named_with_the_command_that_repairs_it(
     """Item 5: the runbook's "Qdrant lost points" case, met by `make run` resuming."""
     data_dir = tmp_path / "data"
     shutil.copytree(first_run.data_dir, data_dir)
-    store = VectorStore.open(CliSettings(data_dir=data_dir), data_dir)
+    store = open_vector_store(CliSettings(data_dir=data_dir), data_dir)
     try:
         [lost] = list(store.scroll(limit=1, offset=None)[0])
         store.delete([lost])

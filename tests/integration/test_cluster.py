@@ -76,7 +76,7 @@ def test_leaving_groups_the_tombstone_sweep_and_the_hint_run_on_the_cluster(pipe
     client = pipeline.redis_client
     assert all(client.xinfo_consumers(stream, group) == [] for stream, group in pipeline.groups())
     upserter = Upserter(pipeline.upserter_settings(), client, pipeline.store, pipeline.collection)
-    assert all(upserter.sweep_tombstones(partition) >= 0 for partition in range(PARTITIONS))
+    assert all(upserter.tombstone_sweep.run(partition) >= 0 for partition in range(PARTITIONS))
 
 
 class Running:

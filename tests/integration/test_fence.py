@@ -145,7 +145,7 @@ class TestRebuildByHand:
 
 class TestTombstones:
     def test_a_tombstone_only_ever_grows(self, redis_client: redis.Redis) -> None:
-        from upserter.fence import Tombstones
+        from upserter.tombstones import Tombstones
 
         tombstones = Tombstones(redis_client, tombstones_key("documents"))
         tombstones.record({"p": "9-0", "q": "5-9"})
@@ -303,7 +303,7 @@ class TestModel:
     def test_the_upserter_warns_once_when_the_collection_holds_another_models_points(
         self, pipeline: Pipeline, caplog: pytest.LogCaptureFixture
     ) -> None:
-        from upserter.service import OTHER_MODEL_POINTS
+        from upserter.model_check import OTHER_MODEL_POINTS
 
         client = pipeline.redis_client
         for n in range(3):

@@ -129,7 +129,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         assert redis_client.hlen("vecsync:upserter:tombstones:documents") == 1
         # The sweep of the tombstones reads every stream and dead-letter stream: the insert of d4 keeps its tombstone.
         upserter = Upserter(upserter_settings, clients["upserter"], pipeline.store, pipeline.collection)
-        assert upserter.sweep_tombstones(0) == 0
+        assert upserter.tombstone_sweep.run(0) == 0
 
         # A payload-only change whose point is gone, its stage 1 entry trimmed: the upserter reads the document from
         # MongoDB and publishes it beside the producer, which reads the producer's position.
@@ -189,14 +189,15 @@ class TestUpserterStoreRoutes:
     """The collection operations the embedded upserter serves for the CLI answer only a caller with its key."""
 
     def test_an_unauthenticated_caller_gets_401_and_the_collection_is_untouched(self, store: Any) -> None:
-        from upserter.read_api import store_routes
+        from upserter.store_api import store_routes
+        from vecsync.authenticated_routes import AuthenticatedRoutes
         from vecsync.cli.store import UpserterStore
         from vecsync.errors import ConfigurationError
         from vecsync.runtime import MetricsServer
         from vecsync.vectorstore import Point
 
         store.upsert([Point("00000000-0000-0000-0000-000000000001", [1.0] * 384, {"mongo_id": "a"})])
-        server = MetricsServer("127.0.0.1", 0, post_routes=store_routes(store), post_key="the-key").start()
+        server = MetricsServer("127.0.0.1", 0, post_routes=AuthenticatedRoutes(store_routes(store), "the-key")).start()
         base = f"http://127.0.0.1:{server.port}"
         try:
             for path in ("/recreate", "/count", "/search", "/payloads", "/scroll"):

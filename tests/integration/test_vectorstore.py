@@ -19,6 +19,7 @@ import pytest
 from tests.support.stores import KINDS, make_store
 from vecsync.errors import ConfigurationError
 from vecsync.settings import QdrantSettings
+from vecsync.store import open_vector_store
 from vecsync.store.embedded import EmbeddedStore
 from vecsync.vectorstore import CollectionMissing, Point, StoreInUse, VectorStore, with_version_numbers
 
@@ -214,7 +215,7 @@ class TestEmbeddedStore:
     def test_the_embedded_default_opens_qdrants_engine_and_keeps_every_write_across_a_reopen(
         self, tmp_path: Path
     ) -> None:
-        store = VectorStore.open(self.settings(tmp_path), tmp_path)
+        store = open_vector_store(self.settings(tmp_path), tmp_path)
         assert isinstance(store, EmbeddedStore)
         store.ensure_collection()
         store.upsert([Point(pid(n), [1.0, 0.0, 0.0, float(n)], {"n": n}) for n in range(50)])
@@ -225,21 +226,21 @@ class TestEmbeddedStore:
         store.close()
         store.close()  # twice is harmless
 
-        reopened = VectorStore.open(self.settings(tmp_path), tmp_path)
+        reopened = open_vector_store(self.settings(tmp_path), tmp_path)
         assert reopened.count() == 30
         assert reopened.payloads([pid(29)])[pid(29)]["version_ms"] == 29
         reopened.close()
 
     def test_only_one_process_may_open_it_and_the_refusal_says_what_to_do(self, tmp_path: Path) -> None:
-        store = VectorStore.open(self.settings(tmp_path), tmp_path)
+        store = open_vector_store(self.settings(tmp_path), tmp_path)
         try:
             with pytest.raises(StoreInUse, match=rf"in use by PID {os.getpid()} .*QDRANT_URL"):
-                VectorStore.open(self.settings(tmp_path), tmp_path)
+                open_vector_store(self.settings(tmp_path), tmp_path)
             opener = (
                 "import sys; from pathlib import Path; from vecsync.settings import QdrantSettings;"
-                "from vecsync.vectorstore import VectorStore, StoreInUse\n"
+                "from vecsync.store import open_vector_store; from vecsync.vectorstore import StoreInUse\n"
                 "try:\n"
-                "    VectorStore.open(QdrantSettings(qdrant_path=Path(sys.argv[1]), embedding_dim=4), Path('.'))\n"
+                "    open_vector_store(QdrantSettings(qdrant_path=Path(sys.argv[1]), embedding_dim=4), Path('.'))\n"
                 "except StoreInUse:\n"
                 "    sys.exit(7)\n"
             )
@@ -247,21 +248,21 @@ class TestEmbeddedStore:
             assert other.returncode == 7
         finally:
             store.close()
-        VectorStore.open(self.settings(tmp_path), tmp_path).close()  # released on close
+        open_vector_store(self.settings(tmp_path), tmp_path).close()  # released on close
 
     def test_a_collection_of_another_size_is_refused_with_both_sizes(self, tmp_path: Path) -> None:
-        store = VectorStore.open(self.settings(tmp_path), tmp_path)
+        store = open_vector_store(self.settings(tmp_path), tmp_path)
         store.ensure_collection()
         store.close()
         other = QdrantSettings(qdrant_path=tmp_path / "qdrant", embedding_dim=8)
         with pytest.raises(ConfigurationError, match="4 dimensions, but EMBEDDING_DIM is 8"):
-            VectorStore.open(other, tmp_path)
-        VectorStore.open(self.settings(tmp_path), tmp_path).close()  # the refusal released the folder
+            open_vector_store(other, tmp_path)
+        open_vector_store(self.settings(tmp_path), tmp_path).close()  # the refusal released the folder
 
     def test_filtered_fields_get_a_keyword_index(self, tmp_path: Path) -> None:
         import qdrant_edge as qe
 
-        store = VectorStore.open(self.settings(tmp_path), tmp_path, payload_indexes=["product", "owner"])
+        store = open_vector_store(self.settings(tmp_path), tmp_path, payload_indexes=["product", "owner"])
         store.ensure_collection()
         path = store.path  # type: ignore[attr-defined]
         store.close()
@@ -331,7 +332,7 @@ class TestStoreOfAnEarlierRelease:
     def test_it_is_refused_at_start_with_the_command_that_migrates_it(self, tmp_path: Path) -> None:
         self.old_store(tmp_path / "qdrant", 3)
         with pytest.raises(ConfigurationError, match=r"local mode.*`vecsync-upserter migrate-store`"):
-            VectorStore.open(QdrantSettings(qdrant_path=tmp_path / "qdrant", embedding_dim=4), tmp_path)
+            open_vector_store(QdrantSettings(qdrant_path=tmp_path / "qdrant", embedding_dim=4), tmp_path)
 
     def test_make_run_stops_before_starting_anything_and_names_the_command(self, tmp_path: Path) -> None:
         from tests.support.stack import stack_settings
@@ -352,7 +353,7 @@ class TestStoreOfAnEarlierRelease:
         assert "Migrated collection 'documents': 5 points." in done.stdout
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert again.returncode == 0 and "Nothing to migrate" in again.stdout
-        store = VectorStore.open(QdrantSettings(qdrant_path=tmp_path / "qdrant", embedding_dim=4), tmp_path)
+        store = open_vector_store(QdrantSettings(qdrant_path=tmp_path / "qdrant", embedding_dim=4), tmp_path)
         assert store.count() == 5
         store.close()
 
@@ -366,7 +367,7 @@ class TestStoreOfAnEarlierRelease:
         assert (folder / "local-mode-backup" / "collection" / "documents" / "storage.sqlite").is_file()
         assert local_mode.migrate(folder) == {}, "a second run has nothing to do"
 
-        store = VectorStore.open(QdrantSettings(qdrant_path=folder, embedding_dim=4), tmp_path)
+        store = open_vector_store(QdrantSettings(qdrant_path=folder, embedding_dim=4), tmp_path)
         try:
             store.ensure_collection()
             assert store.count() == 700
@@ -394,12 +395,15 @@ class TestStoreOfAnEarlierRelease:
 
 def test_the_upserters_read_routes_answer_as_the_embedded_store_does(tmp_path: Path) -> None:
     """What the CLI gets through the upserter that holds the store: the same as from the store itself."""
-    from upserter.read_api import store_routes
+    from upserter.store_api import store_routes
+    from vecsync.authenticated_routes import AuthenticatedRoutes
     from vecsync.cli.store import UpserterStore
     from vecsync.runtime import MetricsServer
 
     store = make_store("embedded", tmp_path, dim=4)
-    server = MetricsServer("127.0.0.1", 0, post_routes=store_routes(store), post_key="a key of the upserter").start()
+    server = MetricsServer(
+        "127.0.0.1", 0, post_routes=AuthenticatedRoutes(store_routes(store), "a key of the upserter")
+    ).start()
     try:
         store.write_if_newer(upserts=[sample(n) for n in range(30)])
         remote = UpserterStore(f"http://127.0.0.1:{server.port}", "documents", 30, api_key="a key of the upserter")

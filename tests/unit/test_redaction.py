@@ -176,7 +176,7 @@ def test_the_cli_names_what_it_cannot_reach_without_its_password(
     command: list[str],
     named: bool,
 ) -> None:
-    from vecsync.store.embedded import FolderLock
+    from vecsync.store.folder import FolderLock
 
     monkeypatch.setenv(name, value.format(port=closed_port()))
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
@@ -198,7 +198,7 @@ def test_an_upserter_that_does_not_answer_is_named_without_its_password(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     from vecsync.cli.store import open_store
-    from vecsync.store.embedded import FolderLock
+    from vecsync.store.folder import FolderLock
 
     monkeypatch.setenv("UPSERTER_URL", f"http://user:{PASSWORD}@127.0.0.1:{closed_port()}")
     monkeypatch.setenv("DATA_DIR", str(tmp_path))

@@ -1,10 +1,9 @@
-"""Process plumbing every service shares: logging, signals, the /metrics server, the exit codes."""
+"""Process plumbing every service shares: logging, signals, the /metrics and /healthz server, the exit codes,
+and the run of a consumer stage as a service."""
 
 from __future__ import annotations
 
 import errno
-import hmac
-import json
 import logging
 import signal
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from vecsync.authenticated_routes import AuthenticatedRoutes
 from vecsync.backoff import Backoff
 from vecsync.batch import Handler
 from vecsync.consumer import StreamConsumer
@@ -32,11 +32,6 @@ log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
 EXIT_HISTORY_LOST = 3
-EXIT_INVALIDATED = 4
-
-# A POST route takes the decoded JSON body and returns (status, JSON-able body).
-PostRoute = Callable[[Any], tuple[int, Any]]
-
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -60,11 +55,11 @@ def stop_on_signals(stopping: threading.Event) -> None:
 
 
 class MetricsServer:
-    """Serves GET /metrics and /healthz, plus any POST routes a service adds, on a background thread.
+    """Serves GET /metrics and /healthz on a background thread, and hands POSTs to the routes a service adds.
 
-    The POST routes answer only requests that carry ``post_key`` as a bearer token (401 otherwise); /metrics and
-    /healthz stay open, for Prometheus and health checks. ``detail`` is what /healthz adds to its answer, such as
-    why a stage is paused (None: nothing to add).
+    /metrics and /healthz stay open, for Prometheus and health checks. ``detail`` is what /healthz adds to its
+    answer, such as why a stage is paused (None: nothing to add). ``post_routes`` answer every POST, each only to
+    a caller holding their key (vecsync.authenticated_routes); without them a POST gets 404.
     """
 
     def __init__(
@@ -74,12 +69,9 @@ class MetricsServer:
         *,
         healthy: Callable[[], bool] = lambda: True,
         detail: Callable[[], str | None] = lambda: None,
-        post_routes: dict[str, PostRoute] | None = None,
-        post_key: str | None = None,
+        post_routes: AuthenticatedRoutes | None = None,
     ) -> None:
-        if post_routes and not post_key:
-            raise ValueError("POST routes need a key")
-        handler = _make_handler(healthy, detail, post_routes or {}, post_key)
+        handler = _make_handler(healthy, detail, post_routes)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -109,11 +101,8 @@ class MetricsServer:
 def _make_handler(
     healthy: Callable[[], bool],
     detail: Callable[[], str | None],
-    post_routes: dict[str, PostRoute],
-    post_key: str | None,
+    post_routes: AuthenticatedRoutes | None,
 ) -> type[BaseHTTPRequestHandler]:
-    expected = f"Bearer {post_key}".encode()
-
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -127,29 +116,11 @@ def _make_handler(
                 self._reply(404, "text/plain", b"not found\n")
 
         def do_POST(self) -> None:
-            route = post_routes.get(self.path.split("?", 1)[0])
-            if route is None:
+            reply = None if post_routes is None else post_routes.answer(self.path, self.headers, self.rfile)
+            if reply is None:
                 self._reply(404, "text/plain", b"not found\n")
-                return
-            given = self.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                self._json(401, {"detail": "This route needs the service's key as 'Authorization: Bearer <key>'."})
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"null")
-            except ValueError:
-                self._json(400, {"detail": "The request body must be JSON."})
-                return
-            try:
-                status, result = route(body)
-            except Exception as exc:
-                log.exception("POST %s failed", self.path)
-                status, result = 500, {"detail": f"{type(exc).__name__}: {exc}"}
-            self._json(status, result)
-
-        def _json(self, status: int, body: Any) -> None:
-            self._reply(status, "application/json", json.dumps(body).encode())
+            else:
+                self._reply(*reply)
 
         def _reply(self, status: int, content_type: str, body: bytes) -> None:
             self.send_response(status)
@@ -187,8 +158,7 @@ def serve_consumer(
     stream: str,
     group: str,
     build_handler: Callable[[redis.Redis, threading.Event], Handler | None],
-    post_routes: dict[str, PostRoute] | None = None,
-    post_key: str | None = None,
+    post_routes: AuthenticatedRoutes | None = None,
     pause_when_redis_full: bool = False,
     probe: Callable[[], None] | None = None,
 ) -> None:
@@ -219,7 +189,6 @@ def serve_consumer(
         healthy=healthy,
         detail=detail,
         post_routes=post_routes,
-        post_key=post_key,
     ).start()
     partitions = settings.partitions
     try:

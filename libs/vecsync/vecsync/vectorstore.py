@@ -1,9 +1,10 @@
 """The Qdrant collection: on a Qdrant server (QDRANT_URL), or in the embedded engine (QDRANT_PATH).
 
 ``VectorStore`` is what the pipeline and the operator CLI need of a collection.
-``VectorStore.open`` picks the implementation from the settings:
+Its implementations depend on this module, never the other way round:
 vecsync.store.server talks to a Qdrant server through qdrant-client, and
-vecsync.store.embedded runs Qdrant's own engine in this process (Qdrant Edge).
+vecsync.store.embedded runs Qdrant's own engine in this process (Qdrant Edge);
+``vecsync.store.open_vector_store`` picks one from the settings.
 Only one process may open an embedded store. In the embedded default that is
 the upserter, which also answers the operator CLI's reads over HTTP; with a
 Qdrant server every process talks to it directly.
@@ -23,7 +24,6 @@ from typing import Any
 
 from vecsync.errors import ConfigurationError, InvalidEntry, TransientError
 from vecsync.messages import parse_version
-from vecsync.settings import QdrantSettings
 
 # A point's version as numbers, beside the `version` string: Qdrant's range conditions compare numbers as
 # floats, so one combined integer of milliseconds and sequence would lose precision; each part alone is exact.
@@ -102,34 +102,6 @@ class VectorStore(ABC):
 
     collection: str
     dim: int
-
-    @staticmethod
-    def open(
-        settings: QdrantSettings,
-        data_dir: Path,
-        *,
-        payload_indexes: Sequence[str] = (),
-        flush_interval_s: float = 1.0,
-    ) -> VectorStore:
-        """The collection the settings name: on the Qdrant server at QDRANT_URL, else in the embedded store.
-
-        ``payload_indexes`` are the payload fields that get a keyword index (filtered searches on them stay fast);
-        ``flush_interval_s`` applies to the embedded store only (see vecsync.store.embedded).
-        """
-        path = settings.embedded_path(data_dir)
-        if path is None:
-            from vecsync.store.server import ServerStore
-
-            return ServerStore.connect(settings, payload_indexes=payload_indexes)
-        from vecsync.store.embedded import EmbeddedStore
-
-        return EmbeddedStore(
-            path,
-            settings.qdrant_collection,
-            settings.embedding_dim,
-            payload_indexes=payload_indexes,
-            flush_interval_s=flush_interval_s,
-        )
 
     @abstractmethod
     def ensure_collection(self) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 import redis
 from pymongo.collection import Collection
 
-from upserter.read_api import store_routes, write_store_key
 from upserter.service import Upserter
 from upserter.settings import UpserterSettings
+from upserter.store_api import store_routes, write_store_key
 from vecsync import settings as settings_module
+from vecsync.authenticated_routes import AuthenticatedRoutes
 from vecsync.backoff import Backoff
 from vecsync.batch import Handler
 from vecsync.constants import APPLIED_VERSIONS_KEY
@@ -22,6 +23,7 @@ from vecsync.errors import TransientError
 from vecsync.mongo_reads import open_collection
 from vecsync.redaction import redact_url
 from vecsync.runtime import run_main, serve_consumer, setup_logging
+from vecsync.store import open_vector_store
 from vecsync.vectorstore import VectorStore, store_key_file
 
 log = logging.getLogger("vecsync.upserter")
@@ -30,7 +32,7 @@ log = logging.getLogger("vecsync.upserter")
 def main() -> None:
     settings = settings_module.load(UpserterSettings)
     setup_logging(settings.log_level)
-    store = VectorStore.open(
+    store = open_vector_store(
         settings,
         settings.data_dir,
         payload_indexes=settings.payload_fields,
@@ -55,7 +57,7 @@ def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dic
         embedded or redact_url(settings.qdrant_url or ""),
         redact_url(settings.redis_url),
     )
-    routes, key = None, None
+    routes = None
     if embedded:
         # The embedded store can only be opened here, so this process answers the CLI's collection operations,
         # to callers that hold its key only.
@@ -67,7 +69,7 @@ def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dic
                 settings.metrics_port,
                 store_key_file(settings.data_dir),
             )
-        routes = store_routes(store)
+        routes = AuthenticatedRoutes(store_routes(store), key)
 
     def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
         if not _wait_for_collection(store, settings, stopping):
@@ -88,7 +90,6 @@ def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dic
         group=settings.stage2_group,
         build_handler=build_handler,
         post_routes=routes,
-        post_key=key,
     )
 
 

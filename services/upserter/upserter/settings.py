@@ -17,7 +17,7 @@ class UpserterSettings(ConsumerSettings, QdrantSettings, TextSettings, MongoSett
     # How long to wait for points locked by another upserter before retrying the batch later.
     point_lock_wait_ms: int = Field(default=10_000, ge=0)
     # How often, at most, the upserter removes the tombstones of one partition that no change still in the streams
-    # can need (upserter.fence); 0 keeps every tombstone for ever.
+    # can need (upserter.tombstones); 0 keeps every tombstone for ever.
     tombstone_sweep_interval_s: float = Field(default=60.0, ge=0)
     # The skip-unchanged hint (docs/design.md) keeps the text fingerprints of the points written last: its current
     # generation starts anew once it holds this many points (per partition), and the one before is kept beside it.

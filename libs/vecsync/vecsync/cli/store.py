@@ -12,7 +12,8 @@ import requests
 from vecsync.cli.settings import CliSettings
 from vecsync.errors import CheckNotRun, ConfigurationError, PermanentError, TransientError
 from vecsync.redaction import redact_url
-from vecsync.vectorstore import Hit, StoreInUse, VectorStore, store_key_file
+from vecsync.store import open_vector_store
+from vecsync.vectorstore import Hit, StoreInUse, store_key_file
 
 
 class Store(Protocol):
@@ -36,7 +37,7 @@ class Store(Protocol):
 
 
 class UpserterStore:
-    """The collection operations over the upserter's HTTP port (see upserter.read_api).
+    """The collection operations over the upserter's HTTP port (see upserter.store_api).
 
     Each request carries the upserter's key: ``api_key``, or else the content of ``key_file``, read at every
     request so that a restarted upserter's new key is picked up.
@@ -115,7 +116,7 @@ class UpserterStore:
 def open_store(settings: CliSettings) -> Store:
     """A server's collection directly; an embedded one through its upserter, or directly when none runs."""
     if settings.qdrant_url:
-        return VectorStore.open(settings, settings.data_dir, payload_indexes=settings.payload_fields)
+        return open_vector_store(settings, settings.data_dir, payload_indexes=settings.payload_fields)
     remote = UpserterStore(
         settings.upserter_url,
         settings.qdrant_collection,
@@ -129,7 +130,7 @@ def open_store(settings: CliSettings) -> Store:
     except TransientError:
         pass
     try:
-        store = VectorStore.open(settings, settings.data_dir, payload_indexes=settings.payload_fields)
+        store = open_vector_store(settings, settings.data_dir, payload_indexes=settings.payload_fields)
     except StoreInUse as exc:
         raise ConfigurationError(
             f"{exc} No upserter answered at UPSERTER_URL={redact_url(settings.upserter_url)} either: point "

@@ -4,9 +4,13 @@ Layout: ``QDRANT_PATH/<collection>/`` is one Edge shard (its write-ahead log,
 segments and config). ``QDRANT_PATH/.lock`` is locked (flock) by the one
 process that has the store open, for as long as it has it open, and names its
 PID, so a second process is refused with a message naming the first instead of
-failing deep in the engine. The kernel releases the lock when the process dies,
-even by SIGKILL; holding it also makes it safe to remove what an interrupted
-optimisation left behind before the shard is loaded.
+failing deep in the engine (vecsync.store.folder). The kernel releases the lock
+when the process dies, even by SIGKILL; holding it also makes it safe to remove
+what an interrupted optimisation left behind before the shard is loaded.
+
+Writes: the conditional writes of the version fence are built by
+vecsync.store.edge_fence; this module runs them under its lock, with the
+engine's errors mapped to vecsync's.
 
 Within the process, one lock serialises every call into the engine: the
 upserter's writes, the HTTP read routes, the background flush, and `recreate`,
@@ -29,91 +33,30 @@ vacuum (``optimize()``) after deletes, which takes a fraction of a second.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import qdrant_edge as qe
 
 from vecsync.errors import ConfigurationError, PermanentError, TransientError, VecsyncError
-from vecsync.messages import parse_version
-from vecsync.store import local_mode
-from vecsync.vectorstore import (
-    VERSION_MS,
-    VERSION_SEQ,
-    CollectionMissing,
-    Hit,
-    Point,
-    Record,
-    StoreInUse,
-    VectorStore,
-    indexed_fields,
-    with_version_numbers,
-)
+from vecsync.store import edge_fence, local_mode
+from vecsync.store.folder import FolderLock, shard_config, shard_path
+from vecsync.vectorstore import CollectionMissing, Hit, Point, Record, VectorStore, indexed_fields
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lock"  # the name local mode locked too, so a release still on local mode and this one exclude each other
 CONFIG_FILE = "edge_config.json"
 # Leftovers of an optimisation the process did not live to finish; the engine does not remove them itself.
 TEMP_SEGMENTS = "temp_segments"
 # Deletes after which the background thread asks the engine to vacuum (it does so only past its own threshold:
 # a fifth of a segment's points deleted).
 VACUUM_AFTER_DELETES = 1000
-
-
-def shard_path(folder: Path, collection: str) -> Path:
-    """Where the shard of ``collection`` lives in the embedded store at ``folder``."""
-    return folder / collection
-
-
-def shard_config(dim: int) -> qe.EdgeConfig:
-    """The engine's configuration of a vecsync shard: cosine vectors of ``dim`` dimensions, exact search."""
-    return qe.EdgeConfig(
-        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
-    )
-
-
-class FolderLock:
-    """An exclusive lock on the embedded store's folder, held from open to close by one process."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = open(folder / LOCK_FILE, "a+")  # held until release()
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip()
-            self._file.close()
-            self._file = None
-            by = f"by PID {holder}" if holder.isdigit() else "by another process"
-            raise StoreInUse(
-                f"The embedded Qdrant store at {folder} is in use {by} (an upserter, a `vecsync` command or a "
-                "migration). Only one process may open it: stop that process, or point the CLI at the upserter "
-                "that holds it (UPSERTER_URL), or run a Qdrant server and set QDRANT_URL."
-            ) from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"{os.getpid()}\n")
-        self._file.flush()
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.seek(0)
-            self._file.truncate()
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
 
 
 class EmbeddedStore(VectorStore):
@@ -223,7 +166,7 @@ class EmbeddedStore(VectorStore):
     def upsert(self, points: list[Point]) -> None:
         if not points:
             return
-        operation = qe.UpdateOperation.upsert_points([_point(p.id, p.vector, p.payload) for p in points])
+        operation = qe.UpdateOperation.upsert_points([qe.Point(p.id, p.vector, p.payload) for p in points])
         self._write([operation], "upsert points")
 
     def write_if_newer(
@@ -238,68 +181,8 @@ class EmbeddedStore(VectorStore):
             return
         with self._lock, _engine_errors("write points"):
             shard = self._open_shard()
-            for pid, version in deletes.items():
-                shard.update(qe.UpdateOperation.delete_points_by_filter(_this_point_if_older(pid, version)))
-            self._upsert_if_newer(shard, upserts)
-            for pid, raw in payloads.items():
-                payload = with_version_numbers(raw)
-                condition = qe.Filter(
-                    must=[
-                        _this_point_if_older(pid, payload["version"]),
-                        _equals("text_sha256", payload.get("text_sha256")),
-                        _equals("model", payload.get("model")),
-                    ]
-                )
-                shard.update(qe.UpdateOperation.overwrite_payload_by_filter(condition, payload))
+            edge_fence.write_if_newer(shard, upserts=upserts, payloads=payloads, deletes=deletes)
             self._written(shard, deletes=len(deletes))
-
-    def _upsert_if_newer(self, shard: qe.EdgeShard, upserts: Sequence[Point]) -> None:
-        """Write each point only over an older one, in as few of the engine's operations as the versions allow.
-
-        Every write stays conditional in the engine, and the store's lock keeps every other writer out between the
-        read of the stored versions and the writes, so the read tells which operation each point needs:
-
-        - missing points go in one insert-only operation, which never replaces a point;
-        - existing points older than the oldest version this call writes go in one operation on the condition
-          "older than that version", which each of them meets, and which moves none of them backwards;
-        - any other point (stored between that version and its own, or written twice in this call) gets an
-          operation of its own on "older than me".
-
-        One operation per point measured 2-3 times slower than one per batch (docs/performance.md, E).
-        """
-        if not upserts:
-            return
-        records = shard.retrieve([p.id for p in upserts], [VERSION_MS, VERSION_SEQ], False)
-        stored = {_canonical(r.id): _stored_version(r.payload) for r in records}
-        fresh: dict[str, qe.Point] = {}
-        existing: dict[str, tuple[qe.Point, tuple[int, int]]] = {}
-        one_by_one: list[tuple[qe.Point, tuple[int, int]]] = []
-        for point in upserts:
-            payload = with_version_numbers(point.payload)
-            version = (payload[VERSION_MS], payload[VERSION_SEQ])
-            engine_point = _point(point.id, point.vector, payload)
-            key = _canonical(point.id)
-            if key in fresh or key in existing:
-                one_by_one.append((engine_point, version))
-            elif key in stored:
-                existing[key] = (engine_point, version)
-            else:
-                fresh[key] = engine_point
-        if fresh:
-            shard.update(qe.UpdateOperation.upsert_points(list(fresh.values()), update_mode=qe.UpdateMode.InsertOnly))
-        if existing:
-            floor = min(version for _point, version in existing.values())
-            together = []
-            for key, (engine_point, version) in existing.items():
-                held = stored[key]
-                if held is not _UNKNOWN and (held is None or held < floor):
-                    together.append(engine_point)
-                else:
-                    one_by_one.insert(0, (engine_point, version))
-            if together:
-                shard.update(qe.UpdateOperation.upsert_points(together, condition=older_than(floor)))
-        for engine_point, version in one_by_one:
-            shard.update(qe.UpdateOperation.upsert_points([engine_point], condition=older_than(version)))
 
     def delete(self, point_ids: list[str]) -> None:
         if point_ids:
@@ -389,64 +272,6 @@ class EmbeddedStore(VectorStore):
                 f"the embedded Qdrant collection {self.collection!r} does not exist (deleted by a rebuild)"
             )
         return self._shard
-
-
-def older_than(version: tuple[int, int]) -> qe.Filter:
-    """Matches a point whose version is older than ``version``, or that records none as numbers."""
-    millis, seq = version
-    return qe.Filter(
-        should=[
-            qe.IsEmptyCondition(VERSION_MS),
-            qe.FieldCondition(key=VERSION_MS, range=qe.RangeFloat(lt=millis)),
-            qe.Filter(
-                must=[
-                    qe.FieldCondition(key=VERSION_MS, match=qe.MatchValue(millis)),
-                    qe.FieldCondition(key=VERSION_SEQ, range=qe.RangeFloat(lt=seq)),
-                ]
-            ),
-        ]
-    )
-
-
-def _this_point_if_older(point_id: str, version: str) -> qe.Filter:
-    return qe.Filter(must=[qe.HasIdCondition({point_id}), older_than(parse_version(version))])
-
-
-def _equals(key: str, value: Any) -> qe.Filter:
-    if value is None:
-        return qe.Filter(must=[qe.IsEmptyCondition(key)])
-    return qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchValue(value))])
-
-
-def _point(point_id: str, vector: list[float], payload: dict[str, Any]) -> qe.Point:
-    return qe.Point(point_id, vector, payload)
-
-
-# A stored version that the numbers do not give fully (version_ms without version_seq): left to a point's own write.
-_UNKNOWN = (-1, -1)
-
-
-def _stored_version(payload: Mapping[str, Any] | None) -> tuple[int, int] | None:
-    """The version a stored point records as numbers; None when it records none (it counts as older than any)."""
-    millis, seq = (payload or {}).get(VERSION_MS), (payload or {}).get(VERSION_SEQ)
-    if millis is None:
-        return None
-    if not isinstance(millis, (int, float)) or not isinstance(seq, (int, float)):
-        return _UNKNOWN
-    return int(millis), int(seq)
-
-
-def _canonical(point_id: object) -> str:
-    """A point id as the engine returns it (a UUID object) or as vecsync writes it, in one spelling."""
-    if isinstance(point_id, uuid.UUID):
-        return str(point_id)
-    text = str(point_id)
-    if len(text) == 36 and text == text.lower():
-        return text  # how uuid5 ids are written: canonical already
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        return text
 
 
 def _dense(vector: Any) -> list[float] | None:

@@ -79,7 +79,7 @@ def read_points(source: Path, name: str) -> Iterator[tuple[str, list[float], dic
 
 def migrate(folder: Path, progress: Callable[[str, int], None] = lambda name, n: None) -> dict[str, int]:
     """Copy every collection of the local-mode store at ``folder`` into the engine; the points copied, by name."""
-    from vecsync.store.embedded import FolderLock, shard_path
+    from vecsync.store.folder import FolderLock, shard_path
 
     lock = FolderLock(folder)  # no upserter of either release may run meanwhile
     try:
@@ -110,7 +110,7 @@ def _copy(folder: Path, name: str, vectors: dict[str, Any], progress: Callable[[
     """Copy local mode's collection ``name`` into a shard beside its final place; the number of points."""
     import qdrant_edge as qe
 
-    from vecsync.store.embedded import shard_config, shard_path
+    from vecsync.store.folder import shard_config, shard_path
 
     size = vectors.get("size")
     if not isinstance(size, int) or vectors.get("distance", "Cosine") != "Cosine":

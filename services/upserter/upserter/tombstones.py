@@ -9,18 +9,30 @@ A tombstone is needed only while a change of its document older than it can
 still arrive: while an entry older than it is left in stage 1, stage 2 or their
 dead-letter streams (unprocessed, pending, dead-lettered, or acknowledged and
 retained, which a replay of the stream would apply again). Once none is, the
-sweep (``oldest_version_left`` and ``Tombstones.remove_up_to``) removes it, so
-the hash holds the deletes of the retention window, not every delete ever made.
+sweep (``TombstoneSweep``, with ``oldest_version_left`` and
+``Tombstones.remove_up_to``) removes it, so the hash holds the deletes of the
+retention window, not every delete ever made.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 
 import redis
+from prometheus_client import Counter
 
 from vecsync.constants import TRIMMED_KEY_PREFIX, dlq_stream
 from vecsync.messages import parse_version
+from vecsync.partitions import Partitions
+
+log = logging.getLogger("vecsync.upserter")
+
+TOMBSTONES_REMOVED = Counter(
+    "vecsync_upserter_tombstones_removed_total",
+    "Tombstones removed because no change older than them was left in the streams or dead-letter streams.",
+)
 
 # Versions compared as in _RECORD; shared by the scripts below.
 _GREATER = """
@@ -188,3 +200,56 @@ def oldest_version_left(client: redis.Redis, *, stage1: str, stage2: str) -> tup
     if trimmed_to and parse_version(str(trimmed_to)) > parse_version(began):
         return None  # stage 1 lost entries written during the sweep, which it has not read yet
     return min(version for version in found if version is not None)
+
+
+class TombstoneSweep:
+    """Removes each partition's tombstones that no change left in its streams can need, at most once an interval.
+
+    ``tombstones`` holds each partition's Tombstones, by partition index; ``stage1`` and ``stage2`` are the streams'
+    names before partitioning. An ``interval_s`` of 0 never sweeps on its own (``run`` still does).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        tombstones: Sequence[Tombstones],
+        partitions: Partitions,
+        *,
+        stage1: str,
+        stage2: str,
+        interval_s: float,
+    ) -> None:
+        self.client = client
+        self.tombstones = tombstones
+        self.partitions = partitions
+        self.stage1 = stage1
+        self.stage2 = stage2
+        self.interval_s = interval_s
+        # When each partition's tombstones were last swept: the first sweep comes one interval after the start.
+        self._last_sweep = dict.fromkeys(partitions.indexes(), time.monotonic())
+
+    def run_if_due(self, partition: int) -> None:
+        """Sweep the partition if its interval has passed; a failure is logged, never raised."""
+        if not self.interval_s or time.monotonic() - self._last_sweep[partition] < self.interval_s:
+            return
+        self._last_sweep[partition] = time.monotonic()
+        try:
+            removed = self.run(partition)
+        except Exception as exc:  # noqa: BLE001 - the tombstones stay a while longer; the batch never fails for it
+            log.warning("Could not sweep the tombstones of partition %d: %s", partition, exc)
+            return
+        if removed:
+            log.info("Removed %d tombstones that no change left in the streams can need", removed)
+
+    def run(self, partition: int) -> int:
+        """Remove the partition's tombstones that no change left in its streams is older than; the number removed."""
+        oldest = oldest_version_left(
+            self.client,
+            stage1=self.partitions.name(self.stage1, partition),
+            stage2=self.partitions.name(self.stage2, partition),
+        )
+        if oldest is None:
+            return 0
+        removed = self.tombstones[partition].remove_up_to(oldest)
+        TOMBSTONES_REMOVED.inc(removed)
+        return removed

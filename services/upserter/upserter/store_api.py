@@ -3,10 +3,12 @@
 Only one process may open an embedded store, so the operator CLI searches,
 counts, scrolls and recreates the collection through the upserter instead of
 opening the store itself (see vecsync.cli.store.UpserterStore). Every one of
-these routes requires the upserter's key as a bearer token (checked by
-vecsync.runtime.MetricsServer): UPSERTER_API_KEY, or else a random key the
-upserter writes at start to a file under DATA_DIR that only its user may read,
-where a CLI on the same host finds it. /metrics and /healthz stay open.
+these routes, the reads and the write `/recreate` alike, requires the
+upserter's key as a bearer token (vecsync.authenticated_routes, to which
+vecsync.runtime.MetricsServer hands every POST): UPSERTER_API_KEY, or else a
+random key the upserter writes at start to a file under DATA_DIR that only its
+user may read, where a CLI on the same host finds it. /metrics and /healthz
+stay open.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from vecsync.runtime import PostRoute
+from vecsync.authenticated_routes import PostRoute
 from vecsync.vectorstore import VectorStore, store_key_file
 
 
