@@ -65,6 +65,7 @@ test-rules:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy -p vecsync -p vecsync_local -p producer -p embedder_worker -p upserter -p embedding_api
