@@ -1,6 +1,6 @@
 """Writing stage 1: the one protocol by which every writer adds entries to ``raw_document_changes`` (each of its
 partitions, with STREAM_PARTITIONS), so that no writer ever publishes a state of a document older than one already
-there. It has three writers:
+there. It has four writers:
 
 - The producer (ProducerWriter): each batch of changes, or snapshot chunk, with the position that covers it. With
   one partition on one Redis, one MULTI/EXEC holds the entries, the dead letters and the resume token (or the
@@ -20,6 +20,8 @@ there. It has three writers:
   read again.
 - `vecsync dlq replay`'s put-back of a letter that names no document of this collection (put_back): as it was,
   together with its removal from the DLQ.
+- The upserter's return of a payload-only change whose point no longer holds its text (send_back_to_embed): the
+  entry the producer wrote, read back by its id, with its own version, in the upserter's batch transaction.
 
 Why each guarantee holds: docs/design.md, "Why nothing is lost", "Partitions and Redis Cluster" and "Recoveries
 never reinstate an older state". The module runs a little past the usual length so that the whole protocol, every
@@ -414,6 +416,15 @@ def put_back(
         pipe.xadd(stream, fields)
         also(pipe)
         pipe.execute()
+
+
+def send_back_to_embed(tx: redis.client.Pipeline, stream: str, change: DocumentChange, version: str) -> None:
+    """Queue ``change`` on ``stream`` once more, to be embedded, in the caller's transaction (the upserter's batch).
+
+    ``change`` is the entry the producer wrote, read back by its id ``version``: it holds no state older than the
+    producer's, and keeping its version keeps its place in the version fence's order.
+    """
+    tx.xadd(stream, replace(change, version=version, force_embed=True).to_fields())
 
 
 def _producer_guards(keys: ProducerKeys, partitions: Partitions) -> list[Guards]:

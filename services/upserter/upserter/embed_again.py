@@ -9,7 +9,6 @@ collection than the one this upserter reads becomes a dead letter for the CLI.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import redis
@@ -24,7 +23,7 @@ from vecsync.dead_letters import dead_letter_fields
 from vecsync.documents import source_projection
 from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument
-from vecsync.stage1 import publish_current_states
+from vecsync.stage1 import publish_current_states, send_back_to_embed
 
 log = logging.getLogger("vecsync.upserter")
 
@@ -56,9 +55,7 @@ class EmbedAgain:
         stage1 = self.partitions.name(self.settings.stage1_stream, batch.partition)
         original = self.client.xrange(stage1, min=doc.version, max=doc.version)
         if original:
-            change = DocumentChange.from_fields(original[0][1])
-            again = replace(change, version=doc.version, force_embed=True)
-            batch.tx.xadd(stage1, again.to_fields())
+            send_back_to_embed(batch.tx, stage1, DocumentChange.from_fields(original[0][1]), doc.version)
             return
         if doc.source == self.settings.source:
             self._embed_current_state(doc)
@@ -82,7 +79,7 @@ class EmbedAgain:
     def _embed_current_state(self, doc: EmbeddedDocument) -> None:
         """Publish the document's current state, read from MongoDB, to be embedded: the change itself was trimmed.
 
-        The same re-read as `vecsync dlq replay` (source.publish_current_states): its new stage 1 entry comes after
+        The same re-read as `vecsync dlq replay` (stage1.publish_current_states): its new stage 1 entry comes after
         every change the producer published before it and holds a state no older than theirs, so it takes the
         trimmed change's place. It is written before the batch is acknowledged; a crash in between publishes it
         again, which the stages absorb.
