@@ -1,3 +1,5 @@
+"""The producer's settings: the MongoDB collection to follow, the text it reads, and flow control."""
+
 from pydantic import Field
 
 from vecsync.settings import FlowControlSettings, MongoSettings, ServiceSettings, TextSettings

@@ -1,3 +1,5 @@
+"""The upserter's settings: a consumer's, the Qdrant collection, and the MongoDB collection it re-reads from."""
+
 from pydantic import Field, model_validator
 
 from vecsync.settings import ConsumerSettings, MongoSettings, QdrantSettings, TextSettings

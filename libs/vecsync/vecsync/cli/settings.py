@@ -1,3 +1,5 @@
+"""The CLI's settings: what every operator command may need, read from the same environment as the services."""
+
 from pydantic import Field
 
 from vecsync.settings import (
