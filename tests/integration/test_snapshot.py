@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from producer.service import Producer
 from tests.integration.test_cli import cli
@@ -119,6 +121,25 @@ def test_the_producer_waits_while_the_pipeline_holds_too_many_unprocessed_entrie
     assert max(backlogs) <= 50 + 10, backlogs
     assert len(stage1(pipeline)) == 200
     pipeline.assert_matches_mongo()
+
+
+def test_the_time_the_producer_waits_for_room_is_counted(pipeline: Pipeline) -> None:
+    pipeline.collection.insert_many([{"_id": f"d{i:03}", "subject": f"ticket {i}"} for i in range(100)])
+    running = producer(pipeline, batch_size=10, producer_max_backlog=20)
+    waited_before = REGISTRY.get_sample_value("vecsync_producer_throttled_seconds_total") or 0.0
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: running.throttled, timeout=20, what="the producer to wait")
+        time.sleep(0.5)
+        while not pipeline.redis_client.exists(resume_token_key(pipeline.source)) or running.throttled:
+            pipeline.embedder_consumer().run(drain=True)
+            pipeline.upserter_consumer().run(drain=True)
+    finally:
+        running.stopping.set()
+        thread.join(10)
+    waited = (REGISTRY.get_sample_value("vecsync_producer_throttled_seconds_total") or 0.0) - waited_before
+    assert waited >= 0.5
 
 
 def test_a_resync_waits_for_room_as_the_producer_does(pipeline: Pipeline) -> None:

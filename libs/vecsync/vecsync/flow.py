@@ -70,6 +70,7 @@ class FlowControl:
         *,
         liveness: Liveness | None = None,
         on_wait: Callable[[int], None] | None = None,
+        on_waited: Callable[[float], None] | None = None,
     ) -> None:
         self.client = client
         self.max_backlog = settings.producer_max_backlog
@@ -80,10 +81,11 @@ class FlowControl:
         self.stopping = stopping
         self.liveness = liveness
         self.on_wait = on_wait
+        # Told the seconds of each wait once it ends (the producer counts them in a metric).
+        self.on_waited = on_waited
         self.last_backlog = 0
         # Monotonic time since which the writer waits; None while it does not.
         self.throttled_since: float | None = None
-        self.throttled_s_total = 0.0
 
     @property
     def throttled(self) -> bool:
@@ -127,5 +129,6 @@ class FlowControl:
                 backlog, share = self.backlog(), self.memory.share()
         finally:
             self.throttled_since = None
-            self.throttled_s_total += time.monotonic() - started
+            if self.on_waited is not None:
+                self.on_waited(time.monotonic() - started)
         log.info("The backlog is down to %d and Redis to %.0f%%; reading MongoDB again", backlog, share * 100)

@@ -58,6 +58,7 @@ from producer.metrics import (
     SNAPSHOT_RUNNING,
     THROTTLED,
     THROTTLED_FOR,
+    THROTTLED_SECONDS,
     TOKEN_AGE,
 )
 from producer.settings import ProducerSettings
@@ -111,7 +112,9 @@ class Producer:
         self._wrote_since_failure = False
         # Beats at every read of the change stream, every snapshot batch and every pause: what /healthz reports.
         self.liveness = Liveness(settings.stall_timeout_s)
-        self.flow = FlowControl(client, settings, settings, self.stopping, liveness=self.liveness)
+        self.flow = FlowControl(
+            client, settings, settings, self.stopping, liveness=self.liveness, on_waited=THROTTLED_SECONDS.inc
+        )
         TOKEN_AGE.set_function(lambda: time.time() - self._token_stored_at)
         THROTTLED.set_function(lambda: float(self.flow.throttled))
         THROTTLED_FOR.set_function(self.flow.throttled_for_s)
