@@ -1,4 +1,10 @@
-"""How a MongoDB document becomes a point: its id, the text to embed and the payload."""
+"""How a MongoDB document becomes a point: its id, the text to embed and the payload.
+
+Two mappings: the seed's (``build_text``, ``build_payload``), which the environment's one sync keeps exactly, and
+the structured one of a definition file's syncs (``mapped_text``, ``mapped_payload``), which reads arrays element by
+element, numbers and booleans as text, and keeps nested payload fields nested. ``text_of`` and ``payload_of`` pick
+the one a sync uses.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
+
+from vecsync.sync import Sync
 
 # Fixed forever: changing it would give every document a new point id.
 POINT_NAMESPACE = uuid.UUID("eb512e3c-27ae-4921-bab1-dc8dc3279bfd")
@@ -92,3 +100,110 @@ def build_payload(
         }
     )
     return payload
+
+
+def text_of(document: dict[str, Any], sync: Sync) -> str:
+    """The text to embed of a document of ``sync``, by the sync's mapping."""
+    if sync.structured:
+        return mapped_text(document, sync.text_fields, sync.max_text_chars)
+    return build_text(document, sync.text_fields, sync.max_text_chars)
+
+
+def payload_of(
+    document: dict[str, Any], sync: Sync, *, mongo_id: str, text: str, version: str, model: str
+) -> dict[str, Any]:
+    """The Qdrant payload of a document of ``sync``, by the sync's mapping."""
+    if not sync.structured:
+        identity = {"source": sync.source, "mongo_id": mongo_id}
+        return build_payload(document, sync.payload_fields, **identity, text=text, version=version, model=model)
+    payload = mapped_payload(document, sync.payload_fields)
+    payload.update(
+        {
+            "mongo_id": mongo_id,
+            "source": sync.source,
+            "sync": sync.name,
+            "text": text,
+            "text_sha256": text_sha256(text),
+            "version": version,
+            "model": model,
+        }
+    )
+    return payload
+
+
+def values_at(document: Any, dotted_path: str) -> list[Any]:
+    """Every value at ``a.b.c``, as MongoDB's queries see the path: an array on the way is followed into each of
+    its elements, and an array at the end gives its elements. Empty when nothing is there."""
+    found = [document]
+    for key in dotted_path.split("."):
+        found = [
+            item[key]
+            for value in found
+            for item in (value if isinstance(value, list) else [value])
+            if isinstance(item, dict) and key in item
+        ]
+    return [item for value in found for item in _flatten(value)]
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [item for element in value for item in _flatten(element)]
+    return [value]
+
+
+def _as_text(value: Any) -> str | None:
+    """A value as part of the text to embed: strings as they are, numbers and booleans written out; objects and
+    nulls have no text of their own (name their fields to embed them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def mapped_text(document: dict[str, Any], text_fields: Sequence[str], max_chars: int) -> str:
+    """The text to embed by the structured mapping: every value of each field in order (arrays element by element),
+    joined by a blank line, cut at ``max_chars``."""
+    parts = [text for field in text_fields for value in values_at(document, field) if (text := _as_text(value))]
+    text = TEXT_SEPARATOR.join(parts)[:max_chars]
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def mapped_payload(document: dict[str, Any], payload_fields: Sequence[str]) -> dict[str, Any]:
+    """The user's part of the payload by the structured mapping: each field at its own path, so that ``meta.priority``
+    is ``{"meta": {"priority": ...}}`` and a Qdrant filter on ``meta.priority`` finds it. A path through an array of
+    objects (``comments.author``) holds the list of the values found."""
+    payload: dict[str, Any] = {}
+    for field in payload_fields:
+        through_array = _crosses_array(document, field)
+        values = values_at(document, field)
+        if not values:
+            continue
+        value = values if through_array or isinstance(lookup(document, field), list) else values[0]
+        _put(payload, field.split("."), value)
+    return payload
+
+
+def _crosses_array(document: dict[str, Any], dotted_path: str) -> bool:
+    value: Any = document
+    for key in dotted_path.split(".")[:-1]:
+        if isinstance(value, list):
+            return True
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return isinstance(value, list)
+
+
+def _put(payload: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``value`` at ``keys`` in ``payload``; a field already holding the whole object (``meta`` and
+    ``meta.priority`` both named) keeps it."""
+    target = payload
+    for key in keys[:-1]:
+        inner = target.setdefault(key, {})
+        if not isinstance(inner, dict):
+            return
+        target = inner
+    target.setdefault(keys[-1], value)

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vecsync import constants
 from vecsync.errors import ConfigurationError
 from vecsync.partitions import Partitions, base_name
 from vecsync.redaction import redact, redact_url, remember_secret, remember_url_secrets
+from vecsync.sync import Sync
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -95,6 +96,11 @@ class CommonSettings(BaseSettings):
     # Each stage's stream split into this many streams by document (vecsync.partitions). 1 keeps the seed's names.
     # Every process of one pipeline must use the same number; it changes only while the pipeline is drained.
     stream_partitions: int = Field(default=1, ge=1, le=1024)
+    # The sync definition file (vecsync.syncs): several collections, each with its mapping, filter and target.
+    # Unset, the environment describes the one sync (MONGO_COLLECTION, TEXT_FIELDS, QDRANT_COLLECTION, ...).
+    vecsync_config: Path | None = None
+    # Set by vecsync.syncs.settings_for on the settings of one sync; read back with vecsync.syncs.sync_of.
+    _sync: Sync | None = PrivateAttr(default=None)
 
     _redis_url = field_validator("redis_url")(require_scheme("redis", "rediss", "unix"))
 
@@ -144,7 +150,9 @@ class RetentionSettings(BaseSettings):
     def retention_count(self, stream: str) -> int:
         """The newest entries of ``stream`` (of each of its partitions) that trimming always keeps."""
         default, per_stream = _parse_retention_counts(self.stream_retention_count)
-        return per_stream.get(base_name(stream), default)
+        name = base_name(stream)
+        # A sync's stream ("raw_document_changes.tickets") keeps what its stage's stream is given, unless named.
+        return per_stream.get(name, per_stream.get(name.rpartition(".")[0], default))
 
 
 DEFAULT_RETENTION_COUNT = 100_000

@@ -1,0 +1,86 @@
+"""One sync: a MongoDB collection, which of its documents, how each becomes a point, and the Qdrant collection
+they go to, with the Redis names its entries and state live under.
+
+Plain data, built by vecsync.syncs from the definition file (VECSYNC_CONFIG) or from the environment. Every stage
+looks up what it needs of a sync here, so the rules a definition sets are written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vecsync import constants
+
+# The name of the one sync that the environment describes when no definition file is given.
+DEFAULT_SYNC = "default"
+
+# vecsync's own payload keys: no payload field may write one (vecsync.syncs refuses such a definition).
+OWN_PAYLOAD_KEYS = {
+    "mongo_id": "the document's _id",
+    "source": "the document's database and collection",
+    "sync": "the sync that wrote the point",
+    "text": "the embedded text",
+    "text_sha256": "the hash of the embedded text",
+    "version": "the version fence",
+    "version_ms": "the version fence",
+    "version_seq": "the version fence",
+    "model": "the model that embedded the text",
+}
+
+# The Qdrant payload index types a definition may ask for; every other payload field gets a keyword index.
+INDEX_TYPES = ("keyword", "integer", "float", "bool", "datetime", "text", "uuid")
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Everything one sync decides. ``structured`` says how documents are mapped: True for a definition file's syncs
+    (arrays read element by element, numbers and booleans in the text, nested payload fields keep their structure,
+    the payload names the sync), False for the environment's one sync, which keeps the seed's mapping exactly."""
+
+    name: str
+    mongo_database: str
+    mongo_collection: str
+    qdrant_collection: str
+    text_fields: tuple[str, ...]
+    payload_fields: tuple[str, ...]
+    max_text_chars: int
+    stage1_stream: str
+    stage2_stream: str
+    filter: Mapping[str, Any] | None = None
+    payload_indexes: Mapping[str, str] = field(default_factory=dict)
+    structured: bool = False
+
+    @property
+    def source(self) -> str:
+        """The database and collection, "<database>.<collection>": what point ids derive from, with each _id."""
+        return f"{self.mongo_database}.{self.mongo_collection}"
+
+    @property
+    def state_name(self) -> str:
+        """What the producer's keys and the CLI's progress keys are named after: the source for the environment's
+        sync (the seed's keys), the sync's name for a definition's, as two syncs may follow one collection."""
+        return self.name if self.structured else self.source
+
+    @property
+    def applied_text_key(self) -> str:
+        """The skip-unchanged hint of this sync's points (see constants.APPLIED_TEXT_KEY)."""
+        return constants.APPLIED_TEXT_KEY if not self.structured else f"{constants.APPLIED_TEXT_KEY}.{self.name}"
+
+    def indexed_payload(self) -> dict[str, str]:
+        """The payload index type of every payload field: keyword unless the definition says otherwise."""
+        return {path: self.payload_indexes.get(path, "keyword") for path in self.payload_fields}
+
+    def query(self, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``query`` restricted to the documents this sync keeps a point of (its filter)."""
+        parts = [dict(part) for part in (query, self.filter) if part]
+        if len(parts) == 2:
+            return {"$and": parts}
+        return parts[0] if parts else {}
+
+
+def stream_names(base: Sequence[str], name: str, *, structured: bool) -> tuple[str, ...]:
+    """The stage streams of a sync: the seed's names for the environment's sync, ``<stage stream>.<name>`` for a
+    definition's, so that one sync's backlog or poison never stalls another's (docs/design.md, "Syncs")."""
+    return tuple(f"{stream}.{name}" if structured else stream for stream in base)

@@ -1,0 +1,384 @@
+"""The syncs a deployment runs: read from the definition file that VECSYNC_CONFIG names, or the environment's one.
+
+Every service and the CLI call ``load_syncs`` at start. A definition file is checked whole before anything runs:
+every problem is reported at once, each naming the file, the sync, the key and what is wrong, as one
+ConfigurationError (exit 2). ``settings_for`` gives a stage the settings of one sync: its own settings with the
+sync's fields in place, the sync itself found again by ``sync_of``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from bson import json_util
+from pydantic import BaseModel
+
+from vecsync.errors import ConfigurationError
+from vecsync.settings import CommonSettings
+from vecsync.sync import DEFAULT_SYNC, INDEX_TYPES, OWN_PAYLOAD_KEYS, Sync, stream_names
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A Qdrant collection is also a folder of the embedded store: no separators, no leading dot.
+COLLECTION_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}$")
+
+# The keys of a definition, and whether each must be given.
+DEFINITION_KEYS = {
+    "name": True,
+    "mongo_database": False,
+    "mongo_collection": True,
+    "filter": False,
+    "text_fields": True,
+    "payload_fields": False,
+    "payload_indexes": False,
+    "qdrant_collection": False,
+    "max_text_chars": False,
+}
+
+# The operators a query document may hold at its top, beside field names, and those a field's condition may hold.
+QUERY_OPERATORS = {"$and", "$or", "$nor", "$expr", "$comment", "$jsonSchema", "$text", "$where"}
+LIST_OPERATORS = {"$and", "$or", "$nor"}
+FIELD_OPERATORS = {
+    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$type", "$regex", "$options", "$not",
+    "$all", "$elemMatch", "$size", "$mod", "$bitsAllSet", "$bitsAllClear", "$bitsAnySet", "$bitsAnyClear",
+}  # fmt: skip
+ARRAY_ARGUMENT_OPERATORS = {"$in", "$nin", "$all"}
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def load_syncs(settings: CommonSettings) -> list[Sync]:
+    """The syncs to run: those of VECSYNC_CONFIG's file, or the environment's one sync (the seed's names)."""
+    if settings.vecsync_config is None:
+        return [default_sync(settings)]
+    return read_definitions(settings.vecsync_config, settings)
+
+
+def default_sync(settings: BaseModel) -> Sync:
+    """The one sync that ``settings`` (built from the environment) describe, with the seed's streams and keys."""
+    values = settings.model_dump()
+    sync = Sync(
+        name=DEFAULT_SYNC,
+        mongo_database=values.get("mongo_database", "app"),
+        mongo_collection=values.get("mongo_collection", "documents"),
+        qdrant_collection=values.get("qdrant_collection", "documents"),
+        text_fields=tuple(values.get("text_fields", ("subject", "content"))),
+        payload_fields=tuple(values.get("payload_fields", ())),
+        max_text_chars=values.get("max_text_chars", 8192),
+        stage1_stream=values["stage1_stream"],
+        stage2_stream=values["stage2_stream"],
+    )
+    problems = _Problems("the environment")
+    for field in sync.text_fields:
+        problems.check_path(field, "TEXT_FIELDS")
+    for field in sync.payload_fields:
+        problems.check_path(field, "PAYLOAD_FIELDS")
+        problems.check_own_key(field, "PAYLOAD_FIELDS")
+    problems.raise_any()
+    return sync
+
+
+def sync_of(settings: BaseModel) -> Sync:
+    """The sync whose settings these are (see settings_for); the environment's one when they are not a sync's."""
+    given = getattr(settings, "_sync", None)
+    return given if isinstance(given, Sync) else default_sync(settings)
+
+
+def settings_for(settings: SettingsT, sync: Sync) -> SettingsT:
+    """``settings`` as the stages of ``sync`` see them: the sync's collection, fields, target and streams in place."""
+    values: dict[str, Any] = {
+        "mongo_database": sync.mongo_database,
+        "mongo_collection": sync.mongo_collection,
+        "qdrant_collection": sync.qdrant_collection,
+        "text_fields": list(sync.text_fields),
+        "payload_fields": list(sync.payload_fields),
+        "max_text_chars": sync.max_text_chars,
+        "stage1_stream": sync.stage1_stream,
+        "stage2_stream": sync.stage2_stream,
+    }
+    fields = type(settings).model_fields
+    copied = settings.model_copy(update={name: value for name, value in values.items() if name in fields})
+    copied._sync = sync  # type: ignore[attr-defined]  # CommonSettings declares it, private to this module
+    return copied
+
+
+def read_definitions(path: Path, settings: CommonSettings) -> list[Sync]:
+    """The syncs the file at ``path`` defines, or ConfigurationError listing every problem found in it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"VECSYNC_CONFIG names {path}, which cannot be read: {exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"VECSYNC_CONFIG {path} is not valid YAML: {exc}") from None
+    problems = _Problems(f"VECSYNC_CONFIG {path}")
+    syncs = _parse_file(document, settings, problems)
+    problems.raise_any()
+    return syncs
+
+
+def _parse_file(document: Any, settings: CommonSettings, problems: _Problems) -> list[Sync]:
+    if not isinstance(document, dict) or not isinstance(document.get("syncs"), list) or not document["syncs"]:
+        problems.add("the file must be a mapping whose key 'syncs' holds a list of one or more sync definitions")
+        return []
+    for key in document:
+        if key != "syncs":
+            problems.add(f"key {key!r} is not known at the top of the file{_suggestion(key, ['syncs'])}")
+    syncs = []
+    for index, definition in enumerate(document["syncs"]):
+        sync = _parse_definition(definition, index, settings, problems)
+        if sync is not None:
+            syncs.append(sync)
+    _check_together(syncs, problems)
+    return syncs
+
+
+def _parse_definition(definition: Any, index: int, settings: CommonSettings, problems: _Problems) -> Sync | None:
+    given_name = definition.get("name") if isinstance(definition, dict) else None
+    where = f"sync {given_name!r} (syncs[{index}])" if isinstance(given_name, str) else f"syncs[{index}]"
+    if not isinstance(definition, dict):
+        problems.add(f"{where}: must be a mapping of keys such as name, mongo_collection and text_fields")
+        return None
+    found = len(problems)
+    for key in definition:
+        if key not in DEFINITION_KEYS:
+            problems.add(f"{where}: key {key!r} is not known{_suggestion(str(key), list(DEFINITION_KEYS))}")
+    for key, required in DEFINITION_KEYS.items():
+        if required and key not in definition:
+            problems.add(f"{where}: key {key!r} is required")
+    values = settings.model_dump()
+    name = _string(definition, "name", where, problems, pattern=NAME_PATTERN, rule="letters, digits, - and _")
+    database = _string(
+        definition, "mongo_database", where, problems, default=values.get("mongo_database", "app"), forbidden="/. $"
+    )
+    collection = _string(definition, "mongo_collection", where, problems, forbidden="$")
+    target = _string(
+        definition,
+        "qdrant_collection",
+        where,
+        problems,
+        default=name,
+        pattern=COLLECTION_PATTERN,
+        rule="letters, digits, '.', - and _, not starting with '.'",
+    )
+    text_fields = _paths(definition, "text_fields", where, problems, required=True)
+    payload_fields = _paths(definition, "payload_fields", where, problems, required=False)
+    indexes = _indexes(definition, where, problems)
+    payload_fields += [path for path in indexes if path not in payload_fields]
+    for field in payload_fields:
+        problems.check_own_key(field, f"{where}: payload field")
+    max_chars = definition.get("max_text_chars", values.get("max_text_chars", 8192))
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        problems.add(f"{where}: key 'max_text_chars' must be a whole number, 1 or more (got {max_chars!r})")
+    query = _filter(definition.get("filter"), where, problems)
+    if len(problems) > found or name is None or collection is None:
+        return None
+    stage1, stage2 = stream_names([settings.stage1_stream, settings.stage2_stream], name, structured=True)
+    return Sync(
+        name=name,
+        mongo_database=database or "",
+        mongo_collection=collection,
+        qdrant_collection=target or name,
+        text_fields=tuple(text_fields),
+        payload_fields=tuple(payload_fields),
+        max_text_chars=max_chars,
+        stage1_stream=stage1,
+        stage2_stream=stage2,
+        filter=query,
+        payload_indexes=indexes,
+        structured=True,
+    )
+
+
+def _check_together(syncs: list[Sync], problems: _Problems) -> None:
+    """What no sync shows alone: a name given twice, two syncs writing one point, an index typed two ways."""
+    by_name: dict[str, Sync] = {}
+    by_target: dict[tuple[str, str], Sync] = {}
+    index_types: dict[tuple[str, str], tuple[str, Sync]] = {}
+    for sync in syncs:
+        if sync.name in by_name:
+            problems.add(f"sync {sync.name!r}: the name is given to two syncs; each needs its own")
+        by_name.setdefault(sync.name, sync)
+        other = by_target.setdefault((sync.source, sync.qdrant_collection), sync)
+        if other is not sync:
+            problems.add(
+                f"syncs {other.name!r} and {sync.name!r} both write {sync.source} into Qdrant collection "
+                f"{sync.qdrant_collection!r}: their points would be the same points. Give one another "
+                "qdrant_collection, or join their filters into one sync"
+            )
+        for path, kind in sync.indexed_payload().items():
+            seen_kind, seen = index_types.setdefault((sync.qdrant_collection, path), (kind, sync))
+            if seen_kind != kind:
+                problems.add(
+                    f"syncs {seen.name!r} and {sync.name!r} share Qdrant collection {sync.qdrant_collection!r} but "
+                    f"index payload field {path!r} as {seen_kind} and as {kind}; one collection has one index per field"
+                )
+
+
+class _Problems:
+    """The problems found so far, raised together as one ConfigurationError."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.found: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+    def add(self, problem: str) -> None:
+        self.found.append(problem)
+
+    def check_path(self, path: str, where: str) -> None:
+        if not path or any(not part for part in path.split(".")):
+            self.add(f"{where}: the field path {path!r} has an empty part; write dotted paths such as meta.priority")
+        elif path.startswith("$"):
+            self.add(f"{where}: the field path {path!r} starts with $, which no MongoDB field name may")
+
+    def check_own_key(self, path: str, where: str) -> None:
+        top = path.split(".")[0]
+        if top in OWN_PAYLOAD_KEYS:
+            self.add(
+                f"{where} {path!r} would overwrite vecsync's own payload key {top!r} ({OWN_PAYLOAD_KEYS[top]}), "
+                "and be overwritten by it; leave it out of the payload fields"
+            )
+
+    def raise_any(self) -> None:
+        if self.found:
+            listed = "\n".join(f"  - {problem}" for problem in self.found)
+            count = f"{len(self.found)} problem" + ("s" if len(self.found) > 1 else "")
+            raise ConfigurationError(f"Invalid sync definitions in {self.origin} ({count}):\n{listed}")
+
+
+def _suggestion(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; the keys are {', '.join(known)}"
+
+
+def _string(
+    definition: dict[str, Any],
+    key: str,
+    where: str,
+    problems: _Problems,
+    *,
+    default: str | None = None,
+    pattern: re.Pattern[str] | None = None,
+    rule: str = "",
+    forbidden: str = "",
+) -> str | None:
+    value = definition.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        problems.add(f"{where}: key {key!r} must be a non-empty string (got {value!r})")
+        return None
+    if pattern is not None and not pattern.match(value):
+        problems.add(f"{where}: key {key!r} must be {rule} (got {value!r})")
+        return None
+    bad = sorted({char for char in value if char in forbidden})
+    if bad:
+        problems.add(f"{where}: key {key!r} must not hold {' or '.join(repr(char) for char in bad)} (got {value!r})")
+        return None
+    return value
+
+
+def _paths(definition: dict[str, Any], key: str, where: str, problems: _Problems, *, required: bool) -> list[str]:
+    value = definition.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(path, str) for path in value):
+        problems.add(f"{where}: key {key!r} must be a list of dotted field paths (got {value!r})")
+        return []
+    if required and not value and key in definition:
+        problems.add(f"{where}: key {key!r} is empty; name at least one field to embed")
+    for path in value:
+        problems.check_path(path, f"{where}: key {key!r}")
+    return list(dict.fromkeys(value))
+
+
+def _indexes(definition: dict[str, Any], where: str, problems: _Problems) -> dict[str, str]:
+    value = definition.get("payload_indexes", {})
+    if not isinstance(value, dict):
+        problems.add(f"{where}: key 'payload_indexes' must map field paths to index types (got {value!r})")
+        return {}
+    indexes = {}
+    for path, kind in value.items():
+        problems.check_path(str(path), f"{where}: key 'payload_indexes'")
+        if kind not in INDEX_TYPES:
+            problems.add(
+                f"{where}: key 'payload_indexes': {path!r} has index type {kind!r}; "
+                f"the types are {', '.join(INDEX_TYPES)}"
+            )
+        else:
+            indexes[str(path)] = kind
+    return indexes
+
+
+def _filter(value: Any, where: str, problems: _Problems) -> dict[str, Any] | None:
+    """The filter as the query document to send (Extended JSON such as {$oid: ...} read as BSON), or None."""
+    if value is None:
+        return None
+    where = f"{where}: key 'filter'"
+    if not isinstance(value, dict):
+        problems.add(f"{where} must be a MongoDB query document, a mapping such as {{status: {{$ne: spam}}}}")
+        return None
+    found = len(problems)
+    _check_query(value, where, problems)
+    if len(problems) > found:
+        return None
+    try:
+        converted: dict[str, Any] = json_util.loads(json.dumps(value, default=_yaml_scalar))
+    except (TypeError, ValueError) as exc:
+        problems.add(f"{where} holds a value that is not valid Extended JSON: {exc}")
+        return None
+    return converted
+
+
+def _yaml_scalar(value: Any) -> Any:
+    """A YAML timestamp as Extended JSON, so that it compares with MongoDB dates."""
+    if isinstance(value, datetime.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+        return {"$date": moment.isoformat()}
+    if isinstance(value, datetime.date):
+        return {"$date": f"{value.isoformat()}T00:00:00Z"}
+    raise TypeError(f"{value!r} is not a value a query can hold")
+
+
+def _check_query(query: Mapping[str, Any], where: str, problems: _Problems) -> None:
+    for key, condition in query.items():
+        key = str(key)
+        if key.startswith("$"):
+            if key not in QUERY_OPERATORS:
+                problems.add(
+                    f"{where}: {key!r} is not a query operator that may stand beside field names "
+                    f"({', '.join(sorted(QUERY_OPERATORS))}); a field's condition goes under the field, "
+                    f"as {{field: {{{key}: ...}}}}"
+                )
+            elif key in LIST_OPERATORS:
+                if not isinstance(condition, list) or not condition or not all(isinstance(q, dict) for q in condition):
+                    problems.add(f"{where}: {key!r} takes a non-empty list of query documents (got {condition!r})")
+                else:
+                    for part in condition:
+                        _check_query(part, where, problems)
+            continue
+        problems.check_path(key, where)
+        if isinstance(condition, dict) and any(str(name).startswith("$") for name in condition):
+            _check_condition(key, condition, where, problems)
+
+
+def _check_condition(field: str, condition: Mapping[str, Any], where: str, problems: _Problems) -> None:
+    if set(condition) <= {"$oid", "$date", "$numberLong", "$numberDecimal", "$numberInt", "$numberDouble", "$uuid"}:
+        return  # an Extended JSON value, compared for equality
+    for operator, argument in condition.items():
+        if operator not in FIELD_OPERATORS:
+            close = difflib.get_close_matches(str(operator), sorted(FIELD_OPERATORS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.add(f"{where}: {field!r} has {operator!r}, which is not a query operator{hint}")
+        elif operator in ARRAY_ARGUMENT_OPERATORS and not isinstance(argument, list):
+            problems.add(f"{where}: {field!r} has {operator!r}, which takes a list (got {argument!r})")
