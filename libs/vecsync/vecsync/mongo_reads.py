@@ -9,7 +9,7 @@ holds the document as it was read, never an older copy.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
 from bson import json_util
@@ -50,13 +50,23 @@ def durable_reads(collection: Collection[dict[str, Any]]) -> Collection[dict[str
 
 
 def read_current(
-    collection: Collection[dict[str, Any]], keys: Iterable[Any], projection: dict[str, int] | None = None
+    collection: Collection[dict[str, Any]],
+    keys: Iterable[Any],
+    projection: dict[str, int] | None = None,
+    *,
+    sync_filter: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The documents with these _ids as they are now (only the ``projection``'s fields), by mongo_id."""
+    """The documents with these _ids as they are now (only the ``projection``'s fields), by mongo_id.
+
+    With ``sync_filter`` (a sync's filter), a document outside it reads as gone: it has no point, so a change that
+    moves a document out of the filter deletes its point, and one that moves it back in writes it again.
+    """
     wanted = list(keys)
     if not wanted:
         return {}
-    found = durable_reads(collection).find({"_id": {"$in": wanted}}, projection)
+    by_id: dict[str, Any] = {"_id": {"$in": wanted}}
+    query = {"$and": [by_id, dict(sync_filter)]} if sync_filter else by_id
+    found = durable_reads(collection).find(query, projection)
     return {mongo_id_of(doc["_id"]): doc for doc in found}
 
 
@@ -66,7 +76,7 @@ def chunks_after(
     *,
     size: int,
     projection: dict[str, int] | None,
-    query: dict[str, Any] | None = None,
+    query: Mapping[str, Any] | None = None,
 ) -> Generator[list[dict[str, Any]], None, None]:
     """The documents after the _id ``after`` (see ejson_id; the start if None), in _id order, in chunks of ``size``.
 
@@ -111,11 +121,17 @@ def document_change(source: str, key: Any, document: dict[str, Any] | None, chan
 
 
 def changes_for_ids(
-    collection: Collection[dict[str, Any]], source: str, mongo_ids: list[str], *, projection: dict[str, int] | None
+    collection: Collection[dict[str, Any]],
+    source: str,
+    mongo_ids: list[str],
+    *,
+    projection: dict[str, int] | None,
+    sync_filter: Mapping[str, Any] | None = None,
 ) -> list[DocumentChange]:
-    """The current state of each document named by ``mongo_ids``: an upsert, or a delete when it is gone."""
+    """The current state of each document named by ``mongo_ids``: an upsert, or a delete when it is gone (or, with
+    ``sync_filter``, outside the sync's filter)."""
     keys = [key for mongo_id in mongo_ids for key in id_candidates(mongo_id)]
-    current = read_current(collection, keys, projection)
+    current = read_current(collection, keys, projection, sync_filter=sync_filter)
     now = time.time()
     return [
         DocumentChange(
