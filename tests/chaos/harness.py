@@ -24,6 +24,12 @@ is drained and compares MongoDB with Qdrant point by point: ids, payload fields,
 fresh embedding of the current text. It passes with 0 missing, 0 extra, 0 stale, 0 dead-lettered, and no point
 ever seen at an older version than before. The seed and the fault schedule are printed so a failure can be
 replayed: `make chaos SEED=<seed>`.
+
+With ``--syncs 2`` (``make chaos SYNCS=2``) the stack runs a sync definition file (VECSYNC_CONFIG) of two syncs,
+two collections in two databases into two Qdrant collections, each with its own streams: ``tickets`` has a filter
+(``status`` not ``spam``), arrays and nested fields in its text and payload and an integer payload index, and the
+workload moves its documents in and out of the filter; ``articles`` maps nested fields. Every stage is killed at
+least once, and each Qdrant collection must end equal to its MongoDB collection's matching documents.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +62,15 @@ from tests.support.stack import drained, stack_settings
 from vecsync.bson_codec import mongo_id_of
 from vecsync.cli.store import UpserterStore
 from vecsync.constants import dlq_stream
-from vecsync.documents import build_text, point_id
+from vecsync.documents import build_text, mapped_payload, point_id, text_of
 from vecsync.errors import VecsyncError
 from vecsync.messages import parse_version
 from vecsync.producer_state import ProducerKeys
 from vecsync.redis_client import connect
 from vecsync.settings import QdrantSettings
 from vecsync.store import open_vector_store
+from vecsync.sync import Sync
+from vecsync.syncs import load_syncs, settings_for
 from vecsync.vectorstore import store_key_file
 from vecsync_local.stack import LocalStack, LocalStackSettings
 from vecsync_local.supervisor import Child
@@ -69,6 +78,24 @@ from vecsync_local.supervisor import Child
 PAYLOAD_FIELDS = ("product", "customer", "owner", "subject")
 OWNERS = ["Ann", "Bo", "Chen", "Dara", "Eli"]
 WORDS = "refund invoice printer login outage export webhook router sync scanner latency crash upgrade".split()
+
+# The definition file of a run with two syncs (--syncs 2): a document of `tickets` whose status is spam has no point.
+TWO_SYNCS = """
+syncs:
+  - name: tickets
+    mongo_database: app
+    mongo_collection: tickets
+    filter: {status: {$ne: spam}}
+    text_fields: [subject, content, tags]
+    payload_fields: [product, customer, owner, subject, status, meta.priority, tags]
+    payload_indexes: {meta.priority: integer}
+  - name: articles
+    mongo_database: kb
+    mongo_collection: articles
+    text_fields: [subject, body.text]
+    payload_fields: [product, owner, body.lang]
+    qdrant_collection: kb_articles
+"""
 
 
 @dataclass
@@ -89,6 +116,8 @@ class ChaosConfig:
     replica_wait_ms: int | None = None
     # On the cluster: how long the replica of the master that dies misses its writes.
     replica_away_s: float = 2.0
+    # 2: the two syncs of TWO_SYNCS (a definition file) instead of the environment's one.
+    syncs: int = 1
 
 
 @dataclass
@@ -123,10 +152,15 @@ class ChaosResult:
 
 
 def fault_schedule(config: ChaosConfig, stage_names: list[str], rng: random.Random) -> list[Fault]:
-    faults = [
-        Fault(round(at, 1), "kill", rng.choice(stage_names))
-        for at in _frange(config.kill_interval_s, config.duration_s, config.kill_interval_s)
-    ]
+    times = _frange(config.kill_interval_s, config.duration_s, config.kill_interval_s)
+    targets = [rng.choice(stage_names) for _ in times]
+    if config.syncs > 1:
+        # Every stage killed at least once, at a random one of the kill times.
+        for name, slot in zip(
+            stage_names, rng.sample(range(len(times)), min(len(times), len(stage_names))), strict=False
+        ):
+            targets[slot] = name
+    faults = [Fault(round(at, 1), "kill", target) for at, target in zip(times, targets, strict=True)]
     if config.api_outage_s:
         faults.append(Fault(round(config.duration_s * 0.2, 1), "stop", "embedding-api", config.api_outage_s))
     if config.restart_redis:
@@ -254,36 +288,39 @@ def document_ids(count: int, rng: random.Random) -> list[Any]:
     return [makers[n % len(makers)](n) for n in range(count)]
 
 
-def apply_workload(collection: Any, config: ChaosConfig, rng: random.Random) -> int:
-    """Random changes, a third of them on a small hot set of documents, paced over the configured duration.
+def apply_workload(collections: list[Any], config: ChaosConfig, rng: random.Random) -> int:
+    """Random changes, a third of them on a small hot set of documents, paced over the configured duration, each on
+    one of ``collections`` drawn at random (the first collection's documents are tickets, the second's articles).
 
     A document that is absent is inserted; one that is present is deleted, replaced or updated.
     """
-    ids = document_ids(config.documents, rng)
-    present: set[int] = set()
+    ids = [document_ids(config.documents, rng) for _ in collections]
+    present: list[set[int]] = [set() for _ in collections]
     hot = max(1, config.documents // 20)
     started = time.monotonic()
     for number in range(config.operations):
+        which = rng.randrange(len(collections)) if len(collections) > 1 else 0  # one: the seeds' earlier draws
+        collection, shape = collections[which], _SHAPES[which] if config.syncs > 1 else _plain
         index = rng.randrange(hot) if rng.random() < 0.35 else rng.randrange(config.documents)
-        doc_id = ids[index]
+        doc_id = ids[which][index]
         roll = rng.random()
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
-        if index not in present:
-            document = {"_id": doc_id, "subject": f"ticket {number}", "content": text, "product": rng.choice(WORDS)}
-            collection.insert_one(document)
-            present.add(index)
+        if index not in present[which]:
+            document = shape({"subject": f"ticket {number}", "content": text, "product": rng.choice(WORDS)}, rng)
+            collection.insert_one({"_id": doc_id, **document})
+            present[which].add(index)
         elif roll < 0.2:
             collection.delete_one({"_id": doc_id})
-            present.discard(index)
+            present[which].discard(index)
         elif roll < 0.4:
-            replacement = {"subject": f"replaced {number}", "content": text, "owner": rng.choice(OWNERS)}
+            replacement = shape({"subject": f"replaced {number}", "content": text, "owner": rng.choice(OWNERS)}, rng)
             if rng.random() < 0.1:
                 replacement = {"owner": rng.choice(OWNERS)}  # no text at all: the point must go
             collection.replace_one({"_id": doc_id}, replacement)
         elif roll < 0.55:
-            collection.update_one({"_id": doc_id}, {"$set": {"owner": rng.choice(OWNERS)}})
+            collection.update_one({"_id": doc_id}, {"$set": shape({"owner": rng.choice(OWNERS)}, rng, partial=True)})
         else:
-            change = {"subject": f"ticket {number}", "content": text, "product": rng.choice(WORDS)}
+            change = shape({"subject": f"ticket {number}", "content": text, "product": rng.choice(WORDS)}, rng)
             collection.update_one({"_id": doc_id}, {"$set": change})
         ahead = started + config.duration_s * (number + 1) / config.operations - time.monotonic()
         if ahead > 0:
@@ -291,14 +328,39 @@ def apply_workload(collection: Any, config: ChaosConfig, rng: random.Random) -> 
     return config.operations
 
 
+def _plain(fields: dict[str, Any], rng: random.Random, *, partial: bool = False) -> dict[str, Any]:
+    """A document of the environment's sync, as written since the first chaos runs."""
+    return fields
+
+
+def _ticket(fields: dict[str, Any], rng: random.Random, *, partial: bool = False) -> dict[str, Any]:
+    """A document of the `tickets` sync: its status moves it in and out of the filter; tags are an array of the
+    text, meta.priority a nested integer. A partial update changes the status only, half the time."""
+    status = {"status": rng.choice(["open", "open", "closed", "spam"])}
+    if partial:
+        return {**fields, **status} if rng.random() < 0.5 else status
+    tags = rng.sample(WORDS, rng.randint(0, 3))
+    return {**fields, **status, "tags": tags, "meta": {"priority": rng.randint(1, 5)}}
+
+
+def _article(fields: dict[str, Any], rng: random.Random, *, partial: bool = False) -> dict[str, Any]:
+    """A document of the `articles` sync: its body is nested."""
+    if partial or "content" not in fields:
+        return fields
+    body = {"text": fields.pop("content"), "lang": rng.choice(["en", "de"])}
+    return {**fields, "body": body}
+
+
+_SHAPES = [_ticket, _article]
+
+
 class VersionWatch(threading.Thread):
     """Samples every point's version through the upserter, counting points seen at an older version than before."""
 
-    def __init__(self, settings: LocalStackSettings) -> None:
+    def __init__(self, settings: LocalStackSettings, collections: list[str]) -> None:
         super().__init__(daemon=True)
-        self.store = UpserterStore(
-            settings.upserter_url, "documents", 10.0, key_file=store_key_file(settings.data_dir.resolve())
-        )
+        key_file = store_key_file(settings.data_dir.resolve())
+        self.stores = [UpserterStore(settings.upserter_url, name, 10.0, key_file=key_file) for name in collections]
         self.done = threading.Event()
         self.newest: dict[str, tuple[int, int]] = {}
         self.backwards: list[str] = []
@@ -317,12 +379,15 @@ class VersionWatch(threading.Thread):
                 self.newest[pid] = max(version, self.newest.get(pid, version))
 
     def _sample(self) -> dict[str, tuple[tuple[int, int], str]]:
-        versions, offset = {}, None
-        while True:
-            page, offset = self.store.scroll(limit=512, offset=offset, fields=["version", "mongo_id"])
-            versions.update({pid: (parse_version(p["version"]), p["mongo_id"]) for pid, p in page.items()})
-            if offset is None:
-                return versions
+        versions = {}
+        for store in self.stores:
+            offset = None
+            while True:
+                page, offset = store.scroll(limit=512, offset=offset, fields=["version", "mongo_id"])
+                versions.update({pid: (parse_version(p["version"]), p["mongo_id"]) for pid, p in page.items()})
+                if offset is None:
+                    break
+        return versions
 
     def finish(self, result: ChaosResult) -> None:
         self.done.set()
@@ -332,18 +397,20 @@ class VersionWatch(threading.Thread):
         result.examples += self.backwards[:10]
 
 
-def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) -> None:
-    """Count missing, extra and stale points, checking ids, text, payload fields and vectors."""
+def compare(collection: Any, sync: Sync, settings: LocalStackSettings, result: ChaosResult) -> None:
+    """Count missing, extra and stale points of ``sync``, checking ids, text, payload fields and vectors."""
     encoder = HashEncoder(384)
-    store = open_vector_store(QdrantSettings(), settings.data_dir.resolve())
+    store = open_vector_store(QdrantSettings(qdrant_collection=sync.qdrant_collection), settings.data_dir.resolve())
     try:
         documents = list(collection.find())
-        result.id_types = dict(Counter(type(document["_id"]).__name__ for document in documents))
+        result.id_types.update(Counter(type(document["_id"]).__name__ for document in documents))
         expected = {}
         for document in documents:
-            text = build_text(document, ["subject", "content"], 8192)
+            if sync.structured and document.get("status") == "spam" and sync.filter:
+                continue  # outside the filter: no point
+            text = text_of(document, sync) if sync.structured else build_text(document, ["subject", "content"], 8192)
             if text:
-                expected[point_id(settings.source, mongo_id_of(document["_id"]))] = (document, text)
+                expected[point_id(sync.source, mongo_id_of(document["_id"]))] = (document, text)
         points: dict[str, Any] = {}
         offset = None
         while True:
@@ -363,13 +430,25 @@ def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult) 
             payload = record.payload or {}
             fresh = encoder.encode([text])[0]
             cosine = sum(a * b for a, b in zip(fresh, record.vector, strict=True))
-            same_fields = all(payload.get(name) == document.get(name) for name in PAYLOAD_FIELDS)
+            if sync.structured:
+                fields = mapped_payload(document, sync.payload_fields)
+                same_fields = all(payload.get(name) == value for name, value in fields.items()) and all(
+                    payload.get(name) is None
+                    for name in {path.split(".")[0] for path in sync.payload_fields} - set(fields)
+                )
+            else:
+                same_fields = all(payload.get(name) == document.get(name) for name in PAYLOAD_FIELDS)
             if payload.get("text") != text or not same_fields or not math.isclose(cosine, 1.0, abs_tol=1e-4):
                 result.stale += 1
                 result.examples.append(f"stale {mongo_id_of(document['_id'])}")
     finally:
         store.close()
     del result.examples[20:]
+
+
+def _published(client: Any, stream: str, mongo_id: str) -> bool:
+    """Whether one of the last entries of ``stream`` is a change of ``mongo_id``."""
+    return any(fields.get("mongo_id") == mongo_id for _id, fields in client.xrevrange(stream, count=50))
 
 
 def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
@@ -379,6 +458,10 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     overrides: dict[str, Any] = {"redis_url": cluster.url, "redis_cluster": True} if cluster else {}
     if cluster and config.replica_wait_ms is not None:
         os.environ["PRODUCER_REPLICA_WAIT_MS"] = str(config.replica_wait_ms)  # the stack's processes inherit it
+    if config.syncs > 1:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "syncs.yaml").write_text(TWO_SYNCS)
+        overrides["vecsync_config"] = workdir / "syncs.yaml"
     settings = stack_settings(
         workdir / "data",
         embedding_backend="hash",
@@ -386,6 +469,7 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
         stream_partitions=config.partitions,
         **overrides,
     )
+    syncs = load_syncs(settings)
     stack = LocalStack(settings)
     try:
         stack.start()
@@ -397,40 +481,44 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     schedule = fault_schedule(config, stage_names, rng)
     supervisor = threading.Thread(target=stack.supervise, daemon=True)
     injector = FaultInjector(stack, schedule, cluster)
-    watch = VersionWatch(settings)
+    watch = VersionWatch(settings, sorted({sync.qdrant_collection for sync in syncs}))
     # UUIDs as BSON binary subtype 4, as applications write them.
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri, uuidRepresentation="standard")
-    collection = client[settings.mongo_database][settings.mongo_collection]
+    collections = [client[sync.mongo_database][sync.mongo_collection] for sync in syncs]
     try:
         supervisor.start()
         injector.start()
         watch.start()
-        operations = apply_workload(collection, config, rng)
+        operations = apply_workload(collections, config, rng)
         injector.finish()
-        collection.insert_one({"_id": "sentinel", "subject": "the last change"})
         redis_client = connect(settings.redis_url, cluster=settings.redis_cluster)
         partitions = settings.partitions
-        sentinel_stream = partitions.name(settings.stage1_stream, partitions.of(point_id(settings.source, "sentinel")))
-        wait_for(
-            lambda: any(
-                f.get("mongo_id") == "sentinel" for _id, f in redis_client.xrevrange(sentinel_stream, count=50)
-            ),
-            timeout=300,
-            what="the producer to publish the last change",
-        )
+        for sync, collection in zip(syncs, collections, strict=True):
+            collection.insert_one({"_id": "sentinel", "subject": "the last change"})
+            stream = partitions.name(sync.stage1_stream, partitions.of(point_id(sync.source, "sentinel")))
+            wait_for(
+                partial(_published, redis_client, stream, "sentinel"),
+                timeout=300,
+                what=f"the producer to publish the last change of sync {sync.name}",
+            )
         wait_for(
             lambda: all(child.alive() for child in [*stack.servers, *stack.stages]) and drained(settings),
             timeout=600,
             interval=0.5,
             what="every stage to drain",
         )
-        result = ChaosResult(config.seed, operations, collection.count_documents({}), schedule=schedule)
-        result.dead_lettered = sum(
-            redis_client.xlen(dlq_stream(stream)) for stream, _ in settings.stage1_groups() + settings.stage2_groups()
-        )
+        in_mongo = sum(collection.count_documents({}) for collection in collections)
+        result = ChaosResult(config.seed, operations, in_mongo, schedule=schedule)
+        stage_streams = [
+            stream
+            for sync in syncs
+            for stream, _ in settings_for(settings, sync).stage1_groups() + settings_for(settings, sync).stage2_groups()
+        ]
+        result.dead_lettered = sum(redis_client.xlen(dlq_stream(stream)) for stream in stage_streams)
         watch.finish(result)
         stack.stop_stages()  # the upserter releases the embedded store
-        compare(collection, settings, result)
+        for sync, collection in zip(syncs, collections, strict=True):
+            compare(collection, sync, settings, result)
     finally:
         injector.finish()
         watch.done.set()
@@ -454,6 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replica-wait-ms", type=int, default=None, help="PRODUCER_REPLICA_WAIT_MS on the cluster (default: its own)"
     )
+    parser.add_argument(
+        "--syncs",
+        type=int,
+        choices=(1, 2),
+        default=int(os.environ.get("CHAOS_SYNCS") or 1),
+        help="2: two syncs of a definition file (default: CHAOS_SYNCS, or the environment's one sync)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
     config = ChaosConfig(
@@ -464,12 +559,16 @@ def main(argv: list[str] | None = None) -> int:
         cluster=args.cluster,
         partitions=args.partitions,
         replica_wait_ms=args.replica_wait_ms,
+        syncs=args.syncs,
     )
     workdir = args.workdir / str(seed)
     # A replay starts from nothing: a MongoDB file, a Redis append-only file or a cluster's nodes.conf left by an
     # earlier run of the same seed would fail it (duplicate keys, nodes that already know a cluster).
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"chaos: seed {seed}, {config.operations} operations over {config.documents} documents, workdir {workdir}")
+    print(
+        f"chaos: seed {seed}, {config.operations} operations over {config.documents} documents in each of "
+        f"{config.syncs} sync(s), workdir {workdir}"
+    )
     result = run_chaos(config, workdir)
     summary = {k: v for k, v in asdict(result).items() if k != "schedule"}
     print(json.dumps(summary, indent=2))

@@ -56,3 +56,30 @@ def test_short_chaos_run_on_a_redis_cluster_with_partitions_converges(tmp_path: 
         f"seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
         f"{result.dead_lettered} dead-lettered, {result.versions_backwards} versions backwards; {result.examples}"
     )
+
+
+@pytest.mark.slow
+def test_short_chaos_run_with_two_syncs_converges(tmp_path: Path) -> None:
+    """Two syncs of a definition file: two collections in two databases into two Qdrant collections, ids of four
+    types (ObjectIds and strings among them), a filter that updates move documents in and out of, arrays and nested
+    fields, inserts, updates, replaces and deletes, every stage killed at least once; `make chaos SYNCS=2` runs the
+    long one. Each Qdrant collection ends equal to its MongoDB collection's matching documents, point by point."""
+    seed = int(os.environ.get("CHAOS_SEED", "20261207"))
+    config = ChaosConfig(
+        seed=seed,
+        operations=1500,
+        documents=200,
+        duration_s=30,
+        kill_interval_s=3,
+        api_outage_s=6,
+        qdrant_outage_s=4,
+        syncs=2,
+    )
+    result = run_chaos(config, tmp_path)
+    killed = {fault.target for fault in result.schedule if fault.action == "kill"}
+    assert {"producer", "embedder-1", "embedder-2", "embedder-3", "upserter-1", "redis"} <= killed, killed
+    assert {"ObjectId", "str"} <= set(result.id_types), result.id_types
+    assert result.passed, (
+        f"seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
+        f"{result.dead_lettered} dead-lettered, {result.versions_backwards} versions backwards; {result.examples}"
+    )

@@ -11,6 +11,7 @@ from typing import Any
 from tests.support.servers import free_port, free_port_run
 from vecsync.redis_client import connect
 from vecsync.stream_stats import stream_stats
+from vecsync.syncs import load_syncs, settings_for
 from vecsync_local.stack import LocalStack, LocalStackSettings
 
 
@@ -42,12 +43,14 @@ def running_stack(settings: LocalStackSettings) -> Iterator[LocalStack]:
 
 
 def drained(settings: LocalStackSettings, *, min_stage1_entries: int = 0) -> bool:
-    """Whether both stages have processed everything, in every partition (and stage 1 holds at least
+    """Whether both stages of every sync have processed everything, in every partition (and stage 1 holds at least
     ``min_stage1_entries``)."""
     client = connect(settings.redis_url, cluster=settings.redis_cluster)
+    each = [settings_for(settings, sync) for sync in load_syncs(settings)]
     try:
-        stages = settings.stage1_groups() + settings.stage2_groups()
-        if sum(client.xlen(stream) for stream, _group in settings.stage1_groups()) < min_stage1_entries:
+        stage1 = [group for one in each for group in one.stage1_groups()]
+        stages = stage1 + [group for one in each for group in one.stage2_groups()]
+        if sum(client.xlen(stream) for stream, _group in stage1) < min_stage1_entries:
             return False
         return all(stream_stats(client, stream, group).drained for stream, group in stages)
     finally:
