@@ -163,7 +163,7 @@ def test_duplicate_names_and_colliding_points_are_refused(monkeypatch: pytest.Mo
           - {name: a, mongo_collection: other, text_fields: [subject]}
         """,
     )
-    assert "sync 'a': the name is given to two syncs" in said
+    assert "sync 'a': the name is given to 2 syncs" in said
     assert "syncs 'a' and 'b' both write app.tickets into Qdrant collection 'shared'" in said
     assert "index payload field 'n' as integer and as float" in said
 

@@ -136,6 +136,10 @@ def _parse_file(document: Any, settings: CommonSettings, problems: _Problems) ->
         sync = _parse_definition(definition, index, settings, problems)
         if sync is not None:
             syncs.append(sync)
+    # Names are checked on every definition, valid or not, so that a duplicate shows beside its other problems.
+    names = [definition.get("name") for definition in document["syncs"] if isinstance(definition, dict)]
+    for name in sorted({name for name in names if isinstance(name, str) and names.count(name) > 1}):
+        problems.add(f"sync {name!r}: the name is given to {names.count(name)} syncs; each needs its own")
     _check_together(syncs, problems)
     return syncs
 
@@ -198,14 +202,10 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
 
 
 def _check_together(syncs: list[Sync], problems: _Problems) -> None:
-    """What no sync shows alone: a name given twice, two syncs writing one point, an index typed two ways."""
-    by_name: dict[str, Sync] = {}
+    """What no valid sync shows alone: two syncs writing one point, an index typed two ways."""
     by_target: dict[tuple[str, str], Sync] = {}
     index_types: dict[tuple[str, str], tuple[str, Sync]] = {}
     for sync in syncs:
-        if sync.name in by_name:
-            problems.add(f"sync {sync.name!r}: the name is given to two syncs; each needs its own")
-        by_name.setdefault(sync.name, sync)
         other = by_target.setdefault((sync.source, sync.qdrant_collection), sync)
         if other is not sync:
             problems.add(
