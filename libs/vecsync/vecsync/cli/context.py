@@ -96,7 +96,7 @@ class Context:
                 return sync
         names = ", ".join(sync.name for sync in self.syncs)
         raise ConfigurationError(
-            f"There is no sync named {name!r}; the syncs are: {names}. Pass one of them to --sync."
+            f"There is no sync named {name!r}. The syncs are: {names}; pass one of them to --sync."
         )
 
     def chosen_syncs(self, name: str | None) -> list[Sync]:

@@ -117,9 +117,9 @@ def _range_value(item: str, field: str, kind: str, text: str, sync: Sync) -> Any
         )
     if kind not in RANGE_INDEXES:
         raise ConfigurationError(
-            f"--filter {item!r}: payload field {field!r} of sync {sync.name!r} has a {kind} index, on which a range "
-            f"cannot be compared. Give it an integer, float or datetime index in the sync's payload_indexes, or "
-            f"filter with {field}=VALUE."
+            f"--filter {item!r}: payload field {field!r} of sync {sync.name!r} has {_indexed(kind)} index, on "
+            "which a range cannot be compared. Give it an integer, float or datetime index in the sync's "
+            f"payload_indexes, or filter with {field}=VALUE."
         )
     if kind == "datetime":
         return _moment(item, field, text)
@@ -152,7 +152,7 @@ def _number(item: str, field: str, kind: str, text: str) -> int | float:
         number = float("nan")
     if number != number or number in (float("inf"), float("-inf")):  # not a number, or no finite one
         raise ConfigurationError(
-            f"--filter {item!r}: {field!r} has a {kind} index, so the value must be a number (got {text!r})."
+            f"--filter {item!r}: {field!r} has {_indexed(kind)} index, so the value must be a number (got {text!r})."
         )
     return int(number) if number.is_integer() and kind == "integer" else number
 
@@ -168,3 +168,8 @@ def _moment(item: str, field: str, text: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment.isoformat()
+
+
+def _indexed(kind: str) -> str:
+    """ "an integer", "a datetime": the index type with its article."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
