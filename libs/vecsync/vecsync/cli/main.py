@@ -19,6 +19,7 @@ import redis
 
 from vecsync import settings as settings_module
 from vecsync.cli import dlq, maintenance
+from vecsync.cli import rebuild as rebuild_module
 from vecsync.cli import repartition as repartition_module
 from vecsync.cli.context import (
     EXIT_BROKEN_PIPE,
@@ -163,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rebuild.add_argument("--from-mongo", action="store_true", help="re-embed everything from MongoDB instead")
     rebuild.set_defaults(
-        command=lambda ctx, a: maintenance.rebuild_command(ctx, a.from_mongo, a.batch_size, sync_name=a.sync)
+        command=lambda ctx, a: rebuild_module.rebuild_command(ctx, a.from_mongo, a.batch_size, sync_name=a.sync)
     )
 
     trim = commands.add_parser("trim", help="remove acknowledged entries outside the retention window")
