@@ -35,7 +35,7 @@ RUNBOOK_URL = "https://github.com/vecsync/vecsync/blob/main/docs/runbook.md#"
 PRODUCT_CODE = [ROOT / "libs", ROOT / "services"]
 
 # Values a Grafana server would put in place of its variables before sending a query.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$sync": ".*"}
 
 
 def run_tool(*args: str) -> str:

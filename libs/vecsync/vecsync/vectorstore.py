@@ -137,8 +137,10 @@ class VectorStore(ABC):
         """Delete points unconditionally, past the version fence: for tools and tests, never the pipeline."""
 
     @abstractmethod
-    def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
-        """The ``limit`` points nearest ``vector`` (cosine), among those whose payload equals ``match``."""
+    def search(self, vector: list[float], *, limit: int, match: dict[str, Any] | None = None) -> list[Hit]:
+        """The ``limit`` points nearest ``vector`` (cosine), among those whose payload holds ``match``: each field
+        equal to its value, or within its range where the value is a mapping of RANGE_BOUNDS (numbers, or ISO 8601
+        strings for a datetime field; see range_bounds)."""
 
     @abstractmethod
     def count(self) -> int:
@@ -170,6 +172,19 @@ class VectorStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the connection or the embedded store; an embedded store writes everything to disk first."""
+
+
+# The bounds a range condition of ``search`` may give, as Qdrant names them.
+RANGE_BOUNDS = ("gt", "gte", "lt", "lte")
+
+
+def range_bounds(value: Any) -> tuple[dict[str, Any], bool] | None:
+    """The bounds of a range condition of ``search`` and whether they are datetimes (ISO 8601 strings), or None when
+    ``value`` is a plain value to match."""
+    if not isinstance(value, Mapping):
+        return None
+    bounds = {name: value[name] for name in RANGE_BOUNDS if value.get(name) is not None}
+    return bounds, any(isinstance(bound, str) for bound in bounds.values())
 
 
 def indexed_fields(payload_indexes: Sequence[str]) -> list[str]:

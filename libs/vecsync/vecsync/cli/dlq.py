@@ -1,4 +1,9 @@
-"""`vecsync dlq`: list, show, replay and purge dead letters."""
+"""`vecsync dlq`: list, show, replay and purge dead letters.
+
+The dead letters of every sync's stage streams are listed and purged together; a letter is replayed in the context
+of the sync whose stream it came from (the stage streams of a definition's sync are named after it), so that its
+document is re-read from that sync's collection, through its filter and mapping.
+"""
 
 from __future__ import annotations
 
@@ -43,9 +48,24 @@ class DeadLetter:
 
 
 def dlq_streams(ctx: Context, stage: int | None) -> list[str]:
-    streams = {1: ctx.settings.stage1_groups(), 2: ctx.settings.stage2_groups()}
+    """The DLQs of ``stage`` (both when None) of every sync, each partition's."""
+    each = [ctx.for_sync(sync).settings for sync in ctx.syncs]
+    streams = {
+        1: [group for one in each for group in one.stage1_groups()],
+        2: [group for one in each for group in one.stage2_groups()],
+    }
     chosen = streams[stage] if stage else streams[1] + streams[2]
     return [dlq_stream(stream) for stream, _group in chosen]
+
+
+def context_of(ctx: Context, letter: DeadLetter) -> Context | None:
+    """The context of the sync whose stage stream the letter came from; None when no sync uses that stream."""
+    stream = base_name(letter.fields.get("stream", ""))
+    for sync in ctx.syncs:
+        one = ctx.for_sync(sync)
+        if stream in (one.settings.stage1_stream, one.settings.stage2_stream):
+            return one
+    return None
 
 
 def read_letters(ctx: Context, stage: int | None, ids: list[str] | None = None) -> list[DeadLetter]:
@@ -90,15 +110,20 @@ def replay_command(ctx: Context, ids: list[str], replay_all: bool, stage: int | 
     missing = sorted(set(ids) - {letter.id for letter in letters})
     if missing:
         raise VecsyncError(f"No such dead letter: {', '.join(missing)}. See `vecsync dlq list`.")
+    contexts: dict[str, Context] = {}
     for letter in letters:
-        if base_name(letter.fields.get("stream", "")) not in (ctx.settings.stage1_stream, ctx.settings.stage2_stream):
+        of_letter = context_of(ctx, letter)
+        if of_letter is None:
             raise VecsyncError(
                 f"Dead letter {letter.id} came from stream {letter.fields.get('stream')!r}, which this pipeline "
                 "does not use."
             )
-    stage2 = [letter for letter in letters if base_name(letter.fields["stream"]) == ctx.settings.stage2_stream]
-    # A stage 2 letter is replayed only by re-reading its document, which must belong to this collection.
-    elsewhere = [letter for letter in stage2 if _document_of(ctx, letter) is None]
+        contexts[letter.id] = of_letter
+    stage2 = [
+        letter for letter in letters if base_name(letter.fields["stream"]) == contexts[letter.id].settings.stage2_stream
+    ]
+    # A stage 2 letter is replayed only by re-reading its document, which must belong to its sync's collection.
+    elsewhere = [letter for letter in stage2 if _document_of(contexts[letter.id], letter) is None]
     # A stage 1 letter that names no document can never be processed: put back, it would only be dead-lettered again.
     nameless = [letter for letter in letters if letter not in stage2 and not _mongo_id(letter)]
     replayable = [letter for letter in letters if letter not in elsewhere and letter not in nameless]
@@ -106,23 +131,26 @@ def replay_command(ctx: Context, ids: list[str], replay_all: bool, stage: int | 
         print("Nothing to replay.")
         return EXIT_OK
     if replayable:
+        targets = ", ".join(dict.fromkeys(contexts[letter.id].settings.stage1_stream for letter in replayable))
         ctx.confirm(
             f"Replay {count(len(replayable), 'dead letter')}. The document of each is re-read from MongoDB and its "
-            f"current state published to {ctx.settings.stage1_stream}, so a replay never brings back a state older "
+            f"current state published to {targets}, so a replay never brings back a state older "
             "than MongoDB's (a stage 2 letter is embedded again); each letter leaves its DLQ once replayed."
         )
         with progress(len(replayable), "letters", "replay") as bar:
             for letter in replayable:
-                _replay(ctx, letter)
+                _replay(contexts[letter.id], letter)
                 bar.update()
         print(f"Replayed {count(len(replayable), 'dead letter')}.")
     if elsewhere:
         names = ", ".join(f"{letter.id} ({letter.original.get('source') or 'no source'})" for letter in elsewhere)
         one = len(elsewhere) == 1
+        streams = ", ".join(dict.fromkeys(contexts[letter.id].settings.stage2_stream for letter in elsewhere))
+        sources = ", ".join(dict.fromkeys(contexts[letter.id].settings.source for letter in elsewhere))
         print(
-            f"error: left {count(len(elsewhere), 'dead letter')} of {ctx.settings.stage2_stream} in "
+            f"error: left {count(len(elsewhere), 'dead letter')} of {streams} in "
             f"{'its' if one else 'their'} DLQ, because {'it names' if one else 'they name'} no document of "
-            f"{ctx.settings.source} to re-read from MongoDB: {names}. Replay {'it' if one else 'them'} with "
+            f"{sources} to re-read from MongoDB: {names}. Replay {'it' if one else 'them'} with "
             f"MONGO_DATABASE and MONGO_COLLECTION set to {'its' if one else 'their'} collection, or purge "
             f"{'it' if one else 'them'}.",
             file=sys.stderr,
@@ -130,8 +158,9 @@ def replay_command(ctx: Context, ids: list[str], replay_all: bool, stage: int | 
     if nameless:
         names = ", ".join(letter.id for letter in nameless)
         one = len(nameless) == 1
+        streams = ", ".join(dict.fromkeys(contexts[letter.id].settings.stage1_stream for letter in nameless))
         print(
-            f"error: left {count(len(nameless), 'dead letter')} of {ctx.settings.stage1_stream} in "
+            f"error: left {count(len(nameless), 'dead letter')} of {streams} in "
             f"{'its' if one else 'their'} DLQ, because {'it names' if one else 'they name'} no document (no "
             f"mongo_id), so no consumer can ever process {'it' if one else 'them'}: {names}. See what "
             f"{'it holds' if one else 'each holds'} with `vecsync dlq show ID`; `vecsync dlq purge --stage 1` "

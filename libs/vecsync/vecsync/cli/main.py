@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ import redis
 
 from vecsync import settings as settings_module
 from vecsync.cli import dlq, maintenance
+from vecsync.cli import rebuild as rebuild_module
 from vecsync.cli import repartition as repartition_module
 from vecsync.cli.context import (
     EXIT_BROKEN_PIPE,
@@ -29,20 +29,14 @@ from vecsync.cli.context import (
     EXIT_USAGE,
     Context,
     Declined,
-    count,
 )
+from vecsync.cli.search import FILTER_HELP, search_command
 from vecsync.cli.settings import CliSettings
-from vecsync.cli.store import embed_query
+from vecsync.cli.status import print_status, status_report
 from vecsync.errors import ConfigurationError, VecsyncError
-from vecsync.flow import FlowControl
 from vecsync.partitions import check_count
-from vecsync.producer_state import ProducerKeys, stored_snapshot
-from vecsync.redaction import redact, redact_url
-from vecsync.stream_stats import StreamStats, stage_stats
-
-HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
-# What every point's payload holds besides PAYLOAD_FIELDS (see vecsync.documents.build_payload).
-IDENTITY_PAYLOAD = ["mongo_id", "source", "text", "text_sha256", "version", "model"]
+from vecsync.redaction import redact
+from vecsync.syncs import settings_for
 
 
 def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
@@ -50,8 +44,11 @@ def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
     try:
         ctx = ctx or Context(settings_module.load(CliSettings))
         ctx.assume_yes = ctx.assume_yes or args.yes
+        # The definition file is read whole before anything connects: an invalid one stops here with exit 2.
+        syncs = ctx.syncs
         if getattr(args, "checks_partitions", True):
-            check_count(ctx.redis, ctx.settings.pipeline_streams(), ctx.settings.stream_partitions)
+            streams = [stream for sync in syncs for stream in settings_for(ctx.settings, sync).pipeline_streams()]
+            check_count(ctx.redis, streams, ctx.settings.stream_partitions)
         status = int(args.command(ctx, args))
         sys.stdout.flush()  # here, where a closed pipe can still be told apart from a failure
         return status
@@ -90,12 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
     status.set_defaults(command=status_command)
 
+    # Which sync a command works on: every one when left out (search: the only one, required when several).
+    one_sync = argparse.ArgumentParser(add_help=False)
+    one_sync.add_argument("--sync", metavar="NAME", help="only this sync of VECSYNC_CONFIG (default: every sync)")
+
     search = commands.add_parser("search", help="semantic search over the Qdrant collection")
     search.add_argument("text", help="what to search for")
     search.add_argument("--limit", type=int, default=5, help="number of hits (default 5)")
-    search.add_argument(
-        "--filter", action="append", default=[], metavar="FIELD=VALUE", help="payload FIELD equals VALUE"
-    )
+    search.add_argument("--filter", action="append", default=[], metavar="CONDITION", help=FILTER_HELP)
+    search.add_argument("--sync", metavar="NAME", help="the sync to search (required when there are several)")
     search.add_argument("--json", action="store_true", help="print JSON")
     # Search reads only the collection, and is what search clients run: it needs no Redis, so no partition check.
     search.set_defaults(command=search_command, checks_partitions=False)
@@ -123,12 +123,16 @@ def _parser() -> argparse.ArgumentParser:
 
     batch = argparse.ArgumentParser(add_help=False)
     batch.add_argument("--batch-size", type=int, default=500, help="documents per batch (default 500)")
-    resync = commands.add_parser("resync", parents=[batch], help="publish MongoDB's current documents to stage 1 again")
+    resync = commands.add_parser(
+        "resync", parents=[batch, one_sync], help="publish MongoDB's current documents to stage 1 again"
+    )
     resync.add_argument("--filter", help="only documents matching this MongoDB query (JSON)")
     resync.add_argument("--restart", action="store_true", help="discard the progress of an interrupted resync")
-    resync.set_defaults(command=lambda ctx, a: maintenance.resync_command(ctx, a.filter, a.restart, a.batch_size))
+    resync.set_defaults(
+        command=lambda ctx, a: maintenance.resync_command(ctx, a.filter, a.restart, a.batch_size, sync_name=a.sync)
+    )
 
-    verify = commands.add_parser("verify", parents=[batch], help="compare MongoDB with Qdrant")
+    verify = commands.add_parser("verify", parents=[batch, one_sync], help="compare MongoDB with Qdrant")
     verify.add_argument("--repair", action="store_true", help="re-enqueue exactly the documents that differ")
     verify.add_argument("--restart", action="store_true", help="discard the progress of an interrupted verify")
     verify.add_argument(
@@ -151,12 +155,17 @@ def _parser() -> argparse.ArgumentParser:
             a.batch_size,
             ready_timeout_s=a.ready_timeout,
             skip_model_check=a.skip_model_check,
+            sync_name=a.sync,
         )
     )
 
-    rebuild = commands.add_parser("rebuild", parents=[batch], help="recreate the Qdrant collection from the streams")
+    rebuild = commands.add_parser(
+        "rebuild", parents=[batch, one_sync], help="recreate the Qdrant collection from the streams"
+    )
     rebuild.add_argument("--from-mongo", action="store_true", help="re-embed everything from MongoDB instead")
-    rebuild.set_defaults(command=lambda ctx, a: maintenance.rebuild_command(ctx, a.from_mongo, a.batch_size))
+    rebuild.set_defaults(
+        command=lambda ctx, a: rebuild_module.rebuild_command(ctx, a.from_mongo, a.batch_size, sync_name=a.sync)
+    )
 
     trim = commands.add_parser("trim", help="remove acknowledged entries outside the retention window")
     trim.set_defaults(command=lambda ctx, a: maintenance.trim_command(ctx))
@@ -191,14 +200,14 @@ class _Commands:
 def status_command(ctx: Context, args: argparse.Namespace) -> int:
     terminal = sys.stdout.isatty()
     while True:
-        report = _status(ctx)
+        report = status_report(ctx)
         if args.watch and terminal:
             print("\033[2J\033[H", end="")  # clear the terminal
         if args.json:
             # Watched into a pipe: one report per line (JSON Lines), which a reader can take one at a time.
             print(json.dumps(report, indent=None if args.watch and not terminal else 2))
         else:
-            _print_status(ctx, report)
+            print_status(ctx, report)
         sys.stdout.flush()
         if not args.watch:
             return EXIT_OK
@@ -206,113 +215,6 @@ def status_command(ctx: Context, args: argparse.Namespace) -> int:
             time.sleep(args.interval)
         except KeyboardInterrupt:
             return EXIT_OK
-
-
-def _status(ctx: Context) -> dict[str, Any]:
-    settings = ctx.settings
-    stages = {
-        "stage1": stage_stats(ctx.redis, settings.stage1_groups(), settings.stage1_stream, with_consumers=True),
-        "stage2": stage_stats(ctx.redis, settings.stage2_groups(), settings.stage2_stream, with_consumers=True),
-    }
-    producer_keys = ProducerKeys.of(settings.source, settings.partitions)
-    updated = ctx.redis.get(producer_keys.token_updated)
-    report: dict[str, Any] = {name: stats.as_dict() for name, stats in stages.items()}
-    # True when every group of every partition has nothing unread or pending: the state in which STREAM_PARTITIONS
-    # may change, and in which a test or a migration may compare Qdrant with MongoDB.
-    report["drained"] = all(stats.drained for stats in stages.values())
-    now = time.time()
-    snapshot = stored_snapshot(ctx.redis, producer_keys.snapshot)
-    report["producer"] = {
-        "resume_token_age_s": now - float(updated) if updated else None,
-        "snapshot": None
-        if snapshot is None
-        else {
-            "documents_done": snapshot.published,
-            "documents_estimated": snapshot.estimated,
-            "rate_per_s": snapshot.rate_per_s(now),
-            "seconds_left": snapshot.seconds_left(now),
-        },
-    }
-    flow = FlowControl(ctx.redis, settings, settings, threading.Event())
-    report["pipeline"] = {
-        "backlog": flow.backlog(),
-        "max_backlog": settings.producer_max_backlog,
-        "redis_memory_share": flow.memory.share(),
-        "redis_memory_high_water": settings.redis_memory_high_water,
-    }
-    return report
-
-
-def _print_status(ctx: Context, report: dict[str, Any]) -> None:
-    print(f"Redis {redact_url(ctx.settings.redis_url)}")
-    for name in ("stage1", "stage2"):
-        stats = StreamStats(**{**report[name], "consumers": [], "partitions": []})
-        lag = "unknown" if stats.lag is None else str(stats.lag)
-        partitions = len(report[name].get("partitions", []))
-        across = f" (over {partitions} partitions)" if partitions else ""
-        print(
-            f"{name} {stats.stream} / {stats.group}{across}: length {stats.length}, lag {lag}, "
-            f"pending {stats.pending}, oldest pending {stats.oldest_pending_age_s:.1f} s, "
-            f"dead letters {stats.dlq_length}"
-        )
-        if not stats.group_exists:
-            print("  (no consumer group yet: no worker has started)")
-        for consumer in report[name]["consumers"]:
-            print(f"  consumer {consumer['name']}: pending {consumer['pending']}, idle {consumer['idle_s']:.1f} s")
-    age = report["producer"]["resume_token_age_s"]
-    print(f"producer resume token: {'never stored' if age is None else f'advanced {age:.1f} s ago'}")
-    snapshot = report["producer"]["snapshot"]
-    if snapshot is not None:
-        left = snapshot["seconds_left"]
-        print(
-            f"producer snapshot: {snapshot['documents_done']} of about {snapshot['documents_estimated']} documents, "
-            f"{snapshot['rate_per_s']:.0f}/s, {'time left unknown' if left is None else f'about {left:.0f} s left'}"
-        )
-    pipeline = report["pipeline"]
-    memory = (
-        f", Redis at {pipeline['redis_memory_share']:.0%} of its maxmemory "
-        f"(writers wait above {pipeline['redis_memory_high_water']:.0%})"
-        if pipeline["redis_memory_share"]
-        else ""
-    )
-    print(
-        f"pipeline: {count(pipeline['backlog'], 'entry', 'entries')} not yet processed "
-        f"(writers of stage 1 wait above {pipeline['max_backlog']}){memory}"
-    )
-
-
-def search_command(ctx: Context, args: argparse.Namespace) -> int:
-    match = {}
-    known = [*ctx.settings.payload_fields, *IDENTITY_PAYLOAD]
-    for item in args.filter:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ConfigurationError(f"--filter takes FIELD=VALUE, got {item!r}")
-        if name not in known:
-            print(
-                f"warning: {name!r} is not a payload field, so no point is likely to match it. The payload holds "
-                f"PAYLOAD_FIELDS ({', '.join(ctx.settings.payload_fields)}) and {', '.join(IDENTITY_PAYLOAD)}.",
-                file=sys.stderr,
-            )
-        match[name] = value
-    if args.limit < 1:
-        raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
-    vector = embed_query(ctx.settings, args.text)
-    hits = ctx.store.search(vector, limit=args.limit, match=match or None)
-    if args.json:
-        print(json.dumps([hit.__dict__ for hit in hits], indent=2, ensure_ascii=False))
-        return EXIT_OK
-    if not hits:
-        print("No hits.")
-    for hit in hits:
-        payload = hit.payload
-        print(f"{hit.score:.3f}  {payload.get('mongo_id')}  {payload.get('subject', '')}")
-        fields = {key: value for key, value in payload.items() if key not in HIDDEN_PAYLOAD}
-        if fields:
-            print("       " + ", ".join(f"{key}={value}" for key, value in fields.items()))
-        snippet = " ".join(str(payload.get("text", "")).split())
-        print(f"       {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
-    return EXIT_OK
 
 
 def cli() -> None:

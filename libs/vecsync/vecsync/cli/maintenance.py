@@ -1,10 +1,17 @@
-"""`vecsync resync`, `verify`, `rebuild` and `trim`: the recoveries that used to be done by hand."""
+"""`vecsync resync`, `verify` and `trim`: the recoveries that used to be done by hand (`rebuild`: vecsync.cli.rebuild).
+
+Each of resync, verify and rebuild works on one sync (--sync NAME) or on every sync, one after the other, each
+through the context of its sync (Context.for_sync): its MongoDB collection and filter, its mapping, its Qdrant
+collection and streams, and progress keys named after its state name, so that the environment's sync keeps the
+seed's keys. Resync and verify share the scans, the projection and the per-sync loop, hence the length.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,15 +23,10 @@ from vecsync.bson_codec import ejson_id, id_candidates, mongo_id_of, to_plain
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, count, progress
 from vecsync.cli.store import wait_for_model
 from vecsync.constants import (
-    APPLIED_TEXT_KEY,
-    APPLIED_TEXT_PREVIOUS_KEY,
-    APPLIED_VERSIONS_KEY,
     RESYNC_PROGRESS_PREFIX,
-    TRIMMED_KEY_PREFIX,
     VERIFY_PROGRESS_PREFIX,
 )
-from vecsync.consumer_groups import ensure_group
-from vecsync.documents import build_text, lookup, point_id, source_projection, text_sha256
+from vecsync.documents import payload_of, point_id, source_projection, text_of
 from vecsync.errors import ConfigurationError
 from vecsync.flow import FlowControl
 from vecsync.mongo_reads import chunks_after, read_current
@@ -35,6 +37,8 @@ from vecsync.stream_stats import stream_stats
 # Verify reports this many example ids per kind of difference.
 EXAMPLES = 20
 ID_ONLY = {"_id": 1}
+# Payload keys a verify does not compare: the version fence moves on with every change.
+VERSION_KEYS = ("version", "version_ms", "version_seq")
 
 
 def _projection(ctx: Context) -> dict[str, int]:
@@ -56,10 +60,37 @@ def parse_filter(text: str | None) -> dict[str, Any]:
     return query
 
 
-def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_size: int) -> int:
+def each_sync(ctx: Context, sync_name: str | None, command: Callable[[Context], int]) -> int:
+    """Run ``command`` in the context of the sync --sync names, or of every sync one after the other; the exit
+    status of the first that does not succeed, else success."""
+    statuses = []
+    for sync in ctx.chosen_syncs(sync_name):
+        if len(ctx.syncs) > 1:
+            print(f"Sync {sync.name}:")
+        one = ctx.for_sync(sync)
+        try:
+            statuses.append(command(one))
+        finally:
+            one.release_store()  # one store open at a time: the embedded store's folder is locked per process
+    return next((status for status in statuses if status != EXIT_OK), EXIT_OK)
+
+
+def resync_command(
+    ctx: Context, filter_text: str | None, restart: bool, batch_size: int, *, sync_name: str | None = None
+) -> int:
+    parse_filter(filter_text)  # checked once, before any sync is touched
+    return each_sync(ctx, sync_name, lambda one: resync_one(one, filter_text, restart, batch_size))
+
+
+def resync_one(
+    ctx: Context, filter_text: str | None, restart: bool, batch_size: int, *, outside_filter: bool = True
+) -> int:
+    """Publish the current state of the sync's documents (of those matching ``filter_text``), then, with
+    ``outside_filter`` and a sync with a filter, the deletes of its points whose documents are outside it."""
+    sync = ctx.sync
     source, stream = ctx.settings.source, ctx.settings.stage1_stream
-    key = RESYNC_PROGRESS_PREFIX + source
-    query = parse_filter(filter_text)
+    key = RESYNC_PROGRESS_PREFIX + sync.state_name
+    query = sync.query(parse_filter(filter_text))
     if restart:
         ctx.redis.delete(key)
     state = ctx.redis.hgetall(key)
@@ -102,9 +133,31 @@ def resync_command(ctx: Context, filter_text: str | None, restart: bool, batch_s
                 bar.update(len(chunk))
         finally:
             chunks.close()
+    outside = _publish_points_outside_filter(ctx, batch_size) if outside_filter and sync.filter is not None else 0
     ctx.redis.delete(key)
-    print(f"Resync published {count(published, 'document')} of {source} to {stream}.")
+    deleted = f", and the deletes of {count(outside, 'point')} outside the sync's filter" if outside else ""
+    print(f"Resync published {count(published, 'document')} of {source} to {stream}{deleted}.")
     return EXIT_OK
+
+
+def _publish_points_outside_filter(ctx: Context, batch_size: int) -> int:
+    """Publish the current state of every document whose point is in Qdrant but which is outside the sync's filter
+    (or gone): each reads as gone, so its point is deleted. The scan of documents reads only those inside."""
+    sync, offset, published = ctx.sync, None, 0
+    with progress(ctx.store.count(), "points", "resync points outside the filter") as bar:
+        while True:
+            page, offset = ctx.store.scroll(limit=batch_size, offset=offset, fields=["mongo_id", "source"])
+            mongo_ids = [p["mongo_id"] for p in page.values() if p.get("source") == sync.source and p.get("mongo_id")]
+            inside = read_current(ctx.collection, _keys(mongo_ids), ID_ONLY, sync_filter=sync.filter)
+            outside = [mongo_id for mongo_id in mongo_ids if mongo_id not in inside]
+            if outside:
+                publish_current_states(
+                    ctx.redis, ctx.settings, ctx.collection, sync.source, outside, projection=_projection(ctx)
+                )
+                published += len(outside)
+            bar.update(len(page))
+            if offset is None:
+                return published
 
 
 def _publish_chunk(
@@ -166,15 +219,28 @@ def verify_command(
     *,
     ready_timeout_s: float = 120.0,
     skip_model_check: bool = False,
+    sync_name: str | None = None,
 ) -> int:
-    """Compare MongoDB with Qdrant, and with ``repair`` re-enqueue what differs.
+    """Compare MongoDB with Qdrant, and with ``repair`` re-enqueue what differs, for one sync or each in turn.
 
     Each point's model is checked against the one the embedding-api runs, which is waited for up to
     ``ready_timeout_s`` (it may still be loading); a verify that cannot learn it fails (CheckNotRun) instead of
     reporting no difference, unless ``skip_model_check``.
     """
+
+    def verify(one: Context) -> int:
+        return _verify(
+            one, repair, restart, batch_size, ready_timeout_s=ready_timeout_s, skip_model_check=skip_model_check
+        )
+
+    return each_sync(ctx, sync_name, verify)
+
+
+def _verify(
+    ctx: Context, repair: bool, restart: bool, batch_size: int, *, ready_timeout_s: float, skip_model_check: bool
+) -> int:
     source = ctx.settings.source
-    key = VERIFY_PROGRESS_PREFIX + source
+    key = VERIFY_PROGRESS_PREFIX + ctx.sync.state_name
     if restart:
         ctx.redis.delete(key)
     saved = ctx.redis.get(key)
@@ -234,7 +300,8 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
     edited behind the pipeline's back keeps its hash.
     """
     source = ctx.settings.source
-    chunks = chunks_after(ctx.collection, state.last_id, size=batch_size, projection=_projection(ctx))
+    query = ctx.sync.query()
+    chunks = chunks_after(ctx.collection, state.last_id, size=batch_size, projection=_projection(ctx), query=query)
     with progress(ctx.collection.estimated_document_count(), "docs", "verify documents") as bar, closing(chunks):
         bar.update(state.checked_documents)
         while True:
@@ -266,16 +333,22 @@ def _expected_payload(ctx: Context, document: dict[str, Any], model: str | None)
     """What the point of ``document`` must hold, as the embedder-worker would write it now; None if it has no text.
 
     With ``model`` known, the point must also have been embedded by it: another model's vector is of another space.
+    Built by the sync's own mapping (vecsync.documents), so that a structured payload is compared as written.
     """
-    settings = ctx.settings
+    sync = ctx.sync
     plain = to_plain(document)  # as the producer publishes it
-    text = build_text(plain, settings.text_fields, settings.max_text_chars)
+    text = text_of(plain, sync)
     if not text:
         return None
-    expected = {field: lookup(plain, field) for field in settings.payload_fields}
-    expected.update(text=text, text_sha256=text_sha256(text))
-    if model is not None:
-        expected["model"] = model
+    mongo_id = mongo_id_of(document["_id"])
+    expected = payload_of(plain, sync, mongo_id=mongo_id, text=text, version="", model=model or "")
+    for key in VERSION_KEYS:
+        expected.pop(key, None)
+    if model is None:
+        del expected["model"]
+    # A payload field the document lacks must be absent from the point too (None reads as absent).
+    for path in sync.payload_fields:
+        expected.setdefault(path.split(".")[0] if sync.structured else path, None)
     return expected
 
 
@@ -285,14 +358,14 @@ def _differs(payload: dict[str, Any], expected: dict[str, Any]) -> bool:
 
 
 def _verify_points(ctx: Context, state: VerifyState, key: str, batch_size: int) -> None:
-    """Every point of this source must belong to a document that still exists."""
-    source = ctx.settings.source
+    """Every point of this source must belong to a document that still exists and is inside the sync's filter."""
+    source, sync_filter = ctx.settings.source, ctx.sync.filter
     with progress(ctx.store.count(), "points", "verify points") as bar:
         bar.update(state.checked_points)
         while True:
             page, next_offset = ctx.store.scroll(limit=batch_size, offset=state.offset, fields=["mongo_id", "source"])
             mongo_ids = [p["mongo_id"] for p in page.values() if p.get("source") == source and p.get("mongo_id")]
-            existing = read_current(ctx.collection, _keys(mongo_ids))
+            existing = read_current(ctx.collection, _keys(mongo_ids), ID_ONLY, sync_filter=sync_filter)
             _repair_and_record(ctx, state, {"extra": [m for m in mongo_ids if m not in existing]})
             state.offset = next_offset
             state.checked_points += len(page)
@@ -343,50 +416,14 @@ def _report(state: VerifyState) -> None:
         print(f"Re-enqueued {count(state.repaired, 'document')}; {they} Qdrant as the pipeline drains.")
 
 
-# Rebuild and trim -----------------------------------------------------------
-
-
-def rebuild_command(ctx: Context, from_mongo: bool, batch_size: int) -> int:
-    stage2, group = ctx.settings.stage2_stream, ctx.settings.stage2_group
-    partitions = ctx.settings.partitions
-    streams = partitions.names(stage2)
-    trimmed = next((bound for bound in (ctx.redis.get(TRIMMED_KEY_PREFIX + name) for name in streams) if bound), None)
-    if trimmed and not from_mongo:
-        print(f"{stage2} was trimmed (entries before {trimmed} are gone), so the rebuild reads MongoDB instead.")
-    use_mongo = from_mongo or bool(trimmed)
-    retained = count(sum(ctx.redis.xlen(name) for name in streams), "retained entry", "retained entries")
-    how = (
-        f"then snapshot {ctx.settings.source} into {ctx.settings.stage1_stream}, re-embedding every document"
-        if use_mongo
-        else f"then have group {group} re-apply the {retained} of {stage2} (no re-embedding)"
-    )
-    ctx.confirm(
-        f"Drop and recreate Qdrant collection {ctx.store.collection!r}, {how}. Deleted documents stay deleted: "
-        "their tombstones are kept."
-    )
-    ctx.store.recreate()
-    # The points' versions went with the collection; the tombstones record MongoDB's deletes and stay. The
-    # skip-unchanged hint describes points that are gone, and the applied-versions hash is no longer used.
-    for key in [
-        APPLIED_VERSIONS_KEY,
-        *partitions.names(APPLIED_TEXT_KEY),
-        *partitions.names(APPLIED_TEXT_PREVIOUS_KEY),
-    ]:
-        ctx.redis.delete(key)  # one at a time: on a Redis Cluster, each lives in its partition's slot
-    if use_mongo:
-        ctx.assume_yes = True  # already confirmed as a whole
-        return resync_command(ctx, None, restart=True, batch_size=batch_size)
-    for name in streams:
-        ensure_group(ctx.redis, name, group)
-        ctx.redis.xgroup_setid(name, group, "0")
-    print(f"Collection recreated; the upserters are re-applying {stage2}. Follow it with `vecsync status`.")
-    return EXIT_OK
+# Trim -----------------------------------------------------------------------
 
 
 def trim_command(ctx: Context) -> int:
     settings = ctx.settings
     plans = {}
-    for stream, _group in settings.stage1_groups() + settings.stage2_groups():
+    each = [ctx.for_sync(sync).settings for sync in ctx.syncs]
+    for stream, _group in [group for one in each for group in one.stage1_groups() + one.stage2_groups()]:
         keep_count = settings.retention_count(stream)
         bound = trim_bound(ctx.redis, stream, keep_count=keep_count, keep_age_s=settings.stream_retention_age_s)
         if bound:

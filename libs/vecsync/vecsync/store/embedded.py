@@ -47,7 +47,7 @@ import qdrant_edge as qe
 from vecsync.errors import ConfigurationError, PermanentError, TransientError, VecsyncError
 from vecsync.store import edge_fence, local_mode
 from vecsync.store.folder import FolderLock, shard_config, shard_path
-from vecsync.vectorstore import CollectionMissing, Hit, Point, Record, VectorStore, indexed_fields
+from vecsync.vectorstore import CollectionMissing, Hit, Point, Record, VectorStore, indexed_fields, range_bounds
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +205,10 @@ class EmbeddedStore(VectorStore):
 
     # Reads ----------------------------------------------------------------------
 
-    def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
+    def search(self, vector: list[float], *, limit: int, match: dict[str, Any] | None = None) -> list[Hit]:
         query_filter = None
         if match:
-            query_filter = qe.Filter(
-                must=[qe.FieldCondition(key=key, match=qe.MatchValue(value)) for key, value in match.items()]
-            )
+            query_filter = qe.Filter(must=[_condition(key, value) for key, value in match.items()])
         request = qe.QueryRequest(query=qe.Query.Nearest(vector), limit=limit, filter=query_filter, with_payload=True)
         with self._lock, _engine_errors("search"):
             points = self._open_shard().query(request)
@@ -305,3 +303,12 @@ def _engine_errors(action: str) -> Iterator[None]:
         if any(marker in text for marker in _TRANSIENT):
             raise TransientError(f"The embedded Qdrant store could not {action}: {text}") from exc
         raise
+
+
+def _condition(key: str, value: Any) -> qe.FieldCondition:
+    """A condition of ``search``: the field equals ``value``, or lies in its range (see vectorstore.range_bounds)."""
+    found = range_bounds(value)
+    if found is None:
+        return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+    bounds, dates = found
+    return qe.FieldCondition(key=key, range=qe.RangeDateTime(**bounds) if dates else qe.RangeFloat(**bounds))

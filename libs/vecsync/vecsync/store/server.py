@@ -33,6 +33,7 @@ from vecsync.vectorstore import (
     Record,
     VectorStore,
     indexed_fields,
+    range_bounds,
     with_version_numbers,
 )
 
@@ -240,14 +241,10 @@ class ServerStore(VectorStore):
                 ordering=FENCE_ORDERING,  # in one order with the fence's writes to the same points
             )
 
-    def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
+    def search(self, vector: list[float], *, limit: int, match: dict[str, Any] | None = None) -> list[Hit]:
         query_filter = None
         if match:
-            query_filter = models.Filter(
-                must=[
-                    models.FieldCondition(key=key, match=models.MatchValue(value=value)) for key, value in match.items()
-                ]
-            )
+            query_filter = models.Filter(must=[_condition(key, value) for key, value in match.items()])
         with _mapped_errors("search"):
             result = self.client.query_points(
                 self.collection, query=vector, limit=limit, query_filter=query_filter, with_payload=True
@@ -373,3 +370,12 @@ def _collection_missing(exc: BaseException) -> bool:
     if isinstance(exc, UnexpectedResponse):
         return exc.status_code == 404 and "Collection" in text
     return isinstance(exc, ValueError) and text.startswith("Collection ") and text.endswith(" not found")
+
+
+def _condition(key: str, value: Any) -> models.FieldCondition:
+    """A condition of ``search``: the field equals ``value``, or lies in its range (see vectorstore.range_bounds)."""
+    found = range_bounds(value)
+    if found is None:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+    bounds, dates = found
+    return models.FieldCondition(key=key, range=models.DatetimeRange(**bounds) if dates else models.Range(**bounds))

@@ -1,0 +1,175 @@
+"""`vecsync search`: semantic search over one sync's Qdrant collection, with --filter conditions on its payload.
+
+A --filter is ``FIELD=VALUE`` (the payload field equals the value) or ``FIELD>=VALUE``, ``FIELD>VALUE``,
+``FIELD<=VALUE``, ``FIELD<VALUE`` (a range, on a field with an integer, float or datetime payload index). Values
+are read by the field's index type: numbers for integer and float, ISO 8601 dates for datetime (a date without a
+zone is UTC), true or false for bool, text otherwise. Several filters must all hold; those on one field join into
+one range. They travel to the store as ``match``: a field's value, or a mapping of range bounds (gt, gte, lt, lte),
+which the store turns into Qdrant's MatchValue, Range or DatetimeRange conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+from typing import Any
+
+from vecsync.cli.context import EXIT_OK, Context
+from vecsync.cli.store import embed_query
+from vecsync.errors import ConfigurationError
+from vecsync.sync import Sync
+
+HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
+# What every point's payload holds besides PAYLOAD_FIELDS (see vecsync.documents.build_payload).
+IDENTITY_PAYLOAD = ["mongo_id", "source", "text", "text_sha256", "version", "model"]
+
+FILTER_HELP = (
+    "a condition on the payload, repeatable (all must hold): FIELD=VALUE, or a range FIELD>=VALUE, FIELD>VALUE, "
+    "FIELD<=VALUE, FIELD<VALUE on a field with an integer, float or datetime payload index; e.g. "
+    "--filter product=Ledger --filter meta.priority>=2 --filter meta.priority<5 --filter date>=2024-01-01. "
+    "Numbers for integer and float indexes, ISO 8601 dates for datetime ones (UTC unless a zone is given)"
+)
+
+# The field, the operator and the value; a field name holds none of <, > and =, so the first of them starts the
+# operator, and the value may hold any character.
+CONDITION = re.compile(r"^(?P<field>[^<>=]+)(?P<operator>>=|<=|>|<|=)(?P<value>.*)$", re.DOTALL)
+RANGE_BOUNDS = {">=": "gte", ">": "gt", "<=": "lte", "<": "lt"}
+RANGE_INDEXES = ("integer", "float", "datetime")
+
+
+def search_command(ctx: Context, args: argparse.Namespace) -> int:
+    sync = searched_sync(ctx, args.sync)
+    one = ctx.for_sync(sync)
+    match = parse_filters(args.filter, sync)
+    if args.limit < 1:
+        raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
+    vector = embed_query(one.settings, args.text)
+    hits = one.store.search(vector, limit=args.limit, match=match or None)
+    if args.json:
+        print(json.dumps([hit.__dict__ for hit in hits], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not hits:
+        print("No hits.")
+    for hit in hits:
+        payload = hit.payload
+        print(f"{hit.score:.3f}  {payload.get('mongo_id')}  {payload.get('subject', '')}")
+        fields = {key: value for key, value in payload.items() if key not in HIDDEN_PAYLOAD}
+        if fields:
+            print("       " + ", ".join(f"{key}={value}" for key, value in fields.items()))
+        snippet = " ".join(str(payload.get("text", "")).split())
+        print(f"       {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
+    return EXIT_OK
+
+
+def searched_sync(ctx: Context, name: str | None) -> Sync:
+    """The sync --sync names; the only one when there is one. Each sync is its own collection and mapping, so a
+    search over several would mix scores of different collections."""
+    if name is not None:
+        return ctx.sync_named(name)
+    if len(ctx.syncs) > 1:
+        names = ", ".join(sync.name for sync in ctx.syncs)
+        raise ConfigurationError(
+            f"There are {len(ctx.syncs)} syncs ({names}): name the one to search with --sync NAME."
+        )
+    return ctx.syncs[0]
+
+
+def parse_filters(filters: list[str], sync: Sync) -> dict[str, Any]:
+    """The --filter conditions as the store's ``match``: ConfigurationError (exit 2) for one that cannot hold."""
+    indexes = sync.indexed_payload()
+    known = [*sync.payload_fields, *IDENTITY_PAYLOAD, *(["sync"] if sync.structured else [])]
+    match: dict[str, Any] = {}
+    for item in filters:
+        found = CONDITION.match(item)
+        if found is None or not found["field"].strip():
+            raise ConfigurationError(
+                f"--filter takes FIELD=VALUE or a range such as FIELD>=VALUE, got {item!r} "
+                "(see `vecsync search --help`)."
+            )
+        field, operator, text = found["field"].strip(), found["operator"], found["value"]
+        kind = indexes.get(field, "keyword")
+        if operator != "=":
+            bounds = match.setdefault(field, {})
+            if not isinstance(bounds, dict):
+                raise ConfigurationError(f"--filter gives {field!r} both a value and a range; give one or the other.")
+            bounds[RANGE_BOUNDS[operator]] = _range_value(item, field, kind, text, sync)
+            continue
+        if field not in known:
+            print(
+                f"warning: {field!r} is not a payload field, so no point is likely to match it. The payload holds "
+                f"the payload fields ({', '.join(sync.payload_fields)}) and {', '.join(IDENTITY_PAYLOAD)}.",
+                file=sys.stderr,
+            )
+        if isinstance(match.get(field), dict):
+            raise ConfigurationError(f"--filter gives {field!r} both a value and a range; give one or the other.")
+        match[field] = _equal_value(item, field, kind, text)
+    return match
+
+
+def _range_value(item: str, field: str, kind: str, text: str, sync: Sync) -> Any:
+    if field not in sync.payload_fields:
+        raise ConfigurationError(
+            f"--filter {item!r}: {field!r} is not a payload field of sync {sync.name!r}, so no range can apply to it. "
+            f"Its payload fields are: {', '.join(sync.payload_fields) or 'none'}."
+        )
+    if kind not in RANGE_INDEXES:
+        raise ConfigurationError(
+            f"--filter {item!r}: payload field {field!r} of sync {sync.name!r} has {_indexed(kind)} index, on "
+            "which a range cannot be compared. Give it an integer, float or datetime index in the sync's "
+            f"payload_indexes, or filter with {field}=VALUE."
+        )
+    if kind == "datetime":
+        return _moment(item, field, text)
+    return _number(item, field, kind, text)
+
+
+def _equal_value(item: str, field: str, kind: str, text: str) -> Any:
+    if kind == "integer":
+        number = _number(item, field, kind, text)
+        if not float(number).is_integer():
+            raise ConfigurationError(f"--filter {item!r}: {field!r} has an integer index; give a whole number.")
+        return int(number)
+    if kind == "float":
+        number = _number(item, field, kind, text)
+        return {"gte": number, "lte": number}  # Qdrant matches no float for equality: the range of one value
+    if kind == "datetime":
+        moment = _moment(item, field, text)
+        return {"gte": moment, "lte": moment}
+    if kind == "bool":
+        if text.strip().lower() not in ("true", "false"):
+            raise ConfigurationError(f"--filter {item!r}: {field!r} has a bool index; give true or false.")
+        return text.strip().lower() == "true"
+    return text
+
+
+def _number(item: str, field: str, kind: str, text: str) -> int | float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")):  # not a number, or no finite one
+        raise ConfigurationError(
+            f"--filter {item!r}: {field!r} has {_indexed(kind)} index, so the value must be a number (got {text!r})."
+        )
+    return int(number) if number.is_integer() and kind == "integer" else number
+
+
+def _moment(item: str, field: str, text: str) -> str:
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigurationError(
+            f"--filter {item!r}: {field!r} has a datetime index, so the value must be an ISO 8601 date such as "
+            f"2024-05-01 or 2024-05-01T12:00:00Z (got {text!r})."
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.isoformat()
+
+
+def _indexed(kind: str) -> str:
+    """ "an integer", "a datetime": the index type with its article."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
