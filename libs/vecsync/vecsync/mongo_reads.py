@@ -24,10 +24,10 @@ from vecsync.messages import DocumentChange
 from vecsync.settings import MongoSettings
 
 
-def open_collection(settings: MongoSettings, appname: str, *, connect: bool = True) -> Collection[dict[str, Any]]:
-    """The collection MONGO_URI, MONGO_DATABASE and MONGO_COLLECTION name; without ``connect``, the client connects
-    on its first operation only. Close it with ``collection.database.client.close()``."""
-    client: MongoClient[dict[str, Any]] = MongoClient(
+def open_client(settings: MongoSettings, appname: str, *, connect: bool = True) -> MongoClient[dict[str, Any]]:
+    """A client of MONGO_URI; without ``connect``, it connects on its first operation only. One client serves every
+    sync (``client[database][collection]`` per sync): its connection pool is shared, and so are its monitors."""
+    return MongoClient(
         settings.mongo_uri,
         # Dates outside Python's range and invalid UTF-8 must not make a document unreadable.
         datetime_conversion=DatetimeConversion.DATETIME_AUTO,
@@ -35,6 +35,12 @@ def open_collection(settings: MongoSettings, appname: str, *, connect: bool = Tr
         appname=appname,
         connect=connect,
     )
+
+
+def open_collection(settings: MongoSettings, appname: str, *, connect: bool = True) -> Collection[dict[str, Any]]:
+    """The collection MONGO_URI, MONGO_DATABASE and MONGO_COLLECTION name; without ``connect``, the client connects
+    on its first operation only. Close it with ``collection.database.client.close()``."""
+    client = open_client(settings, appname, connect=connect)
     return client[settings.mongo_database][settings.mongo_collection]
 
 

@@ -19,10 +19,11 @@ from vecsync.partitions import Partitions
 
 @dataclass(frozen=True)
 class ProducerKeys:
-    """The keys of the producer of one source.
+    """The keys of the producer of one sync, named after its state name (Sync.state_name: the source for the
+    environment's sync, so the seed's keys stay as they were; the sync's name for a definition's).
 
     With hash-tagged names (see Partitions.hash_tagged), the resume token, its time, the snapshot in progress and
-    the number of the last batch published share one slot of their own, chosen by the source and not by the number
+    the number of the last batch published share one slot of their own, chosen by the name and not by the number
     of partitions, so that they keep their names when STREAM_PARTITIONS changes; each partition's high-water mark
     lives in its partition's slot, written with its entries (docs/design.md, "Partitions"). Without, they are the
     seed's names.
@@ -40,26 +41,26 @@ class ProducerKeys:
     replicated: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, source: str, partitions: Partitions) -> ProducerKeys:
+    def of(cls, name: str, partitions: Partitions) -> ProducerKeys:
         tag = ""
         if partitions.hash_tagged:
-            tag = ":{vsp-" + hashlib.sha256(source.encode("utf-8")).hexdigest()[:12] + "}"
+            tag = ":{vsp-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12] + "}"
         return cls(
-            token=constants.resume_token_key(source) + tag,
-            token_updated=constants.resume_token_updated_key(source) + tag,
-            snapshot=constants.snapshot_key(source) + tag,
-            batch=constants.producer_batch_key(source) + tag,
-            positions=partitions.names(constants.producer_position_key(source)) if partitions.hash_tagged else [],
-            ids_migrated=constants.ids_migrated_key(source) + tag,
-            marks=constants.producer_marks_key(source) + tag if partitions.hash_tagged else "",
-            replicated=partitions.names(constants.producer_replicated_key(source)) if partitions.hash_tagged else [],
+            token=constants.resume_token_key(name) + tag,
+            token_updated=constants.resume_token_updated_key(name) + tag,
+            snapshot=constants.snapshot_key(name) + tag,
+            batch=constants.producer_batch_key(name) + tag,
+            positions=partitions.names(constants.producer_position_key(name)) if partitions.hash_tagged else [],
+            ids_migrated=constants.ids_migrated_key(name) + tag,
+            marks=constants.producer_marks_key(name) + tag if partitions.hash_tagged else "",
+            replicated=partitions.names(constants.producer_replicated_key(name)) if partitions.hash_tagged else [],
         )
 
     @classmethod
-    def of_other_tagging(cls, source: str, partitions: Partitions) -> ProducerKeys:
-        """The keys of ``source`` named with hash tags if ``partitions`` names them without, and the other way round:
+    def of_other_tagging(cls, name: str, partitions: Partitions) -> ProducerKeys:
+        """The keys of ``name`` named with hash tags if ``partitions`` names them without, and the other way round:
         where the state was stored before STREAM_PARTITIONS went from 1 on one Redis to more, or back."""
-        return cls.of(source, Partitions(1, redis_cluster=not partitions.hash_tagged))
+        return cls.of(name, Partitions(1, redis_cluster=not partitions.hash_tagged))
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,9 @@ def stored_snapshot(client: redis.Redis, key: str) -> Snapshot | None:
     return Snapshot.from_fields(fields) if fields.get("token") else None
 
 
-def take_over_producer_state(client: redis.Redis, source: str, partitions: Partitions) -> ProducerKeys | None:
-    """Move the resume token, snapshot and ids-migrated mark of the producer of ``source`` from the other tagging to
+def take_over_producer_state(client: redis.Redis, name: str, partitions: Partitions) -> ProducerKeys | None:
+    """Move the resume token, snapshot and ids-migrated mark of the producer of the state ``name`` (see
+    ProducerKeys) from the other tagging to
     the names it has with ``partitions``, unless some are stored there already; the keys they came from, or None if
     nothing moved.
 
@@ -119,10 +121,10 @@ def take_over_producer_state(client: redis.Redis, source: str, partitions: Parti
     it writes anything, and so does `vecsync repartition`, so that a change of partitions needs no new snapshot. The
     snapshot goes first, so that a crash in between leaves one of them to take over again.
     """
-    keys = ProducerKeys.of(source, partitions)
+    keys = ProducerKeys.of(name, partitions)
     if client.get(keys.token) or client.hget(keys.snapshot, "token"):
         return None
-    other = ProducerKeys.of_other_tagging(source, partitions)
+    other = ProducerKeys.of_other_tagging(name, partitions)
     token, snapshot = client.get(other.token), client.hgetall(other.snapshot)
     if not token and not snapshot:
         return None
@@ -140,11 +142,12 @@ def take_over_producer_state(client: redis.Redis, source: str, partitions: Parti
     return other
 
 
-def forget_position(client: redis.Redis, source: str, partitions: Partitions) -> None:
-    """Delete where the producer of ``source`` stands (its resume token and snapshot under either tagging, the
-    number of its last batch and the marks), so that its next start snapshots the collection again."""
-    keys = ProducerKeys.of(source, partitions)
-    other = ProducerKeys.of_other_tagging(source, partitions)
+def forget_position(client: redis.Redis, name: str, partitions: Partitions) -> None:
+    """Delete where the producer of the state ``name`` (see ProducerKeys) stands (its resume token and snapshot
+    under either tagging, the number of its last batch and the marks), so that its next start snapshots the
+    collection again."""
+    keys = ProducerKeys.of(name, partitions)
+    other = ProducerKeys.of_other_tagging(name, partitions)
     for key in (
         keys.token,
         keys.snapshot,

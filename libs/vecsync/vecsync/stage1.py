@@ -48,6 +48,7 @@ from vecsync.partitions import Partitions
 from vecsync.producer_state import ProducerKeys, Snapshot, stored_snapshot
 from vecsync.redis_client import is_cluster, node_of, wait_for_replica
 from vecsync.settings import CommonSettings
+from vecsync.syncs import sync_of
 
 # Per partition, the keys (and hash fields, None for a plain key) that the producer rewrites with every batch it
 # publishes there.
@@ -83,12 +84,20 @@ class ProducerWriter:
     """The producer's side of the protocol: its batches, and the marks it reads back at each start."""
 
     def __init__(
-        self, client: redis.Redis, source: str, partitions: Partitions, stage1_stream: str, *, replica_wait_ms: int
+        self,
+        client: redis.Redis,
+        source: str,
+        partitions: Partitions,
+        stage1_stream: str,
+        *,
+        replica_wait_ms: int,
+        state_name: str | None = None,
     ) -> None:
         self.client = client
         self.source = source
         self.partitions = partitions
-        self.keys = ProducerKeys.of(source, partitions)
+        # Named after the sync's state name (Sync.state_name), which is the source for the environment's sync.
+        self.keys = ProducerKeys.of(state_name or source, partitions)
         self.streams = partitions.names(stage1_stream)
         # Only on a Redis Cluster do a partition's share and the token live on different masters, each replicated on
         # its own: on one Redis (with replicas or not) every write is one stream, so a token that survives a crash or
@@ -339,9 +348,12 @@ def publish_no_older_than_producer(
     transaction with one partition on one Redis, else once every partition is
     written (a crash in between publishes the changes again, which the stages
     absorb).
+
+    The guards are those of the producer of the sync ``settings`` are for (vecsync.syncs.sync_of: give
+    settings_for(settings, sync)); ``source`` names the points the changes go to.
     """
     partitions = settings.partitions
-    guards = _producer_guards(ProducerKeys.of(source, partitions), partitions)
+    guards = _producer_guards(ProducerKeys.of(sync_of(settings).state_name, partitions), partitions)
     streams = partitions.names(settings.stage1_stream)
     together = not partitions.hash_tagged
     remaining = set(partitions.indexes())
@@ -394,11 +406,13 @@ def publish_current_states(
     `dlq replay`, and the upserter when a change it must embed again was trimmed from stage 1): the read happens
     inside publish_no_older_than_producer, after the producer's guards are read, so it is never older than a state
     the producer published. With ``force_embed`` the entries are embedded even where their text looks unchanged.
-    ``also`` is as for publish_no_older_than_producer.
+    ``also`` is as for publish_no_older_than_producer. A document outside the filter of the sync ``settings`` are
+    for (vecsync.syncs.sync_of) is published as a delete: it has no point.
     """
+    sync_filter = sync_of(settings).filter
 
     def read() -> list[DocumentChange]:
-        changes = changes_for_ids(collection, source, mongo_ids, projection=projection)
+        changes = changes_for_ids(collection, source, mongo_ids, projection=projection, sync_filter=sync_filter)
         return [replace(change, force_embed=True) for change in changes] if force_embed else changes
 
     publish_no_older_than_producer(client, settings, source, read, also=also)

@@ -3,7 +3,8 @@ letter where it cannot be re-read; nothing for an event that changes no document
 
 Entries carry the document as re-read by its key right after the change, not the change event's own copy: the read
 happens after the change, so it shows that change or a newer state (docs/design.md, "Entries carry current state,
-re-read by key").
+re-read by key"). The re-read applies the sync's filter: a document that a change moved out of it reads as gone and
+is published as a delete, one moved back in as an upsert.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pymongo.collection import Collection
@@ -43,8 +45,13 @@ class EventReader:
         partitions: Partitions,
         streams: list[str],
         projection: dict[str, int] | None,
+        *,
+        sync_name: str,
+        sync_filter: Mapping[str, Any] | None = None,
     ) -> None:
         self.collection = collection
+        self.sync_name = sync_name
+        self.sync_filter = sync_filter
         self.source = source
         self.partitions = partitions
         self.streams = streams
@@ -56,13 +63,14 @@ class EventReader:
         changes, dead_letters = [], []
         for event, document, error in zip(events, found, errors, strict=True):
             operation = event["operationType"]
-            EVENTS_READ.labels(operation).inc()
+            EVENTS_READ.labels(sync=self.sync_name, operation=operation).inc()
             if operation in DOCUMENT_OPERATIONS:
                 key = canonical_id(event["documentKey"]["_id"])
                 if error is not None:
                     dead_letters.append(self._unreadable(operation, key, error))
                     continue
-                # A document gone by the time it is re-read was deleted since; its delete event follows.
+                # A document gone by the time it is re-read was deleted since (its delete event follows), or is
+                # outside the sync's filter now: either way its point goes.
                 changes.append(document_change(self.source, key, document, _event_time(event)))
             elif operation in INVALIDATING_OPERATIONS:
                 INVALIDATIONS.labels(operation).inc()
@@ -93,7 +101,7 @@ class EventReader:
     def _reread(self, keys: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """The current documents by mongo_id, and why each document that cannot be read could not be."""
         try:
-            return read_current(self.collection, keys, self.projection), {}
+            return read_current(self.collection, keys, self.projection, sync_filter=self.sync_filter), {}
         except OperationFailure as exc:
             if exc.code in MONGO_AUTH_FAILURES:
                 raise
@@ -101,14 +109,14 @@ class EventReader:
         current, unreadable = {}, {}
         for key in keys:
             try:
-                current.update(read_current(self.collection, [key], self.projection))
+                current.update(read_current(self.collection, [key], self.projection, sync_filter=self.sync_filter))
             except OperationFailure as exc:
                 unreadable[mongo_id_of(key)] = str(exc)
         return current, unreadable
 
     def _unreadable(self, operation: str, key: Any, error: str) -> dict[str, str]:
         log.error("The %s of document %s cannot be re-read from MongoDB (%s); dead-lettered", operation, key, error)
-        DEAD_LETTERED.inc()
+        DEAD_LETTERED.labels(sync=self.sync_name).inc()
         return dead_letter_fields(
             stream=self.streams[self.partitions.of(point_id(self.source, mongo_id_of(key)))],
             group="producer",

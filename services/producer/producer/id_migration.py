@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -24,6 +24,7 @@ from vecsync.messages import DocumentChange
 from vecsync.mongo_reads import changes_for_ids, chunks_after
 from vecsync.producer_state import ProducerKeys
 from vecsync.stage1 import publish_no_older_than_producer
+from vecsync.syncs import sync_of
 
 # Every line of the producer keeps the logger name it always had.
 log = logging.getLogger("producer.service")
@@ -49,8 +50,8 @@ def migrate_ids(
     producer publishes meanwhile). The mark is set only once every one of them is in stage 1, so a crash or stop
     before it starts over, which republishes some documents twice and changes nothing else.
     """
-    source = settings.source
-    mark = ProducerKeys.of(source, settings.partitions).ids_migrated
+    source, sync = settings.source, sync_of(settings)
+    mark = ProducerKeys.of(sync.state_name, settings.partitions).ids_migrated
     if client.get(mark) is not None:  # GET, not EXISTS: in the producer's least-privilege ACL
         return
     if snapshotting_first:  # the snapshot about to begin publishes every document under this release's ids
@@ -65,7 +66,7 @@ def migrate_ids(
             client,
             settings,
             source,
-            partial(migrated_id_changes, collection, source, ids, projection=projection),
+            partial(migrated_id_changes, collection, source, ids, projection=projection, sync_filter=sync.filter),
         )
         moved += len(ids)
     client.set(mark, repr(time.time()))
@@ -91,14 +92,23 @@ def ids_written_otherwise_before(collection: Collection[dict[str, Any]], *, size
 
 
 def migrated_id_changes(
-    collection: Collection[dict[str, Any]], source: str, ids: list[str], *, projection: dict[str, int] | None
+    collection: Collection[dict[str, Any]],
+    source: str,
+    ids: list[str],
+    *,
+    projection: dict[str, int] | None,
+    sync_filter: Mapping[str, Any] | None = None,
 ) -> list[DocumentChange]:
     """The changes that move the points of string ``ids`` (see ids_written_otherwise_before) to their own ids.
 
     Each string's document is published under its new id (a new point), and its old id string again: that now
     names the value it reads as, whose current state (or, when no such document exists, a delete) replaces the
-    point the two shared.
+    point the two shared. A document outside ``sync_filter`` (the sync's filter) is published as a delete.
     """
     return changes_for_ids(
-        collection, source, [i for text in ids for i in (mongo_id_of(text), text)], projection=projection
+        collection,
+        source,
+        [i for text in ids for i in (mongo_id_of(text), text)],
+        projection=projection,
+        sync_filter=sync_filter,
     )

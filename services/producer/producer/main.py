@@ -1,4 +1,4 @@
-"""``vecsync-producer``: follow a MongoDB collection's changes into stage 1."""
+"""``vecsync-producer``: follow every sync's MongoDB collection into its stage 1 stream, one thread per sync."""
 
 import logging
 import threading
@@ -8,11 +8,12 @@ from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
 from vecsync.backoff import Backoff
 from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
-from vecsync.mongo_reads import open_collection
+from vecsync.mongo_reads import open_client
 from vecsync.partitions import check_count
 from vecsync.redaction import redact_url
 from vecsync.redis_client import connect
 from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
+from vecsync.syncs import load_syncs, settings_for
 
 log = logging.getLogger("vecsync.producer")
 
@@ -20,31 +21,69 @@ log = logging.getLogger("vecsync.producer")
 def main() -> None:
     settings = settings_module.load(ProducerSettings)
     setup_logging(settings.log_level)
-    log.info(
-        "Producer for %s, publishing to %s on %s",
-        settings.source,
-        settings.stage1_stream,
-        redact_url(settings.redis_url),
-    )
+    # Before anything connects: an invalid definition file is a configuration error (exit 2), reported whole.
+    per_sync = [settings_for(settings, sync) for sync in load_syncs(settings)]
+    for sync_settings in per_sync:
+        log.info(
+            "Producer for %s, publishing to %s on %s",
+            sync_settings.source,
+            sync_settings.stage1_stream,
+            redact_url(settings.redis_url),
+        )
     stopping = threading.Event()
     stop_on_signals(stopping)
     producers: list[Producer] = []
 
     def healthy() -> bool:
-        return bool(producers) and producers[0].liveness.alive()
+        return len(producers) == len(per_sync) and all(producer.liveness.alive() for producer in producers)
 
     LOOP_HEALTHY.labels("producer").set_function(healthy)
     server = MetricsServer(settings.metrics_host, settings.metrics_port, healthy=healthy).start()
+    mongo = None
     try:
         client = connect(settings.redis_url, cluster=settings.redis_cluster)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
-        check_count(client, settings.pipeline_streams(), settings.stream_partitions)
-        register_stream_stats(client, [(settings.stage1_stream, settings.stage1_group)])
-        producers.append(Producer(settings, client, open_collection(settings, "vecsync-producer"), stopping))
-        producers[0].run()
+        check_count(
+            client, [stream for each in per_sync for stream in each.pipeline_streams()], settings.stream_partitions
+        )
+        register_stream_stats(client, [(each.stage1_stream, each.stage1_group) for each in per_sync])
+        # One client for every sync: one connection pool and one set of server monitors, whatever their number.
+        mongo = open_client(settings, "vecsync-producer")
+        producers.extend(
+            Producer(each, client, mongo[each.mongo_database][each.mongo_collection], stopping) for each in per_sync
+        )
+        run_producers(producers, stopping)
     finally:
         server.close()
+        if mongo is not None:
+            mongo.close()
+
+
+def run_producers(producers: list[Producer], stopping: threading.Event) -> None:
+    """Run each sync's producer on its own thread until stopped; one that raises stops the others, and its error is
+    raised here once they have stopped (as vecsync.runtime.run_all does for a consumer's partitions)."""
+    if len(producers) == 1:
+        producers[0].run()
+        return
+    failures: list[BaseException] = []
+
+    def run(producer: Producer) -> None:
+        try:
+            producer.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            failures.append(exc)
+            stopping.set()
+
+    threads = [
+        threading.Thread(target=run, args=(producer,), name=f"producer-{producer.sync.name}") for producer in producers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
 
 
 def cli() -> None:

@@ -20,11 +20,15 @@ so a restart goes on after the last chunk published and then follows the
 changes made since the snapshot began. Before each chunk or batch of events it
 reads, the producer waits while the pipeline holds too much (vecsync.flow).
 
+One Producer follows one sync (producer.main runs one per sync, each on its own
+thread): every read it makes applies the sync's filter, and its state keys are
+named after the sync's state name.
+
 This module is the producer's loop: what it does at each start, the snapshot,
 the following of the change stream, and how it meets each failure. The
-snapshot and the following stay in one class: they share one position, one
-writer and one retry loop, and the snapshot hands over to the following in the
-middle of a run.
+snapshot and the following stay in one class, which runs past the usual
+length: they share one position, one writer and one retry loop, and the
+snapshot hands over to the following in the middle of a run.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from producer.events import MONGO_AUTH_FAILURES, EventReader
 from producer.id_migration import migrate_ids
+from producer.idle_poll import IdlePoll
 from producer.metrics import (
     ENTRIES_PUBLISHED,
     ERRORS,
@@ -74,6 +79,7 @@ from vecsync.mongo_reads import chunks_after, document_change
 from vecsync.producer_state import Snapshot, forget_position, take_over_producer_state
 from vecsync.redis_errors import REDIS_REFUSALS, REDIS_UNAVAILABLE, refusal_reason
 from vecsync.stage1 import InFlight, ProducerWriter, ReplicaBehind, TokenMoved
+from vecsync.syncs import sync_of
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,9 @@ CHANGE_STREAM_NEEDS_REPLICA_SET = 40573  # what a standalone server answers to w
 
 
 class Producer:
+    """Follows one sync: the sync ``settings`` are for (vecsync.syncs.settings_for; the environment's sync when they
+    are the environment's), with its own resume token, snapshot and metrics children, under its state name."""
+
     def __init__(
         self,
         settings: ProducerSettings,
@@ -95,6 +104,7 @@ class Producer:
         self.client = client
         self.collection = collection
         self.stopping = stopping or threading.Event()
+        self.sync = sync_of(settings)
         self.source = settings.source
         self.partitions = settings.partitions
         self.stage1 = ProducerWriter(
@@ -103,9 +113,18 @@ class Producer:
             self.partitions,
             settings.stage1_stream,
             replica_wait_ms=settings.producer_replica_wait_ms,
+            state_name=self.sync.state_name,
         )
         self.projection = source_projection(settings.text_fields, settings.payload_fields)
-        self.events = EventReader(collection, self.source, self.partitions, self.stage1.streams, self.projection)
+        self.events = EventReader(
+            collection,
+            self.source,
+            self.partitions,
+            self.stage1.streams,
+            self.projection,
+            sync_name=self.sync.name,
+            sync_filter=self.sync.filter,
+        )
         # A batch a crash left written to some partitions only, found at the start (see ProducerWriter.read_marks).
         self._in_flight: InFlight | None = None
         self._token_stored_at = time.time()
@@ -115,10 +134,17 @@ class Producer:
         self.flow = FlowControl(
             client, settings, settings, self.stopping, liveness=self.liveness, on_waited=THROTTLED_SECONDS.inc
         )
-        TOKEN_AGE.set_function(lambda: time.time() - self._token_stored_at)
-        THROTTLED.set_function(lambda: float(self.flow.throttled))
-        THROTTLED_FOR.set_function(self.flow.throttled_for_s)
-        PIPELINE_BACKLOG.set_function(lambda: self.flow.last_backlog)
+        name = self.sync.name
+        TOKEN_AGE.labels(sync=name).set_function(lambda: time.time() - self._token_stored_at)
+        THROTTLED.labels(sync=name).set_function(lambda: float(self.flow.throttled))
+        THROTTLED_FOR.labels(sync=name).set_function(self.flow.throttled_for_s)
+        PIPELINE_BACKLOG.labels(sync=name).set_function(lambda: self.flow.last_backlog)
+        self.snapshot_running = SNAPSHOT_RUNNING.labels(sync=name)
+        self.snapshot_done = SNAPSHOT_DONE.labels(sync=name)
+        self.snapshot_estimated = SNAPSHOT_ESTIMATED.labels(sync=name)
+        self.snapshot_documents = SNAPSHOT_DOCUMENTS.labels(sync=name)
+        self.redis_errors = ERRORS.labels(sync=name, dependency="redis")
+        self.mongodb_errors = ERRORS.labels(sync=name, dependency="mongodb")
 
     @property
     def throttled(self) -> bool:
@@ -134,17 +160,17 @@ class Producer:
                     continue
                 return
             except REDIS_UNAVAILABLE as exc:
-                ERRORS.labels("redis").inc()
+                self.redis_errors.inc()
                 log.warning("Redis unavailable (%s); resuming from the stored token after a pause", exc)
             except REDIS_REFUSALS as exc:  # full, or a read-only replica after a failover: it passes
-                ERRORS.labels("redis").inc()
+                self.redis_errors.inc()
                 REDIS_REFUSED.labels(stage="producer", reason=refusal_reason(exc)).inc()
                 log.warning("Redis refused the write (%s); resuming from the stored token after a pause", exc)
             except TokenMoved as exc:
-                ERRORS.labels("redis").inc()
+                self.redis_errors.inc()
                 log.warning("%s; resuming from the stored token", exc)
             except ReplicaBehind as exc:
-                ERRORS.labels("redis").inc()
+                self.redis_errors.inc()
                 log.warning("%s; publishing the batch again after a pause", exc)
             except OperationFailure as exc:
                 if exc.code in MONGO_AUTH_FAILURES:
@@ -159,7 +185,7 @@ class Producer:
                 self._history_lost(exc)
                 continue
             except PyMongoError as exc:
-                ERRORS.labels("mongodb").inc()
+                self.mongodb_errors.inc()
                 log.warning("MongoDB unavailable (%s); resuming from the stored token after a pause", exc)
             if self._wrote_since_failure:  # a fresh failure after a good run starts with a short pause
                 backoff.attempts = 0
@@ -188,6 +214,7 @@ class Producer:
                 if not self._snapshot(stream, snapshot):
                     return False  # stopped meanwhile: the snapshot goes on from its position at the next start
                 token = stream.resume_token
+            idle = IdlePoll(self.settings.idle_poll_ms, self.settings.idle_poll_max_ms)
             while not self.stopping.is_set():
                 self.liveness.beat()
                 self.flow.wait_for_room()
@@ -206,8 +233,10 @@ class Producer:
                     self._publish([], stream.resume_token)
                 if not events:
                     # A server that answers an empty read at once, instead of waiting up to MAX_AWAIT_MS for
-                    # changes, would have this loop spin: wait out IDLE_POLL_MS before reading again.
-                    self.stopping.wait(self.settings.idle_poll_ms / 1000 - (time.monotonic() - read_started))
+                    # changes, would have this loop spin: wait out the idle poll before reading again.
+                    self.stopping.wait(idle.next_wait_s() - (time.monotonic() - read_started))
+                else:
+                    idle.reset()
                 token = stream.resume_token
         return False
 
@@ -238,8 +267,8 @@ class Producer:
                 log.warning("MongoDB gave no resume token for the new change stream: a restart snapshots again")
         else:
             log.info("Going on with the snapshot of %s after %d documents", self.source, snapshot.published)
-        SNAPSHOT_RUNNING.set(1)
-        SNAPSHOT_ESTIMATED.set(snapshot.estimated)
+        self.snapshot_running.set(1)
+        self.snapshot_estimated.set(snapshot.estimated)
         try:
             snapshot = self._scan(snapshot)
             if not self.stopping.is_set():
@@ -247,14 +276,18 @@ class Producer:
                 log.info("Snapshot of %s published %d documents", self.source, snapshot.published)
                 return True
         finally:
-            SNAPSHOT_RUNNING.set(0)
+            self.snapshot_running.set(0)
         log.info("Stopped during the snapshot of %s after %d documents", self.source, snapshot.published)
         return False
 
     def _scan(self, snapshot: Snapshot) -> Snapshot:
         """Publish the collection's documents after the snapshot's position, chunk by chunk, until the end or a stop."""
         chunks = chunks_after(
-            self.collection, snapshot.last_id, size=self.settings.batch_size, projection=self.projection
+            self.collection,
+            snapshot.last_id,
+            size=self.settings.batch_size,
+            projection=self.projection,
+            query=self.sync.query(),  # only the documents of the sync's filter have points
         )
         try:
             while not self.stopping.is_set():
@@ -269,8 +302,8 @@ class Producer:
                     snapshot, last_id=ejson_id(chunk[-1]["_id"]), published=snapshot.published + len(chunk)
                 )
                 self._write(changes, token=None, snapshot=snapshot if snapshot.token else None)
-                SNAPSHOT_DOCUMENTS.inc(len(changes))
-                SNAPSHOT_DONE.set(snapshot.published)
+                self.snapshot_documents.inc(len(changes))
+                self.snapshot_done.set(snapshot.published)
         finally:
             chunks.close()
         return snapshot
@@ -351,7 +384,7 @@ class Producer:
         if token is not None:
             self._token_stored_at = time.time()
         for change in changes:
-            ENTRIES_PUBLISHED.labels(change.op).inc()
+            ENTRIES_PUBLISHED.labels(sync=self.sync.name, op=change.op).inc()
         return len(changes)
 
     def _recover_lost_shares(self) -> None:
@@ -377,7 +410,7 @@ class Producer:
         """Take over the token or snapshot stored under the other tagging (STREAM_PARTITIONS went from 1 to more, or
         back), so that a change of partitions does not snapshot the collection again. Runs before this producer
         writes anything: the snapshot first, so that a crash in between leaves one of them to take over again."""
-        other = take_over_producer_state(self.client, self.source, self.partitions)
+        other = take_over_producer_state(self.client, self.sync.state_name, self.partitions)
         if other is None:
             return
         log.info(
@@ -388,7 +421,7 @@ class Producer:
         )
 
     def _history_lost(self, exc: OperationFailure) -> None:
-        HISTORY_LOST.inc()
+        HISTORY_LOST.labels(sync=self.sync.name).inc()
         if not self.settings.resync_on_history_lost:
             raise HistoryLost(
                 f"The change stream of {self.source} cannot resume from the stored token: MongoDB no longer holds "
@@ -403,7 +436,7 @@ class Producer:
             self.source,
             exc,
         )
-        forget_position(self.client, self.source, self.partitions)
+        forget_position(self.client, self.sync.state_name, self.partitions)
 
 
 def _standalone_message(exc: OperationFailure) -> str:

@@ -12,6 +12,9 @@ class ProducerSettings(ServiceSettings, MongoSettings, TextSettings, FlowControl
     max_await_ms: int = Field(default=500, ge=1)
     # The shortest interval between two reads of an idle change stream.
     idle_poll_ms: int = Field(default=50, ge=0)
+    # The longest: a stream quiet for this long waits twice as long after each further empty read, up to this, and
+    # the next event brings it back to IDLE_POLL_MS, so that many idle syncs cost little (producer.idle_poll).
+    idle_poll_max_ms: int = Field(default=1000, ge=0)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     # What to do when the stored resume token is older than MongoDB's history: stop (the default) or snapshot again.
