@@ -48,6 +48,7 @@ from vecsync.partitions import Partitions
 from vecsync.producer_state import ProducerKeys, Snapshot, stored_snapshot
 from vecsync.redis_client import is_cluster, node_of, wait_for_replica
 from vecsync.settings import CommonSettings
+from vecsync.syncs import sync_of
 
 # Per partition, the keys (and hash fields, None for a plain key) that the producer rewrites with every batch it
 # publishes there.
@@ -397,8 +398,10 @@ def publish_current_states(
     ``also`` is as for publish_no_older_than_producer.
     """
 
+    sync_filter = sync_of(settings).filter  # a document outside the sync's filter reads as gone: its point goes
+
     def read() -> list[DocumentChange]:
-        changes = changes_for_ids(collection, source, mongo_ids, projection=projection)
+        changes = changes_for_ids(collection, source, mongo_ids, projection=projection, sync_filter=sync_filter)
         return [replace(change, force_embed=True) for change in changes] if force_embed else changes
 
     publish_no_older_than_producer(client, settings, source, read, also=also)

@@ -29,9 +29,7 @@ def open_vector_store(
     the embedded store only (see vecsync.store.embedded).
     """
     collection = settings.qdrant_collection
-    stores = open_vector_stores(
-        settings, data_dir, {collection: payload_indexes}, flush_interval_s=flush_interval_s
-    )
+    stores = open_vector_stores(settings, data_dir, {collection: payload_indexes}, flush_interval_s=flush_interval_s)
     return stores[collection]
 
 
