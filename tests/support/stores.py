@@ -31,3 +31,10 @@ def make_store(kind: str, folder: Path, *, dim: int = 384, collection: str = "do
         raise ValueError(f"no store of kind {kind!r}; use one of {KINDS}")
     store.ensure_collection()
     return store
+
+
+def index_types(store: VectorStore) -> dict[str, str]:
+    """The payload indexes of an embedded store's collection, path -> type ("keyword", "integer", ...)."""
+    assert isinstance(store, EmbeddedStore)
+    schema = store._open_shard().info().payload_schema
+    return {name: str(info.data_type).rsplit(".", 1)[-1].lower() for name, info in schema.items()}

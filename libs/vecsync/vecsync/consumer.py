@@ -64,6 +64,7 @@ from vecsync.redis_errors import REDIS_UNAVAILABLE
 from vecsync.redis_retry import RedisRetry
 from vecsync.retention import trim
 from vecsync.settings import ConsumerSettings
+from vecsync.sync import DEFAULT_SYNC
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class StreamConsumer:
     passes while the dependency serves other inputs, and raises while it does not. Given one, the loop tells an
     outage (the probe fails too: retry, forever) from a batch whose inputs make the dependency fail with an error
     that looks transient (the probe passes: split the batch, and dead-letter an entry that keeps failing alone).
+
+    ``sync`` names the sync whose entries ``stream`` holds, which the consumer's metrics carry as their ``sync``
+    label beside ``stream`` (a definition's sync has its own streams, ``<stage stream>.<sync>``).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class StreamConsumer:
         pause_when_redis_full: bool = False,
         partition: int = 0,
         probe: Callable[[], None] | None = None,
+        sync: str = DEFAULT_SYNC,
     ) -> None:
         self.client = client
         self.probe = probe
@@ -113,6 +118,7 @@ class StreamConsumer:
             settings=settings,
             stopping=stopping or threading.Event(),
             liveness=self.liveness,
+            sync=sync,
         )
         self._labels = self.context.labels
         # A stage that writes the next stream pauses between batches while Redis is nearly full (vecsync.flow).

@@ -10,6 +10,7 @@ import redis
 
 from vecsync.liveness import Liveness
 from vecsync.settings import ConsumerSettings
+from vecsync.sync import DEFAULT_SYNC
 
 
 @dataclass
@@ -28,8 +29,10 @@ class ConsumerContext:
     settings: ConsumerSettings
     stopping: threading.Event
     liveness: Liveness
+    # The sync whose entries the stream holds (see StreamConsumer).
+    sync: str = DEFAULT_SYNC
 
     @property
     def labels(self) -> dict[str, str]:
         """The labels of the consumer's metrics (vecsync.metrics)."""
-        return {"stage": self.stage, "stream": self.stream, "group": self.group}
+        return {"stage": self.stage, "stream": self.stream, "group": self.group, "sync": self.sync}

@@ -110,11 +110,23 @@ def text_of(document: dict[str, Any], sync: Sync) -> str:
 
 
 def payload_of(
-    document: dict[str, Any], sync: Sync, *, mongo_id: str, text: str, version: str, model: str
+    document: dict[str, Any],
+    sync: Sync,
+    *,
+    mongo_id: str,
+    text: str,
+    version: str,
+    model: str,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """The Qdrant payload of a document of ``sync``, by the sync's mapping."""
+    """The Qdrant payload of a document of ``sync``, by the sync's mapping.
+
+    ``source`` is the database and collection the change names, where it may differ from the sync's: the
+    environment's sync embeds a change that a CLI run with another MONGO_COLLECTION published, and its payload names
+    that change's collection, as its point id does (default: the sync's source).
+    """
     if not sync.structured:
-        identity = {"source": sync.source, "mongo_id": mongo_id}
+        identity = {"source": source or sync.source, "mongo_id": mongo_id}
         return build_payload(document, sync.payload_fields, **identity, text=text, version=version, model=model)
     payload = mapped_payload(document, sync.payload_fields)
     payload.update(

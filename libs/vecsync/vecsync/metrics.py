@@ -1,14 +1,18 @@
 """Prometheus metrics shared by the stages.
 
 Names follow Prometheus conventions: the ``vecsync_`` prefix, ``_total`` on
-counters, ``_seconds`` on durations. Labels are ``stage``, ``stream`` and
-``group`` only; a document id is never a label.
+counters, ``_seconds`` on durations. Labels are ``stage``, ``stream``,
+``group``, ``sync`` and ``partition`` only; a document id is never a label.
+``stream`` names the stage's stream as configured (STAGE1_STREAM,
+STAGE2_STREAM) for every sync, and ``sync`` the sync (vecsync.sync), so that
+the alert thresholds, which name the stage's stream, hold for each sync.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import redis
 from prometheus_client import Counter, Gauge, Histogram
@@ -18,10 +22,11 @@ from prometheus_client.registry import REGISTRY, Collector
 from vecsync.partitions import base_name, partition_index
 from vecsync.redis_client import memory_infos, memory_share
 from vecsync.stream_stats import StreamStats, stream_stats
+from vecsync.sync import DEFAULT_SYNC
 
 log = logging.getLogger(__name__)
 
-_STAGE_LABELS = ["stage", "stream", "group"]
+_STAGE_LABELS = ["stage", "stream", "group", "sync"]
 
 MESSAGES_PROCESSED = Counter(
     "vecsync_messages_processed_total", "Stream entries handled and acknowledged.", _STAGE_LABELS
@@ -79,47 +84,58 @@ END_TO_END_LATENCY = Histogram(
 )
 
 
+class WatchedStream(NamedTuple):
+    """A partition's stream and group whose figures the collector reports, with the sync whose entries it holds."""
+
+    stream: str
+    group: str
+    sync: str = DEFAULT_SYNC
+
+
 class StreamStatsCollector(Collector):
     """Reads stream length, lag, pending and DLQ length from Redis at each scrape.
 
     Reading at scrape time means the numbers are current even while a stage is
-    stuck or down, which is exactly when operators look at them.
+    stuck or down, which is exactly when operators look at them. ``streams`` are
+    WatchedStreams, or plain (stream, group) pairs of the environment's sync.
     """
 
-    def __init__(self, client: redis.Redis, streams: Iterable[tuple[str, str]]) -> None:
+    def __init__(self, client: redis.Redis, streams: Iterable[WatchedStream | tuple[str, str]]) -> None:
         self._client = client
-        self._streams = list(streams)
+        self._streams = [WatchedStream(*watched) for watched in streams]
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("vecsync_redis_up", "Whether the last Redis read for stream statistics succeeded.")
         families = {
             "length": GaugeMetricFamily(
-                "vecsync_stream_length", "Entries in the stream (in one partition).", labels=["stream", "partition"]
+                "vecsync_stream_length",
+                "Entries in the stream (in one partition).",
+                labels=["stream", "sync", "partition"],
             ),
             "lag": GaugeMetricFamily(
                 "vecsync_stream_group_lag",
                 "Entries not yet delivered to the group.",
-                labels=["stream", "group", "partition"],
+                labels=["stream", "group", "sync", "partition"],
             ),
             "pending": GaugeMetricFamily(
                 "vecsync_stream_group_pending",
                 "Entries delivered to the group and not yet acknowledged.",
-                labels=["stream", "group", "partition"],
+                labels=["stream", "group", "sync", "partition"],
             ),
             "oldest": GaugeMetricFamily(
                 "vecsync_stream_oldest_pending_age_seconds",
                 "Age of the oldest unacknowledged entry (0 when none).",
-                labels=["stream", "group", "partition"],
+                labels=["stream", "group", "sync", "partition"],
             ),
             "idle": GaugeMetricFamily(
                 "vecsync_stream_oldest_pending_idle_seconds",
                 "Time since the oldest unacknowledged entry was last delivered (0 when none).",
-                labels=["stream", "group", "partition"],
+                labels=["stream", "group", "sync", "partition"],
             ),
             "dlq": GaugeMetricFamily(
                 "vecsync_stream_dlq_length",
                 "Entries in the stream's dead-letter stream.",
-                labels=["stream", "partition"],
+                labels=["stream", "sync", "partition"],
             ),
         }
         memory = {
@@ -129,7 +145,9 @@ class StreamStatsCollector(Collector):
             ),
         }
         try:
-            all_stats = [stream_stats(self._client, stream, group) for stream, group in self._streams]
+            all_stats = [
+                (watched, stream_stats(self._client, watched.stream, watched.group)) for watched in self._streams
+            ]
             # On a Redis Cluster, the master closest to its maxmemory: each refuses writes on its own once full.
             info = max(memory_infos(self._client), key=memory_share)
         except redis.RedisError as exc:
@@ -139,21 +157,22 @@ class StreamStatsCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        for stats in all_stats:
-            _add_stats(families, stats)
+        for watched, stats in all_stats:
+            _add_stats(families, watched, stats)
         yield from families.values()
         memory["used"].add_metric([], int(info["used_memory"]))
         memory["max"].add_metric([], int(info.get("maxmemory", 0)))
         yield from memory.values()
 
 
-def _add_stats(families: dict[str, GaugeMetricFamily], stats: StreamStats) -> None:
-    # `stream` is the stage's stream as configured (STAGE1_STREAM, STAGE2_STREAM), whatever the partitions, so that
-    # the alert thresholds and dashboards name it; `partition` tells its partitions apart ("0" with one).
+def _add_stats(families: dict[str, GaugeMetricFamily], watched: WatchedStream, stats: StreamStats) -> None:
+    # `stream` is the stream's base name, whatever the partitions (`partition` tells them apart, "0" with one): the
+    # stage's stream, or a definition sync's own (raw_document_changes.tickets, which the alert rules give its
+    # stage's threshold); `sync` names the sync.
     stream, partition = base_name(stats.stream), str(partition_index(stats.stream))
-    families["length"].add_metric([stream, partition], stats.length)
-    families["dlq"].add_metric([stream, partition], stats.dlq_length)
-    group_labels = [stream, stats.group, partition]
+    families["length"].add_metric([stream, watched.sync, partition], stats.length)
+    families["dlq"].add_metric([stream, watched.sync, partition], stats.dlq_length)
+    group_labels = [stream, stats.group, watched.sync, partition]
     if stats.lag is not None:
         families["lag"].add_metric(group_labels, stats.lag)
     families["pending"].add_metric(group_labels, stats.pending)
@@ -161,5 +180,6 @@ def _add_stats(families: dict[str, GaugeMetricFamily], stats: StreamStats) -> No
     families["idle"].add_metric(group_labels, stats.oldest_pending_idle_s)
 
 
-def register_stream_stats(client: redis.Redis, streams: Iterable[tuple[str, str]]) -> None:
+def register_stream_stats(client: redis.Redis, streams: Iterable[WatchedStream | tuple[str, str]]) -> None:
+    """Report the figures of ``streams`` (WatchedStreams, or (stream, group) pairs) at every scrape of /metrics."""
     REGISTRY.register(StreamStatsCollector(client, streams))

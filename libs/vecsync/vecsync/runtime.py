@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,12 +22,13 @@ from vecsync.backoff import Backoff
 from vecsync.batch import Handler
 from vecsync.consumer import StreamConsumer
 from vecsync.errors import ConfigurationError, HistoryLost
-from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
+from vecsync.metrics import LOOP_HEALTHY, WatchedStream, register_stream_stats
 from vecsync.partitions import check_count
 from vecsync.redaction import RedactingFormatter, redact
 from vecsync.redis_client import connect
 from vecsync.redis_errors import REDIS_UNAVAILABLE
 from vecsync.settings import ConsumerSettings
+from vecsync.sync import Sync
 
 log = logging.getLogger(__name__)
 
@@ -151,23 +153,35 @@ def run_main(main: Callable[[], None]) -> None:
         sys.exit(1)
 
 
+@dataclass(frozen=True)
+class Lane:
+    """One sync's share of a consumer stage: the stream its entries travel in, and how to build their handler.
+
+    ``build_handler`` gets the Redis client and the stop event; it may wait for the stage's own dependency, and
+    returns None when asked to stop meanwhile.
+    """
+
+    sync: Sync
+    stream: str  # the sync's stream of the stage: sync.stage1_stream or sync.stage2_stream
+    build_handler: Callable[[redis.Redis, threading.Event], Handler | None]
+
+
 def serve_consumer(
     settings: ConsumerSettings,
     *,
     stage: str,
-    stream: str,
     group: str,
-    build_handler: Callable[[redis.Redis, threading.Event], Handler | None],
+    lanes: Sequence[Lane],
     post_routes: AuthenticatedRoutes | None = None,
     pause_when_redis_full: bool = False,
     probe: Callable[[], None] | None = None,
 ) -> None:
     """Run one consumer stage as a service: signal handling, metrics server, the consumer loops.
 
-    One consumer loop per partition of ``stream`` (STREAM_PARTITIONS), each on its own thread with its own blocking
-    reads, so every process serves every partition and none waits behind another; the handler is shared.
-    ``build_handler`` may wait for the stage's own dependency; it returns None
-    when asked to stop meanwhile. ``probe`` is the stage's known-good call to its
+    One consumer loop per sync (``lanes``, each on its own stream) and partition of its stream (STREAM_PARTITIONS),
+    each on its own thread with its own blocking reads, so every process serves every sync and partition and none
+    waits behind another: one sync's backlog or poison never stalls another's. Each lane's handler serves all its
+    partitions; the metrics of each carry its stream and its ``sync``. ``probe`` is the stage's known-good call to its
     dependency (see StreamConsumer). /healthz answers 503 until the loops run, and
     whenever one has not come round for STALL_TIMEOUT_S (see Liveness). A loop
     paused on a misconfiguration is alive (200), and /healthz says why it waits.
@@ -195,33 +209,40 @@ def serve_consumer(
         client = connect(settings.redis_url, cluster=settings.redis_cluster)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
-        check_count(client, settings.pipeline_streams(), settings.stream_partitions)
-        register_stream_stats(client, [(name, group) for name in partitions.names(stream)])
-        handler = build_handler(client, stopping)
-        if handler is None:
-            return
-        consumers.extend(
-            StreamConsumer(
-                client,
-                stage=stage,
-                stream=partitions.name(stream, partition),
-                group=group,
-                handler=handler,
-                settings=settings,
-                stopping=stopping,
-                pause_when_redis_full=pause_when_redis_full,
-                partition=partition,
-                probe=probe,
-            )
-            for partition in partitions.indexes()
+        streams = [*settings.pipeline_streams()]
+        streams += [name for lane in lanes for name in (lane.sync.stage1_stream, lane.sync.stage2_stream)]
+        check_count(client, list(dict.fromkeys(streams)), settings.stream_partitions)
+        register_stream_stats(
+            client,
+            [WatchedStream(name, group, lane.sync.name) for lane in lanes for name in partitions.names(lane.stream)],
         )
+        for lane in lanes:
+            handler = lane.build_handler(client, stopping)
+            if handler is None:
+                return
+            consumers.extend(
+                StreamConsumer(
+                    client,
+                    stage=stage,
+                    stream=partitions.name(lane.stream, partition),
+                    group=group,
+                    handler=handler,
+                    settings=settings,
+                    stopping=stopping,
+                    pause_when_redis_full=pause_when_redis_full,
+                    partition=partition,
+                    probe=probe,
+                    sync=lane.sync.name,
+                )
+                for partition in partitions.indexes()
+            )
         run_all(consumers, stopping)
     finally:
         server.close()
 
 
 def run_all(consumers: list[StreamConsumer], stopping: threading.Event) -> None:
-    """Run the consumers, one per partition, until stopped; a consumer that raises stops the others too."""
+    """Run the consumers, one per sync and partition, until stopped; a consumer that raises stops the others too."""
     if len(consumers) == 1:
         consumers[0].run()
         return
@@ -235,7 +256,8 @@ def run_all(consumers: list[StreamConsumer], stopping: threading.Event) -> None:
             stopping.set()
 
     threads = [
-        threading.Thread(target=run, args=(consumer,), name=f"consumer-{consumer.partition}") for consumer in consumers
+        threading.Thread(target=run, args=(consumer,), name=f"consumer-{consumer.context.sync}-{consumer.partition}")
+        for consumer in consumers
     ]
     for thread in threads:
         thread.start()

@@ -409,7 +409,7 @@ def publish_current_states(
     ``also`` is as for publish_no_older_than_producer. A document outside the filter of the sync ``settings`` are
     for (vecsync.syncs.sync_of) is published as a delete: it has no point.
     """
-    sync_filter = sync_of(settings).filter
+    sync_filter = sync_of(settings).filter  # a document outside the sync's filter reads as gone: its point goes
 
     def read() -> list[DocumentChange]:
         changes = changes_for_ids(collection, source, mongo_ids, projection=projection, sync_filter=sync_filter)

@@ -68,6 +68,11 @@ class Sync:
         """The skip-unchanged hint of this sync's points (see constants.APPLIED_TEXT_KEY)."""
         return constants.APPLIED_TEXT_KEY if not self.structured else f"{constants.APPLIED_TEXT_KEY}.{self.name}"
 
+    @property
+    def applied_text_previous_key(self) -> str:
+        """The hint's previous generation (see constants.APPLIED_TEXT_PREVIOUS_KEY), named as the hint is."""
+        return self.applied_text_key + constants.APPLIED_TEXT_PREVIOUS_KEY.removeprefix(constants.APPLIED_TEXT_KEY)
+
     def indexed_payload(self) -> dict[str, str]:
         """The payload index type of every payload field: keyword unless the definition says otherwise."""
         return {path: self.payload_indexes.get(path, "keyword") for path in self.payload_fields}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vecsync.errors import ConfigurationError, InvalidEntry, TransientError
+from vecsync.errors import ConfigurationError, InvalidEntry, PermanentError, TransientError
 from vecsync.messages import parse_version
 
 # A point's version as numbers, beside the `version` string: Qdrant's range conditions compare numbers as
@@ -137,10 +137,9 @@ class VectorStore(ABC):
         """Delete points unconditionally, past the version fence: for tools and tests, never the pipeline."""
 
     @abstractmethod
-    def search(self, vector: list[float], *, limit: int, match: dict[str, Any] | None = None) -> list[Hit]:
-        """The ``limit`` points nearest ``vector`` (cosine), among those whose payload holds ``match``: each field
-        equal to its value, or within its range where the value is a mapping of RANGE_BOUNDS (numbers, or ISO 8601
-        strings for a datetime field; see range_bounds)."""
+    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
+        """The ``limit`` points nearest ``vector`` (cosine), among those whose payload meets every condition of
+        ``match`` (see ``match_conditions``)."""
 
     @abstractmethod
     def count(self) -> int:
@@ -174,19 +173,45 @@ class VectorStore(ABC):
         """Release the connection or the embedded store; an embedded store writes everything to disk first."""
 
 
-# The bounds a range condition of ``search`` may give, as Qdrant names them.
+# A payload index's type, as a sync's definition names it (vecsync.sync.INDEX_TYPES).
+PayloadIndexes = Mapping[str, str] | Sequence[str]
+
+# The bounds a range condition of ``match`` may hold, as Qdrant's Range names them.
 RANGE_BOUNDS = ("gt", "gte", "lt", "lte")
 
 
-def range_bounds(value: Any) -> tuple[dict[str, Any], bool] | None:
-    """The bounds of a range condition of ``search`` and whether they are datetimes (ISO 8601 strings), or None when
-    ``value`` is a plain value to match."""
-    if not isinstance(value, Mapping):
-        return None
-    bounds = {name: value[name] for name in RANGE_BOUNDS if value.get(name) is not None}
-    return bounds, any(isinstance(bound, str) for bound in bounds.values())
+def index_types(payload_indexes: PayloadIndexes) -> dict[str, str]:
+    """The payload indexes to create, path -> type: `mongo_id` (keyword) first, then ``payload_indexes``, each once.
+
+    A plain list of paths (what callers gave before index types existed) means a keyword index on each.
+    """
+    given = payload_indexes if isinstance(payload_indexes, Mapping) else dict.fromkeys(payload_indexes, "keyword")
+    return {MONGO_ID: "keyword", **{path: kind for path, kind in given.items() if path != MONGO_ID}}
 
 
-def indexed_fields(payload_indexes: Sequence[str]) -> list[str]:
-    """The fields to index: `mongo_id` and ``payload_indexes``, each once, in order."""
-    return list(dict.fromkeys([MONGO_ID, *payload_indexes]))
+def match_conditions(match: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any] | None]]:
+    """``match`` as conditions, (key, value, None) for "equals value" or (key, None, bounds) for a range.
+
+    A value that is a mapping of RANGE_BOUNDS (``{"gte": 2, "lt": 5}``) is a range on the key: numbers compare
+    as numbers (an integer or float index), strings as RFC 3339 dates (a datetime index). Any other value must
+    equal the payload's. A nested field is named by its dotted path (``meta.priority``). Both stores build their
+    engine's filter from these, so they read ``match`` alike.
+    """
+    conditions: list[tuple[str, Any, dict[str, Any] | None]] = []
+    for key, value in match.items():
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(RANGE_BOUNDS))
+            if unknown or not value:
+                raise PermanentError(
+                    f"The condition on {key!r} is a mapping, so it must be a range with one or more of "
+                    f"{', '.join(RANGE_BOUNDS)}, not {', '.join(map(repr, unknown)) or 'nothing'}."
+                )
+            conditions.append((key, None, dict(value)))
+        else:
+            conditions.append((key, value, None))
+    return conditions
+
+
+def is_date_range(bounds: Mapping[str, Any]) -> bool:
+    """Whether a range compares dates (its bounds are strings) rather than numbers."""
+    return any(isinstance(bound, str) for bound in bounds.values())

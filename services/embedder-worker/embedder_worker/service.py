@@ -8,6 +8,10 @@ and the rest of the batch is embedded in one more call. Each payload names the
 model the embedding-api reported for its vector. The stage 2 entries are queued
 on the batch transaction, so they commit in the same MULTI/EXEC as the stage 1
 acks.
+
+One Embedder serves one sync (its settings are the sync's, vecsync.syncs.settings_for): texts and payloads follow
+the sync's mapping (vecsync.documents.text_of and payload_of), its skip-unchanged hint is the sync's, and its
+stage 2 entries go to the sync's stage 2 stream.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from prometheus_client import Counter
 from embedder_worker.embedding_client import EmbeddingClient, TextsRejected
 from embedder_worker.settings import EmbedderSettings
 from vecsync.batch import Batch, Entry
-from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY
-from vecsync.documents import build_payload, build_text, point_id, text_fingerprint, text_sha256
+from vecsync.documents import payload_of, point_id, text_fingerprint, text_of, text_sha256
 from vecsync.errors import InvalidEntry, TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
+from vecsync.syncs import sync_of
 
 DOCUMENTS_WITHOUT_TEXT = Counter(
     "vecsync_embedder_documents_without_text_total",
@@ -53,6 +57,7 @@ class _ParsedChange:
 class Embedder:
     def __init__(self, settings: EmbedderSettings, embedding: EmbeddingClient, client: redis.Redis) -> None:
         self.settings = settings
+        self.sync = sync_of(settings)
         self.embedding = embedding
         self.client = client
         self.partitions = settings.partitions
@@ -76,7 +81,7 @@ class Embedder:
                 continue
             vector, made_by = embedded.get(item.point_id, (None, model))
             output = self._embedded_document(item, vector, made_by, item.point_id in unchanged)
-            batch.tx.xadd(self.partitions.name(self.settings.stage2_stream, batch.partition), output.to_fields())
+            batch.tx.xadd(self.partitions.name(self.sync.stage2_stream, batch.partition), output.to_fields())
 
     def _embed(self, batch: Batch, to_embed: list[_ParsedChange]) -> dict[str, tuple[list[float], str]]:
         """Each text's vector and the model that made it, by point id.
@@ -114,7 +119,7 @@ class Embedder:
             text = ""
             if change.op == "upsert":
                 assert change.document is not None
-                text = build_text(change.document, self.settings.text_fields, self.settings.max_text_chars)
+                text = text_of(change.document, self.sync)
                 if not text:
                     DOCUMENTS_WITHOUT_TEXT.inc()
             item = _ParsedChange(
@@ -141,8 +146,8 @@ class Embedder:
         ids = [item.point_id for item in candidates]
         # The hint's two generations (upserter.service): the current one knows the points written since it began.
         reads = self.client.pipeline(transaction=False)
-        reads.hmget(self.partitions.name(APPLIED_TEXT_KEY, partition), ids)
-        reads.hmget(self.partitions.name(APPLIED_TEXT_PREVIOUS_KEY, partition), ids)
+        reads.hmget(self.partitions.name(self.sync.applied_text_key, partition), ids)
+        reads.hmget(self.partitions.name(self.sync.applied_text_previous_key, partition), ids)
         current, previous = reads.execute()
         return model, {
             item.point_id
@@ -159,9 +164,9 @@ class Embedder:
             # A delete, or a document with no text: either way it must have no point.
             return EmbeddedDocument(op="delete", version=item.version, **common)  # type: ignore[arg-type]
         assert change.document is not None and model is not None
-        payload = build_payload(
+        payload = payload_of(
             change.document,
-            self.settings.payload_fields,
+            self.sync,
             source=change.source,
             mongo_id=change.mongo_id,
             text=item.text,

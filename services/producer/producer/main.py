@@ -7,13 +7,13 @@ from producer.service import Producer
 from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
 from vecsync.backoff import Backoff
-from vecsync.metrics import LOOP_HEALTHY, register_stream_stats
+from vecsync.metrics import LOOP_HEALTHY, WatchedStream, register_stream_stats
 from vecsync.mongo_reads import open_client
 from vecsync.partitions import check_count
 from vecsync.redaction import redact_url
 from vecsync.redis_client import connect
 from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
-from vecsync.syncs import load_syncs, settings_for
+from vecsync.syncs import load_syncs, settings_for, sync_of
 
 log = logging.getLogger("vecsync.producer")
 
@@ -47,7 +47,9 @@ def main() -> None:
         check_count(
             client, [stream for each in per_sync for stream in each.pipeline_streams()], settings.stream_partitions
         )
-        register_stream_stats(client, [(each.stage1_stream, each.stage1_group) for each in per_sync])
+        register_stream_stats(
+            client, [WatchedStream(each.stage1_stream, each.stage1_group, sync_of(each).name) for each in per_sync]
+        )
         # One client for every sync: one connection pool and one set of server monitors, whatever their number.
         mongo = open_client(settings, "vecsync-producer")
         producers.extend(

@@ -2,8 +2,9 @@
 
 The change goes back with its version, so it keeps its place in the order. Once
 retention has trimmed it from stage 1, its document is read from MongoDB again
-and published to stage 1 as `vecsync dlq replay` does; a document of another
-collection than the one this upserter reads becomes a dead letter for the CLI.
+and published to stage 1 as `vecsync dlq replay` does (a document outside the
+sync's filter reads as gone, so its point is deleted); a document of another
+collection than the sync's becomes a dead letter for the CLI.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class EmbedAgain:
     """Queues the change behind a payload-only entry again to be embedded, in the batch's transaction."""
 
     def __init__(self, settings: UpserterSettings, client: redis.Redis, mongo: Collection[dict[str, Any]]) -> None:
+        """``settings`` are one sync's (vecsync.syncs.settings_for), ``mongo`` that sync's MongoDB collection."""
         self.settings = settings
         self.client = client
         self.partitions = settings.partitions

@@ -6,6 +6,7 @@
 import logging
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -22,8 +23,10 @@ from vecsync.constants import APPLIED_VERSIONS_KEY
 from vecsync.errors import TransientError
 from vecsync.mongo_reads import open_collection
 from vecsync.redaction import redact_url
-from vecsync.runtime import run_main, serve_consumer, setup_logging
-from vecsync.store import open_vector_store
+from vecsync.runtime import Lane, run_main, serve_consumer, setup_logging
+from vecsync.store import open_vector_stores
+from vecsync.sync import Sync
+from vecsync.syncs import load_syncs, settings_for
 from vecsync.vectorstore import VectorStore, store_key_file
 
 log = logging.getLogger("vecsync.upserter")
@@ -32,28 +35,46 @@ log = logging.getLogger("vecsync.upserter")
 def main() -> None:
     settings = settings_module.load(UpserterSettings)
     setup_logging(settings.log_level)
-    store = open_vector_store(
+    syncs = load_syncs(settings)  # an invalid definition file stops the upserter before it opens anything
+    stores = open_vector_stores(
         settings,
         settings.data_dir,
-        payload_indexes=settings.payload_fields,
+        collection_indexes(syncs),
         flush_interval_s=settings.qdrant_flush_interval_ms / 1000,
     )
     # Connected only when first used: a change to embed again that was trimmed from stage 1 is read from MongoDB.
     mongo = open_collection(settings, "vecsync-upserter", connect=False)
     try:
-        _serve(settings, store, mongo)
+        _serve(settings, syncs, stores, mongo)
     finally:
-        store.close()  # the embedded store writes everything to disk and releases its folder
+        for store in stores.values():
+            store.close()  # the embedded store writes everything to disk and releases its folder
         mongo.database.client.close()
 
 
-def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dict[str, Any]]) -> None:
+def collection_indexes(syncs: Sequence[Sync]) -> dict[str, dict[str, str]]:
+    """Each Qdrant collection the syncs write, with the payload indexes of every sync that writes it (vecsync.syncs
+    refuses a definition file that types one field of a collection two ways)."""
+    indexes: dict[str, dict[str, str]] = {}
+    for sync in syncs:
+        indexes.setdefault(sync.qdrant_collection, {}).update(sync.indexed_payload())
+    return indexes
+
+
+def _serve(
+    settings: UpserterSettings,
+    syncs: Sequence[Sync],
+    stores: Mapping[str, VectorStore],
+    mongo: Collection[dict[str, Any]],
+) -> None:
     embedded = settings.embedded_path(settings.data_dir)
     log.info(
-        "Upserter %s: %s -> Qdrant collection %r at %s, Redis %s",
+        "Upserter %s: %s -> Qdrant %s at %s, Redis %s",
         settings.consumer_name,
-        settings.stage2_stream,
-        settings.qdrant_collection,
+        ", ".join(sync.stage2_stream for sync in syncs),
+        "collections " + ", ".join(repr(name) for name in stores)
+        if len(stores) > 1
+        else f"collection {next(iter(stores))!r}",
         embedded or redact_url(settings.qdrant_url or ""),
         redact_url(settings.redis_url),
     )
@@ -69,28 +90,42 @@ def _serve(settings: UpserterSettings, store: VectorStore, mongo: Collection[dic
                 settings.metrics_port,
                 store_key_file(settings.data_dir),
             )
-        routes = AuthenticatedRoutes(store_routes(store), key)
+        routes = AuthenticatedRoutes(store_routes(stores), key)
 
-    def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
-        if not _wait_for_collection(store, settings, stopping):
-            return None
-        if _exists(client, APPLIED_VERSIONS_KEY):
-            log.warning(
-                "The Redis hash %s is no longer used: the version fence lives in each point's payload and deletes "
-                "in the tombstones (docs/design.md). Delete it to free its memory: DEL %s",
-                APPLIED_VERSIONS_KEY,
-                APPLIED_VERSIONS_KEY,
-            )
-        return Upserter(settings, client, store, mongo).handle
+    def lane(sync: Sync) -> Lane:
+        sync_settings = settings_for(settings, sync)
+        store = stores[sync.qdrant_collection]
+        sharing = [other for other in syncs if other.qdrant_collection == sync.qdrant_collection and other != sync]
+        # One MongoDB client for every sync: each re-reads its own collection.
+        collection = mongo.database.client[sync.mongo_database][sync.mongo_collection]
 
+        def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
+            if not _wait_for_collection(store, settings, stopping):
+                return None
+            if sync is syncs[0]:
+                _warn_of_unused_hash(client)
+            return Upserter(sync_settings, client, store, collection, sharing=sharing).handle
+
+        return Lane(sync, sync.stage2_stream, build_handler)
+
+    lanes = [lane(sync) for sync in syncs]
     serve_consumer(
         settings,
         stage="upserter",
-        stream=settings.stage2_stream,
         group=settings.stage2_group,
-        build_handler=build_handler,
+        lanes=lanes,
         post_routes=routes,
     )
+
+
+def _warn_of_unused_hash(client: redis.Redis) -> None:
+    if _exists(client, APPLIED_VERSIONS_KEY):
+        log.warning(
+            "The Redis hash %s is no longer used: the version fence lives in each point's payload and deletes "
+            "in the tombstones (docs/design.md). Delete it to free its memory: DEL %s",
+            APPLIED_VERSIONS_KEY,
+            APPLIED_VERSIONS_KEY,
+        )
 
 
 def _exists(client: redis.Redis, key: str) -> bool:

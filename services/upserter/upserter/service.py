@@ -22,6 +22,10 @@ upserter.write_plan decides what each entry needs, upserter.embed_again sends a
 change back to be embedded, upserter.tombstones records deletes and sweeps the
 tombstones no change can need, and upserter.model_check warns of a collection
 that mixes models.
+
+One Upserter serves one sync (its settings are the sync's, vecsync.syncs.settings_for) and writes that sync's
+Qdrant collection, which other syncs may share: their points never collide (ids derive from the source and _id),
+the tombstones are the collection's, and their sweep reads the streams of every sync that writes it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -50,11 +55,13 @@ from upserter.write_plan import (
     with_vector_of_same_text,
 )
 from vecsync.batch import Batch, Entry
-from vecsync.constants import APPLIED_TEXT_KEY, APPLIED_TEXT_PREVIOUS_KEY, tombstones_key
+from vecsync.constants import tombstones_key
 from vecsync.documents import point_id, text_fingerprint
 from vecsync.errors import ConfigurationError, InvalidEntry
 from vecsync.messages import EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
+from vecsync.sync import Sync
+from vecsync.syncs import sync_of
 from vecsync.vectorstore import CollectionMissing, VectorStore
 
 log = logging.getLogger("vecsync.upserter")
@@ -87,11 +94,19 @@ class Upserter:
         client: redis.Redis,
         store: VectorStore,
         mongo: Collection[dict[str, Any]],
+        *,
+        sharing: Sequence[Sync] = (),
     ) -> None:
+        """``mongo`` is the sync's MongoDB collection; ``sharing``, the other syncs that write ``store``'s
+        collection (their streams keep its tombstones alive too)."""
         self.settings = settings
+        self.sync = sync_of(settings)
         self.client = client
         self.store = store
         self.partitions = settings.partitions
+        # A definition's sync locks its points under its Qdrant collection: two syncs of one MongoDB collection into
+        # two Qdrant collections have the same point ids, and must not hold one another's locks.
+        lock_scope = f":{store.collection}" if self.sync.structured else ""
         # Each partition's locks, tombstones and hints share its hash slot (vecsync.partitions).
         self.locks = [
             PointLocks(
@@ -99,7 +114,7 @@ class Upserter:
                 holder=settings.consumer_name,
                 ttl_ms=settings.point_lock_ttl_ms,
                 wait_ms=settings.point_lock_wait_ms,
-                key_suffix=self.partitions.name("", partition),
+                key_suffix=lock_scope + self.partitions.name("", partition),
             )
             for partition in self.partitions.indexes()
         ]
@@ -114,8 +129,7 @@ class Upserter:
             client,
             self.tombstones,
             self.partitions,
-            stage1=settings.stage1_stream,
-            stage2=settings.stage2_stream,
+            streams=list(dict.fromkeys((sync.stage1_stream, sync.stage2_stream) for sync in [self.sync, *sharing])),
             interval_s=settings.tombstone_sweep_interval_s,
         )
 
@@ -269,8 +283,8 @@ class Upserter:
             payload = doc.payload or {}
             sha = payload.get("text_sha256")
             fields[pid] = text_fingerprint(sha, payload.get("model")) if isinstance(sha, str) else None
-        current = self.partitions.name(APPLIED_TEXT_KEY, partition)
+        current = self.partitions.name(self.sync.applied_text_key, partition)
         held.confirm_and_set(current, fields)
         if fields:
-            previous = self.partitions.name(APPLIED_TEXT_PREVIOUS_KEY, partition)
+            previous = self.partitions.name(self.sync.applied_text_previous_key, partition)
             self._hint_upkeep(keys=[current, previous], args=[self.settings.skip_unchanged_hint_points, *fields])

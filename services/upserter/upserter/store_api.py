@@ -9,16 +9,21 @@ vecsync.runtime.MetricsServer hands every POST): UPSERTER_API_KEY, or else a
 random key the upserter writes at start to a file under DATA_DIR that only its
 user may read, where a CLI on the same host finds it. /metrics and /healthz
 stay open.
+
+An upserter serving several Qdrant collections (the syncs of VECSYNC_CONFIG) answers for each: a request names
+its collection in "collection"; one without names the first (the only one, in a deployment of one collection).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from vecsync.authenticated_routes import PostRoute
+from vecsync.errors import PermanentError
 from vecsync.vectorstore import VectorStore, store_key_file
 
 
@@ -36,30 +41,57 @@ def write_store_key(data_dir: Path) -> str:
     return key
 
 
-def store_routes(store: VectorStore) -> dict[str, PostRoute]:
-    def search(body: Any) -> tuple[int, Any]:
-        if not isinstance(body, dict) or not isinstance(body.get("vector"), list):
+def store_routes(stores: Mapping[str, VectorStore] | VectorStore) -> dict[str, PostRoute]:
+    """The routes over ``stores`` (by Qdrant collection; or one store), each answering for the collection that its
+    request names."""
+    served = {stores.collection: stores} if isinstance(stores, VectorStore) else dict(stores)
+    default = next(iter(served))
+
+    def route(answer: Callable[[VectorStore, dict[str, Any]], tuple[int, Any]], usage: str) -> PostRoute:
+        def handle(body: Any) -> tuple[int, Any]:
+            if not isinstance(body, dict):
+                return 400, {"detail": f"Send a JSON object with {usage}, and optional 'collection'."}
+            name = body.get("collection") or default
+            store = served.get(name) if isinstance(name, str) else None
+            if store is None:
+                return 404, {
+                    "detail": f"This upserter holds no Qdrant collection {name!r}; it holds "
+                    f"{', '.join(map(repr, served))}. Check QDRANT_COLLECTION (or the sync's qdrant_collection)."
+                }
+            try:
+                return answer(store, body)
+            except PermanentError as exc:
+                return 400, {"detail": str(exc)}
+
+        return handle
+
+    def search(store: VectorStore, body: dict[str, Any]) -> tuple[int, Any]:
+        if not isinstance(body.get("vector"), list):
             return 400, {"detail": "Send a JSON object with 'vector' (a list of numbers), 'limit' and 'match'."}
         hits = store.search(body["vector"], limit=int(body.get("limit", 10)), match=body.get("match") or None)
         return 200, {"hits": [hit.__dict__ for hit in hits]}
 
-    def count(_body: Any) -> tuple[int, Any]:
+    def count(store: VectorStore, _body: dict[str, Any]) -> tuple[int, Any]:
         return 200, {"count": store.count()}
 
-    def payloads(body: Any) -> tuple[int, Any]:
-        if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
+    def payloads(store: VectorStore, body: dict[str, Any]) -> tuple[int, Any]:
+        if not isinstance(body.get("ids"), list):
             return 400, {"detail": "Send a JSON object with 'ids' (a list of point ids) and optional 'fields'."}
         return 200, {"payloads": store.payloads(body["ids"], body.get("fields"))}
 
-    def scroll(body: Any) -> tuple[int, Any]:
-        if not isinstance(body, dict):
-            return 400, {"detail": "Send a JSON object with 'limit', 'offset' and optional 'fields'."}
+    def scroll(store: VectorStore, body: dict[str, Any]) -> tuple[int, Any]:
         limit, offset, fields = int(body.get("limit", 256)), body.get("offset"), body.get("fields")
         page, next_offset = store.scroll(limit=limit, offset=offset, fields=fields)
         return 200, {"payloads": page, "next_offset": next_offset}
 
-    def recreate(_body: Any) -> tuple[int, Any]:
+    def recreate(store: VectorStore, _body: dict[str, Any]) -> tuple[int, Any]:
         store.recreate()
         return 200, {"recreated": store.collection}
 
-    return {"/search": search, "/count": count, "/payloads": payloads, "/scroll": scroll, "/recreate": recreate}
+    return {
+        "/search": route(search, "'vector' (a list of numbers), 'limit' and 'match'"),
+        "/count": route(count, "no field"),
+        "/payloads": route(payloads, "'ids' (a list of point ids) and optional 'fields'"),
+        "/scroll": route(scroll, "'limit', 'offset' and optional 'fields'"),
+        "/recreate": route(recreate, "no field"),
+    }

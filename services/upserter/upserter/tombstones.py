@@ -205,8 +205,10 @@ def oldest_version_left(client: redis.Redis, *, stage1: str, stage2: str) -> tup
 class TombstoneSweep:
     """Removes each partition's tombstones that no change left in its streams can need, at most once an interval.
 
-    ``tombstones`` holds each partition's Tombstones, by partition index; ``stage1`` and ``stage2`` are the streams'
-    names before partitioning. An ``interval_s`` of 0 never sweeps on its own (``run`` still does).
+    ``tombstones`` holds each partition's Tombstones, by partition index; ``streams`` are the (stage 1, stage 2)
+    streams' names before partitioning of every sync that writes the collection (several syncs may share one, and
+    with it its tombstones): a tombstone goes only once no change in any of them can need it. An ``interval_s`` of 0
+    never sweeps on its own (``run`` still does).
     """
 
     def __init__(
@@ -215,15 +217,13 @@ class TombstoneSweep:
         tombstones: Sequence[Tombstones],
         partitions: Partitions,
         *,
-        stage1: str,
-        stage2: str,
+        streams: Sequence[tuple[str, str]],
         interval_s: float,
     ) -> None:
         self.client = client
         self.tombstones = tombstones
         self.partitions = partitions
-        self.stage1 = stage1
-        self.stage2 = stage2
+        self.streams = list(streams)
         self.interval_s = interval_s
         # When each partition's tombstones were last swept: the first sweep comes one interval after the start.
         self._last_sweep = dict.fromkeys(partitions.indexes(), time.monotonic())
@@ -243,13 +243,17 @@ class TombstoneSweep:
 
     def run(self, partition: int) -> int:
         """Remove the partition's tombstones that no change left in its streams is older than; the number removed."""
-        oldest = oldest_version_left(
-            self.client,
-            stage1=self.partitions.name(self.stage1, partition),
-            stage2=self.partitions.name(self.stage2, partition),
-        )
-        if oldest is None:
+        found = [
+            oldest_version_left(
+                self.client,
+                stage1=self.partitions.name(stage1, partition),
+                stage2=self.partitions.name(stage2, partition),
+            )
+            for stage1, stage2 in self.streams
+        ]
+        if not found or None in found:
             return 0
+        oldest = min(version for version in found if version is not None)
         removed = self.tombstones[partition].remove_up_to(oldest)
         TOMBSTONES_REMOVED.inc(removed)
         return removed

@@ -1,9 +1,13 @@
-"""How the CLI reaches the Qdrant collection: directly, or through the upserter that holds an embedded store."""
+"""How the CLI reaches the Qdrant collection: directly, or through the upserter that holds an embedded store.
+
+``open_store`` opens the collection the settings name; with the settings of one sync (vecsync.syncs.settings_for),
+that sync's Qdrant collection, with its payload indexes.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,6 +17,7 @@ from vecsync.cli.settings import CliSettings
 from vecsync.errors import CheckNotRun, ConfigurationError, PermanentError, TransientError
 from vecsync.redaction import redact_url
 from vecsync.store import open_vector_store
+from vecsync.syncs import sync_of
 from vecsync.vectorstore import Hit, StoreInUse, store_key_file
 
 
@@ -21,7 +26,7 @@ class Store(Protocol):
 
     collection: str
 
-    def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]: ...
+    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]: ...
 
     def count(self) -> int: ...
 
@@ -40,7 +45,8 @@ class UpserterStore:
     """The collection operations over the upserter's HTTP port (see upserter.store_api).
 
     Each request carries the upserter's key: ``api_key``, or else the content of ``key_file``, read at every
-    request so that a restarted upserter's new key is picked up.
+    request so that a restarted upserter's new key is picked up; and names ``collection``, of the collections the
+    upserter holds (an empty one names none: the upserter answers for its first).
     """
 
     def __init__(
@@ -58,8 +64,8 @@ class UpserterStore:
         self.api_key = api_key
         self.key_file = key_file
 
-    def search(self, vector: list[float], *, limit: int, match: dict[str, str] | None = None) -> list[Hit]:
-        body = self._post("/search", {"vector": vector, "limit": limit, "match": match or {}})
+    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
+        body = self._post("/search", {"vector": vector, "limit": limit, "match": dict(match or {})})
         return [Hit(hit["id"], hit["score"], hit["payload"]) for hit in body["hits"]]
 
     def count(self) -> int:
@@ -96,6 +102,8 @@ class UpserterStore:
         return None
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
+        if self.collection:
+            body = {**body, "collection": self.collection}
         key = self._key()
         try:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -115,8 +123,9 @@ class UpserterStore:
 
 def open_store(settings: CliSettings) -> Store:
     """A server's collection directly; an embedded one through its upserter, or directly when none runs."""
+    payload_indexes = sync_of(settings).indexed_payload()
     if settings.qdrant_url:
-        return open_vector_store(settings, settings.data_dir, payload_indexes=settings.payload_fields)
+        return open_vector_store(settings, settings.data_dir, payload_indexes=payload_indexes)
     remote = UpserterStore(
         settings.upserter_url,
         settings.qdrant_collection,
@@ -130,7 +139,7 @@ def open_store(settings: CliSettings) -> Store:
     except TransientError:
         pass
     try:
-        store = open_vector_store(settings, settings.data_dir, payload_indexes=settings.payload_fields)
+        store = open_vector_store(settings, settings.data_dir, payload_indexes=payload_indexes)
     except StoreInUse as exc:
         raise ConfigurationError(
             f"{exc} No upserter answered at UPSERTER_URL={redact_url(settings.upserter_url)} either: point "

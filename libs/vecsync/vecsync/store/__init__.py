@@ -7,37 +7,73 @@ choice between them lives here, the one place that may know both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from vecsync.settings import QdrantSettings
-from vecsync.vectorstore import VectorStore
+from vecsync.vectorstore import PayloadIndexes, VectorStore
 
 
 def open_vector_store(
     settings: QdrantSettings,
     data_dir: Path,
     *,
-    payload_indexes: Sequence[str] = (),
+    payload_indexes: PayloadIndexes = (),
     flush_interval_s: float = 1.0,
 ) -> VectorStore:
-    """The collection the settings name: on the Qdrant server at QDRANT_URL, else in the embedded store.
+    """The collection the settings name (QDRANT_COLLECTION): on the Qdrant server at QDRANT_URL, else in the
+    embedded store.
 
-    ``payload_indexes`` are the payload fields that get a keyword index (filtered searches on them stay fast);
-    ``flush_interval_s`` applies to the embedded store only (see vecsync.store.embedded).
+    ``payload_indexes`` maps the payload fields to index (filtered searches on them stay fast) to their index types
+    (vecsync.sync.INDEX_TYPES); a plain list of fields gets a keyword index on each. ``flush_interval_s`` applies to
+    the embedded store only (see vecsync.store.embedded).
+    """
+    collection = settings.qdrant_collection
+    stores = open_vector_stores(settings, data_dir, {collection: payload_indexes}, flush_interval_s=flush_interval_s)
+    return stores[collection]
+
+
+def open_vector_stores(
+    settings: QdrantSettings,
+    data_dir: Path,
+    collections: Mapping[str, PayloadIndexes],
+    *,
+    flush_interval_s: float = 1.0,
+) -> dict[str, VectorStore]:
+    """A store of each Qdrant collection of ``collections`` (name -> its payload indexes, as for open_vector_store),
+    on the server at QDRANT_URL, else in the embedded store, by name.
+
+    The embedded stores of one process share one lock of QDRANT_PATH (vecsync.store.folder.FolderLock): another
+    process is refused, and the folder is released once every store is closed.
     """
     # Imported here, so that a process loads only the client library of the store it opens.
     path = settings.embedded_path(data_dir)
     if path is None:
         from vecsync.store.server import ServerStore
 
-        return ServerStore.connect(settings, payload_indexes=payload_indexes)
+        return {
+            name: ServerStore.connect(settings.model_copy(update={"qdrant_collection": name}), payload_indexes=indexes)
+            for name, indexes in collections.items()
+        }
     from vecsync.store.embedded import EmbeddedStore
+    from vecsync.store.folder import FolderLock
 
-    return EmbeddedStore(
-        path,
-        settings.qdrant_collection,
-        settings.embedding_dim,
-        payload_indexes=payload_indexes,
-        flush_interval_s=flush_interval_s,
-    )
+    lock = FolderLock(path)
+    stores: dict[str, VectorStore] = {}
+    try:
+        for name, indexes in collections.items():
+            stores[name] = EmbeddedStore(
+                path,
+                name,
+                settings.embedding_dim,
+                payload_indexes=indexes,
+                flush_interval_s=flush_interval_s,
+                folder_lock=lock.share(),
+            )
+    except BaseException:
+        for store in stores.values():
+            store.close()
+        raise
+    finally:
+        lock.release()  # this function's own hold: the stores hold theirs
+    return stores

@@ -4,7 +4,9 @@ Layout: ``QDRANT_PATH/<collection>/`` is one Edge shard (its write-ahead log,
 segments and config). ``QDRANT_PATH/.lock`` is locked (flock) by the one
 process that has the store open, for as long as it has it open, and names its
 PID, so a second process is refused with a message naming the first instead of
-failing deep in the engine (vecsync.store.folder). The kernel releases the lock
+failing deep in the engine (vecsync.store.folder). A process that serves
+several collections opens one EmbeddedStore for each, all holding one shared
+lock of the folder (vecsync.store.open_vector_stores). The kernel releases the lock
 when the process dies, even by SIGKILL; holding it also makes it safe to remove
 what an interrupted optimisation left behind before the shard is loaded.
 
@@ -26,9 +28,10 @@ writes of that interval (0 flushes before every write returns instead).
 Indexing: shards are created with vector indexing off (``indexing_threshold=0``),
 so searches are exact and ``optimize()`` never builds an HNSW graph. Building
 one holds Python's GIL for its whole run (about a minute at 50,000 points
-on 2 cores, `make bench` Q), stopping every thread of the upserter. Keyword payload
-indexes keep filtered searches fast; the background thread runs the engine's
-vacuum (``optimize()``) after deletes, which takes a fraction of a second.
+on 2 cores, `make bench` Q), stopping every thread of the upserter. Payload
+indexes (keyword, or the type a sync's definition gives) keep filtered searches
+fast; the background thread runs the engine's vacuum (``optimize()``) after
+deletes, which takes a fraction of a second.
 """
 
 from __future__ import annotations
@@ -47,7 +50,17 @@ import qdrant_edge as qe
 from vecsync.errors import ConfigurationError, PermanentError, TransientError, VecsyncError
 from vecsync.store import edge_fence, local_mode
 from vecsync.store.folder import FolderLock, shard_config, shard_path
-from vecsync.vectorstore import CollectionMissing, Hit, Point, Record, VectorStore, indexed_fields, range_bounds
+from vecsync.vectorstore import (
+    CollectionMissing,
+    Hit,
+    PayloadIndexes,
+    Point,
+    Record,
+    VectorStore,
+    index_types,
+    is_date_range,
+    match_conditions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +70,17 @@ TEMP_SEGMENTS = "temp_segments"
 # Deletes after which the background thread asks the engine to vacuum (it does so only past its own threshold:
 # a fifth of a segment's points deleted).
 VACUUM_AFTER_DELETES = 1000
+
+# The engine's payload index type of each index type a sync's definition may name (vecsync.sync.INDEX_TYPES).
+SCHEMA_TYPES = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+    "datetime": qe.PayloadSchemaType.Datetime,
+    "text": qe.PayloadSchemaType.Text,
+    "uuid": qe.PayloadSchemaType.Uuid,
+}
 
 
 class EmbeddedStore(VectorStore):
@@ -68,21 +92,24 @@ class EmbeddedStore(VectorStore):
         collection: str,
         dim: int,
         *,
-        payload_indexes: Sequence[str] = (),
+        payload_indexes: PayloadIndexes = (),
         flush_interval_s: float = 1.0,
+        folder_lock: FolderLock | None = None,
     ) -> None:
+        """``folder_lock``: a share of the folder's lock (FolderLock.share), which this store releases on close;
+        without one, the store takes the folder's lock itself."""
         self.folder = folder
         self.collection = collection
         self.dim = dim
         self.path = shard_path(folder, collection)
-        self.indexed = indexed_fields(payload_indexes)
+        self.indexed = index_types(payload_indexes)
         self.flush_interval_s = flush_interval_s
         self._lock = threading.RLock()
         self._shard: qe.EdgeShard | None = None
         self._closed = False
         self._unflushed = False
         self._deletes = 0
-        self._folder_lock = FolderLock(folder)
+        self._folder_lock = folder_lock or FolderLock(folder)
         try:
             if local_mode.holds_local_mode_store(folder):
                 raise local_mode.refusal(folder)
@@ -126,9 +153,9 @@ class EmbeddedStore(VectorStore):
                     self.dim,
                 )
             existing = set(self._shard.info().payload_schema)
-            for name in self.indexed:
+            for name, kind in self.indexed.items():
                 if name not in existing:
-                    self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+                    self._shard.update(qe.UpdateOperation.create_field_index(name, SCHEMA_TYPES[kind]))
                     self._unflushed = True
 
     def require_conditional_writes(self) -> None:
@@ -205,10 +232,8 @@ class EmbeddedStore(VectorStore):
 
     # Reads ----------------------------------------------------------------------
 
-    def search(self, vector: list[float], *, limit: int, match: dict[str, Any] | None = None) -> list[Hit]:
-        query_filter = None
-        if match:
-            query_filter = qe.Filter(must=[_condition(key, value) for key, value in match.items()])
+    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
+        query_filter = qe.Filter(must=[_condition(*parts) for parts in match_conditions(match)]) if match else None
         request = qe.QueryRequest(query=qe.Query.Nearest(vector), limit=limit, filter=query_filter, with_payload=True)
         with self._lock, _engine_errors("search"):
             points = self._open_shard().query(request)
@@ -272,6 +297,15 @@ class EmbeddedStore(VectorStore):
         return self._shard
 
 
+def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> qe.FieldCondition:
+    """One condition of VectorStore.search's ``match`` in the engine's terms."""
+    if bounds is None:
+        return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+    if is_date_range(bounds):
+        return qe.FieldCondition(key=key, range=qe.RangeDateTime(**bounds))
+    return qe.FieldCondition(key=key, range=qe.RangeFloat(**bounds))
+
+
 def _dense(vector: Any) -> list[float] | None:
     return [float(x) for x in vector] if isinstance(vector, list) else None
 
@@ -303,12 +337,3 @@ def _engine_errors(action: str) -> Iterator[None]:
         if any(marker in text for marker in _TRANSIENT):
             raise TransientError(f"The embedded Qdrant store could not {action}: {text}") from exc
         raise
-
-
-def _condition(key: str, value: Any) -> qe.FieldCondition:
-    """A condition of ``search``: the field equals ``value``, or lies in its range (see vectorstore.range_bounds)."""
-    found = range_bounds(value)
-    if found is None:
-        return qe.FieldCondition(key=key, match=qe.MatchValue(value))
-    bounds, dates = found
-    return qe.FieldCondition(key=key, range=qe.RangeDateTime(**bounds) if dates else qe.RangeFloat(**bounds))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -35,9 +36,17 @@ def shard_config(dim: int) -> qe.EdgeConfig:
 
 
 class FolderLock:
-    """An exclusive lock on the embedded store's folder, held from open to close by one process."""
+    """An exclusive lock on the embedded store's folder, held from open to close by one process.
+
+    Each FolderLock takes the lock anew, so a second one in the same process is refused as another process would be
+    (a store opened twice would have two engines writing one shard). The stores of several collections that one
+    process opens together share one lock instead: each holds a ``share()`` of it, and the folder is released when
+    the last holder releases it.
+    """
 
     def __init__(self, folder: Path) -> None:
+        self._holders = 1
+        self._count_lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] | None = open(folder / LOCK_FILE, "a+")  # held until release()
         try:
@@ -58,7 +67,20 @@ class FolderLock:
         self._file.write(f"{os.getpid()}\n")
         self._file.flush()
 
+    def share(self) -> FolderLock:
+        """This lock, with one more holder that must release it."""
+        with self._count_lock:
+            if self._file is None:
+                raise RuntimeError("a released FolderLock cannot be shared")
+            self._holders += 1
+        return self
+
     def release(self) -> None:
+        """Give up one hold; the folder is released with the last."""
+        with self._count_lock:
+            self._holders -= 1
+            if self._holders > 0:
+                return
         if self._file is not None:
             self._file.seek(0)
             self._file.truncate()

@@ -29,11 +29,13 @@ from vecsync.vectorstore import (
     VERSION_SEQ,
     CollectionMissing,
     Hit,
+    PayloadIndexes,
     Point,
     Record,
     VectorStore,
-    indexed_fields,
-    range_bounds,
+    index_types,
+    is_date_range,
+    match_conditions,
     with_version_numbers,
 )
 
@@ -48,6 +50,17 @@ CONDITIONAL_WRITES_SINCE = (1, 16)
 # on a replica that sees it first, whatever the write consistency factor. Strong ordering sends every write of a shard
 # through its one permanent leader, so every replica applies them in one order and the conditions agree.
 FENCE_ORDERING = models.WriteOrdering.STRONG
+
+# Qdrant's payload index type of each index type a sync's definition may name (vecsync.sync.INDEX_TYPES).
+SCHEMA_TYPES = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+    "datetime": models.PayloadSchemaType.DATETIME,
+    "text": models.PayloadSchemaType.TEXT,
+    "uuid": models.PayloadSchemaType.UUID,
+}
 
 
 def older_than(version: tuple[int, int]) -> models.Filter:
@@ -80,18 +93,18 @@ class ServerStore(VectorStore):
         collection: str,
         dim: int,
         *,
-        payload_indexes: Sequence[str] = (),
+        payload_indexes: PayloadIndexes = (),
         distribution: Mapping[str, int] | None = None,
     ) -> None:
         self.client = client
         self.collection = collection
         self.dim = dim
-        self.indexed = indexed_fields(payload_indexes)
+        self.indexed = index_types(payload_indexes)
         # create_collection's shard_number, replication_factor and write_consistency_factor, where set.
         self.distribution = dict(distribution or {})
 
     @classmethod
-    def connect(cls, settings: QdrantSettings, *, payload_indexes: Sequence[str] = ()) -> ServerStore:
+    def connect(cls, settings: QdrantSettings, *, payload_indexes: PayloadIndexes = ()) -> ServerStore:
         client = QdrantClient(
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key,
@@ -134,9 +147,9 @@ class ServerStore(VectorStore):
                     "".join(f", {name} {value}" for name, value in self.distribution.items()),
                 )
                 existing = set()
-            for name in self.indexed:
+            for name, kind in self.indexed.items():
                 if name not in existing:
-                    self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+                    self.client.create_payload_index(self.collection, name, SCHEMA_TYPES[kind])
 
     def _warn_of_other_distribution(self, params: models.CollectionParams) -> None:
         """Log what to do where the existing collection is distributed otherwise than the settings ask; never fail.
@@ -241,10 +254,10 @@ class ServerStore(VectorStore):
                 ordering=FENCE_ORDERING,  # in one order with the fence's writes to the same points
             )
 
-    def search(self, vector: list[float], *, limit: int, match: dict[str, Any] | None = None) -> list[Hit]:
+    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
         query_filter = None
         if match:
-            query_filter = models.Filter(must=[_condition(key, value) for key, value in match.items()])
+            query_filter = models.Filter(must=[_condition(*parts) for parts in match_conditions(match)])
         with _mapped_errors("search"):
             result = self.client.query_points(
                 self.collection, query=vector, limit=limit, query_filter=query_filter, with_payload=True
@@ -283,6 +296,15 @@ class ServerStore(VectorStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> models.Condition:
+    """One condition of VectorStore.search's ``match`` in Qdrant's terms."""
+    if bounds is None:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+    if is_date_range(bounds):
+        return models.FieldCondition(key=key, range=models.DatetimeRange(**bounds))
+    return models.FieldCondition(key=key, range=models.Range(**bounds))
 
 
 def _equals(key: str, value: Any) -> models.Condition:
@@ -370,12 +392,3 @@ def _collection_missing(exc: BaseException) -> bool:
     if isinstance(exc, UnexpectedResponse):
         return exc.status_code == 404 and "Collection" in text
     return isinstance(exc, ValueError) and text.startswith("Collection ") and text.endswith(" not found")
-
-
-def _condition(key: str, value: Any) -> models.FieldCondition:
-    """A condition of ``search``: the field equals ``value``, or lies in its range (see vectorstore.range_bounds)."""
-    found = range_bounds(value)
-    if found is None:
-        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-    bounds, dates = found
-    return models.FieldCondition(key=key, range=models.DatetimeRange(**bounds) if dates else models.Range(**bounds))
