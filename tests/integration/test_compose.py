@@ -670,7 +670,7 @@ def test_without_a_definition_file_vecsync_config_is_empty_and_means_the_environ
     assert not _definition_mounts(base["services"]["embedding-api"]), "the embedding-api maps no documents"
 
 
-def test_every_mapping_service_takes_the_mapping_from_the_same_env_values(base: dict[str, Any], compose: Compose) -> None:
+def test_every_mapping_service_maps_with_the_same_env_values(base: dict[str, Any], compose: Compose) -> None:
     defaults = _env_example()
     mapping = ("TEXT_FIELDS", "PAYLOAD_FIELDS", "MAX_TEXT_CHARS")
     for name in MAPPING_SERVICES:
