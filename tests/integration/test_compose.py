@@ -716,3 +716,13 @@ def test_an_env_that_leaves_the_data_plane_settings_out_renders_as_the_default(
 ) -> None:
     # A .env copied from an older .env.example has none of them: it must keep the bundled data plane.
     assert compose.config(_test_env(**{setting: None}), BASE_FILES)["services"] == base["services"]
+
+
+def test_the_bundled_mongodbs_vecsync_user_reads_every_database_a_sync_reads(
+    base: dict[str, Any], compose: Compose
+) -> None:
+    assert base["services"]["mongo-init"]["environment"]["MONGO_VECSYNC_DATABASES"] == "app"
+    config = compose.config(_test_env(MONGO_VECSYNC_DATABASES="app,kb"), BASE_FILES)
+    init = config["services"]["mongo-init"]
+    assert init["environment"]["MONGO_VECSYNC_DATABASES"] == "app,kb"
+    assert "env.MONGO_VECSYNC_DATABASES.split" in " ".join(init["entrypoint"]), "one read role per database"
