@@ -12,7 +12,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 LOCK := constraints.txt
 
 .PHONY: venv lock wheelhouse run test test-unit test-rules lint typecheck chaos chaos-cluster big-sync clean up up-gpu down logs \
-	scale config compose-smoke bench-embed bench bench-snapshot bench-partitions soak
+	scale config compose-smoke bench-embed bench bench-snapshot bench-partitions bench-syncs soak
 
 venv: $(STAMP)
 
@@ -48,8 +48,12 @@ wheelhouse: $(STAMP)
 	$(BIN)/python scripts/wheelhouse.py wheelhouse $(WHEELHOUSE_EXTRA)
 
 # Starts every stage locally on the embedded default, loads the sample data, runs until Ctrl-C (libs/vecsync-local).
+# VECSYNC_CONFIG=<file> runs a sync definition file's syncs instead, and SAMPLE_SYNCS=<name>,<name>=<file> loads
+# samples into those syncs' empty collections, e.g.
+#   make run VECSYNC_CONFIG=samples/syncs.example.yaml SAMPLE_SYNCS=tickets,articles=samples/kb_articles.jsonl
 run: $(STAMP)
-	$(BIN)/python -m vecsync_local
+	$(if $(VECSYNC_CONFIG),VECSYNC_CONFIG='$(VECSYNC_CONFIG)') $(if $(SAMPLE_SYNCS),SAMPLE_SYNCS='$(SAMPLE_SYNCS)') \
+		$(BIN)/python -m vecsync_local
 
 test: $(STAMP)
 	$(BIN)/pytest
@@ -70,9 +74,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy -p vecsync -p vecsync_local -p producer -p embedder_worker -p upserter -p embedding_api
 
-# The long chaos test (tests/chaos/harness.py); `make test` runs a short one. SEED=<n> replays a run.
+# The long chaos test (tests/chaos/harness.py); `make test` runs a short one. SEED=<n> replays a run. SYNCS=2 runs
+# it with two syncs of a definition file (CHAOS_SYNCS in the harness's environment).
 chaos: $(STAMP)
-	$(BIN)/python -m tests.chaos.harness $(if $(SEED),--seed $(SEED))
+	$(if $(SYNCS),CHAOS_SYNCS=$(SYNCS)) $(BIN)/python -m tests.chaos.harness $(if $(SEED),--seed $(SEED))
 
 # The same on a real Redis Cluster of 3 masters and 3 replicas with 8 partitions: an unplanned failover (a master
 # killed with writes its replica missed, the replica taking over) and a manual CLUSTER FAILOVER. REPLICA_WAIT_MS=0
@@ -91,16 +96,23 @@ big-sync: $(STAMP)
 bench-embed: $(STAMP)
 	$(BIN)/python bench/embed.py
 
-# A benchmark, not a test: the pipeline end to end on the embedded default, B1-B6 of docs/performance.md.
+# A benchmark, not a test: the pipeline end to end on the embedded default, B1-B6 of docs/performance.md, then many
+# syncs in one deployment (bench/syncs.py).
 # Sizes: BENCH_DOCS, BENCH_HASH_DOCS, BENCH_PER_DOC_DOCS, BENCH_LOAD_SECONDS, BENCH_B2_BACKENDS.
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/snapshot.py
 	$(BIN)/python bench/partitions.py
+	$(BIN)/python bench/syncs.py
 
 # A benchmark of STREAM_PARTITIONS=1 against 8 on a local Redis Cluster (bench/partitions.py), hash backend.
 bench-partitions: $(STAMP)
 	$(BIN)/python bench/partitions.py
+
+# A benchmark of many syncs in one deployment (bench/syncs.py): how long the stages take to start, and how much of a
+# core they use while idle.
+bench-syncs: $(STAMP)
+	$(BIN)/python bench/syncs.py
 
 # A benchmark of the first sync's snapshot alone (bench/snapshot.py): projection, bytes per entry, parallel reads.
 # Sizes: BENCH_SNAPSHOT_DOCS, BENCH_SNAPSHOT_ROUNDS, BENCH_SNAPSHOT_PARTS.

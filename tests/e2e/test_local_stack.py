@@ -4,6 +4,7 @@ Kills, outages and concurrent workers are the chaos test's (tests/e2e/test_chaos
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -90,6 +91,8 @@ class Launch:
             "EMBEDDING_BACKEND": "hash",
             "SAMPLE_DATA": str(samples or SAMPLES),
             "PATH": "/usr/local/bin:/usr/bin:/bin",
+            # Where the packages under test come from, when not from the venv's editable installs (a worktree).
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
             **env,
         }
         self.data_dir = settings.data_dir
@@ -270,3 +273,128 @@ def test_a_point_lost_while_stopped_is_named_with_the_command_that_repairs_it(
         run.wait_for_output("All 6 documents are searchable")
     finally:
         assert run.stop() == 0, run.output()
+
+
+# --- a sync definition file (VECSYNC_CONFIG) --------------------------------------------------------------------
+
+EXAMPLE_SYNCS = REPO / "samples" / "syncs.example.yaml"
+ARTICLES = REPO / "samples" / "kb_articles.jsonl"
+STAGES = ("vecsync-producer", "vecsync-embedder-worker", "vecsync-upserter")
+
+
+def _stage_environments(parent: int) -> dict[str, list[dict[str, str]]]:
+    """The environment of each stage process that ``parent`` started, by its program's name."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for folder in Path("/proc").iterdir():
+        try:
+            if not folder.name.isdigit() or int((folder / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            # A console script runs as `python3 .../vecsync-producer`: the program is the first argument named so.
+            names = [Path(arg.decode()).name for arg in (folder / "cmdline").read_bytes().split(b"\0") if arg]
+            program = next((name for name in names if name in STAGES), names[0] if names else "")
+            entries = (folder / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
+        env = dict(entry.decode().partition("=")[::2] for entry in entries if entry)
+        found.setdefault(program, []).append(env)
+    return found
+
+
+def _counts(mongo_uri: str, *namespaces: str) -> dict[str, int]:
+    import pymongo
+
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    try:
+        return {ns: client[ns.split(".")[0]][ns.split(".", 1)[1]].count_documents({}) for ns in namespaces}
+    finally:
+        client.close()
+
+
+def test_make_run_hands_the_definition_file_to_every_stage_and_loads_samples_where_sample_syncs_says(
+    tmp_path: Path, few_samples: Path
+) -> None:
+    """Each sync of samples/syncs.example.yaml gets its samples, in two databases of the one MongoDB stand-in; the
+    environment's default collection gets none; every stage and the CLI hint are given the file's absolute path."""
+    run = Launch(
+        tmp_path,
+        few_samples,
+        VECSYNC_CONFIG=str(EXAMPLE_SYNCS.relative_to(REPO)),
+        SAMPLE_SYNCS=f"tickets, articles={ARTICLES}",
+    )
+    try:
+        run.wait_for_output("Running the 2 syncs of", timeout=120)
+        console = run.output()
+        assert f"Loaded 6 sample documents from {few_samples} into app.tickets (sync tickets)" in console, console
+        assert f"Loaded 8 sample documents from {ARTICLES} into kb.articles (sync articles)" in console, console
+        assert "tickets (app.tickets -> tickets), articles (kb.articles -> kb_articles)" in console, console
+        assert f"export VECSYNC_CONFIG={EXAMPLE_SYNCS}" in console, console
+        assert "searchable" not in console, "with a definition file the stack does not wait for the default sync"
+        counts = _counts(run.env["MONGO_URI"], "app.documents", "app.tickets", "kb.articles")
+        assert counts == {"app.documents": 0, "app.tickets": 6, "kb.articles": 8}
+        stages = _stage_environments(run.process.pid)
+        assert {name: len(envs) for name, envs in stages.items() if name in STAGES} == {
+            "vecsync-producer": 1,
+            "vecsync-embedder-worker": 2,
+            "vecsync-upserter": 1,
+        }, stages.keys()
+        for name in STAGES:
+            for env in stages[name]:
+                assert env["VECSYNC_CONFIG"] == str(EXAMPLE_SYNCS), name
+    finally:
+        assert run.stop() == 0, run.output()
+
+
+def test_make_run_with_a_definition_file_and_no_sample_syncs_loads_no_samples(
+    tmp_path: Path, few_samples: Path
+) -> None:
+    run = Launch(tmp_path, few_samples, VECSYNC_CONFIG=str(EXAMPLE_SYNCS))
+    try:
+        run.wait_for_output("All stages running", timeout=120)
+        assert "no samples are loaded: SAMPLE_SYNCS names the syncs" in run.output(), run.output()
+        assert set(_counts(run.env["MONGO_URI"], "app.documents", "app.tickets", "kb.articles").values()) == {0}
+    finally:
+        assert run.stop() == 0, run.output()
+
+
+def test_without_a_definition_file_every_stage_is_given_an_empty_vecsync_config(
+    tmp_path: Path, few_samples: Path
+) -> None:
+    """The environment's one sync, whatever VECSYNC_CONFIG the shell that started the stack holds: the stack passes
+    exactly what its settings say (an empty value reads as unset)."""
+    run = Launch(tmp_path, few_samples)
+    try:
+        run.wait_for_output("All 6 documents are searchable", timeout=120)
+        stages = _stage_environments(run.process.pid)
+        for name in STAGES:
+            assert stages[name] and all(env["VECSYNC_CONFIG"] == "" for env in stages[name]), name
+    finally:
+        assert run.stop() == 0, run.output()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"VECSYNC_CONFIG": "{bad}"},
+            "Invalid sync definitions in VECSYNC_CONFIG {bad}",
+        ),
+        ({"VECSYNC_CONFIG": str(EXAMPLE_SYNCS), "SAMPLE_SYNCS": "tickets,faq"}, "SAMPLE_SYNCS names sync 'faq'"),
+        ({"SAMPLE_SYNCS": "tickets"}, "but VECSYNC_CONFIG is not set"),
+        (
+            {"VECSYNC_CONFIG": str(EXAMPLE_SYNCS), "SAMPLE_SYNCS": "articles=nowhere.jsonl"},
+            "SAMPLE_SYNCS loads sync 'articles' from nowhere.jsonl, which does not exist",
+        ),
+    ],
+    ids=["a-bad-definition-file", "an-unknown-sample-sync", "sample-syncs-without-a-file", "a-missing-sample-file"],
+)
+def test_a_bad_definition_file_or_sample_syncs_is_refused_before_anything_starts(
+    tmp_path: Path, few_samples: Path, env: dict[str, str], message: str
+) -> None:
+    bad = tmp_path / "bad-syncs.yaml"
+    bad.write_text("syncs:\n  - name: tickets\n    mongo_colection: tickets\n    text_fields: [subject]\n")
+    env = {name: value.replace("{bad}", str(bad)) for name, value in env.items()}
+    run = Launch(tmp_path, few_samples, **env)
+    assert run.exit_status() == 2
+    console = run.output()
+    assert message.replace("{bad}", str(bad)) in console, console
+    assert "listening" not in console, "a server was started"

@@ -615,3 +615,114 @@ def test_service_images_expose_the_port_compose_checks() -> None:
 def test_dockerignore_keeps_secrets_and_local_state_out_of_images() -> None:
     patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if not line.startswith("#")}
     assert {".env", ".git", ".venv", "data", "**/*.egg-info", "**/__pycache__"} <= patterns
+
+
+# --- Sync definitions and an existing MongoDB or Qdrant -------------------------------------------------------------
+
+# The services that map documents: each reads the definition file and the mapping settings.
+MAPPING_SERVICES = ("producer", "embedder-worker", "upserter")
+DEFINITION_TARGET = "/etc/vecsync/syncs.yaml"
+
+
+def _definition_mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return [mount for mount in service.get("volumes") or [] if mount["target"] == DEFINITION_TARGET]
+
+
+def test_the_definition_file_is_mounted_read_only_and_named_by_vecsync_config_in_every_mapping_service(
+    compose: Compose, tmp_path: Path
+) -> None:
+    definitions = tmp_path / "syncs.yaml"
+    definitions.write_text("syncs: []\n")
+    for files in (BASE_FILES, GPU_FILES):
+        config = compose.config(_test_env(VECSYNC_CONFIG_FILE=str(definitions)), files)
+        for name in MAPPING_SERVICES:
+            service = config["services"][name]
+            [mount] = _definition_mounts(service)
+            assert (mount["type"], mount["source"], mount["read_only"]) == ("bind", str(definitions), True), name
+            # Compose renders false by leaving it out; a short-syntax mount renders it true.
+            created = mount.get("bind", {}).get("create_host_path", False)
+            assert created is False, f"{name}: a missing file must fail the start, not become a folder"
+            assert service["environment"]["VECSYNC_CONFIG"] == DEFINITION_TARGET, name
+
+
+def test_a_relative_definition_file_is_found_next_to_compose_yaml(compose: Compose) -> None:
+    config = compose.config(_test_env(VECSYNC_CONFIG_FILE="./samples/syncs.example.yaml"), BASE_FILES)
+    for name in MAPPING_SERVICES:
+        [mount] = _definition_mounts(config["services"][name])
+        assert mount["source"] == str(ROOT / "samples/syncs.example.yaml"), name
+
+
+def test_without_a_definition_file_vecsync_config_is_empty_and_means_the_environments_one_sync(
+    base: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vecsync.settings import CommonSettings
+    from vecsync.syncs import load_syncs
+
+    for name in MAPPING_SERVICES:
+        service = base["services"][name]
+        assert service["environment"]["VECSYNC_CONFIG"] == "", name
+        [mount] = _definition_mounts(service)
+        assert mount["source"] == "/dev/null", name  # a stand-in: Compose has no optional mount
+    # What the services make of the empty value Compose passes: the environment's one sync, as before.
+    monkeypatch.setenv("VECSYNC_CONFIG", "")
+    [sync] = load_syncs(CommonSettings())
+    assert (sync.name, sync.structured) == ("default", False)
+    assert not _definition_mounts(base["services"]["embedding-api"]), "the embedding-api maps no documents"
+
+
+def test_every_mapping_service_maps_with_the_same_env_values(base: dict[str, Any], compose: Compose) -> None:
+    defaults = _env_example()
+    mapping = ("TEXT_FIELDS", "PAYLOAD_FIELDS", "MAX_TEXT_CHARS")
+    for name in MAPPING_SERVICES:
+        env = base["services"][name]["environment"]
+        assert {key: env[key] for key in mapping} == {key: defaults[key] for key in mapping}, name
+    changed = {"TEXT_FIELDS": "title,body", "PAYLOAD_FIELDS": "author,tags", "MAX_TEXT_CHARS": "2048"}
+    config = compose.config(_test_env(**changed), BASE_FILES)
+    for name in MAPPING_SERVICES:
+        env = config["services"][name]["environment"]
+        assert {key: env[key] for key in mapping} == changed, name
+
+
+def test_an_existing_mongodb_and_qdrant_replace_the_bundled_ones_by_env_alone(compose: Compose) -> None:
+    mongo_uri = "mongodb://reader:secret@mongo.example.internal:27017/?replicaSet=prod&authSource=admin"
+    qdrant_url = "https://qdrant.example.internal:6333"
+    env = _test_env(BUNDLED_MONGO="0", BUNDLED_QDRANT="0", MONGO_URI=mongo_uri, QDRANT_URL=qdrant_url)
+    config = compose.config(env, BASE_FILES)
+    services = config["services"]
+    for name in ("mongo", "mongo-init", "qdrant"):
+        assert services[name]["deploy"]["replicas"] == 0, f"the bundled {name} must not start"
+    assert services["producer"]["environment"]["MONGO_URI"] == mongo_uri
+    assert services["upserter"]["environment"]["MONGO_URI"] == mongo_uri
+    assert services["upserter"]["environment"]["QDRANT_URL"] == qdrant_url
+    # Their dependents start without them: a dependency that does not run must not be required.
+    for name, dependency in (("producer", "mongo"), ("producer", "mongo-init"), ("upserter", "qdrant")):
+        assert services[name]["depends_on"][dependency]["required"] is False, (name, dependency)
+    assert services["redis"].get("deploy", {}).get("replicas", 1) == 1, "Redis stays the bundled one"
+
+
+def test_by_default_the_bundled_mongodb_and_qdrant_run_at_the_static_addresses(base: dict[str, Any]) -> None:
+    services = base["services"]
+    for name in ("mongo", "mongo-init", "qdrant"):
+        assert services[name]["deploy"]["replicas"] == 1, name
+    assert services["upserter"]["environment"]["QDRANT_URL"] == "http://172.30.0.57:6333"
+    assert services["producer"]["environment"]["MONGO_URI"] == (
+        "mongodb://vecsync:test-mongo-vecsync-password@172.30.0.57:27017/?replicaSet=rs0&authSource=admin"
+    )
+
+
+@pytest.mark.parametrize("setting", ["BUNDLED_MONGO", "BUNDLED_QDRANT", "MONGO_URI", "QDRANT_URL"])
+def test_an_env_that_leaves_the_data_plane_settings_out_renders_as_the_default(
+    compose: Compose, base: dict[str, Any], setting: str
+) -> None:
+    # A .env copied from an older .env.example has none of them: it must keep the bundled data plane.
+    assert compose.config(_test_env(**{setting: None}), BASE_FILES)["services"] == base["services"]
+
+
+def test_the_bundled_mongodbs_vecsync_user_reads_every_database_a_sync_reads(
+    base: dict[str, Any], compose: Compose
+) -> None:
+    assert base["services"]["mongo-init"]["environment"]["MONGO_VECSYNC_DATABASES"] == "app"
+    config = compose.config(_test_env(MONGO_VECSYNC_DATABASES="app,kb"), BASE_FILES)
+    init = config["services"]["mongo-init"]
+    assert init["environment"]["MONGO_VECSYNC_DATABASES"] == "app,kb"
+    assert "env.MONGO_VECSYNC_DATABASES.split" in " ".join(init["entrypoint"]), "one read role per database"

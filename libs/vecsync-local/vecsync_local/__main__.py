@@ -1,5 +1,8 @@
 """``make run`` (``python -m vecsync_local``): start the local stack, load the samples, run until Ctrl-C.
 
+With VECSYNC_CONFIG, the stack runs the definition file's syncs and says how to follow them, instead of waiting
+until the environment's one sync is searchable.
+
 The order of a run, and the exit status of each way it ends: 0 after Ctrl-C, 2 for a bad setting or a stage
 that exited 2, 3 when the producer exited 3 (its change stream lost its history), 1 for any other failure.
 """
@@ -39,9 +42,15 @@ def main() -> None:
         stack.start_servers()
         total = stack.load_samples()
         stack.start_stages()
-        stack.wait_until_searchable(total)
+        if stack.config is None:
+            stack.wait_until_searchable(total)
+            ready = console.all_searchable(total)
+        else:
+            # A definition file's syncs may hold any documents, in several Qdrant collections: `vecsync status`
+            # tells how far each has come, so the stack does not wait for a count here.
+            ready = console.syncs_running(stack.config, stack.syncs)
         if not stack.stopping.is_set():
-            print(console.all_searchable(total), flush=True)
+            print(ready, flush=True)
             stack.supervise()
     except Interrupted:
         pass

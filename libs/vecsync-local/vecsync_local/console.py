@@ -14,6 +14,7 @@ from typing import Any
 
 from vecsync.producer_state import Snapshot
 from vecsync.redaction import redact
+from vecsync.sync import Sync
 from vecsync_local.supervisor import Child
 
 
@@ -116,6 +117,26 @@ def all_searchable(total: int) -> str:
         '    .venv/bin/vecsync search "refund for a double charge"\n'
         "    .venv/bin/vecsync status\n"
         "Press Ctrl-C to stop."
+    )
+
+
+def syncs_running(config: Path, syncs: list[Sync]) -> str:
+    """The stack runs a definition file's syncs: what they are, and the CLI, given the same file, to try."""
+    listed = ", ".join(f"{sync.name} ({sync.source} -> {sync.qdrant_collection})" for sync in syncs)
+    return (
+        f"Running the {count(len(syncs), 'sync')} of {config}: {listed}. In another terminal, try:\n"
+        f"    export VECSYNC_CONFIG={config}\n"
+        "    .venv/bin/vecsync status\n"
+        f'    .venv/bin/vecsync search --sync {syncs[0].name} "what to look for"\n'
+        "Press Ctrl-C to stop."
+    )
+
+
+def no_samples_for_syncs() -> str:
+    """VECSYNC_CONFIG is set and SAMPLE_SYNCS is not: the definition file's collections are left as they are."""
+    return (
+        "VECSYNC_CONFIG is set, so no samples are loaded: SAMPLE_SYNCS names the syncs whose empty collections get "
+        "them (NAME for SAMPLE_DATA, or NAME=FILE)."
     )
 
 

@@ -4,7 +4,8 @@ Starts a real redis-server (with AOF persistence), the nx-27017 MongoDB
 stand-in (through vecsync_local.mongo_standin, which corrects it), the
 embedding-api, the producer, the embedder-workers and the upserter
 (which holds the embedded Qdrant store), each configured only through the
-environment, exactly as in the containers. Each server is ready once it opens
+environment, exactly as in the containers, the definition file VECSYNC_CONFIG
+names included. Samples go only into empty collections (samples.py). Each server is ready once it opens
 its port, the embedding-api once /readyz answers, the stages once the
 upserter's /healthz does, and the stack once every sample document is
 searchable. Restarting what dies is the supervisor's (supervisor.py); the
@@ -20,8 +21,6 @@ State lives under DATA_DIR, so a second run resumes where the first stopped.
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import shutil
 import sys
@@ -46,9 +45,12 @@ from vecsync.runtime import EXIT_CONFIG, EXIT_HISTORY_LOST
 from vecsync.settings import CommonSettings, MongoSettings, QdrantSettings, require_scheme
 from vecsync.store import local_mode
 from vecsync.stream_stats import stream_stats
+from vecsync.sync import Sync
+from vecsync.syncs import load_syncs
 from vecsync.vectorstore import store_key_file
 from vecsync_local import console
 from vecsync_local.ports import Listener, check_ports, port_of, port_open
+from vecsync_local.samples import SampleLoad, planned_loads, read_samples
 from vecsync_local.supervisor import Child, Interrupted, Supervisor, stop_child
 
 BIN = Path(sys.executable).parent
@@ -69,6 +71,9 @@ class LocalStackSettings(CommonSettings, MongoSettings):
     embedding_backend: str = "torch"
     upserter_url: str = "http://127.0.0.1:9102"
     sample_data: Path = Path("samples/support_tickets.jsonl")
+    # With VECSYNC_CONFIG: the syncs whose (empty) collections get samples, "NAME" (from SAMPLE_DATA) or "NAME=FILE",
+    # comma-separated (vecsync_local.samples). Unset, a definition file's collections get none.
+    sample_syncs: str = ""
     # How long each step of the start may go without progress (a server opening its port, the model loading, the
     # stages turning healthy, documents becoming searchable) before the stack gives up.
     startup_timeout_s: float = Field(default=600.0, gt=0)
@@ -98,6 +103,10 @@ class LocalStack:
         self.stopping = threading.Event()
         self.supervisor = Supervisor(FATAL_EXITS, self.stopping)
         self.timeout = settings.startup_timeout_s
+        # The definition file, as every process is given it (absolute: they may start elsewhere); None without one.
+        self.config = settings.vecsync_config.resolve() if settings.vecsync_config is not None else None
+        self.syncs: list[Sync] = []
+        self.sample_loads: list[SampleLoad] = []
 
     # Starting ---------------------------------------------------------------
 
@@ -106,7 +115,11 @@ class LocalStack:
         self.start_stages()
 
     def start_servers(self) -> None:
-        """Redis (unless a Redis Cluster is named), the MongoDB stand-in and the embedding-api, once each is ready."""
+        """Redis (unless a Redis Cluster is named), the MongoDB stand-in and the embedding-api, once each is ready.
+        The definition file and the samples to load are checked first, before anything starts."""
+        self.syncs = load_syncs(self.settings)
+        settings = self.settings
+        self.sample_loads = planned_loads(self.syncs, self.config, settings.sample_syncs, settings.sample_data)
         check_ports(self.listeners())
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _refuse_an_old_store(self.data_dir)
@@ -201,6 +214,8 @@ class LocalStack:
             "STAGE2_GROUP": self.settings.stage2_group,
             "REDIS_CLUSTER": str(self.settings.redis_cluster).lower(),
             "STREAM_PARTITIONS": str(self.settings.stream_partitions),
+            # Empty reads as unset: the environment's one sync, whatever the stack's own environment holds.
+            "VECSYNC_CONFIG": str(self.config) if self.config is not None else "",
         }
 
     # Readiness --------------------------------------------------------------
@@ -247,21 +262,28 @@ class LocalStack:
     # Sample data and the searchable count -----------------------------------
 
     def load_samples(self) -> int:
+        """Load each planned file into its sync's collection, if that is empty: how many documents they hold now."""
+        if self.config is not None and not self.sample_loads:
+            print(console.no_samples_for_syncs(), flush=True)
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(self.settings.mongo_uri)
-        collection = client[self.settings.mongo_database][self.settings.mongo_collection]
+        try:
+            return sum(self._load(client, load) for load in self.sample_loads)
+        finally:
+            client.close()
+
+    def _load(self, client: pymongo.MongoClient[dict[str, Any]], load: SampleLoad) -> int:
+        sync = load.sync
+        into = "" if self.config is None else f" into {sync.source} (sync {sync.name})"
+        collection = client[sync.mongo_database][sync.mongo_collection]
         total = collection.count_documents({})
         if total:
-            print(
-                f"{self.settings.source} already holds {console.count(total, 'document')}; not loading samples again",
-                flush=True,
-            )
-        else:
-            documents = read_samples(self.settings.sample_data)
-            collection.insert_many(documents)
-            total = len(documents)
-            print(f"Loaded {console.count(total, 'sample document')} from {self.settings.sample_data}", flush=True)
-        client.close()
-        return total
+            held = console.count(total, "document")
+            print(f"{sync.source} already holds {held}; not loading samples again", flush=True)
+            return total
+        documents = read_samples(load.path)
+        collection.insert_many(documents)
+        print(f"Loaded {console.count(len(documents), 'sample document')} from {load.path}{into}", flush=True)
+        return len(documents)
 
     def wait_until_searchable(self, total: int) -> None:
         reader = UpserterStore(self.settings.upserter_url, "", timeout_s=10, key_file=store_key_file(self.data_dir))
@@ -346,23 +368,6 @@ def _refuse_an_old_store(data_dir: Path) -> None:
     folder = settings_module.load(QdrantSettings).embedded_path(data_dir)
     if folder is not None and local_mode.holds_local_mode_store(folder):
         raise local_mode.refusal(folder)
-
-
-def read_samples(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        raise ConfigurationError(f"SAMPLE_DATA={path} does not exist; run from the repository root or set SAMPLE_DATA.")
-    documents = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            document = json.loads(line)
-            if "date" in document:
-                document["date"] = datetime.datetime.fromisoformat(document["date"].replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ConfigurationError(f"{path}:{number} is not a valid sample document: {exc}") from None
-        documents.append(document)
-    return documents
 
 
 def mongo_standin_command(db_file: Path, port: int) -> list[str]:

@@ -120,6 +120,12 @@ class CommonSettings(BaseSettings):
         """(stream, group) of every partition of stage 2."""
         return [(stream, self.stage2_group) for stream in self.partitions.names(self.stage2_stream)]
 
+    @field_validator("vecsync_config", mode="before")
+    @classmethod
+    def _empty_config_is_unset(cls, value: object) -> object:
+        # Compose passes VECSYNC_CONFIG empty when .env sets no VECSYNC_CONFIG_FILE (${VECSYNC_CONFIG_FILE:+...}).
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
