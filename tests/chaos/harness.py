@@ -133,8 +133,11 @@ class ChaosResult:
     seed: int
     operations: int
     documents_in_mongo: int
-    # Documents in MongoDB at the end, by the type of their _id.
+    # Documents in MongoDB at the end, by the type of their _id; points compared, and documents left out by a
+    # sync's filter, per sync.
     id_types: dict[str, int] = field(default_factory=dict)
+    points: dict[str, int] = field(default_factory=dict)
+    filtered_out: dict[str, int] = field(default_factory=dict)
     missing: int = 0
     extra: int = 0
     stale: int = 0
@@ -403,10 +406,12 @@ def compare(collection: Any, sync: Sync, settings: LocalStackSettings, result: C
     store = open_vector_store(QdrantSettings(qdrant_collection=sync.qdrant_collection), settings.data_dir.resolve())
     try:
         documents = list(collection.find())
-        result.id_types.update(Counter(type(document["_id"]).__name__ for document in documents))
+        for kind, count in Counter(type(document["_id"]).__name__ for document in documents).items():
+            result.id_types[kind] = result.id_types.get(kind, 0) + count
         expected = {}
         for document in documents:
             if sync.structured and document.get("status") == "spam" and sync.filter:
+                result.filtered_out[sync.name] = result.filtered_out.get(sync.name, 0) + 1
                 continue  # outside the filter: no point
             text = text_of(document, sync) if sync.structured else build_text(document, ["subject", "content"], 8192)
             if text:
@@ -418,6 +423,7 @@ def compare(collection: Any, sync: Sync, settings: LocalStackSettings, result: C
             points.update({record.id: record for record in store.retrieve(list(page), with_vectors=True)})
             if offset is None:
                 break
+        result.points[sync.name] = len(points)
         for pid in expected.keys() - points.keys():
             result.missing += 1
             result.examples.append(f"missing {mongo_id_of(expected[pid][0]['_id'])}")

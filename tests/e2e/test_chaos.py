@@ -79,6 +79,8 @@ def test_short_chaos_run_with_two_syncs_converges(tmp_path: Path) -> None:
     killed = {fault.target for fault in result.schedule if fault.action == "kill"}
     assert {"producer", "embedder-1", "embedder-2", "embedder-3", "upserter-1", "redis"} <= killed, killed
     assert {"ObjectId", "str"} <= set(result.id_types), result.id_types
+    assert result.points["tickets"] > 0 and result.points["articles"] > 0, result.points
+    assert result.filtered_out["tickets"] > 0, "some tickets end outside the filter"
     assert result.passed, (
         f"seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
         f"{result.dead_lettered} dead-lettered, {result.versions_backwards} versions backwards; {result.examples}"
