@@ -51,6 +51,7 @@ from producer.events import MONGO_AUTH_FAILURES, EventReader
 from producer.id_migration import migrate_ids
 from producer.idle_poll import IdlePoll
 from producer.metrics import (
+    DEAD_LETTERED,
     ENTRIES_PUBLISHED,
     ERRORS,
     HISTORY_LOST,
@@ -145,6 +146,9 @@ class Producer:
         self.snapshot_documents = SNAPSHOT_DOCUMENTS.labels(sync=name)
         self.redis_errors = ERRORS.labels(sync=name, dependency="redis")
         self.mongodb_errors = ERRORS.labels(sync=name, dependency="mongodb")
+        # Counted only on a rare event, these read 0 from the start, so that dashboards and alerts find the series.
+        HISTORY_LOST.labels(sync=name)
+        DEAD_LETTERED.labels(sync=name)
 
     @property
     def throttled(self) -> bool:
