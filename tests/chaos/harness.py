@@ -70,7 +70,7 @@ from vecsync.redis_client import connect
 from vecsync.settings import QdrantSettings
 from vecsync.store import open_vector_store
 from vecsync.sync import Sync
-from vecsync.syncs import load_syncs, settings_for
+from vecsync.syncs import default_sync, load_syncs, settings_for
 from vecsync.vectorstore import store_key_file
 from vecsync_local.stack import LocalStack, LocalStackSettings
 from vecsync_local.supervisor import Child
@@ -400,8 +400,10 @@ class VersionWatch(threading.Thread):
         result.examples += self.backwards[:10]
 
 
-def compare(collection: Any, sync: Sync, settings: LocalStackSettings, result: ChaosResult) -> None:
-    """Count missing, extra and stale points of ``sync``, checking ids, text, payload fields and vectors."""
+def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult, sync: Sync | None = None) -> None:
+    """Count missing, extra and stale points of ``sync`` (the environment's by default), checking ids, text, payload
+    fields and vectors."""
+    sync = sync or default_sync(settings)
     encoder = HashEncoder(384)
     store = open_vector_store(QdrantSettings(qdrant_collection=sync.qdrant_collection), settings.data_dir.resolve())
     try:
@@ -524,7 +526,7 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
         watch.finish(result)
         stack.stop_stages()  # the upserter releases the embedded store
         for sync, collection in zip(syncs, collections, strict=True):
-            compare(collection, sync, settings, result)
+            compare(collection, settings, result, sync)
     finally:
         injector.finish()
         watch.done.set()
