@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -236,29 +236,34 @@ def serve_consumer(
                 )
                 for partition in partitions.indexes()
             )
-        run_all(consumers, stopping)
+        names = [f"consumer-{consumer.context.sync}-{consumer.partition}" for consumer in consumers]
+        run_all(consumers, stopping, names)
     finally:
         server.close()
 
 
-def run_all(consumers: list[StreamConsumer], stopping: threading.Event) -> None:
-    """Run the consumers, one per sync and partition, until stopped; a consumer that raises stops the others too."""
-    if len(consumers) == 1:
-        consumers[0].run()
+class Loop(Protocol):
+    """A service's main loop: a consumer of one sync's partition, or the producer of one sync."""
+
+    def run(self) -> None: ...
+
+
+def run_all(loops: Sequence[Loop], stopping: threading.Event, names: Sequence[str]) -> None:
+    """Run the loops, each on its own thread named by ``names``, until stopped; one that raises stops the others,
+    and its error is raised here once they have stopped. A single loop runs on the calling thread."""
+    if len(loops) == 1:
+        loops[0].run()
         return
     failures: list[BaseException] = []
 
-    def run(consumer: StreamConsumer) -> None:
+    def run(loop: Loop) -> None:
         try:
-            consumer.run()
+            loop.run()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
             failures.append(exc)
             stopping.set()
 
-    threads = [
-        threading.Thread(target=run, args=(consumer,), name=f"consumer-{consumer.context.sync}-{consumer.partition}")
-        for consumer in consumers
-    ]
+    threads = [threading.Thread(target=run, args=(loop,), name=name) for loop, name in zip(loops, names, strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -12,7 +12,7 @@ from vecsync.mongo_reads import open_client
 from vecsync.partitions import check_count
 from vecsync.redaction import redact_url
 from vecsync.redis_client import connect
-from vecsync.runtime import MetricsServer, run_main, setup_logging, stop_on_signals, wait_for_redis
+from vecsync.runtime import MetricsServer, run_all, run_main, setup_logging, stop_on_signals, wait_for_redis
 from vecsync.syncs import load_syncs, settings_for, sync_of
 
 log = logging.getLogger("vecsync.producer")
@@ -63,29 +63,8 @@ def main() -> None:
 
 
 def run_producers(producers: list[Producer], stopping: threading.Event) -> None:
-    """Run each sync's producer on its own thread until stopped; one that raises stops the others, and its error is
-    raised here once they have stopped (as vecsync.runtime.run_all does for a consumer's partitions)."""
-    if len(producers) == 1:
-        producers[0].run()
-        return
-    failures: list[BaseException] = []
-
-    def run(producer: Producer) -> None:
-        try:
-            producer.run()
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
-            failures.append(exc)
-            stopping.set()
-
-    threads = [
-        threading.Thread(target=run, args=(producer,), name=f"producer-{producer.sync.name}") for producer in producers
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    """Run each sync's producer on its own thread until stopped; one that raises stops the others (runtime.run_all)."""
+    run_all(producers, stopping, [f"producer-{producer.sync.name}" for producer in producers])
 
 
 def cli() -> None:
