@@ -209,8 +209,8 @@ def serve_consumer(
         client = connect(settings.redis_url, cluster=settings.redis_cluster)
         if not wait_for_redis(client, stopping, Backoff(settings.backoff_initial_s, settings.backoff_max_s)):
             return
-        streams = [*settings.pipeline_streams()]
-        streams += [name for lane in lanes for name in (lane.sync.stage1_stream, lane.sync.stage2_stream)]
+        # Both stages' streams of every sync served (the seed's names for the environment's sync).
+        streams = [name for lane in lanes for name in (lane.sync.stage1_stream, lane.sync.stage2_stream)]
         check_count(client, list(dict.fromkeys(streams)), settings.stream_partitions)
         register_stream_stats(
             client,
