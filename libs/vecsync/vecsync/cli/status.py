@@ -39,7 +39,7 @@ def status_report(ctx: Context) -> dict[str, Any]:
     syncs = {one.sync.name: _sync_report(one, now) for one in each}
     report["producer"] = _producer_report(list(syncs.values()))
     report["pipeline"] = {
-        "backlog": sum(unprocessed(ctx.redis, stream, group) for stream, group in stage1_groups + stage2_groups),
+        "backlog": sum(sync["backlog"] for sync in syncs.values()),  # each sync's streams, read once
         "max_backlog": settings.producer_max_backlog,
         "redis_memory_share": RedisMemory(ctx.redis).share(),
         "redis_memory_high_water": settings.redis_memory_high_water,
