@@ -7,7 +7,7 @@ looks up what it needs of a sync here, so the rules a definition sets are writte
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,9 +83,3 @@ class Sync:
         if len(parts) == 2:
             return {"$and": parts}
         return parts[0] if parts else {}
-
-
-def stream_names(base: Sequence[str], name: str, *, structured: bool) -> tuple[str, ...]:
-    """The stage streams of a sync: the seed's names for the environment's sync, ``<stage stream>.<name>`` for a
-    definition's, so that one sync's backlog or poison never stalls another's (docs/design.md, "Syncs")."""
-    return tuple(f"{stream}.{name}" if structured else stream for stream in base)

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from vecsync.errors import ConfigurationError
 from vecsync.settings import CommonSettings
-from vecsync.sync import DEFAULT_SYNC, INDEX_TYPES, OWN_PAYLOAD_KEYS, Sync, stream_names
+from vecsync.sync import DEFAULT_SYNC, INDEX_TYPES, OWN_PAYLOAD_KEYS, Sync
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A Qdrant collection is also a folder of the embedded store: no separators, no leading dot.
@@ -184,7 +184,6 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
     query = _filter(definition.get("filter"), where, problems)
     if len(problems) > found or name is None or collection is None:
         return None
-    stage1, stage2 = stream_names([settings.stage1_stream, settings.stage2_stream], name, structured=True)
     return Sync(
         name=name,
         mongo_database=database or "",
@@ -193,8 +192,9 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
         text_fields=tuple(text_fields),
         payload_fields=tuple(payload_fields),
         max_text_chars=max_chars,
-        stage1_stream=stage1,
-        stage2_stream=stage2,
+        # Its own stage streams, so that one sync's backlog or poison never stalls another's (design.md, "Syncs").
+        stage1_stream=f"{settings.stage1_stream}.{name}",
+        stage2_stream=f"{settings.stage2_stream}.{name}",
         filter=query,
         payload_indexes=indexes,
         structured=True,
