@@ -110,3 +110,12 @@ SCHEMA_VERSION = "1"
 def dlq_stream(stream: str) -> str:
     """Name of the dead-letter stream that belongs to ``stream``."""
     return stream + DLQ_SUFFIX
+
+
+# The bound of a chunked document's text (MAX_DOCUMENT_CHARS): about 125,000 tokens, some 560 chunks of 256 tokens,
+# ten times a long magazine article. It keeps one document's stage entries (a few MB at most) within what Redis and
+# the stages hold comfortably; the text past it is left out, and its points record that it was cut.
+DEFAULT_MAX_DOCUMENT_CHARS = 500_000
+# Tokens that consecutive chunks of a document share (CHUNK_OVERLAP_TOKENS), so that a sentence cut by a chunk's
+# end is read whole by the next chunk.
+DEFAULT_OVERLAP_TOKENS = 32

@@ -103,10 +103,16 @@ def build_payload(
 
 
 def text_of(document: dict[str, Any], sync: Sync) -> str:
-    """The text to embed of a document of ``sync``, by the sync's mapping."""
-    if sync.structured:
-        return mapped_text(document, sync.text_fields, sync.max_text_chars)
-    return build_text(document, sync.text_fields, sync.max_text_chars)
+    """The text to embed of a document of ``sync``, by the sync's mapping, cut at the sync's bound (Sync.text_bound)."""
+    return cut_text_of(document, sync)[0]
+
+
+def cut_text_of(document: dict[str, Any], sync: Sync) -> tuple[str, bool]:
+    """``text_of`` the document, and whether its text was longer than the sync's bound (so cut there)."""
+    build = mapped_text if sync.structured else build_text
+    # One character past the bound tells whether there was more, without building the rest.
+    text = build(document, sync.text_fields, sync.text_bound + 1)
+    return text[: sync.text_bound], len(text) > sync.text_bound
 
 
 def payload_of(

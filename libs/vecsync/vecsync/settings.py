@@ -320,11 +320,27 @@ class TextSettings(BaseSettings):
 
     text_fields: CommaList = Field(default_factory=lambda: ["subject", "content"], min_length=1)
     payload_fields: CommaList = Field(default_factory=lambda: ["product", "customer", "owner", "date", "subject"])
-    # Longer texts are cut here before embedding: the model only reads its first 256 tokens,
-    # so this bounds memory and payload size without changing the vector.
+    # Without chunking (CHUNK_TOKENS=0), longer texts are cut here before embedding: the model only reads its first
+    # 256 tokens, so this bounds memory and payload size without changing the vector.
     max_text_chars: int = Field(default=8192, ge=1)
+    # Long documents are split into chunks of this many tokens of the model, each its own point (docs/design.md,
+    # "Long documents"). Unset: the model's window, as the embedding-api names it. 0: no chunking, each document one
+    # point of its first MAX_TEXT_CHARS characters, which the model reads only the start of.
+    chunk_tokens: int | None = Field(default=None, ge=0)
+    chunk_overlap_tokens: int = Field(default=constants.DEFAULT_OVERLAP_TOKENS, ge=0)
+    # With chunking on, a document's whole text is chunked up to this many characters; past it, text is left out.
+    max_document_chars: int = Field(default=constants.DEFAULT_MAX_DOCUMENT_CHARS, ge=1)
 
     _split_text_fields = field_validator("text_fields", "payload_fields", mode="before")(_split_commas)
+
+    @model_validator(mode="after")
+    def _overlap_within_chunk(self) -> TextSettings:
+        if self.chunk_tokens and self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"CHUNK_OVERLAP_TOKENS={self.chunk_overlap_tokens} must be below CHUNK_TOKENS={self.chunk_tokens}: "
+                "consecutive chunks share the overlap, so each must hold more than it"
+            )
+        return self
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

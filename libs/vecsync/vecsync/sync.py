@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vecsync import constants
+from vecsync.constants import DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_OVERLAP_TOKENS
 
 # The name of the one sync that the environment describes when no definition file is given.
 DEFAULT_SYNC = "default"
@@ -27,6 +28,10 @@ OWN_PAYLOAD_KEYS = {
     "version_ms": "the version fence",
     "version_seq": "the version fence",
     "model": "the model that embedded the text",
+    "chunk_index": "the chunk's place in its document",
+    "chunk_count": "the number of chunks of its document",
+    "chunk_span": "the chunk's span in its document's text",
+    "truncated": "whether the document's text was cut",
 }
 
 # The Qdrant payload index types a definition may ask for; every other payload field gets a keyword index.
@@ -51,6 +56,11 @@ class Sync:
     filter: Mapping[str, Any] | None = None
     payload_indexes: Mapping[str, str] = field(default_factory=dict)
     structured: bool = False
+    # None: chunks of the model's window (the embedding-api names it); 0: no chunking, the text cut at
+    # max_text_chars as before chunking existed.
+    chunk_tokens: int | None = None
+    chunk_overlap_tokens: int = DEFAULT_OVERLAP_TOKENS
+    max_document_chars: int = DEFAULT_MAX_DOCUMENT_CHARS
 
     @property
     def source(self) -> str:
@@ -72,6 +82,16 @@ class Sync:
     def applied_text_previous_key(self) -> str:
         """The hint's previous generation (see constants.APPLIED_TEXT_PREVIOUS_KEY), named as the hint is."""
         return self.applied_text_key + constants.APPLIED_TEXT_PREVIOUS_KEY.removeprefix(constants.APPLIED_TEXT_KEY)
+
+    @property
+    def chunking(self) -> bool:
+        """Whether long documents are split into chunks (CHUNK_TOKENS is not 0)."""
+        return self.chunk_tokens != 0
+
+    @property
+    def text_bound(self) -> int:
+        """Where a document's text is cut: MAX_DOCUMENT_CHARS when it is chunked, MAX_TEXT_CHARS when it is not."""
+        return self.max_document_chars if self.chunking else self.max_text_chars
 
     def indexed_payload(self) -> dict[str, str]:
         """The payload index type of every payload field: keyword unless the definition says otherwise."""

@@ -20,6 +20,7 @@ import yaml
 from bson import json_util
 from pydantic import BaseModel
 
+from vecsync.constants import DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_OVERLAP_TOKENS
 from vecsync.errors import ConfigurationError
 from vecsync.settings import CommonSettings
 from vecsync.sync import DEFAULT_SYNC, INDEX_TYPES, OWN_PAYLOAD_KEYS, Sync
@@ -39,6 +40,9 @@ DEFINITION_KEYS = {
     "payload_indexes": False,
     "qdrant_collection": False,
     "max_text_chars": False,
+    "chunk_tokens": False,
+    "chunk_overlap_tokens": False,
+    "max_document_chars": False,
 }
 
 # The operators a query document may hold at its top, beside field names, and those a field's condition may hold.
@@ -73,6 +77,7 @@ def default_sync(settings: BaseModel) -> Sync:
         max_text_chars=values.get("max_text_chars", 8192),
         stage1_stream=values["stage1_stream"],
         stage2_stream=values["stage2_stream"],
+        **_chunking(values),
     )
     problems = _Problems("the environment")
     for field in sync.text_fields:
@@ -99,6 +104,9 @@ def settings_for(settings: SettingsT, sync: Sync) -> SettingsT:
         "text_fields": list(sync.text_fields),
         "payload_fields": list(sync.payload_fields),
         "max_text_chars": sync.max_text_chars,
+        "chunk_tokens": sync.chunk_tokens,
+        "chunk_overlap_tokens": sync.chunk_overlap_tokens,
+        "max_document_chars": sync.max_document_chars,
         "stage1_stream": sync.stage1_stream,
         "stage2_stream": sync.stage2_stream,
     }
@@ -181,6 +189,7 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
     max_chars = definition.get("max_text_chars", values.get("max_text_chars", 8192))
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
         problems.add(f"{where}: key 'max_text_chars' must be a whole number, 1 or more (got {max_chars!r})")
+    chunking = _definition_chunking(definition, values, where, problems)
     query = _filter(definition.get("filter"), where, problems)
     if len(problems) > found or name is None or collection is None:
         return None
@@ -198,7 +207,43 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
         filter=query,
         payload_indexes=indexes,
         structured=True,
+        **chunking,
     )
+
+
+def _chunking(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The chunking settings among ``values`` (the environment's), as Sync's fields."""
+    return {
+        "chunk_tokens": values.get("chunk_tokens"),
+        "chunk_overlap_tokens": values.get("chunk_overlap_tokens", DEFAULT_OVERLAP_TOKENS),
+        "max_document_chars": values.get("max_document_chars", DEFAULT_MAX_DOCUMENT_CHARS),
+    }
+
+
+def _definition_chunking(
+    definition: dict[str, Any], values: Mapping[str, Any], where: str, problems: _Problems
+) -> dict[str, Any]:
+    """A definition's chunking keys, each defaulting to the environment's, checked as the settings check them."""
+    chunking = _chunking(values) | {
+        key: definition[key]
+        for key in ("chunk_tokens", "chunk_overlap_tokens", "max_document_chars")
+        if key in definition
+    }
+    lowest = {"chunk_tokens": 0, "chunk_overlap_tokens": 0, "max_document_chars": 1}
+    for key, value in chunking.items():
+        if key == "chunk_tokens" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest[key]:
+            problems.add(f"{where}: key {key!r} must be a whole number, {lowest[key]} or more (got {value!r})")
+            return {}
+    tokens, overlap = chunking["chunk_tokens"], chunking["chunk_overlap_tokens"]
+    if tokens and overlap >= tokens:
+        problems.add(
+            f"{where}: key 'chunk_overlap_tokens' ({overlap}) must be below chunk_tokens ({tokens}): consecutive "
+            "chunks share the overlap, so each must hold more than it"
+        )
+        return {}
+    return chunking
 
 
 def _check_together(syncs: list[Sync], problems: _Problems) -> None:
