@@ -13,6 +13,14 @@ Stage 2 (``embedded_documents``) carries what the upserter writes::
     vector=<base64 of little-endian float32>   (upserts only)
     payload=<JSON object>                       (upserts, and payload: a change that left the text as it was)
 
+A document of several chunks (docs/design.md, "Long documents") is still one
+stage 2 entry, so that the upserter writes all its chunks under one version::
+
+    op=upsert|payload  payload=<the document's payload, without text>
+    chunks=<JSON list of [start, end, text, embedded]: each chunk's span in the document's text, its text, and
+            1 when its vector is in `vectors`, 0 when the point holds it already (its text is unchanged)>
+    vectors=<base64 of the embedded chunks' vectors, one after another, in order>   (when any chunk is embedded)
+
 A reader that finds a missing or garbled field, or another schema version,
 raises InvalidEntry, and the consumer loop dead-letters that entry.
 """
@@ -72,8 +80,23 @@ class DocumentChange:
 
 
 @dataclass(frozen=True)
+class EmbeddedChunk:
+    """One chunk of a document of several: its span in the document's text, its text, and its vector (None when
+    its text is unchanged, so the point holds the vector already)."""
+
+    start: int
+    end: int
+    text: str
+    vector: list[float] | None = None
+
+
+@dataclass(frozen=True)
 class EmbeddedDocument:
-    """A stage 2 entry: what the upserter applies to one point."""
+    """A stage 2 entry: what the upserter applies to one document's points.
+
+    A document of one chunk (its whole text) is one point: ``vector`` and ``payload`` (with its ``text``). A document
+    of several has ``chunks`` instead, and ``payload`` holds what every chunk's point shares (no text).
+    """
 
     op: Operation
     source: str
@@ -82,11 +105,24 @@ class EmbeddedDocument:
     version: str
     vector: list[float] | None = None
     payload: dict[str, Any] | None = None
+    chunks: tuple[EmbeddedChunk, ...] = ()
+
+    def vectors(self) -> list[list[float]]:
+        """Every vector the entry carries: its one point's, or those of its embedded chunks."""
+        if self.chunks:
+            return [chunk.vector for chunk in self.chunks if chunk.vector is not None]
+        return [self.vector] if self.vector is not None else []
 
     def to_fields(self) -> dict[str, str]:
         fields = _common_fields(self.op, self.source, self.mongo_id, self.changed_at)
         fields["version"] = self.version
-        if self.op == "upsert":
+        if self.chunks:
+            embedded = [chunk.vector for chunk in self.chunks if chunk.vector is not None]
+            listed = [[chunk.start, chunk.end, chunk.text, int(chunk.vector is not None)] for chunk in self.chunks]
+            fields["chunks"] = json.dumps(listed, ensure_ascii=False, separators=(",", ":"))
+            if embedded:
+                fields["vectors"] = pack_vector([value for vector in embedded for value in vector])
+        elif self.op == "upsert":
             assert self.vector is not None
             fields["vector"] = pack_vector(self.vector)
         if self.op in ("upsert", "payload"):
@@ -102,12 +138,50 @@ class EmbeddedDocument:
         if op == "delete":
             return cls(op=op, source=source, mongo_id=mongo_id, changed_at=changed_at, version=version)
         payload = _json_object(fields, "payload")
+        if "chunks" in fields:
+            chunks = _read_chunks(fields, op)
+            return cls(op, source, mongo_id, changed_at, version, None, payload, chunks)
         if op == "payload":
             if not isinstance(payload.get("text_sha256"), str):
                 raise InvalidEntry("a payload-only entry must carry the text_sha256 of its unchanged text")
             return cls(op, source, mongo_id, changed_at, version, None, payload)
         vector = unpack_vector(_required(fields, "vector"))
         return cls(op, source, mongo_id, changed_at, version, vector, payload)
+
+
+def _read_chunks(fields: dict[str, str], op: str) -> tuple[EmbeddedChunk, ...]:
+    """The chunks of a document of several, with their vectors, checked."""
+    try:
+        listed = json.loads(fields["chunks"])
+    except ValueError as exc:
+        raise InvalidEntry(f"field 'chunks' is not valid JSON: {exc}") from None
+    if not isinstance(listed, list) or len(listed) < 2:
+        raise InvalidEntry("field 'chunks' must be a list of two or more [start, end, text, embedded] items")
+    for item in listed:
+        if not (
+            isinstance(item, list)
+            and len(item) == 4
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in (item[0], item[1], item[3]))
+            and isinstance(item[2], str)
+            and 0 <= item[0] <= item[1]
+            and item[3] in (0, 1)
+        ):
+            raise InvalidEntry(f"field 'chunks' holds {str(item)[:80]!r}, not [start, end, text, 0 or 1]")
+    embedded = sum(item[3] for item in listed)
+    if (op == "upsert") != (embedded > 0):
+        raise InvalidEntry(
+            f"an entry of op {op!r} must {'carry' if op == 'upsert' else 'not carry'} chunks that are embedded"
+        )
+    values = unpack_vector(_required(fields, "vectors")) if embedded else []
+    if len(values) % max(embedded, 1):
+        raise InvalidEntry(f"field 'vectors' holds {len(values)} values, not {embedded} vectors of one size")
+    size = len(values) // max(embedded, 1)
+    chunks, taken = [], 0
+    for start, end, text, has_vector in listed:
+        vector = values[taken * size : (taken + 1) * size] if has_vector else None
+        taken += has_vector
+        chunks.append(EmbeddedChunk(start, end, text, vector))
+    return tuple(chunks)
 
 
 def pack_vector(vector: list[float]) -> str:

@@ -77,6 +77,16 @@ class Point:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class OlderPoints:
+    """The points of one document (its ``source`` and ``mongo_id``) older than ``version``: after a write of that
+    version, the chunks it no longer has; after a delete at that version, all of them."""
+
+    source: str
+    mongo_id: str
+    version: str
+
+
 @dataclass
 class Hit:
     id: str
@@ -122,14 +132,17 @@ class VectorStore(ABC):
         upserts: Sequence[Point] = (),
         payloads: Mapping[str, dict[str, Any]] | None = None,
         deletes: Mapping[str, str] | None = None,
+        prune: Sequence[OlderPoints] = (),
     ) -> None:
         """Apply the writes, each only over a point older than the write's version, and return once applied.
 
         ``upserts`` and ``payloads`` carry their version in their payload's `version`; ``deletes`` maps point ids
         to the version of the delete. An upsert inserts a missing point; a payload replaces the payload of an
         existing point that also holds the same `text_sha256` and `model` (the vector is kept, so it must be the
-        vector of that text by that model); a delete removes an existing point. Versions are compared in the
-        engine, so a writer that lost its locks can never move a point backwards.
+        vector of that text by that model); a delete removes an existing point. ``prune`` removes, after every
+        other write, each document's points older than its version (matched on `mongo_id`, `source` and the
+        version). Versions are compared in the engine, so a writer that lost its locks can never move a point
+        backwards.
         """
 
     @abstractmethod

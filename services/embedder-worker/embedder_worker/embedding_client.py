@@ -1,12 +1,14 @@
 """The embedder-worker's client of the embedding-api, or of any OpenAI-compatible embeddings server.
 
-One job: turn texts into vectors over HTTP, and every answer that is not vectors into the error the consumer loop acts
-on (TransientError with the server's Retry-After, ConfigurationError, PermanentError, TextsRejected).
+One job: turn texts into vectors (and long texts into chunks) over HTTP, and every answer that is not what was asked
+into the error the consumer loop acts on (TransientError with the server's Retry-After, ConfigurationError,
+PermanentError, TextsRejected).
 """
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -15,9 +17,21 @@ from typing import Any, Literal
 import requests
 
 from embedder_worker.settings import EmbedderSettings
+from vecsync.chunking import word_spans
 from vecsync.errors import ConfigurationError, InvalidEntry, PermanentError, TransientError
 from vecsync.messages import unpack_vector
 from vecsync.redaction import redact_url
+
+log = logging.getLogger("vecsync.embedder")
+
+# Where the embedding-api cannot chunk (an OpenAI-compatible server has no POST /chunk), texts are split by words,
+# this many per token of the chunk size: English prose runs about 1.3 tokens a word, so such chunks fit the window.
+WORDS_PER_TOKEN = 0.75
+# The chunk size of that split when CHUNK_TOKENS is unset, as no server names its window: all-MiniLM-L6-v2's.
+FALLBACK_CHUNK_TOKENS = 256
+# The characters one POST /chunk carries at most: a few documents at MAX_DOCUMENT_CHARS, well within the
+# embedding-api's MAX_CHUNK_REQUEST_CHARS.
+CHUNK_REQUEST_CHARS = 2_000_000
 
 # Statuses that mean "the service is busy or down, try again": never a reason to dead-letter.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
@@ -69,6 +83,9 @@ class EmbeddingClient:
         # Accept both "http://host:port" and an OpenAI-style base URL that already ends in /v1.
         openai_base = base if base.endswith("/v1") else base + "/v1"
         self.url = openai_base + "/embeddings" if style == "openai" else base + "/encode_batch"
+        self.chunk_url = base + "/chunk"
+        # Set once the server answers that it has no POST /chunk: it is not vecsync's embedding-api.
+        self.chunks_by_words = style == "openai"
         self.models_url = openai_base + "/models"
         self.style = style
         self.configured_model = configured_model
@@ -136,6 +153,76 @@ class EmbeddingClient:
         embedding-api keeps failing on (a 500 or a reset connection on that text alone).
         """
         self.embed([PROBE_TEXT])
+
+    def chunk(self, texts: Sequence[str], *, tokens: int | None, overlap: int) -> list[list[tuple[int, int]]]:
+        """Each text's chunks as character spans: chunks of at most ``tokens`` tokens of the model (its window when
+        None), sharing ``overlap`` tokens, split where the text's paragraphs and sentences end; a text that fits is
+        one span, the whole text.
+
+        The embedding-api splits them, as it holds the model's tokenizer. A server without POST /chunk (an
+        OpenAI-compatible one) leaves it to a split by words, WORDS_PER_TOKEN per token.
+        """
+        spans: list[list[tuple[int, int]]] = []
+        start = 0
+        while start < len(texts):
+            # Requests of at most CHUNK_REQUEST_CHARS characters, and at least one text each.
+            end, size = start + 1, len(texts[start])
+            while end < len(texts) and size + len(texts[end]) <= CHUNK_REQUEST_CHARS:
+                size += len(texts[end])
+                end += 1
+            spans += self._chunk_request(texts[start:end], tokens, overlap)
+            start = end
+        return spans
+
+    def _chunk_request(self, texts: Sequence[str], tokens: int | None, overlap: int) -> list[list[tuple[int, int]]]:
+        if not self.chunks_by_words:
+            body = {"texts": list(texts), "tokens": tokens, "overlap": overlap}
+            try:
+                response = self.session.post(self.chunk_url, json=body, timeout=self.timeout_s)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise TransientError(f"embedding-api unreachable at {redact_url(self.chunk_url)}: {exc}") from exc
+            if response.status_code not in ENDPOINT_STATUSES:
+                return self._chunk_reply(response, texts)
+            log.warning(
+                "The embedding server at %s has no POST /chunk (it answered %d): long documents are split by "
+                "words from now on, %.2f words per token of the chunk size, not by its model's tokenizer.",
+                self.shown_url,
+                response.status_code,
+                WORDS_PER_TOKEN,
+            )
+            self.chunks_by_words = True
+        words = max(1, int((tokens or FALLBACK_CHUNK_TOKENS) * WORDS_PER_TOKEN))
+        return [word_spans(text, words, min(int(overlap * WORDS_PER_TOKEN), words - 1)) for text in texts]
+
+    def _chunk_reply(self, response: requests.Response, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        self._raise_if_misconfigured(response)
+        if response.status_code in RETRY_STATUSES:
+            raise TransientError(
+                f"embedding-api answered {response.status_code} to POST /chunk: {response.text[:200]}",
+                retry_after_s=retry_after_s(response.headers.get("Retry-After")),
+            )
+        if response.status_code in (413, 422):
+            # Every request of these settings fails alike (a chunk size above the model's window, an overlap
+            # that does not fit): the settings' fault, not a document's.
+            raise ConfigurationError(
+                f"The embedding-api at {self.shown_url} refused to chunk texts ({response.status_code}: "
+                f"{response.text[:300]}): check CHUNK_TOKENS and CHUNK_OVERLAP_TOKENS against its model's window."
+            )
+        if response.status_code != 200:
+            raise TransientError(f"embedding-api answered {response.status_code} to POST /chunk: {response.text[:200]}")
+        try:
+            listed = response.json()["spans"]
+            spans = [[(int(start), int(end)) for start, end in text_spans] for text_spans in listed]
+        except (ValueError, KeyError, TypeError):
+            raise TransientError(
+                f"embedding-api sent a malformed reply to POST /chunk: {response.text[:200]}"
+            ) from None
+        if len(spans) != len(texts) or not all(
+            text_spans and all(0 <= start <= end <= len(text) for start, end in text_spans)
+            for text, text_spans in zip(texts, spans, strict=False)
+        ):
+            raise TransientError("embedding-api sent chunks that do not fit the texts sent to POST /chunk")
+        return spans
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         # Vectors come back as base64 of little-endian float32, the form stage 2 carries: a third of the bytes of

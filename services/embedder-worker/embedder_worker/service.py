@@ -1,13 +1,16 @@
 """The embedder-worker: stage 1 changes in, stage 2 vectors out.
 
-Each batch makes one embedding-api call: only for the newest change of each
-document, and only when its text differs from the text Qdrant holds or another
-model embedded it (otherwise a payload-only entry is written). When the
-embedding-api names texts its model fails on, those entries are dead-lettered
-and the rest of the batch is embedded in one more call. Each payload names the
-model the embedding-api reported for its vector. The stage 2 entries are queued
-on the batch transaction, so they commit in the same MULTI/EXEC as the stage 1
-acks.
+Each batch asks the embedding-api to chunk the texts of the newest change of
+each document (a text that fits the model's window is one chunk, its whole
+text), then embeds only the chunks whose text differs from what Qdrant holds or
+that another model embedded (a document with none to embed gets a payload-only
+entry), in requests of at most EMBEDDING_REQUEST_TEXTS chunks. When the
+embedding-api names texts its model fails on, their documents' entries are
+dead-lettered and the rest embedded in one more call. Each payload names the
+model the embedding-api reported for its vectors. One document is one stage 2
+entry, however many chunks it has (vecsync.messages). The stage 2 entries are
+queued on the batch transaction, so they commit in the same MULTI/EXEC as the
+stage 1 acks.
 
 One Embedder serves one sync (its settings are the sync's, vecsync.syncs.settings_for): texts and payloads follow
 the sync's mapping (vecsync.documents.text_of and payload_of), its skip-unchanged hint is the sync's, and its
@@ -16,7 +19,7 @@ stage 2 entries go to the sync's stage 2 stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from prometheus_client import Counter
@@ -24,19 +27,29 @@ from prometheus_client import Counter
 from embedder_worker.embedding_client import EmbeddingClient, TextsRejected
 from embedder_worker.settings import EmbedderSettings
 from vecsync.batch import Batch, Entry
-from vecsync.documents import payload_of, point_id, text_fingerprint, text_of, text_sha256
+from vecsync.chunking import Chunk, chunk_point_id, chunks_at
+from vecsync.documents import cut_text_of, payload_of, point_id, text_fingerprint, text_sha256
 from vecsync.errors import InvalidEntry, TransientError
-from vecsync.messages import DocumentChange, EmbeddedDocument, parse_version
+from vecsync.messages import DocumentChange, EmbeddedChunk, EmbeddedDocument, parse_version
 from vecsync.syncs import sync_of
 
 DOCUMENTS_WITHOUT_TEXT = Counter(
     "vecsync_embedder_documents_without_text_total",
     "Documents with no text in TEXT_FIELDS: their point, if any, is deleted.",
 )
-TEXTS_EMBEDDED = Counter("vecsync_embedder_texts_embedded_total", "Texts sent to the embedding-api.")
+TEXTS_EMBEDDED = Counter(
+    "vecsync_embedder_texts_embedded_total", "Texts sent to the embedding-api: documents' chunks (a short text is one)."
+)
 UNCHANGED_TEXTS = Counter(
     "vecsync_embedder_unchanged_texts_total",
-    "Changes whose text Qdrant already holds: only their payload is written, with no embedding call.",
+    "Chunks whose text Qdrant already holds: only their payload is written, with no embedding call.",
+)
+DOCUMENTS_CHUNKED = Counter(
+    "vecsync_embedder_chunked_documents_total", "Documents longer than one chunk, split into several."
+)
+DOCUMENTS_TRUNCATED = Counter(
+    "vecsync_embedder_truncated_documents_total",
+    "Documents whose text was cut: at MAX_DOCUMENT_CHARS, or without chunking at MAX_TEXT_CHARS or the model's window.",
 )
 COLLAPSED = Counter(
     "vecsync_embedder_collapsed_total", "Changes skipped because a newer change of the same document was in the batch."
@@ -52,6 +65,12 @@ class _ParsedChange:
     text: str
     version: str  # the stage 1 id of the change: its place in the order of changes of its document
     point_id: str
+    # Whether the text was cut: at its bound (documents.cut_text_of), or, without chunking, at the model's window.
+    truncated: bool = False
+    chunks: list[Chunk] = field(default_factory=list)
+
+    def chunk_ids(self) -> list[str]:
+        return [chunk_point_id(self.point_id, chunk.index) for chunk in self.chunks]
 
 
 class Embedder:
@@ -64,8 +83,14 @@ class Embedder:
 
     def handle(self, batch: Batch) -> None:
         work = self._newest_per_document(batch)
+        self._chunk([item for item in work if item.text])
         model, unchanged = self._unchanged_texts(work, batch.partition)
-        to_embed = [item for item in work if item.text and item.point_id not in unchanged]
+        to_embed = [
+            (item, chunk_id, chunk)
+            for item in work
+            for chunk_id, chunk in zip(item.chunk_ids(), item.chunks, strict=True)
+            if chunk_id not in unchanged
+        ]
         embedded = self._embed(batch, to_embed)
         reported = {made_by for _vector, made_by in embedded.values()}
         if unchanged and reported - {model}:
@@ -79,29 +104,65 @@ class Embedder:
         for item in work:
             if item.entry.id in batch.rejected:
                 continue
-            vector, made_by = embedded.get(item.point_id, (None, model))
-            output = self._embedded_document(item, vector, made_by, item.point_id in unchanged)
+            output = self._embedded_document(item, embedded, model, unchanged)
             batch.tx.xadd(self.partitions.name(self.sync.stage2_stream, batch.partition), output.to_fields())
 
-    def _embed(self, batch: Batch, to_embed: list[_ParsedChange]) -> dict[str, tuple[list[float], str]]:
-        """Each text's vector and the model that made it, by point id.
+    def _chunk(self, work: list[_ParsedChange]) -> None:
+        """Split each text into chunks, by the embedding-api's tokenizer; without chunking (CHUNK_TOKENS=0) each text
+        stays one chunk, and the split only tells whether the model reads it whole."""
+        if not work:
+            return
+        chunking = self.sync.chunking
+        spans = self.embedding.chunk(
+            [item.text for item in work],
+            tokens=self.sync.chunk_tokens if chunking else None,
+            overlap=self.sync.chunk_overlap_tokens if chunking else 0,
+        )
+        for item, text_spans in zip(work, spans, strict=True):
+            if chunking:
+                item.chunks = chunks_at(item.text, text_spans)
+            else:
+                item.chunks = [Chunk(0, 0, len(item.text), item.text)]
+                item.truncated = item.truncated or len(text_spans) > 1
+        DOCUMENTS_CHUNKED.inc(sum(len(item.chunks) > 1 for item in work))
+        DOCUMENTS_TRUNCATED.inc(sum(item.truncated for item in work))
 
-        Entries whose text the embedding-api's model fails on are dead-lettered, and the rest embedded in one more
-        call, so that no other entry of the batch is retried or dead-lettered with them.
+    def _embed(
+        self, batch: Batch, to_embed: list[tuple[_ParsedChange, str, Chunk]]
+    ) -> dict[str, tuple[list[float], str]]:
+        """Each chunk's vector and the model that made it, by the chunk's point id.
+
+        In requests of at most EMBEDDING_REQUEST_TEXTS chunks. The documents whose text the embedding-api's model
+        fails on are dead-lettered, and the rest of that request embedded in one more call, so that no other entry of
+        the batch is retried or dead-lettered with them.
         """
-        if not to_embed:
+        vectors: dict[str, tuple[list[float], str]] = {}
+        size = self.settings.embedding_request_texts
+        for start in range(0, len(to_embed), size):
+            part = [each for each in to_embed[start : start + size] if each[0].entry.id not in batch.rejected]
+            vectors |= self._embed_request(batch, part)
+        # A document rejected by a later request may have chunks embedded by an earlier one: handle() skips it.
+        return vectors
+
+    def _embed_request(
+        self, batch: Batch, part: list[tuple[_ParsedChange, str, Chunk]]
+    ) -> dict[str, tuple[list[float], str]]:
+        if not part:
             return {}
         try:
-            vectors = self.embedding.embed([item.text for item in to_embed])
+            vectors = self.embedding.embed([chunk.text for _item, _id, chunk in part])
         except TextsRejected as exc:
             for index, reason in exc.reasons.items():
-                batch.reject(
-                    to_embed[index].entry, f"The embedding-api's model failed on this document's text: {reason}"
-                )
-            to_embed = [item for index, item in enumerate(to_embed) if index not in exc.reasons]
-            vectors = self.embedding.embed([item.text for item in to_embed]) if to_embed else []
+                item, _id, chunk = part[index]
+                if item.entry.id not in batch.rejected:
+                    where = f" (chunk {chunk.index + 1} of {len(item.chunks)})" if len(item.chunks) > 1 else ""
+                    batch.reject(
+                        item.entry, f"The embedding-api's model failed on this document's text{where}: {reason}"
+                    )
+            part = [each for each in part if each[0].entry.id not in batch.rejected]
+            vectors = self.embedding.embed([chunk.text for _item, _id, chunk in part]) if part else []
         model = self.embedding.model or self.settings.embedding_model
-        return {item.point_id: (vector, model) for item, vector in zip(to_embed, vectors, strict=True)}
+        return {chunk_id: (vector, model) for (_item, chunk_id, _chunk), vector in zip(part, vectors, strict=True)}
 
     def _newest_per_document(self, batch: Batch) -> list[_ParsedChange]:
         """Parse the batch, dead-letter what cannot be read, and keep only the newest change of each document.
@@ -116,15 +177,14 @@ class Embedder:
             except InvalidEntry as exc:
                 batch.reject(entry, str(exc))
                 continue
-            text = ""
+            text, cut = "", False
             if change.op == "upsert":
                 assert change.document is not None
-                text = text_of(change.document, self.sync)
+                text, cut = cut_text_of(change.document, self.sync)
                 if not text:
                     DOCUMENTS_WITHOUT_TEXT.inc()
-            item = _ParsedChange(
-                entry, change, text, change.version or entry.id, point_id(change.source, change.mongo_id)
-            )
+            version, pid = change.version or entry.id, point_id(change.source, change.mongo_id)
+            item = _ParsedChange(entry, change, text, version, pid, truncated=cut)
             current = newest.get(item.point_id)
             if current is None or parse_version(item.version) > parse_version(current.version):
                 newest[item.point_id] = item
@@ -132,38 +192,52 @@ class Embedder:
         return list(newest.values())
 
     def _unchanged_texts(self, work: list[_ParsedChange], partition: int) -> tuple[str | None, set[str]]:
-        """The embedding-api's model, and the point ids whose text Qdrant already holds as embedded by that model.
+        """The embedding-api's model, and the chunks' point ids whose text Qdrant already holds as embedded by that
+        model.
 
         One Redis round trip for the batch. While the model is unknown (the embedding-api cannot be reached), no
         text counts as unchanged.
         """
-        candidates = [item for item in work if item.text and not item.change.force_embed]
+        candidates = [
+            (chunk_id, chunk.text)
+            for item in work
+            if not item.change.force_embed
+            for chunk_id, chunk in zip(item.chunk_ids(), item.chunks, strict=True)
+        ]
         if not self.settings.skip_unchanged_text or not candidates:
             return None, set()
         model = self.embedding.current_model()
         if model is None:
             return None, set()
-        ids = [item.point_id for item in candidates]
+        ids = [chunk_id for chunk_id, _text in candidates]
         # The hint's two generations (upserter.service): the current one knows the points written since it began.
         reads = self.client.pipeline(transaction=False)
         reads.hmget(self.partitions.name(self.sync.applied_text_key, partition), ids)
         reads.hmget(self.partitions.name(self.sync.applied_text_previous_key, partition), ids)
         current, previous = reads.execute()
         return model, {
-            item.point_id
-            for item, now, before in zip(candidates, current, previous, strict=True)
-            if (now if now is not None else before) == text_fingerprint(text_sha256(item.text), model)
+            chunk_id
+            for (chunk_id, text), now, before in zip(candidates, current, previous, strict=True)
+            if (now if now is not None else before) == text_fingerprint(text_sha256(text), model)
         }
 
     def _embedded_document(
-        self, item: _ParsedChange, vector: list[float] | None, model: str | None, unchanged: bool
+        self,
+        item: _ParsedChange,
+        embedded: dict[str, tuple[list[float], str]],
+        model: str | None,
+        unchanged: set[str],
     ) -> EmbeddedDocument:
+        """The stage 2 entry of one document: a delete, its one point, or its chunks."""
         change = item.change
         common = {"source": change.source, "mongo_id": change.mongo_id, "changed_at": change.changed_at}
-        if vector is None and not unchanged:
+        if not item.chunks:
             # A delete, or a document with no text: either way it must have no point.
             return EmbeddedDocument(op="delete", version=item.version, **common)  # type: ignore[arg-type]
-        assert change.document is not None and model is not None
+        vectors = [embedded.get(chunk_id) for chunk_id in item.chunk_ids()]
+        made_by = next((made[1] for made in vectors if made is not None), model)
+        assert change.document is not None and made_by is not None
+        assert all(made or chunk_id in unchanged for made, chunk_id in zip(vectors, item.chunk_ids(), strict=True))
         payload = payload_of(
             change.document,
             self.sync,
@@ -171,7 +245,17 @@ class Embedder:
             mongo_id=change.mongo_id,
             text=item.text,
             version=item.version,
-            model=model,
+            model=made_by,
         )
-        op = "payload" if unchanged else "upsert"
-        return EmbeddedDocument(op=op, version=item.version, vector=vector, payload=payload, **common)  # type: ignore[arg-type]
+        payload["truncated"] = item.truncated
+        op = "upsert" if any(made is not None for made in vectors) else "payload"
+        if len(item.chunks) == 1:
+            vector = vectors[0][0] if vectors[0] is not None else None
+            return EmbeddedDocument(op=op, version=item.version, vector=vector, payload=payload, **common)  # type: ignore[arg-type]
+        # What every chunk's point shares: each chunk's own text and hash travel with the chunk.
+        del payload["text"], payload["text_sha256"]
+        chunks = tuple(
+            EmbeddedChunk(chunk.start, chunk.end, chunk.text, made[0] if made is not None else None)
+            for chunk, made in zip(item.chunks, vectors, strict=True)
+        )
+        return EmbeddedDocument(op=op, version=item.version, payload=payload, chunks=chunks, **common)  # type: ignore[arg-type]

@@ -48,21 +48,23 @@ from upserter.tombstones import Tombstones, TombstoneSweep
 from upserter.write_plan import (
     STATE_FIELDS,
     WritePlan,
-    payload_of,
+    chunk_ids,
+    older_points,
     plan_writes,
-    point_of,
+    point_writes,
+    states_to_read,
     version_text,
     with_vector_of_same_text,
 )
 from vecsync.batch import Batch, Entry
 from vecsync.constants import tombstones_key
-from vecsync.documents import point_id, text_fingerprint
+from vecsync.documents import point_id, text_fingerprint, text_sha256
 from vecsync.errors import ConfigurationError, InvalidEntry
 from vecsync.messages import EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
 from vecsync.sync import Sync
 from vecsync.syncs import sync_of
-from vecsync.vectorstore import CollectionMissing, VectorStore
+from vecsync.vectorstore import CollectionMissing, Point, VectorStore
 
 log = logging.getLogger("vecsync.upserter")
 
@@ -181,11 +183,14 @@ class Upserter:
         """
         dim = self.store.dim
         misfits = {
-            entry.id: len(doc.vector) for entry, doc in documents if doc.vector is not None and len(doc.vector) != dim
+            entry.id: len(vector)
+            for entry, doc in documents
+            for vector in doc.vectors()[:1]
+            if any(len(each) != dim for each in doc.vectors())
         }
         if not misfits:
             return documents
-        fitting = any(doc.vector is not None and entry.id not in misfits for entry, doc in documents)
+        fitting = any(doc.vectors() and entry.id not in misfits for entry, doc in documents)
         sizes = ", ".join(str(size) for size in sorted(set(misfits.values())))
         if not fitting and not self._newest_vector_fits(batch.partition):
             raise ConfigurationError(
@@ -209,11 +214,11 @@ class Upserter:
         stream = self.partitions.name(self.settings.stage2_stream, partition)
         for _id, fields in self.client.xrevrange(stream, count=NEWEST_SAMPLE):
             try:
-                vector = EmbeddedDocument.from_fields(fields).vector
+                vectors = EmbeddedDocument.from_fields(fields).vectors()
             except InvalidEntry:
                 continue
-            if vector is not None:
-                return len(vector) == self.store.dim
+            if vectors:
+                return len(vectors[0]) == self.store.dim
         return False
 
     def _apply(self, newest: dict[str, EmbeddedDocument], batch: Batch) -> None:
@@ -223,28 +228,37 @@ class Upserter:
             # Recorded before the points go, so that an upsert racing with this delete finds it when it re-checks.
             fence.record({pid: doc.version for pid, doc in newest.items() if doc.op == "delete"})
             held.confirm()
-            current = self.store.payloads(ids, fields=STATE_FIELDS)
+            current = self.store.payloads(states_to_read(newest), fields=STATE_FIELDS)
             plan = plan_writes(newest, tombstones, current)
             self.models.check(list(plan.written().values()))
             held.confirm()
+            upserts: list[Point] = []
+            payloads: dict[str, dict[str, Any]] = {}
+            for pid, doc in plan.written().items():
+                points, kept = point_writes(pid, doc)
+                upserts += points
+                payloads |= kept
+            # After the new chunks are in, each document's points of older versions go: chunks its new version no
+            # longer has, or all of them after a delete. A search meanwhile finds the old or the new version.
             self.store.write_if_newer(
-                upserts=[point_of(pid, doc) for pid, doc in plan.upserts.items()],
-                payloads={pid: payload_of(doc) for pid, doc in plan.payloads.items()},
-                deletes=plan.deletes,
+                upserts=upserts,
+                payloads=payloads,
+                prune=[older_points(doc, doc.version) for doc in plan.written().values()]
+                + [older_points(newest[pid], version) for pid, version in plan.deletes.items()],
             )
-            self._bury_overtaken(plan, fence)
-            self._record_texts(held, plan, batch.partition)
+            self._bury_overtaken(plan, fence, newest)
+            self._record_texts(held, plan, current, batch.partition)
         for pid in plan.needs_vector:
             self.embed_again.send(newest[pid], batch)
         SUPERSEDED.inc(plan.superseded)
-        POINTS_WRITTEN.labels("upsert").inc(len(plan.upserts))
+        POINTS_WRITTEN.labels("upsert").inc(len(upserts))
         POINTS_WRITTEN.labels("delete").inc(len(plan.deletes))
-        POINTS_WRITTEN.labels("payload").inc(len(plan.payloads))
+        POINTS_WRITTEN.labels("payload").inc(len(payloads))
         now = time.time()
         for doc in [*plan.written().values(), *(d for d in newest.values() if d.op == "delete")]:
             END_TO_END_LATENCY.labels("upserter").observe(max(0.0, now - doc.changed_at))
 
-    def _bury_overtaken(self, plan: WritePlan, fence: Tombstones) -> None:
+    def _bury_overtaken(self, plan: WritePlan, fence: Tombstones, newest: dict[str, EmbeddedDocument]) -> None:
         """Delete what this batch wrote where a newer delete landed meanwhile.
 
         Possible only once this upserter's locks lapsed mid-write: the other upserter's delete may have run before
@@ -264,27 +278,37 @@ class Upserter:
         if not overtaken:
             return
         log.warning("%d points written by this batch were deleted meanwhile; deleting them again", len(overtaken))
-        self.store.write_if_newer(deletes=overtaken)
+        self.store.write_if_newer(prune=[older_points(newest[pid], version) for pid, version in overtaken.items()])
         for pid in overtaken:
             plan.upserts.pop(pid, None)
             plan.payloads.pop(pid, None)
             plan.deletes[pid] = overtaken[pid]
             plan.gone.add(pid)
 
-    def _record_texts(self, held: HeldLocks, plan: WritePlan, partition: int) -> None:
+    def _record_texts(
+        self, held: HeldLocks, plan: WritePlan, current: dict[str, dict[str, Any]], partition: int
+    ) -> None:
         """Update the skip-unchanged hint of each point written, in one step with a last check of the locks.
 
         Only a hint (the upserter checks a payload-only entry against the point itself), but one that an upserter
         whose locks lapsed must not write: it could be older than what another upserter wrote since. It is kept to
-        the points written last, in two generations of at most SKIP_UNCHANGED_HINT_POINTS each.
+        the points written last, in two generations of at most SKIP_UNCHANGED_HINT_POINTS each. The hints of
+        chunks a document no longer has go, as far as its first point's chunk_count tells.
         """
-        fields: dict[str, str | None] = dict.fromkeys(plan.gone)
+        fields: dict[str, str | None] = {}
+        for pid in [*plan.gone, *plan.written()]:
+            fields |= dict.fromkeys(chunk_ids(pid, (current.get(pid) or {}).get("chunk_count")))
         for pid, doc in plan.written().items():
             payload = doc.payload or {}
+            model = payload.get("model")
+            if doc.chunks:
+                for chunk_id, chunk in zip(chunk_ids(pid, len(doc.chunks)), doc.chunks, strict=True):
+                    fields[chunk_id] = text_fingerprint(text_sha256(chunk.text), model)
+                continue
             sha = payload.get("text_sha256")
-            fields[pid] = text_fingerprint(sha, payload.get("model")) if isinstance(sha, str) else None
-        current = self.partitions.name(self.sync.applied_text_key, partition)
-        held.confirm_and_set(current, fields)
+            fields[pid] = text_fingerprint(sha, model) if isinstance(sha, str) else None
+        hint = self.partitions.name(self.sync.applied_text_key, partition)
+        held.confirm_and_set(hint, fields)
         if fields:
             previous = self.partitions.name(self.sync.applied_text_previous_key, partition)
-            self._hint_upkeep(keys=[current, previous], args=[self.settings.skip_unchanged_hint_points, *fields])
+            self._hint_upkeep(keys=[hint, previous], args=[self.settings.skip_unchanged_hint_points, *fields])

@@ -16,7 +16,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from vecsync.messages import parse_version
-from vecsync.vectorstore import VERSION_MS, VERSION_SEQ, Point, with_version_numbers
+from vecsync.vectorstore import MONGO_ID, VERSION_MS, VERSION_SEQ, OlderPoints, Point, with_version_numbers
 
 # A stored version that the numbers do not give fully (version_ms without version_seq): left to a point's own write.
 _UNKNOWN = (-1, -1)
@@ -28,6 +28,7 @@ def write_if_newer(
     upserts: Sequence[Point],
     payloads: Mapping[str, dict[str, Any]],
     deletes: Mapping[str, str],
+    prune: Sequence[OlderPoints] = (),
 ) -> None:
     """Apply the writes of VectorStore.write_if_newer to ``shard``, each only over an older point.
 
@@ -46,6 +47,10 @@ def write_if_newer(
             ]
         )
         shard.update(qe.UpdateOperation.overwrite_payload_by_filter(condition, payload))
+    for older in prune:
+        # One operation per document, whose filter starts from the indexed mongo_id: it reads that document's
+        # points only.
+        shard.update(qe.UpdateOperation.delete_points_by_filter(_older_points_of(older)))
 
 
 def _upsert_if_newer(shard: qe.EdgeShard, upserts: Sequence[Point]) -> None:
@@ -110,6 +115,16 @@ def older_than(version: tuple[int, int]) -> qe.Filter:
                     qe.FieldCondition(key=VERSION_SEQ, range=qe.RangeFloat(lt=seq)),
                 ]
             ),
+        ]
+    )
+
+
+def _older_points_of(older: OlderPoints) -> qe.Filter:
+    return qe.Filter(
+        must=[
+            qe.FieldCondition(key=MONGO_ID, match=qe.MatchValue(older.mongo_id)),
+            qe.FieldCondition(key="source", match=qe.MatchValue(older.source)),
+            older_than(parse_version(older.version)),
         ]
     )
 

@@ -53,6 +53,7 @@ from vecsync.store.folder import FolderLock, shard_config, shard_path
 from vecsync.vectorstore import (
     CollectionMissing,
     Hit,
+    OlderPoints,
     PayloadIndexes,
     Point,
     Record,
@@ -202,14 +203,15 @@ class EmbeddedStore(VectorStore):
         upserts: Sequence[Point] = (),
         payloads: Mapping[str, dict[str, Any]] | None = None,
         deletes: Mapping[str, str] | None = None,
+        prune: Sequence[OlderPoints] = (),
     ) -> None:
         deletes, payloads = deletes or {}, payloads or {}
-        if not (upserts or payloads or deletes):
+        if not (upserts or payloads or deletes or prune):
             return
         with self._lock, _engine_errors("write points"):
             shard = self._open_shard()
-            edge_fence.write_if_newer(shard, upserts=upserts, payloads=payloads, deletes=deletes)
-            self._written(shard, deletes=len(deletes))
+            edge_fence.write_if_newer(shard, upserts=upserts, payloads=payloads, deletes=deletes, prune=prune)
+            self._written(shard, deletes=len(deletes) + len(prune))
 
     def delete(self, point_ids: list[str]) -> None:
         if point_ids:

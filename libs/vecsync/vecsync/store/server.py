@@ -25,10 +25,12 @@ from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.messages import parse_version
 from vecsync.settings import QdrantSettings
 from vecsync.vectorstore import (
+    MONGO_ID,
     VERSION_MS,
     VERSION_SEQ,
     CollectionMissing,
     Hit,
+    OlderPoints,
     PayloadIndexes,
     Point,
     Record,
@@ -76,6 +78,16 @@ def older_than(version: tuple[int, int]) -> models.Filter:
                     models.FieldCondition(key=VERSION_SEQ, range=models.Range(lt=seq)),
                 ]
             ),
+        ]
+    )
+
+
+def _older_points_of(older: OlderPoints) -> models.Filter:
+    return models.Filter(
+        must=[
+            models.FieldCondition(key=MONGO_ID, match=models.MatchValue(value=older.mongo_id)),
+            models.FieldCondition(key="source", match=models.MatchValue(value=older.source)),
+            older_than(parse_version(older.version)),
         ]
     )
 
@@ -216,6 +228,7 @@ class ServerStore(VectorStore):
         upserts: Sequence[Point] = (),
         payloads: Mapping[str, dict[str, Any]] | None = None,
         deletes: Mapping[str, str] | None = None,
+        prune: Sequence[OlderPoints] = (),
     ) -> None:
         operations: list[models.UpdateOperation] = []
         for pid, version in (deletes or {}).items():
@@ -236,6 +249,10 @@ class ServerStore(VectorStore):
             must += [_equals("text_sha256", payload.get("text_sha256")), _equals("model", payload.get("model"))]
             selection = models.SetPayload(payload=payload, filter=models.Filter(must=must))
             operations.append(models.OverwritePayloadOperation(overwrite_payload=selection))
+        if prune:
+            # One filter for the batch's documents: the server plans it on the mongo_id index.
+            older = models.Filter(should=[_older_points_of(item) for item in prune])
+            operations.append(models.DeleteOperation(delete=models.FilterSelector(filter=older)))
         if not operations:
             return
         with _mapped_errors("write points"):
