@@ -45,9 +45,10 @@ MONGO_ID = "mongo_id"
 CHUNKS_PER_DOCUMENT = 4
 # The most chunk hits one search_documents reads from an engine without a grouped query. Every hit carries its
 # payload (a chunk's text, about 1 KB), and a search of the embedded store holds the store's lock, which the
-# upserter's writes wait for: 10,000 hits stay near 10 MB and a fraction of a second. A document has at most about
-# 560 chunks at the default MAX_DOCUMENT_CHARS, so `limit` documents are found whenever they exist unless the
-# nearest 10,000 chunks belong to fewer documents; then fewer come back, still the nearest ones, in order.
+# upserter's writes wait for: 10,000 hits are near 10 MB, and took 0.15 s from 20,000 points of 384 dimensions
+# with 1 KB texts on 2 cores (0.02 s for 1,000). A document has at most about 560 chunks at the default
+# MAX_DOCUMENT_CHARS, so `limit` documents are found whenever they exist unless the nearest 10,000 chunks belong
+# to fewer documents; then fewer come back, still the nearest ones, in order.
 MAX_CHUNK_HITS = 10_000
 
 # The file under DATA_DIR where an upserter holding an embedded store keeps the key of its store routes.
