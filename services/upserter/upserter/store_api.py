@@ -10,6 +10,9 @@ random key the upserter writes at start to a file under DATA_DIR that only its
 user may read, where a CLI on the same host finds it. /metrics and /healthz
 stay open.
 
+`/search` answers documents, each as its nearest chunk (VectorStore.search_documents), unless the request says
+`"chunks": true`: then the nearest chunks themselves. Either way the reply is {"hits": [{id, score, payload}]}.
+
 An upserter serving several Qdrant collections (the syncs of VECSYNC_CONFIG) answers for each: a request names
 its collection in "collection"; one without names the first (the only one, in a deployment of one collection).
 """
@@ -25,6 +28,8 @@ from typing import Any
 from vecsync.authenticated_routes import PostRoute
 from vecsync.errors import PermanentError
 from vecsync.vectorstore import VectorStore, store_key_file
+
+SEARCH_FIELDS = "'vector' (a list of numbers), 'limit', 'match' and optional 'chunks'"
 
 
 def write_store_key(data_dir: Path) -> str:
@@ -67,8 +72,12 @@ def store_routes(stores: Mapping[str, VectorStore] | VectorStore) -> dict[str, P
 
     def search(store: VectorStore, body: dict[str, Any]) -> tuple[int, Any]:
         if not isinstance(body.get("vector"), list):
-            return 400, {"detail": "Send a JSON object with 'vector' (a list of numbers), 'limit' and 'match'."}
-        hits = store.search(body["vector"], limit=int(body.get("limit", 10)), match=body.get("match") or None)
+            return 400, {"detail": f"Send a JSON object with {SEARCH_FIELDS}."}
+        chunks = body.get("chunks", False)
+        if not isinstance(chunks, bool):
+            return 400, {"detail": f"'chunks' must be true (chunk hits) or false (documents), not {chunks!r}."}
+        find = store.search if chunks else store.search_documents
+        hits = find(body["vector"], limit=int(body.get("limit", 10)), match=body.get("match") or None)
         return 200, {"hits": [hit.__dict__ for hit in hits]}
 
     def count(store: VectorStore, _body: dict[str, Any]) -> tuple[int, Any]:
@@ -89,7 +98,7 @@ def store_routes(stores: Mapping[str, VectorStore] | VectorStore) -> dict[str, P
         return 200, {"recreated": store.collection}
 
     return {
-        "/search": route(search, "'vector' (a list of numbers), 'limit' and 'match'"),
+        "/search": route(search, SEARCH_FIELDS),
         "/count": route(count, "no field"),
         "/payloads": route(payloads, "'ids' (a list of point ids) and optional 'fields'"),
         "/scroll": route(scroll, "'limit', 'offset' and optional 'fields'"),

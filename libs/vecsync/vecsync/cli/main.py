@@ -93,7 +93,10 @@ def _parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="semantic search over the Qdrant collection")
     search.add_argument("text", help="what to search for")
-    search.add_argument("--limit", type=int, default=5, help="number of hits (default 5)")
+    search.add_argument("--limit", type=int, default=5, help="number of documents, or of chunks (default 5)")
+    search.add_argument(
+        "--chunks", action="store_true", help="show the nearest chunks, several of a document among them, not documents"
+    )
     search.add_argument("--filter", action="append", default=[], metavar="CONDITION", help=FILTER_HELP)
     search.add_argument("--sync", metavar="NAME", help="the sync to search (required when there are several)")
     search.add_argument("--json", action="store_true", help="print JSON")

@@ -1,5 +1,8 @@
 """`vecsync search`: semantic search over one sync's Qdrant collection, with --filter conditions on its payload.
 
+It finds documents, each shown by its nearest chunk (VectorStore.search_documents); --chunks finds the nearest
+chunks themselves, several of one document among them. --json prints either as a list of {id, score, payload}.
+
 A --filter is ``FIELD=VALUE`` (the payload field equals the value) or ``FIELD>=VALUE``, ``FIELD>VALUE``,
 ``FIELD<=VALUE``, ``FIELD<VALUE`` (a range, on a field with an integer, float or datetime payload index). Values
 are read by the field's index type: numbers for integer and float, ISO 8601 dates for datetime (a date without a
@@ -21,10 +24,20 @@ from vecsync.cli.context import EXIT_OK, Context
 from vecsync.cli.store import embed_query
 from vecsync.errors import ConfigurationError
 from vecsync.sync import Sync
+from vecsync.vectorstore import Hit
 
-HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"}
-# What every point's payload holds besides PAYLOAD_FIELDS (see vecsync.documents.build_payload).
-IDENTITY_PAYLOAD = ["mongo_id", "source", "text", "text_sha256", "version", "model"]
+# Where a chunk lies in its document, in every chunk's payload (see docs/design.md, "Long documents").
+CHUNK_PAYLOAD = ("chunk_index", "chunk_count", "chunk_span", "truncated")
+
+# What the plain output leaves out of a hit's fields line: shown elsewhere (mongo_id, subject, text, the chunk's
+# place), or of no use to a reader.
+HIDDEN_PAYLOAD = {"mongo_id", "subject", "text", "text_sha256", "source", "version"} | {*CHUNK_PAYLOAD}
+# What every point's payload holds besides PAYLOAD_FIELDS (see vecsync.documents.build_payload); points written
+# before chunking lack the chunk fields.
+IDENTITY_PAYLOAD = ["mongo_id", "source", "text", "text_sha256", "version", "model", *CHUNK_PAYLOAD]
+# How a --filter reads a value of those identity fields that are no text (a payload field's index type says it for
+# the payload fields).
+IDENTITY_KINDS = {"chunk_index": "integer", "chunk_count": "integer", "truncated": "bool"}
 
 FILTER_HELP = (
     "a condition on the payload, repeatable (all must hold): FIELD=VALUE, or a range FIELD>=VALUE, FIELD>VALUE, "
@@ -38,6 +51,8 @@ FILTER_HELP = (
 CONDITION = re.compile(r"^(?P<field>[^<>=]+)(?P<operator>>=|<=|>|<|=)(?P<value>.*)$", re.DOTALL)
 RANGE_BOUNDS = {">=": "gte", ">": "gt", "<=": "lte", "<": "lt"}
 RANGE_INDEXES = ("integer", "float", "datetime")
+# The plain output's snippet of a hit's text, in characters.
+SNIPPET_CHARS = 160
 
 
 def search_command(ctx: Context, args: argparse.Namespace) -> int:
@@ -47,21 +62,39 @@ def search_command(ctx: Context, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
     vector = embed_query(one.settings, args.text)
-    hits = one.store.search(vector, limit=args.limit, match=match or None)
+    find = one.store.search if args.chunks else one.store.search_documents
+    hits = find(vector, limit=args.limit, match=match or None)
     if args.json:
         print(json.dumps([hit.__dict__ for hit in hits], indent=2, ensure_ascii=False))
         return EXIT_OK
     if not hits:
         print("No hits.")
     for hit in hits:
-        payload = hit.payload
-        print(f"{hit.score:.3f}  {payload.get('mongo_id')}  {payload.get('subject', '')}")
-        fields = {key: value for key, value in payload.items() if key not in HIDDEN_PAYLOAD}
-        if fields:
-            print("       " + ", ".join(f"{key}={value}" for key, value in fields.items()))
-        snippet = " ".join(str(payload.get("text", "")).split())
-        print(f"       {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
+        print_hit(hit)
     return EXIT_OK
+
+
+def print_hit(hit: Hit) -> None:
+    """A hit in three lines: score, document and where its chunk lies; the payload fields; the chunk's text."""
+    payload = hit.payload
+    print(f"{hit.score:.3f}  {payload.get('mongo_id')}  {payload.get('subject', '')}{chunk_note(payload)}")
+    fields = {key: value for key, value in payload.items() if key not in HIDDEN_PAYLOAD}
+    if fields:
+        print("       " + ", ".join(f"{key}={value}" for key, value in fields.items()))
+    snippet = " ".join(str(payload.get("text", "")).split())
+    print(f"       {snippet[:SNIPPET_CHARS]}{'...' if len(snippet) > SNIPPET_CHARS else ''}")
+
+
+def chunk_note(payload: dict[str, Any]) -> str:
+    """ "  (chunk 3/12)" for the third of a document's twelve chunks, with a word where the document's text was cut
+    at its bound; nothing for a document of one chunk (as every point written before chunking reads)."""
+    notes = []
+    index, count = payload.get("chunk_index"), payload.get("chunk_count")
+    if isinstance(index, int) and isinstance(count, int) and count > 1:
+        notes.append(f"chunk {index + 1}/{count}")
+    if payload.get("truncated") is True:
+        notes.append("the document's text was cut at its bound")
+    return f"  ({', '.join(notes)})" if notes else ""
 
 
 def searched_sync(ctx: Context, name: str | None) -> Sync:
@@ -90,7 +123,7 @@ def parse_filters(filters: list[str], sync: Sync) -> dict[str, Any]:
                 "(see `vecsync search --help`)."
             )
         field, operator, text = found["field"].strip(), found["operator"], found["value"]
-        kind = indexes.get(field, "keyword")
+        kind = indexes.get(field, IDENTITY_KINDS.get(field, "keyword"))
         if operator != "=":
             bounds = match.setdefault(field, {})
             if not isinstance(bounds, dict):

@@ -28,6 +28,10 @@ class Store(Protocol):
 
     def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]: ...
 
+    def search_documents(
+        self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None
+    ) -> list[Hit]: ...
+
     def count(self) -> int: ...
 
     def payloads(self, point_ids: list[str], fields: list[str] | None = None) -> dict[str, dict[str, Any]]: ...
@@ -65,7 +69,14 @@ class UpserterStore:
         self.key_file = key_file
 
     def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
-        body = self._post("/search", {"vector": vector, "limit": limit, "match": dict(match or {})})
+        return self._search(vector, limit=limit, match=match, chunks=True)
+
+    def search_documents(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
+        return self._search(vector, limit=limit, match=match, chunks=False)
+
+    def _search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None, chunks: bool) -> list[Hit]:
+        request = {"vector": vector, "limit": limit, "match": dict(match or {}), "chunks": chunks}
+        body = self._post("/search", request)
         return [Hit(hit["id"], hit["score"], hit["payload"]) for hit in body["hits"]]
 
     def count(self) -> int:

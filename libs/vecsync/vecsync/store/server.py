@@ -272,14 +272,22 @@ class ServerStore(VectorStore):
             )
 
     def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
-        query_filter = None
-        if match:
-            query_filter = models.Filter(must=[_condition(*parts) for parts in match_conditions(match)])
         with _mapped_errors("search"):
             result = self.client.query_points(
-                self.collection, query=vector, limit=limit, query_filter=query_filter, with_payload=True
+                self.collection, query=vector, limit=limit, query_filter=_filter(match), with_payload=True
             )
         return [Hit(str(point.id), point.score, point.payload or {}) for point in result.points]
+
+    def search_documents(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
+        """Qdrant's grouped query: one group per `mongo_id`, each of its one nearest chunk, groups nearest first."""
+        if limit < 1:
+            return []
+        with _mapped_errors("search documents"):
+            result = self.client.query_points_groups(
+                self.collection, MONGO_ID, query=vector, limit=limit, group_size=1, query_filter=_filter(match)
+            )
+        nearest = [group.hits[0] for group in result.groups if group.hits]
+        return [Hit(str(point.id), point.score, point.payload or {}) for point in nearest]
 
     def count(self) -> int:
         with _mapped_errors("count points"):
@@ -313,6 +321,11 @@ class ServerStore(VectorStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _filter(match: Mapping[str, Any] | None) -> models.Filter | None:
+    """VectorStore.search's ``match`` as Qdrant's filter: every condition must hold."""
+    return models.Filter(must=[_condition(*parts) for parts in match_conditions(match)]) if match else None
 
 
 def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> models.Condition:
