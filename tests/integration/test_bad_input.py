@@ -52,10 +52,21 @@ def test_no_text_null_and_non_string_values_get_no_point(pipeline: Pipeline) -> 
     assert letters(pipeline, STAGE1) == [] and letters(pipeline, STAGE2) == []
 
 
-def test_a_10_mb_text_is_cut_to_max_text_chars(pipeline: Pipeline) -> None:
+def test_a_10_mb_text_is_chunked_up_to_max_document_chars(pipeline: Pipeline) -> None:
+    insert_then_canary(pipeline, {"_id": "huge", "subject": "big", "content": "word " * 2_000_000})
+    chunks = pipeline.chunks_of("huge")
+    assert all(chunk["truncated"] for chunk in chunks)
+    assert chunks[0]["text"].startswith("big\n\nword word")
+    assert chunks[-1]["chunk_span"][1] <= 500_000 < chunks[-1]["chunk_span"][1] + 5
+    assert len(chunks) == chunks[0]["chunk_count"] > 400
+
+
+def test_without_chunking_a_10_mb_text_is_cut_to_max_text_chars(pipeline: Pipeline) -> None:
+    pipeline.overrides["chunk_tokens"] = 0
     points = insert_then_canary(pipeline, {"_id": "huge", "subject": "big", "content": "word " * 2_000_000})
     assert len(points["huge"]["text"]) == 8192
     assert points["huge"]["text"].startswith("big\n\nword word")
+    assert points["huge"]["truncated"] is True and points["canary"]["truncated"] is False
 
 
 def test_deeply_nested_documents(pipeline: Pipeline) -> None:

@@ -133,6 +133,16 @@ class Pipeline:
             if offset is None:
                 return points
 
+    def chunks_of(self, mongo_id: str) -> list[dict[str, Any]]:
+        """The payloads of a document's points, in chunk order."""
+        found = []
+        offset = None
+        while True:
+            page, offset = self.store.scroll(limit=256, offset=offset)
+            found += [payload for payload in page.values() if payload["mongo_id"] == mongo_id]
+            if offset is None:
+                return sorted(found, key=lambda payload: payload.get("chunk_index", 0))
+
     def assert_matches_mongo(self, text_fields: tuple[str, ...] = ("subject", "content")) -> None:
         """Qdrant holds exactly one current point per MongoDB document with text: none missing, extra or stale."""
         expected = {}
