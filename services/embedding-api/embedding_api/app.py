@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedding_api.backends import Encoder
 from embedding_api.batching import Batcher, Encoded
+from embedding_api.chunker import TextChunker, load_chunker
 from embedding_api.encoding_errors import ModelUnavailable, NotReady, QueueFull, TextsFailed
 from embedding_api.metrics import (
+    CHUNKS,
     FAILED_TEXTS,
     QUEUE_TEXTS,
     REGISTRY,
@@ -43,6 +46,13 @@ class EncodeBatchRequest(BaseModel):
     encoding_format: EncodingFormat = "float"
 
 
+class ChunkRequest(BaseModel):
+    texts: list[str]
+    # Tokens per chunk, the model's special tokens included; null: the model's window.
+    tokens: int | None = None
+    overlap: int = Field(default=0, ge=0)
+
+
 class OpenAIEmbeddingsRequest(BaseModel):
     input: str | list[Any]
     model: str | None = None
@@ -57,8 +67,13 @@ def create_app(
     *,
     load: Callable[[], Encoder] | None = None,
     on_load_failure: Callable[[BaseException], None] | None = None,
+    chunker: TextChunker | None = None,
 ) -> FastAPI:
-    """The app over ``encoder`` (ready at once), or over what ``load`` returns (loaded in the background)."""
+    """The app over ``encoder`` (ready at once), or over what ``load`` returns (loaded in the background).
+
+    POST /chunk splits with ``chunker``, or with the chunker of the model the settings name, read at its first
+    request (it needs only the tokenizer, so it answers while the model loads).
+    """
     if (encoder is None) == (load is None):
         raise ValueError("pass either an encoder or a load function")
     app = FastAPI(title="vecsync embedding-api")
@@ -79,6 +94,11 @@ def create_app(
     app.state.batcher = batcher
     QUEUE_TEXTS.set_function(lambda: batcher.queued_texts)
     app.router.add_event_handler("shutdown", batcher.close)
+
+    @functools.cache
+    def text_chunker() -> TextChunker:
+        # Not cached when it raises: a later request tries again.
+        return chunker or load_chunker(settings)
 
     def loaded_encoder() -> Encoder:
         assert batcher.encoder is not None
@@ -147,6 +167,29 @@ def create_app(
             {"embeddings": vectors, "model": encoder.name, "dim": encoder.dim, "truncated": encoded.truncated}
         )
 
+    @app.post("/chunk")
+    async def chunk(request: ChunkRequest) -> Response:
+        _check_text_count(request.texts, settings)
+        characters = sum(len(text) for text in request.texts)
+        if characters > settings.max_chunk_request_chars:
+            raise HTTPException(
+                413,
+                f"The texts of this request have {characters} characters in all; the limit is "
+                f"MAX_CHUNK_REQUEST_CHARS={settings.max_chunk_request_chars}. Send fewer texts per request.",
+            )
+        try:
+            chunker = await asyncio.to_thread(text_chunker)
+        except Exception as exc:  # noqa: BLE001 - a model folder without a usable tokenizer: say so, stay up
+            raise HTTPException(503, f"The chunker could not be loaded: {exc}") from None
+        tokens = chunker.max_tokens if request.tokens is None else request.tokens
+        _check_chunk_sizes(chunker, tokens, request.overlap)
+        # Splitting a long text takes milliseconds: off the event loop, so other requests are answered meanwhile.
+        spans = await asyncio.to_thread(chunker.spans, request.texts, tokens, request.overlap)
+        CHUNKS.inc(sum(len(text_spans) for text_spans in spans))
+        return json_response(
+            {"model": chunker.model, "tokens": tokens, "max_tokens": chunker.max_tokens, "spans": spans}
+        )
+
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: OpenAIEmbeddingsRequest) -> Response:
         texts = _openai_texts(request.input)
@@ -205,7 +248,7 @@ def _openai_texts(value: str | list[Any]) -> list[str]:
     return texts
 
 
-def _check_request_limits(texts: list[str], settings: EmbeddingApiSettings) -> None:
+def _check_text_count(texts: list[str], settings: EmbeddingApiSettings) -> None:
     if not texts:
         raise HTTPException(422, "Send at least one text.")
     if len(texts) > settings.max_texts_per_request:
@@ -213,6 +256,32 @@ def _check_request_limits(texts: list[str], settings: EmbeddingApiSettings) -> N
             413,
             f"{len(texts)} texts in one request; the limit is MAX_TEXTS_PER_REQUEST={settings.max_texts_per_request}.",
         )
+
+
+def _check_chunk_sizes(chunker: TextChunker, tokens: int, overlap: int) -> None:
+    if tokens > chunker.max_tokens:
+        raise HTTPException(
+            422,
+            f"tokens={tokens} is above the model's window, max_tokens={chunker.max_tokens} ({chunker.model}): the "
+            f"model could not read such a chunk whole. Send at most {chunker.max_tokens}, or null for the window.",
+        )
+    specials = chunker.special_tokens
+    if tokens <= specials:
+        raise HTTPException(
+            422,
+            f"tokens={tokens} leaves no room for text beside the model's {specials} special tokens; "
+            f"send at least {specials + 1}.",
+        )
+    if overlap >= tokens - specials:
+        raise HTTPException(
+            422,
+            f"overlap={overlap} must be below tokens={tokens} less the model's {specials} special tokens "
+            f"({tokens - specials}): each chunk must reach past the one before it.",
+        )
+
+
+def _check_request_limits(texts: list[str], settings: EmbeddingApiSettings) -> None:
+    _check_text_count(texts, settings)
     for index, text in enumerate(texts):
         if not text.strip():
             raise HTTPException(422, f"Text {index} is empty; send non-empty strings only.")

@@ -182,7 +182,7 @@ class OnnxEncoder:
         self.backend = backend
         self.name = name
         self.batch_size = forward_batch_size(batch_size, backend, self.device, threads)
-        self.max_tokens = _max_seq_length(model_path)
+        self.max_tokens = max_seq_length(model_path)
         self.tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_tokens)
@@ -221,7 +221,7 @@ class OnnxEncoder:
         return result if result is not None else np.empty((0, self.dim), np.float32)
 
 
-def _max_seq_length(model_path: Path) -> int:
+def max_seq_length(model_path: Path) -> int:
     """The model's window in tokens, as its sentence_bert_config.json names it (512 when it names none)."""
     config_file = model_path / "sentence_bert_config.json"
     if config_file.exists():

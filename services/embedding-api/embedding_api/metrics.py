@@ -64,6 +64,11 @@ FAILED_TEXTS = Counter(
     "Texts the model failed on by themselves while it still encoded a known-good text; their requests got 422.",
     registry=REGISTRY,
 )
+CHUNKS = Counter(
+    "vecsync_embedding_api_chunks_total",
+    "Chunks made by POST /chunk (a text that fits the budget is one chunk).",
+    registry=REGISTRY,
+)
 QUEUE_TEXTS = Gauge("vecsync_embedding_queue_texts", "Texts accepted and not yet encoded.", registry=REGISTRY)
 MODEL_INFO = Info("vecsync_embedding_model", "The model and backend in use.", registry=REGISTRY)
 

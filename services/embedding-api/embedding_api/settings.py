@@ -44,6 +44,9 @@ class EmbeddingApiSettings(BaseSettings):
     max_texts_per_request: int = Field(default=512, ge=1)
     max_chars_per_text: int = Field(default=100_000, ge=1)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # POST /chunk takes whole documents (up to MAX_DOCUMENT_CHARS each, 500,000 by default), so MAX_CHARS_PER_TEXT
+    # does not apply there; this bounds the characters of all the texts of one /chunk request together.
+    max_chunk_request_chars: int = Field(default=8_000_000, ge=1)
     # Dynamic batching: texts of concurrent requests are merged into one model call of at most
     # MAX_BATCH_SIZE texts and MAX_BATCH_TOKENS tokens, waiting at most MAX_WAIT_MS for company.
     # MAX_BATCH_SIZE=1 switches merging off: each request is then encoded on its own.
