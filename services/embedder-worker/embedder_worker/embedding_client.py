@@ -181,13 +181,14 @@ class EmbeddingClient:
                 response = self.session.post(self.chunk_url, json=body, timeout=self.timeout_s)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError(f"embedding-api unreachable at {redact_url(self.chunk_url)}: {exc}") from exc
-            if response.status_code not in ENDPOINT_STATUSES:
+            if response.status_code not in ENDPOINT_STATUSES and not _answers_without_spans(response):
                 return self._chunk_reply(response, texts)
             log.warning(
-                "The embedding server at %s has no POST /chunk (it answered %d): long documents are split by "
+                "The embedding server at %s has no POST /chunk (it answered %d%s): long documents are split by "
                 "words from now on, %.2f words per token of the chunk size, not by its model's tokenizer.",
                 self.shown_url,
                 response.status_code,
+                "" if response.status_code in ENDPOINT_STATUSES else " with no chunks",
                 WORDS_PER_TOKEN,
             )
             self.chunks_by_words = True
@@ -321,6 +322,17 @@ class EmbeddingClient:
             raise self._wrong_size_error(len(vector))
         if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in vector):
             raise PermanentError("embedding-api returned a vector with NaN, infinite or non-numeric values")
+
+
+def _answers_without_spans(response: requests.Response) -> bool:
+    """Whether a 200 to POST /chunk is no answer to it: a server that answers every path alike (with vectors)."""
+    if response.status_code != 200:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "spans" not in body
 
 
 def _texts_the_model_failed_on(response: requests.Response, count: int) -> dict[int, str]:
