@@ -17,7 +17,7 @@ from tests.support.pipeline import Pipeline
 from vecsync.bson_codec import mongo_id_of, to_plain
 from vecsync.chunking import chunk_point_id, word_spans
 from vecsync.cli.chunk_check import uncovered
-from vecsync.cli.context import EXIT_DRIFT, EXIT_OK
+from vecsync.cli.context import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_OK
 from vecsync.constants import VERIFY_PROGRESS_PREFIX
 from vecsync.documents import payload_of, point_id, text_of
 from vecsync.sync import Sync
@@ -233,6 +233,30 @@ class TestEachDifferenceIsFound:
         assert cli(pipeline, "--yes", "verify", "--repair", "--batch-size", "4") == EXIT_OK
         assert "Re-enqueued 2 documents" in capsys.readouterr().out, "d2 once, though both scans find it"
         assert sorted(republished(pipeline)) == [("d1", "upsert"), ("d2", "upsert")]
+
+
+def test_a_verify_interrupted_in_the_scan_of_points_counts_and_repairs_a_document_once(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline.store.upsert(chunk_points(pipeline, document_with_chunks(pipeline, lambda: "gone", 20)))
+    real_scroll, calls = pipeline.store.scroll, []
+
+    def interrupted_on_fourth_page(**kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_scroll(**kwargs)
+
+    monkeypatch.setattr(pipeline.store, "scroll", interrupted_on_fourth_page)
+    assert cli(pipeline, "--yes", "verify", "--repair", "--batch-size", "3") == EXIT_INTERRUPTED
+    assert republished(pipeline) == [("gone", "delete")]
+    monkeypatch.setattr(pipeline.store, "scroll", real_scroll)
+    capsys.readouterr()
+    assert cli(pipeline, "--yes", "verify", "--repair", "--batch-size", "3") == EXIT_OK
+    out = capsys.readouterr().out
+    assert "Resuming the points phase" in out and "0 missing, 1 extra, 0 stale" in out, out
+    assert republished(pipeline) == [("gone", "delete")], "not re-enqueued again after the resume"
+    assert not pipeline.redis_client.keys(VERIFY_PROGRESS_PREFIX + "*")
 
 
 class TestCoverage:

@@ -110,18 +110,18 @@ def check_document(
     text: str,
     truncated: bool,
     expected: Mapping[str, Any],
-    chunks: Sequence[Mapping[str, Any] | None],
+    first: Mapping[str, Any],
+    others: Sequence[Mapping[str, Any] | None],
 ) -> DocumentFindings:
-    """Compare the document's chunk points with its text now: ``chunks`` holds chunk 0's payload (never None) and
-    those of chunks 1..n-1 that exist, at their index (None for one missing), for the n that chunk 0 says.
+    """Compare the document's chunk points with its text now: ``first`` is chunk 0's payload, ``others`` those of
+    chunks 1..n-1, for the n that chunk 0 records, at their index less one (None for one that is missing).
 
     ``expected`` holds the other payload fields each chunk must hold (the document's fields, identity, model);
     ``truncated`` whether the document's text was cut at the sync's bound. Each chunk is compared with the document
     itself, never with its own text_sha256 alone: a payload edited behind the pipeline's back keeps its hash.
     """
     found = DocumentFindings()
-    first = chunks[0]
-    assert first is not None, "chunk 0 is the document's point: without it the document is missing"
+    chunks = [first, *others]
     count = chunk_count_of(first)
     if count is None or count != len(chunks):
         found.stale.append(f"chunk 0 records chunk_count {first.get('chunk_count')!r}, not a number of its chunks")
@@ -278,14 +278,14 @@ def check_documents(
             if (want is None) != (first is None):
                 page.differences["extra" if want is None else "missing"].append(mongo_id)
             continue
-        points = [first, *(rest.get(chunk_point_id(ids[mongo_id], i)) for i in more.get(mongo_id, ()))]
-        found = check_document(want.text, want.truncated, want.payload, points)
+        others = [rest.get(chunk_point_id(ids[mongo_id], i)) for i in more.get(mongo_id, ())]
+        found = check_document(want.text, want.truncated, want.payload, first, others)
         page.details.extend(found.details(mongo_id))
         if found.missing:
             page.differences["missing"].append(mongo_id)
         if found.stale:
             page.differences["stale"].append(mongo_id)
-            models = {str(p.get("model")) for p in points if p is not None and p.get("model") != model}
+            models = {str(p.get("model")) for p in [first, *others] if p is not None and p.get("model") != model}
             if model and models:
                 page.differences["other_model"].append(mongo_id)
                 page.other_models |= models
