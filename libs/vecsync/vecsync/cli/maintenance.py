@@ -19,14 +19,15 @@ from typing import Any
 import redis
 from bson import json_util
 
-from vecsync.bson_codec import ejson_id, id_candidates, mongo_id_of, to_plain
+from vecsync.bson_codec import ejson_id, id_candidates, mongo_id_of
+from vecsync.cli.chunk_check import ID_ONLY, PLACE_FIELDS, check_documents, check_points
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, count, progress
 from vecsync.cli.store import wait_for_model
 from vecsync.constants import (
     RESYNC_PROGRESS_PREFIX,
     VERIFY_PROGRESS_PREFIX,
 )
-from vecsync.documents import payload_of, point_id, source_projection, text_of
+from vecsync.documents import source_projection
 from vecsync.errors import ConfigurationError
 from vecsync.flow import FlowControl
 from vecsync.mongo_reads import chunks_after, read_current
@@ -34,11 +35,8 @@ from vecsync.retention import trim_bound, trim_to
 from vecsync.stage1 import publish_current_states
 from vecsync.stream_stats import stream_stats
 
-# Verify reports this many example ids per kind of difference.
+# Verify reports this many example ids per kind of difference, and this many lines of what differs in them.
 EXAMPLES = 20
-ID_ONLY = {"_id": 1}
-# Payload keys a verify does not compare: the version fence moves on with every change.
-VERSION_KEYS = ("version", "version_ms", "version_seq")
 
 
 def _projection(ctx: Context) -> dict[str, int]:
@@ -197,6 +195,8 @@ class VerifyState:
     found: dict[str, int] = field(default_factory=lambda: {"missing": 0, "stale": 0, "extra": 0})
     examples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "stale": [], "extra": []})
     repaired: int = 0
+    # What was found wrong with the chunks of the first documents that differ, one line each.
+    details: list[str] = field(default_factory=list)
     # The model the embedding-api runs now (None when it could not be asked), and the other models found in points.
     model: str | None = None
     other_models: list[str] = field(default_factory=list)
@@ -205,6 +205,9 @@ class VerifyState:
         self.found[kind] = self.found.get(kind, 0) + len(mongo_ids)
         examples = self.examples.setdefault(kind, [])
         examples.extend(mongo_ids[: max(EXAMPLES - len(examples), 0)])
+
+    def note(self, details: list[str]) -> None:
+        self.details.extend(details[: max(EXAMPLES - len(self.details), 0)])
 
     @property
     def differences(self) -> int:
@@ -242,7 +245,7 @@ def _verify(
     source = ctx.settings.source
     key = VERIFY_PROGRESS_PREFIX + ctx.sync.state_name
     if restart:
-        ctx.redis.delete(key)
+        ctx.redis.delete(*_run_keys(key))
     saved = ctx.redis.get(key)
     state = VerifyState(**json.loads(saved)) if saved else VerifyState(repair=repair)
     if saved and state.repair != repair:
@@ -251,6 +254,7 @@ def _verify(
             "way to finish it, or pass --restart."
         )
     if not saved:
+        ctx.redis.delete(*_run_keys(key)[1:])  # left by a run that stopped before it saved its progress
         if skip_model_check:
             print("--skip-model-check: points are not checked for vectors of another model.")
         else:
@@ -274,7 +278,7 @@ def _verify(
         state.phase = "points"
         ctx.redis.set(key, json.dumps(state.__dict__))
     _verify_points(ctx, state, key, batch_size)
-    ctx.redis.delete(key)
+    ctx.redis.delete(*_run_keys(key))
     _report(state)
     if state.differences and not repair:
         return EXIT_DRIFT
@@ -294,12 +298,8 @@ def _in_flight(ctx: Context) -> int:
 
 
 def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: int) -> None:
-    """Every document with text must have a point holding its current text and payload fields; one without, none.
-
-    The point's payload is compared with the document itself, never with the point's own text_sha256: a payload
-    edited behind the pipeline's back keeps its hash.
-    """
-    source = ctx.settings.source
+    """Every document with text must have its chunk points, holding its current text and payload fields (see
+    vecsync.cli.chunk_check); one without text, no point. Each document is counted once per kind it differs in."""
     query = ctx.sync.query()
     chunks = chunks_after(ctx.collection, state.last_id, size=batch_size, projection=_projection(ctx), query=query)
     with progress(ctx.collection.estimated_document_count(), "docs", "verify documents") as bar, closing(chunks):
@@ -308,83 +308,82 @@ def _verify_documents(ctx: Context, state: VerifyState, key: str, batch_size: in
             documents = next(chunks, None)
             if documents is None:
                 return
-            wanted = {mongo_id_of(d["_id"]): _expected_payload(ctx, d, state.model) for d in documents}
-            ids = {mongo_id: point_id(source, mongo_id) for mongo_id in wanted}
-            points = ctx.store.payloads(list(ids.values()))
-            missing = [m for m, want in wanted.items() if want is not None and ids[m] not in points]
-            stale = [
-                m
-                for m, want in wanted.items()
-                if want is not None and ids[m] in points and _differs(points[ids[m]], want)
-            ]
-            extra = [m for m, want in wanted.items() if want is None and ids[m] in points]
-            other_model = [m for m in stale if state.model and points[ids[m]].get("model") != state.model]
-            for model in {str(points[ids[m]].get("model")) for m in other_model} - set(state.other_models):
-                state.other_models.append(model)
-            state.record("other_model", other_model)
-            _repair_and_record(ctx, state, {"missing": missing, "stale": stale, "extra": extra})
+            found = check_documents(ctx.store, ctx.sync, ctx.settings.source, documents, state.model)
+            state.other_models.extend(sorted(found.other_models - set(state.other_models)))
+            state.note(found.details)
+            repaired = _repair_and_record(ctx, state, key, found.differences)
             state.last_id = ejson_id(documents[-1]["_id"])
             state.checked_documents += len(documents)
-            ctx.redis.set(key, json.dumps(state.__dict__))
+            _save(ctx, key, state, repaired=repaired)
             bar.update(len(documents))
 
 
-def _expected_payload(ctx: Context, document: dict[str, Any], model: str | None) -> dict[str, Any] | None:
-    """What the point of ``document`` must hold, as the embedder-worker would write it now; None if it has no text.
-
-    With ``model`` known, the point must also have been embedded by it: another model's vector is of another space.
-    Built by the sync's own mapping (vecsync.documents), so that a structured payload is compared as written.
-    """
-    sync = ctx.sync
-    plain = to_plain(document)  # as the producer publishes it
-    text = text_of(plain, sync)
-    if not text:
-        return None
-    mongo_id = mongo_id_of(document["_id"])
-    expected = payload_of(plain, sync, mongo_id=mongo_id, text=text, version="", model=model or "")
-    for key in VERSION_KEYS:
-        expected.pop(key, None)
-    if model is None:
-        del expected["model"]
-    # A payload field the document lacks must be absent from the point too (None reads as absent).
-    for path in sync.payload_fields:
-        expected.setdefault(path.split(".")[0] if sync.structured else path, None)
-    return expected
-
-
-def _differs(payload: dict[str, Any], expected: dict[str, Any]) -> bool:
-    # An absent field and a None value are the same: the payload leaves out fields the document lacks.
-    return any(payload.get(field) != value for field, value in expected.items())
-
-
 def _verify_points(ctx: Context, state: VerifyState, key: str, batch_size: int) -> None:
-    """Every point of this source must belong to a document that still exists and is inside the sync's filter."""
-    source, sync_filter = ctx.settings.source, ctx.sync.filter
+    """Every point of this source must be a chunk of its document as its chunk 0 records it, of a document that
+    still exists and is inside the sync's filter (chunk_check.check_points).
+
+    A document's chunks are spread over many pages; one found extra is remembered in a Redis set beside the
+    progress (_run_set: the collection may be larger than memory), so it is counted and re-enqueued once in a run
+    however many pages hold its points.
+    """
     with progress(ctx.store.count(), "points", "verify points") as bar:
         bar.update(state.checked_points)
         while True:
-            page, next_offset = ctx.store.scroll(limit=batch_size, offset=state.offset, fields=["mongo_id", "source"])
-            mongo_ids = [p["mongo_id"] for p in page.values() if p.get("source") == source and p.get("mongo_id")]
-            existing = read_current(ctx.collection, _keys(mongo_ids), ID_ONLY, sync_filter=sync_filter)
-            _repair_and_record(ctx, state, {"extra": [m for m in mongo_ids if m not in existing]})
+            page, next_offset = ctx.store.scroll(limit=batch_size, offset=state.offset, fields=PLACE_FIELDS)
+            found = check_points(ctx.store, ctx.collection, ctx.sync, ctx.settings.source, page)
+            extra = _not_yet_in(ctx, _run_set(key, "extra"), found.differences["extra"])
+            state.note(found.details)
+            repaired = _repair_and_record(ctx, state, key, {"extra": extra})
             state.offset = next_offset
             state.checked_points += len(page)
-            ctx.redis.set(key, json.dumps(state.__dict__))
+            _save(ctx, key, state, extra=extra, repaired=repaired)
             bar.update(len(page))
             if next_offset is None:
                 return
+
+
+def _run_set(key: str, name: str) -> str:
+    """A Redis set of this run's documents beside its progress key ``key``: ``extra``, those the scan of points
+    counted extra; ``repaired``, those re-enqueued. Each is added with the progress of its page (_save)."""
+    return f"{key}:{name}"
+
+
+def _run_keys(key: str) -> list[str]:
+    return [key, _run_set(key, "extra"), _run_set(key, "repaired")]
+
+
+def _not_yet_in(ctx: Context, set_key: str, mongo_ids: list[str]) -> list[str]:
+    """Those of ``mongo_ids`` that the run's set ``set_key`` does not hold yet."""
+    if not mongo_ids:
+        return []
+    held = ctx.redis.smismember(set_key, mongo_ids)
+    return [mongo_id for mongo_id, seen in zip(mongo_ids, held, strict=True) if not seen]
+
+
+def _save(ctx: Context, key: str, state: VerifyState, **new_members: list[str]) -> None:
+    """Save the run's progress and add a page's documents to its sets (_run_set), in one transaction: a run
+    interrupted before counts the page again when resumed, and one after does not."""
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        for name, mongo_ids in new_members.items():
+            if mongo_ids:
+                pipe.sadd(_run_set(key, name), *mongo_ids)
+        pipe.set(key, json.dumps(state.__dict__))
+        pipe.execute()
 
 
 def _keys(mongo_ids: list[str]) -> list[Any]:
     return [key for mongo_id in mongo_ids for key in id_candidates(mongo_id)]
 
 
-def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, list[str]]) -> None:
+def _repair_and_record(ctx: Context, state: VerifyState, key: str, differences: dict[str, list[str]]) -> list[str]:
+    """Count the differences; with --repair, re-enqueue the documents that differ and that this run has not
+    re-enqueued yet (the scan of points finds again a document the scan of documents found): those it did."""
     for kind, mongo_ids in differences.items():
         state.record(kind, mongo_ids)
     if not state.repair:
-        return
-    to_repair = sorted({mongo_id for mongo_ids in differences.values() for mongo_id in mongo_ids})
+        return []
+    differing = sorted({mongo_id for mongo_ids in differences.values() for mongo_id in mongo_ids})
+    to_repair = _not_yet_in(ctx, _run_set(key, "repaired"), differing)
     if to_repair:
         # Embedded again even where the text looks unchanged: the point's vector is not to be trusted either.
         publish_current_states(
@@ -397,12 +396,14 @@ def _repair_and_record(ctx: Context, state: VerifyState, differences: dict[str, 
             force_embed=True,
         )
         state.repaired += len(to_repair)
+    return to_repair
 
 
 def _report(state: VerifyState) -> None:
     print(
         f"Checked {count(state.checked_documents, 'document')} and {count(state.checked_points, 'point')}: "
-        f"{state.found['missing']} missing, {state.found['extra']} extra, {state.found['stale']} stale."
+        f"{state.found['missing']} missing, {state.found['extra']} extra, {state.found['stale']} stale "
+        "(documents: one counts once per kind, whichever of its chunks differ)."
     )
     for kind, examples in state.examples.items():
         if examples:
@@ -411,6 +412,8 @@ def _report(state: VerifyState) -> None:
             if kind == "other_model":
                 label = f"made by another model than {state.model} ({', '.join(sorted(state.other_models))})"
             print(f"  {label}: {', '.join(examples)}{f' and {more} more' if more > 0 else ''}")
+    if state.details:
+        print("  in detail:\n" + "\n".join(f"    {line}" for line in state.details))
     if state.repair:
         they = "it reaches" if state.repaired == 1 else "they reach"
         print(f"Re-enqueued {count(state.repaired, 'document')}; {they} Qdrant as the pipeline drains.")
