@@ -20,6 +20,7 @@ from vecsync.documents import build_text, point_id, text_sha256
 from vecsync.errors import TransientError
 from vecsync.messages import EmbeddedDocument
 from vecsync.mongo_reads import mongo_id_of
+from vecsync.vectorstore import Point
 
 CHUNK_TOKENS = 20
 OVERLAP = 4
@@ -228,3 +229,37 @@ def test_chunk_fields_and_entry_of_a_long_document(chunked: Pipeline) -> None:
     assert all(c["owner"] == "Ann" and c["product"] == "Ledger" for c in chunks)
     content = chunked.collection.find_one({"_id": "long"})["content"]  # type: ignore[index]
     assert sum(len(c["text"]) for c in chunks) < 1.5 * len(content)
+
+
+def test_an_unchanged_chunk_whose_point_changed_under_a_lapsed_lock_is_embedded_again(
+    chunked: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunked.collection.insert_one(document("long", 6))
+    chunked.drain()
+    content = chunked.collection.find_one({"_id": "long"})["content"]  # type: ignore[index]
+    chunked.collection.update_one({"_id": "long"}, {"$set": {"owner": "Bob"}})  # the text stays: no chunk to embed
+    chunked.run_producer()
+    chunked.embedder_consumer().run(drain=True)
+    [entry] = [EmbeddedDocument.from_fields(f) for _id, f in chunked.redis_client.xrange("embedded_documents")][-1:]
+    assert entry.op == "payload" and len(entry.chunks) == 6
+    write = chunked.store.write_if_newer
+    first_id = point_id(chunked.source, "long")
+
+    def another_writer_first(**writes: Any) -> None:
+        # What an upserter whose locks lapsed could do between this one's read and its write: chunk 3 now holds
+        # another text, of a version between the two, so the payload write meant for it does not apply.
+        [record] = chunked.store.retrieve([chunk_point_id(first_id, 3)], with_vectors=True)
+        assert record.vector is not None
+        older = int(entry.version.split("-")[0]) - 1
+        payload = record.payload | {"text": "other", "text_sha256": text_sha256("other"), "version": f"{older}-9"}
+        write(upserts=[Point(record.id, record.vector, payload)])
+        monkeypatch.setattr(chunked.store, "write_if_newer", write)
+        write(**writes)
+
+    monkeypatch.setattr(chunked.store, "write_if_newer", another_writer_first)
+    calls = embedded_texts()
+    chunked.drain()
+    assert embedded_texts() - calls == 6, "the document was not embedded again"
+    assert_chunks_match_mongo(chunked)
+    assert {c["owner"] for c in chunked.chunks_of("long")} == {"Bob"}
+    assert content == chunked.collection.find_one({"_id": "long"})["content"]  # type: ignore[index]

@@ -64,7 +64,7 @@ from vecsync.messages import EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
 from vecsync.sync import Sync
 from vecsync.syncs import sync_of
-from vecsync.vectorstore import CollectionMissing, Point, VectorStore
+from vecsync.vectorstore import CollectionMissing, Point, VectorStore, version_of
 
 log = logging.getLogger("vecsync.upserter")
 
@@ -234,10 +234,12 @@ class Upserter:
             held.confirm()
             upserts: list[Point] = []
             payloads: dict[str, dict[str, Any]] = {}
+            kept_by: dict[str, str] = {}  # the point id of each payload write -> its document's point id
             for pid, doc in plan.written().items():
                 points, kept = point_writes(pid, doc)
                 upserts += points
                 payloads |= kept
+                kept_by |= dict.fromkeys(kept, pid)
             # After the new chunks are in, each document's points of older versions go: chunks its new version no
             # longer has, or all of them after a delete. A search meanwhile finds the old or the new version.
             self.store.write_if_newer(
@@ -247,6 +249,7 @@ class Upserter:
                 + [older_points(newest[pid], version) for pid, version in plan.deletes.items()],
             )
             self._bury_overtaken(plan, fence, newest)
+            self._embed_lost_texts_again(plan, payloads, kept_by)
             self._record_texts(held, plan, current, batch.partition)
         for pid in plan.needs_vector:
             self.embed_again.send(newest[pid], batch)
@@ -257,6 +260,32 @@ class Upserter:
         now = time.time()
         for doc in [*plan.written().values(), *(d for d in newest.values() if d.op == "delete")]:
             END_TO_END_LATENCY.labels("upserter").observe(max(0.0, now - doc.changed_at))
+
+    def _embed_lost_texts_again(
+        self, plan: WritePlan, payloads: dict[str, dict[str, Any]], kept_by: dict[str, str]
+    ) -> None:
+        """Send back to be embedded each document a payload write of which did not apply.
+
+        A payload write keeps the point's vector, so it applies only over a point that still holds the same text by
+        the same model, as the plan read it. Only a writer whose locks lapsed can change that between the read and
+        the write; the prune after it then removes that point, being older. Reading the written points back finds
+        such a document, whose text is then embedded again rather than left with a chunk missing.
+        """
+        if not payloads:
+            return
+        held = self.store.payloads(list(payloads), fields=["version"])
+        lost = {
+            kept_by[point]
+            for point, payload in payloads.items()
+            if kept_by[point] not in plan.gone  # deleted meanwhile (_bury_overtaken): no text to embed
+            and (version_of(held.get(point) or {}) or (-1, -1)) < parse_version(payload["version"])
+        }
+        for pid in lost:
+            log.warning("A payload write of document %s did not apply; embedding its text again", pid)
+            plan.upserts.pop(pid, None)
+            plan.payloads.pop(pid, None)
+            plan.needs_vector.append(pid)
+            plan.gone.add(pid)
 
     def _bury_overtaken(self, plan: WritePlan, fence: Tombstones, newest: dict[str, EmbeddedDocument]) -> None:
         """Delete what this batch wrote where a newer delete landed meanwhile.
