@@ -263,3 +263,29 @@ def test_an_unchanged_chunk_whose_point_changed_under_a_lapsed_lock_is_embedded_
     assert_chunks_match_mongo(chunked)
     assert {c["owner"] for c in chunked.chunks_of("long")} == {"Bob"}
     assert content == chunked.collection.find_one({"_id": "long"})["content"]  # type: ignore[index]
+
+
+def test_rebuild_from_stage2_restores_every_chunk_and_verify_finds_them_right(chunked: Pipeline) -> None:
+    from tests.integration.test_cli import cli
+    from vecsync.cli.context import EXIT_DRIFT, EXIT_OK
+
+    overrides = {"chunk_tokens": CHUNK_TOKENS, "chunk_overlap_tokens": OVERLAP}
+    chunked.collection.insert_many([document("long", 25), document("short", 1), document(ObjectId(), 8)])
+    chunked.drain()
+    chunked.collection.update_one({"_id": "long"}, {"$set": {"content": words(chunks_for(4), "x")}})
+    chunked.collection.update_one({"_id": "short"}, {"$set": {"owner": "Ann"}})  # a payload-only entry
+    chunked.drain()
+    assert cli(chunked, "verify", **overrides) == EXIT_OK
+    assert cli(chunked, "--yes", "rebuild", **overrides) == EXIT_OK
+    assert chunked.store.count() == 0
+    calls = embedded_texts()
+    chunked.drain()
+    assert embedded_texts() == calls, "a rebuild from stage 2 embedded texts again"
+    assert_chunks_match_mongo(chunked)
+    # A chunk lost behind the pipeline's back is found, and repaired.
+    chunked.store.delete([chunk_point_id(point_id(chunked.source, "long"), 2)])
+    assert cli(chunked, "verify", **overrides) == EXIT_DRIFT
+    assert cli(chunked, "--yes", "verify", "--repair", **overrides) == EXIT_OK
+    chunked.drain()
+    assert_chunks_match_mongo(chunked)
+    assert cli(chunked, "verify", "--restart", **overrides) == EXIT_OK

@@ -333,6 +333,12 @@ class TextSettings(BaseSettings):
 
     _split_text_fields = field_validator("text_fields", "payload_fields", mode="before")(_split_commas)
 
+    @field_validator("chunk_tokens", mode="before")
+    @classmethod
+    def _empty_chunk_tokens_is_unset(cls, value: object) -> object:
+        # Compose passes CHUNK_TOKENS empty when .env leaves it unset (${CHUNK_TOKENS:-}): the model's window.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _overlap_within_chunk(self) -> TextSettings:
         if self.chunk_tokens and self.chunk_overlap_tokens >= self.chunk_tokens:
