@@ -8,6 +8,12 @@ import struct
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from vecsync.chunking import word_spans
+
+# The window of the model the stand-in plays, in tokens.
+MAX_TOKENS = 256
 
 # Decides one answer from (method, path, JSON body): a status and a body, or None to close the connection unanswered.
 Answer = Callable[[str, str, object], "tuple[int, object] | None"]
@@ -26,6 +32,10 @@ class FakeApi:
         self.body: object = {}
         self.headers: dict[str, str] = {}
         self.requests: list[tuple[str, str, object]] = []
+        # POST /chunk is answered as the embedding-api's hash backend answers it, whatever else is set, and kept
+        # apart from ``requests``: the stand-in fails or answers embedding requests, the worker chunks before them.
+        self.chunks = True
+        self.chunk_requests: list[object] = []
         self.authorization: str | None = None
         fake = self
 
@@ -37,6 +47,10 @@ class FakeApi:
                 self._answer("POST", json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
 
             def _answer(self, method: str, received: object) -> None:
+                if method == "POST" and self.path == "/chunk" and fake.chunks:
+                    fake.chunk_requests.append(received)
+                    self._send(200, _chunked(received))
+                    return
                 fake.requests.append((method, self.path, received))
                 fake.authorization = self.headers.get("Authorization")
                 status, body = fake.status, fake.body
@@ -47,6 +61,9 @@ class FakeApi:
                         self.close_connection = True
                         return  # closed with a reset, unanswered
                     status, body = decided
+                self._send(status, body)
+
+            def _send(self, status: int, body: object) -> None:
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 for name, value in fake.headers.items():
@@ -65,3 +82,10 @@ class FakeApi:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _chunked(request: Any) -> dict[str, Any]:
+    """The answer of the hash backend's POST /chunk: texts split by word count, two tokens less for the specials."""
+    tokens = request.get("tokens") or MAX_TOKENS
+    spans = [word_spans(text, tokens - 2, request.get("overlap", 0)) for text in request["texts"]]
+    return {"model": "fake", "tokens": tokens, "max_tokens": MAX_TOKENS, "spans": spans}
