@@ -182,12 +182,12 @@ class Upserter:
         fix are stale and go to the dead-letter stream, to be replayed (embedded again).
         """
         dim = self.store.dim
-        misfits = {
-            entry.id: len(vector)
-            for entry, doc in documents
-            for vector in doc.vectors()[:1]
-            if any(len(each) != dim for each in doc.vectors())
-        }
+        # Each entry with a vector of another size (the chunks of one document are embedded by one model).
+        misfits: dict[str, int] = {}
+        for entry, doc in documents:
+            other_sizes = {len(vector) for vector in doc.vectors()} - {dim}
+            if other_sizes:
+                misfits[entry.id] = min(other_sizes)
         if not misfits:
             return documents
         fitting = any(doc.vectors() and entry.id not in misfits for entry, doc in documents)
