@@ -96,8 +96,8 @@ def test_short_chaos_run_on_long_documents_converges_chunk_by_chunk(tmp_path: Pa
     seed = int(os.environ.get("CHAOS_SEED", "20261215"))
     config = ChaosConfig(
         seed=seed,
-        operations=600,
-        documents=150,
+        operations=1200,
+        documents=200,
         duration_s=30,
         kill_interval_s=3,
         api_outage_s=6,
