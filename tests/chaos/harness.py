@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -64,16 +63,14 @@ import requests
 from bson import ObjectId
 from redis.crc import key_slot
 
-from embedding_api.backends import HashEncoder
 from tests.chaos import long_documents
-from tests.chaos.long_documents import apply_long_workload, chunk_spans
+from tests.chaos.chunks import HASH_MAX_TOKENS, ExpectedChunk, chunk_differences, expected_chunks, point_name
+from tests.chaos.long_documents import apply_long_workload
 from tests.support.servers import RedisCluster, start_redis_cluster, wait_for
 from tests.support.stack import drained, stack_settings
-from vecsync.bson_codec import mongo_id_of
-from vecsync.chunking import chunk_point_id
 from vecsync.cli.store import UpserterStore
 from vecsync.constants import dlq_stream
-from vecsync.documents import mapped_payload, point_id, text_of, text_sha256
+from vecsync.documents import point_id
 from vecsync.errors import VecsyncError
 from vecsync.messages import parse_version
 from vecsync.producer_state import ProducerKeys
@@ -423,21 +420,6 @@ class VersionWatch(threading.Thread):
         result.examples += self.backwards[:10]
 
 
-@dataclass
-class ExpectedChunk:
-    """A chunk that a MongoDB document must have: its document, its document's first point id, and its place."""
-
-    document: dict[str, Any]
-    first_id: str
-    text: str
-    index: int
-    count: int
-    span: list[int]
-
-    def name(self) -> str:
-        return f"chunk {self.index}/{self.count} of {mongo_id_of(self.document['_id'])}"
-
-
 def compare(
     collection: Any,
     settings: LocalStackSettings,
@@ -446,14 +428,14 @@ def compare(
     chunking: tuple[int, int] | None = None,
 ) -> None:
     """Count missing, extra and stale chunks of ``sync`` (the environment's by default), checking ids, text, place,
-    payload fields, version and vectors.
+    payload fields, version and vectors (tests/chaos/chunks.py).
 
     ``chunking`` is the stack's (CHUNK_TOKENS, CHUNK_OVERLAP_TOKENS); None: the sync's, where CHUNK_TOKENS unset
     is the hash backend's window. A short text is one chunk, so a run of short texts compares one point per
     document, as before chunking.
     """
     sync = sync or default_sync(settings)
-    tokens, overlap = chunking or (sync.chunk_tokens or long_documents.HASH_MAX_TOKENS, sync.chunk_overlap_tokens)
+    tokens, overlap = chunking or (sync.chunk_tokens or HASH_MAX_TOKENS, sync.chunk_overlap_tokens)
     store = open_vector_store(QdrantSettings(qdrant_collection=sync.qdrant_collection), settings.data_dir.resolve())
     try:
         documents = list(collection.find())
@@ -468,87 +450,30 @@ def compare(
         store.close()
     for kind, count in Counter(type(document["_id"]).__name__ for document in documents).items():
         result.id_types[kind] = result.id_types.get(kind, 0) + count
-    expected = _expected_chunks(documents, sync, tokens, overlap, result)
-    result.points[sync.name] = len(points)
-    for pid in expected.keys() - points.keys():
-        result.missing += 1
-        result.examples.append(f"missing {expected[pid].name()}")
-    for pid in points.keys() - expected.keys():
-        payload = points[pid].payload or {}
-        result.extra += 1
-        result.examples.append(
-            f"extra chunk {payload.get('chunk_index')}/{payload.get('chunk_count')} of {payload.get('mongo_id')} at "
-            f"version {payload.get('version')}"
-        )
-    # A chunk of another version than its document's first point is stale, even with the right text.
-    first_versions = {chunk.first_id: _payload(points, chunk.first_id).get("version") for chunk in expected.values()}
-    encoder = HashEncoder(384)
-    for pid in sorted(expected.keys() & points.keys()):
-        chunk, record = expected[pid], points[pid]
-        wrong = _chunk_differences(chunk, record, sync, encoder)
-        if record.payload.get("version") != first_versions[chunk.first_id]:
-            wrong.append(f"version {record.payload.get('version')}, chunk 0's {first_versions[chunk.first_id]}")
-        if wrong:
-            result.stale += 1
-            result.examples.append(f"stale {chunk.name()} at version {record.payload.get('version')}: {wrong}")
-    del result.examples[20:]
-
-
-def _payload(points: dict[str, Any], pid: str) -> dict[str, Any]:
-    record = points.get(pid)
-    return (record.payload or {}) if record is not None else {}
-
-
-def _expected_chunks(
-    documents: list[dict[str, Any]], sync: Sync, tokens: int, overlap: int, result: ChaosResult
-) -> dict[str, ExpectedChunk]:
-    """Every chunk the documents of ``sync`` must have, by point id: the hash backend's split of each one's text."""
     expected: dict[str, ExpectedChunk] = {}
     for document in documents:
         if sync.structured and document.get("status") == "spam" and sync.filter:
             result.filtered_out[sync.name] = result.filtered_out.get(sync.name, 0) + 1
             continue  # outside the filter: no point
-        text = text_of(document, sync)
-        if not text:
-            continue
-        first_id = point_id(sync.source, mongo_id_of(document["_id"]))
-        spans = chunk_spans(text, tokens, overlap)
-        for index, (start, end) in enumerate(spans):
-            chunk = ExpectedChunk(document, first_id, text[start:end], index, len(spans), [start, end])
-            expected[chunk_point_id(first_id, index)] = chunk
-        if len(spans) > 1:
-            result.documents_chunked[sync.name] = result.documents_chunked.get(sync.name, 0) + 1
-        result.most_chunks[sync.name] = max(result.most_chunks.get(sync.name, 0), len(spans))
-    return expected
-
-
-def _chunk_differences(chunk: ExpectedChunk, record: Any, sync: Sync, encoder: HashEncoder) -> list[str]:
-    """What the point ``record`` holds otherwise than ``chunk`` should: its text, place, fields or vector."""
-    payload = record.payload or {}
-    document = chunk.document
-    wrong = []
-    if payload.get("text") != chunk.text:
-        wrong.append(f"text {payload.get('text')!r:.60}, not {chunk.text!r:.60}")
-    if payload.get("text_sha256") != text_sha256(chunk.text):
-        wrong.append("text_sha256")
-    place = (payload.get("chunk_index"), payload.get("chunk_count"), payload.get("chunk_span"))
-    if place != (chunk.index, chunk.count, chunk.span):
-        wrong.append(f"place {place}, not {(chunk.index, chunk.count, chunk.span)}")
-    if payload.get("mongo_id") != mongo_id_of(document["_id"]) or payload.get("truncated") is not False:
-        wrong.append(f"mongo_id {payload.get('mongo_id')}, truncated {payload.get('truncated')}")
-    if sync.structured:
-        fields = mapped_payload(document, sync.payload_fields)
-        same_fields = all(payload.get(name) == value for name, value in fields.items()) and all(
-            payload.get(name) is None for name in {path.split(".")[0] for path in sync.payload_fields} - set(fields)
-        )
-    else:
-        same_fields = all(payload.get(name) == document.get(name) for name in PAYLOAD_FIELDS)
-    if not same_fields:
-        wrong.append("payload fields")
-    fresh = encoder.encode([chunk.text])[0]
-    if not math.isclose(sum(a * b for a, b in zip(fresh, record.vector, strict=True)), 1.0, abs_tol=1e-4):
-        wrong.append("vector")
-    return wrong
+        chunks = expected_chunks(document, sync, tokens, overlap)
+        expected.update((chunk.point_id, chunk) for chunk in chunks)
+        result.documents_chunked[sync.name] = result.documents_chunked.get(sync.name, 0) + (len(chunks) > 1)
+        result.most_chunks[sync.name] = max(result.most_chunks.get(sync.name, 0), len(chunks))
+    result.points[sync.name] = len(points)
+    for pid in expected.keys() - points.keys():
+        result.missing += 1
+        result.examples.append(f"missing {expected[pid].name()}")
+    for pid in points.keys() - expected.keys():
+        result.extra += 1
+        result.examples.append(f"extra {point_name(points[pid].payload or {})}")
+    for pid in sorted(expected.keys() & points.keys()):
+        chunk, record = expected[pid], points[pid]
+        first = points.get(chunk.first_id)
+        wrong = chunk_differences(chunk, record, first, sync, PAYLOAD_FIELDS)
+        if wrong:
+            result.stale += 1
+            result.examples.append(f"stale {chunk.name()} at version {record.payload.get('version')}: {wrong}")
+    del result.examples[20:]
 
 
 def _published(client: Any, stream: str, mongo_id: str) -> bool:

@@ -6,7 +6,7 @@ The stack runs with CHUNK_TOKENS=20 and CHUNK_OVERLAP_TOKENS=4, so the hash back
 of 60 chunks is 844 words. The workload keeps each document's words, so that it can grow a document by appending,
 shrink it by cutting its end (the chunks before the cut keep their text, those past it must go), and change one
 word that only one chunk holds (the others keep their text, though the chunks after it may move). The harness's
-``compare`` then checks every chunk against the split the hash backend makes (``chunk_spans``).
+``compare`` then checks every chunk against the split the hash backend makes (tests/chaos/chunks.py).
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vecsync.chunking import word_spans
+from tests.chaos.chunks import HASH_SPECIAL_TOKENS
 
 CHUNK_TOKENS = 20
 CHUNK_OVERLAP = 4
 MAX_CHUNKS = 60
-# The hash backend counts a text's words plus two, as a BERT model adds [CLS] and [SEP] (embedding_api.chunker).
-HASH_SPECIAL_TOKENS = 2
-# The hash backend's window: the chunk size when CHUNK_TOKENS is unset.
-HASH_MAX_TOKENS = 256
 CHUNK_WORDS = CHUNK_TOKENS - HASH_SPECIAL_TOKENS
 STEP = CHUNK_WORDS - CHUNK_OVERLAP
 
@@ -36,13 +32,6 @@ VOCABULARY = (
     "again while the router logs each webhook and retries the export with backoff until the scanner reports"
 ).split()
 OWNERS = ["Ann", "Bo", "Chen", "Dara", "Eli"]
-
-
-def chunk_spans(text: str, tokens: int, overlap: int) -> list[tuple[int, int]]:
-    """The chunk spans the hash backend gives ``text`` at CHUNK_TOKENS=``tokens`` (0: no chunking, one span)."""
-    if tokens == 0:
-        return [(0, len(text))]
-    return word_spans(text, tokens - HASH_SPECIAL_TOKENS, overlap)
 
 
 def chunks_of_words(count: int) -> int:
