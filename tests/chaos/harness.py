@@ -618,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
     long = args.long_documents
+    if long and args.syncs > 1:
+        parser.error("--long-documents (CHAOS_CHUNKS) runs the environment's one sync: leave out --syncs 2.")
     config = ChaosConfig(
         seed=seed,
         operations=args.operations or (LONG_OPERATIONS if long else ChaosConfig.operations),
