@@ -75,9 +75,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy -p vecsync -p vecsync_local -p producer -p embedder_worker -p upserter -p embedding_api
 
 # The long chaos test (tests/chaos/harness.py); `make test` runs a short one. SEED=<n> replays a run. SYNCS=2 runs
-# it with two syncs of a definition file (CHAOS_SYNCS in the harness's environment).
+# it with two syncs of a definition file (CHAOS_SYNCS in the harness's environment). CHUNKS=1 runs it on long
+# documents of 1 to 60 chunks, compared chunk by chunk (CHAOS_CHUNKS).
 chaos: $(STAMP)
-	$(if $(SYNCS),CHAOS_SYNCS=$(SYNCS)) $(BIN)/python -m tests.chaos.harness $(if $(SEED),--seed $(SEED))
+	$(if $(SYNCS),CHAOS_SYNCS=$(SYNCS)) $(if $(CHUNKS),CHAOS_CHUNKS=$(CHUNKS)) $(BIN)/python -m tests.chaos.harness \
+		$(if $(SEED),--seed $(SEED))
 
 # The same on a real Redis Cluster of 3 masters and 3 replicas with 8 partitions: an unplanned failover (a master
 # killed with writes its replica missed, the replica taking over) and a manual CLUSTER FAILOVER. REPLICA_WAIT_MS=0

@@ -30,13 +30,18 @@ two collections in two databases into two Qdrant collections, each with its own 
 (``status`` not ``spam``), arrays and nested fields in its text and payload and an integer payload index, and the
 workload moves its documents in and out of the filter; ``articles`` maps nested fields. Every stage is killed at
 least once, and each Qdrant collection must end equal to its MongoDB collection's matching documents.
+
+With ``--long-documents`` (``make chaos CHUNKS=1``) the stack chunks at CHUNK_TOKENS=20 with an overlap of 4, and
+the workload (tests/chaos/long_documents.py) writes documents of 1 to 60 chunks that grow, shrink, are replaced,
+deleted, rewritten and edited inside one chunk. Whatever the mode, ``compare`` checks chunk by chunk: each document
+with text must have exactly the chunks the hash backend's split gives it, each at its point id with its own text,
+place, span, the document's fields and version and the vector of its text; any other point is an extra chunk.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -46,6 +51,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -56,13 +63,14 @@ import requests
 from bson import ObjectId
 from redis.crc import key_slot
 
-from embedding_api.backends import HashEncoder
+from tests.chaos import long_documents
+from tests.chaos.chunks import HASH_MAX_TOKENS, ExpectedChunk, chunk_differences, expected_chunks, point_name
+from tests.chaos.long_documents import apply_long_workload
 from tests.support.servers import RedisCluster, start_redis_cluster, wait_for
 from tests.support.stack import drained, stack_settings
-from vecsync.bson_codec import mongo_id_of
 from vecsync.cli.store import UpserterStore
 from vecsync.constants import dlq_stream
-from vecsync.documents import build_text, mapped_payload, point_id, text_of
+from vecsync.documents import point_id
 from vecsync.errors import VecsyncError
 from vecsync.messages import parse_version
 from vecsync.producer_state import ProducerKeys
@@ -98,6 +106,11 @@ syncs:
 """
 
 
+# The long run's defaults with --long-documents: a change of a long document is about 30 chunks to chunk and write.
+LONG_OPERATIONS = 2500
+LONG_DOCUMENTS = 300
+
+
 @dataclass
 class ChaosConfig:
     seed: int
@@ -118,6 +131,8 @@ class ChaosConfig:
     replica_away_s: float = 2.0
     # 2: the two syncs of TWO_SYNCS (a definition file) instead of the environment's one.
     syncs: int = 1
+    # Documents of 1 to 60 chunks (tests/chaos/long_documents.py) instead of short texts; the environment's sync.
+    long_documents: bool = False
 
 
 @dataclass
@@ -138,6 +153,11 @@ class ChaosResult:
     id_types: dict[str, int] = field(default_factory=dict)
     points: dict[str, int] = field(default_factory=dict)
     filtered_out: dict[str, int] = field(default_factory=dict)
+    # Per sync: the documents of more than one chunk at the end, and the most chunks one document has.
+    documents_chunked: dict[str, int] = field(default_factory=dict)
+    most_chunks: dict[str, int] = field(default_factory=dict)
+    # The changes the long-documents workload made, by kind.
+    changes: dict[str, int] = field(default_factory=dict)
     missing: int = 0
     extra: int = 0
     stale: int = 0
@@ -157,7 +177,7 @@ class ChaosResult:
 def fault_schedule(config: ChaosConfig, stage_names: list[str], rng: random.Random) -> list[Fault]:
     times = _frange(config.kill_interval_s, config.duration_s, config.kill_interval_s)
     targets = [rng.choice(stage_names) for _ in times]
-    if config.syncs > 1:
+    if config.syncs > 1 or config.long_documents:
         # Every stage killed at least once, at a random one of the kill times.
         for name, slot in zip(
             stage_names, rng.sample(range(len(times)), min(len(times), len(stage_names))), strict=False
@@ -400,24 +420,25 @@ class VersionWatch(threading.Thread):
         result.examples += self.backwards[:10]
 
 
-def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult, sync: Sync | None = None) -> None:
-    """Count missing, extra and stale points of ``sync`` (the environment's by default), checking ids, text, payload
-    fields and vectors."""
+def compare(
+    collection: Any,
+    settings: LocalStackSettings,
+    result: ChaosResult,
+    sync: Sync | None = None,
+    chunking: tuple[int, int] | None = None,
+) -> None:
+    """Count missing, extra and stale chunks of ``sync`` (the environment's by default), checking ids, text, place,
+    payload fields, version and vectors (tests/chaos/chunks.py).
+
+    ``chunking`` is the stack's (CHUNK_TOKENS, CHUNK_OVERLAP_TOKENS); None: the sync's, where CHUNK_TOKENS unset
+    is the hash backend's window. A short text is one chunk, so a run of short texts compares one point per
+    document, as before chunking.
+    """
     sync = sync or default_sync(settings)
-    encoder = HashEncoder(384)
+    tokens, overlap = chunking or (sync.chunk_tokens or HASH_MAX_TOKENS, sync.chunk_overlap_tokens)
     store = open_vector_store(QdrantSettings(qdrant_collection=sync.qdrant_collection), settings.data_dir.resolve())
     try:
         documents = list(collection.find())
-        for kind, count in Counter(type(document["_id"]).__name__ for document in documents).items():
-            result.id_types[kind] = result.id_types.get(kind, 0) + count
-        expected = {}
-        for document in documents:
-            if sync.structured and document.get("status") == "spam" and sync.filter:
-                result.filtered_out[sync.name] = result.filtered_out.get(sync.name, 0) + 1
-                continue  # outside the filter: no point
-            text = text_of(document, sync) if sync.structured else build_text(document, ["subject", "content"], 8192)
-            if text:
-                expected[point_id(sync.source, mongo_id_of(document["_id"]))] = (document, text)
         points: dict[str, Any] = {}
         offset = None
         while True:
@@ -425,32 +446,33 @@ def compare(collection: Any, settings: LocalStackSettings, result: ChaosResult, 
             points.update({record.id: record for record in store.retrieve(list(page), with_vectors=True)})
             if offset is None:
                 break
-        result.points[sync.name] = len(points)
-        for pid in expected.keys() - points.keys():
-            result.missing += 1
-            result.examples.append(f"missing {mongo_id_of(expected[pid][0]['_id'])}")
-        for pid in points.keys() - expected.keys():
-            result.extra += 1
-            result.examples.append(f"extra {points[pid].payload.get('mongo_id')}")
-        for pid in expected.keys() & points.keys():
-            document, text = expected[pid]
-            record = points[pid]
-            payload = record.payload or {}
-            fresh = encoder.encode([text])[0]
-            cosine = sum(a * b for a, b in zip(fresh, record.vector, strict=True))
-            if sync.structured:
-                fields = mapped_payload(document, sync.payload_fields)
-                same_fields = all(payload.get(name) == value for name, value in fields.items()) and all(
-                    payload.get(name) is None
-                    for name in {path.split(".")[0] for path in sync.payload_fields} - set(fields)
-                )
-            else:
-                same_fields = all(payload.get(name) == document.get(name) for name in PAYLOAD_FIELDS)
-            if payload.get("text") != text or not same_fields or not math.isclose(cosine, 1.0, abs_tol=1e-4):
-                result.stale += 1
-                result.examples.append(f"stale {mongo_id_of(document['_id'])}")
     finally:
         store.close()
+    for kind, count in Counter(type(document["_id"]).__name__ for document in documents).items():
+        result.id_types[kind] = result.id_types.get(kind, 0) + count
+    expected: dict[str, ExpectedChunk] = {}
+    for document in documents:
+        if sync.structured and document.get("status") == "spam" and sync.filter:
+            result.filtered_out[sync.name] = result.filtered_out.get(sync.name, 0) + 1
+            continue  # outside the filter: no point
+        chunks = expected_chunks(document, sync, tokens, overlap)
+        expected.update((chunk.point_id, chunk) for chunk in chunks)
+        result.documents_chunked[sync.name] = result.documents_chunked.get(sync.name, 0) + (len(chunks) > 1)
+        result.most_chunks[sync.name] = max(result.most_chunks.get(sync.name, 0), len(chunks))
+    result.points[sync.name] = len(points)
+    for pid in expected.keys() - points.keys():
+        result.missing += 1
+        result.examples.append(f"missing {expected[pid].name()}")
+    for pid in points.keys() - expected.keys():
+        result.extra += 1
+        result.examples.append(f"extra {point_name(points[pid].payload or {})}")
+    for pid in sorted(expected.keys() & points.keys()):
+        chunk, record = expected[pid], points[pid]
+        first = points.get(chunk.first_id)
+        wrong = chunk_differences(chunk, record, first, sync, PAYLOAD_FIELDS)
+        if wrong:
+            result.stale += 1
+            result.examples.append(f"stale {chunk.name()} at version {record.payload.get('version')}: {wrong}")
     del result.examples[20:]
 
 
@@ -459,7 +481,25 @@ def _published(client: Any, stream: str, mongo_id: str) -> bool:
     return any(fields.get("mongo_id") == mongo_id for _id, fields in client.xrevrange(stream, count=50))
 
 
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment while the stack's processes are created (each keeps a copy, which
+    its restarts reuse), then the environment as it was: a pytest run's other tests never see them."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
+    if config.long_documents and config.syncs > 1:
+        raise ValueError("The long-documents mode runs the environment's one sync: leave out --syncs 2 (CHAOS_SYNCS).")
     rng = random.Random(config.seed)
     started = time.monotonic()
     cluster = start_redis_cluster(workdir / "redis-cluster") if config.cluster else None
@@ -480,7 +520,8 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     syncs = load_syncs(settings)
     stack = LocalStack(settings)
     try:
-        stack.start()
+        with _environment(long_documents.STACK_ENVIRONMENT if config.long_documents else {}):
+            stack.start()
     except BaseException:
         if cluster is not None:
             cluster.stop()
@@ -497,7 +538,13 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
         supervisor.start()
         injector.start()
         watch.start()
-        operations = apply_workload(collections, config, rng)
+        changes: dict[str, int] = {}
+        if config.long_documents:
+            ids = document_ids(config.documents, rng)
+            changes = apply_long_workload(collections[0], ids, config.operations, config.duration_s, rng)
+            operations = sum(changes.values())
+        else:
+            operations = apply_workload(collections, config, rng)
         injector.finish()
         redis_client = connect(settings.redis_url, cluster=settings.redis_cluster)
         partitions = settings.partitions
@@ -516,7 +563,7 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
             what="every stage to drain",
         )
         in_mongo = sum(collection.count_documents({}) for collection in collections)
-        result = ChaosResult(config.seed, operations, in_mongo, schedule=schedule)
+        result = ChaosResult(config.seed, operations, in_mongo, changes=changes, schedule=schedule)
         stage_streams = [
             stream
             for sync in syncs
@@ -525,8 +572,9 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
         result.dead_lettered = sum(redis_client.xlen(dlq_stream(stream)) for stream in stage_streams)
         watch.finish(result)
         stack.stop_stages()  # the upserter releases the embedded store
+        chunking = (long_documents.CHUNK_TOKENS, long_documents.CHUNK_OVERLAP) if config.long_documents else None
         for sync, collection in zip(syncs, collections, strict=True):
-            compare(collection, settings, result, sync)
+            compare(collection, settings, result, sync, chunking)
     finally:
         injector.finish()
         watch.done.set()
@@ -541,8 +589,12 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
-    parser.add_argument("--operations", type=int, default=ChaosConfig.operations)
-    parser.add_argument("--documents", type=int, default=ChaosConfig.documents)
+    parser.add_argument(
+        "--operations", type=int, default=None, help=f"default {ChaosConfig.operations}, {LONG_OPERATIONS} long"
+    )
+    parser.add_argument(
+        "--documents", type=int, default=None, help=f"default {ChaosConfig.documents}, {LONG_DOCUMENTS} long"
+    )
     parser.add_argument("--duration", type=float, default=ChaosConfig.duration_s, help="seconds of workload")
     parser.add_argument("--workdir", type=Path, default=Path("data/chaos"))
     parser.add_argument("--cluster", action="store_true", help="a Redis Cluster of 3 masters and 3 replicas")
@@ -557,25 +609,36 @@ def main(argv: list[str] | None = None) -> int:
         default=int(os.environ.get("CHAOS_SYNCS") or 1),
         help="2: two syncs of a definition file (default: CHAOS_SYNCS, or the environment's one sync)",
     )
+    parser.add_argument(
+        "--long-documents",
+        action="store_true",
+        default=os.environ.get("CHAOS_CHUNKS", "") not in ("", "0"),
+        help="documents of 1 to 60 chunks at CHUNK_TOKENS=20 (default: CHAOS_CHUNKS=1), compared chunk by chunk",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
+    long = args.long_documents
+    if long and args.syncs > 1:
+        parser.error("--long-documents (CHAOS_CHUNKS) runs the environment's one sync: leave out --syncs 2.")
     config = ChaosConfig(
         seed=seed,
-        operations=args.operations,
-        documents=args.documents,
+        operations=args.operations or (LONG_OPERATIONS if long else ChaosConfig.operations),
+        documents=args.documents or (LONG_DOCUMENTS if long else ChaosConfig.documents),
         duration_s=args.duration,
         cluster=args.cluster,
         partitions=args.partitions,
         replica_wait_ms=args.replica_wait_ms,
         syncs=args.syncs,
+        long_documents=long,
     )
     workdir = args.workdir / str(seed)
     # A replay starts from nothing: a MongoDB file, a Redis append-only file or a cluster's nodes.conf left by an
     # earlier run of the same seed would fail it (duplicate keys, nodes that already know a cluster).
     shutil.rmtree(workdir, ignore_errors=True)
     print(
-        f"chaos: seed {seed}, {config.operations} operations over {config.documents} documents in each of "
-        f"{config.syncs} sync(s), workdir {workdir}"
+        f"chaos: seed {seed}, {config.operations} operations over {config.documents} "
+        f"{'long documents (1 to 60 chunks)' if long else 'documents'} in each of {config.syncs} sync(s), "
+        f"workdir {workdir}"
     )
     result = run_chaos(config, workdir)
     summary = {k: v for k, v in asdict(result).items() if k != "schedule"}
@@ -583,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     print("fault schedule: " + ", ".join(f"{f.at_s}s {f.action} {f.target}" for f in result.schedule))
     verdict = "PASS" if result.passed else "FAIL"
     print(
-        f"{verdict}: seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
+        f"{verdict}: seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale"
+        f"{' chunks' if long else ''}, "
         f"{result.dead_lettered} dead-lettered, {result.versions_backwards} versions backwards in "
         f"{result.version_samples} samples"
     )
