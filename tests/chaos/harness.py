@@ -36,6 +36,9 @@ the workload (tests/chaos/long_documents.py) writes documents of 1 to 60 chunks 
 deleted, rewritten and edited inside one chunk. Whatever the mode, ``compare`` checks chunk by chunk: each document
 with text must have exactly the chunks the hash backend's split gives it, each at its point id with its own text,
 place, span, the document's fields and version and the vector of its text; any other point is an extra chunk.
+
+Past 400 lines: the run, its fault schedule and its workloads stay in one module so that a replayed seed reads in
+one place; the long-document workload and the per-chunk checks have modules of their own (long_documents, chunks).
 """
 
 from __future__ import annotations
