@@ -12,7 +12,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 LOCK := constraints.txt
 
 .PHONY: venv lock wheelhouse run test test-unit test-rules lint typecheck chaos chaos-cluster big-sync clean up up-gpu down logs \
-	scale config compose-smoke bench-embed bench bench-snapshot bench-partitions bench-syncs soak
+	scale config compose-smoke bench-embed bench bench-chunks bench-snapshot bench-partitions bench-syncs soak
 
 venv: $(STAMP)
 
@@ -99,13 +99,20 @@ bench-embed: $(STAMP)
 	$(BIN)/python bench/embed.py
 
 # A benchmark, not a test: the pipeline end to end on the embedded default, B1-B6 of docs/performance.md, then many
-# syncs in one deployment (bench/syncs.py).
+# syncs in one deployment (bench/syncs.py), and long documents (bench/chunks.py).
 # Sizes: BENCH_DOCS, BENCH_HASH_DOCS, BENCH_PER_DOC_DOCS, BENCH_LOAD_SECONDS, BENCH_B2_BACKENDS.
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/chunks.py
 	$(BIN)/python bench/snapshot.py
 	$(BIN)/python bench/partitions.py
 	$(BIN)/python bench/syncs.py
+
+# A benchmark of long documents (bench/chunks.py): chunks/s and tokens/s end to end with the real model against the
+# same chunk texts encoded in-process, and the bytes of a 20-chunk document's stage 2 entry.
+# Sizes: BENCH_CHUNK_DOCS, BENCH_CHUNK_ROUNDS, BENCH_CHUNK_BACKEND.
+bench-chunks: $(STAMP)
+	$(BIN)/python bench/chunks.py
 
 # A benchmark of STREAM_PARTITIONS=1 against 8 on a local Redis Cluster (bench/partitions.py), hash backend.
 bench-partitions: $(STAMP)
