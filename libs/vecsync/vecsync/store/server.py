@@ -7,6 +7,9 @@ Qdrant 1.16), and strong ordering makes every replica of a shard evaluate them
 in the same order. The collection is
 created with the distribution the settings give (QDRANT_SHARDS,
 QDRANT_REPLICATION_FACTOR, QDRANT_WRITE_CONSISTENCY); an existing one is kept.
+
+Past 400 lines: every operation of VectorStore in the server's terms, with the mapping of its errors, is one
+implementation that reads best whole, as store.embedded is for the embedded engine.
 """
 
 from __future__ import annotations
