@@ -39,6 +39,13 @@ def test_long_requests_are_split_by_characters(api: FakeApi, monkeypatch: pytest
     assert spans == [[(0, len(text))] for text in texts]
 
 
+def test_requests_carry_at_most_request_texts_texts(api: FakeApi) -> None:
+    texts = [f"text {i}" for i in range(7)]
+    spans = EmbeddingClient(api.url, dim=3, timeout_s=5, request_texts=3).chunk(texts, tokens=None, overlap=0)
+    assert [len(request["texts"]) for request in api.chunk_requests] == [3, 3, 1]  # type: ignore[index]
+    assert spans == [[(0, len(text))] for text in texts]
+
+
 def test_a_server_without_the_route_gets_a_split_by_words(api: FakeApi, caplog: pytest.LogCaptureFixture) -> None:
     api.chunks, api.status, api.body = False, 404, {"detail": "Not Found"}
     text = " ".join(f"w{i}" for i in range(100))

@@ -78,7 +78,9 @@ class EmbeddingClient:
         style: Literal["vecsync", "openai"] = "vecsync",
         configured_model: str = "all-MiniLM-L6-v2",
         api_key: str | None = None,
+        request_texts: int = 256,
     ) -> None:
+        """``request_texts``: the most texts one request carries (EMBEDDING_REQUEST_TEXTS)."""
         base = base_url.rstrip("/")
         # Accept both "http://host:port" and an OpenAI-style base URL that already ends in /v1.
         openai_base = base if base.endswith("/v1") else base + "/v1"
@@ -92,6 +94,7 @@ class EmbeddingClient:
         self.model: str | None = None
         self.dim = dim
         self.timeout_s = timeout_s
+        self.request_texts = request_texts
         self.base_url = base
         # What messages show of the two: without a password the URL may carry.
         self.shown_url, self.shown_endpoint = redact_url(base), redact_url(self.url)
@@ -108,6 +111,7 @@ class EmbeddingClient:
             style=settings.embedding_api_style,
             configured_model=settings.embedding_model,
             api_key=settings.embedding_api_key,
+            request_texts=settings.embedding_request_texts,
         )
 
     def check_credentials(self) -> None:
@@ -165,9 +169,11 @@ class EmbeddingClient:
         spans: list[list[tuple[int, int]]] = []
         start = 0
         while start < len(texts):
-            # Requests of at most CHUNK_REQUEST_CHARS characters, and at least one text each.
+            # Requests of at least one text, at most request_texts of them and CHUNK_REQUEST_CHARS characters.
             end, size = start + 1, len(texts[start])
-            while end < len(texts) and size + len(texts[end]) <= CHUNK_REQUEST_CHARS:
+            while (
+                end < len(texts) and end - start < self.request_texts and size + len(texts[end]) <= CHUNK_REQUEST_CHARS
+            ):
                 size += len(texts[end])
                 end += 1
             spans += self._chunk_request(texts[start:end], tokens, overlap)
@@ -204,10 +210,11 @@ class EmbeddingClient:
             )
         if response.status_code in (413, 422):
             # Every request of these settings fails alike (a chunk size above the model's window, an overlap
-            # that does not fit): the settings' fault, not a document's.
+            # that does not fit, more texts than it takes at once): the settings' fault, not a document's.
             raise ConfigurationError(
                 f"The embedding-api at {self.shown_url} refused to chunk texts ({response.status_code}: "
-                f"{response.text[:300]}): check CHUNK_TOKENS and CHUNK_OVERLAP_TOKENS against its model's window."
+                f"{response.text[:300]}): check CHUNK_TOKENS and CHUNK_OVERLAP_TOKENS against its model's window, "
+                f"and EMBEDDING_REQUEST_TEXTS ({self.request_texts}) against its MAX_TEXTS_PER_REQUEST."
             )
         if response.status_code != 200:
             raise TransientError(f"embedding-api answered {response.status_code} to POST /chunk: {response.text[:200]}")

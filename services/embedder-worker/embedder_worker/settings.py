@@ -19,7 +19,8 @@ class EmbedderSettings(ConsumerSettings, TextSettings):
     embedding_api_key: str | None = None
     embedding_timeout_s: float = Field(default=60.0, gt=0)
     embedding_dim: int = Field(default=384, ge=1)
-    # Texts (chunks) sent in one embedding request at most; a batch of long documents makes several requests.
+    # Texts sent in one request to embed (chunks) or to chunk (documents) at most, within the embedding-api's
+    # MAX_TEXTS_PER_REQUEST: a batch of long documents makes several embedding requests.
     embedding_request_texts: int = Field(default=256, ge=1)
     # When a change leaves a document's text as it was in Qdrant, write only its payload: no embedding call.
     skip_unchanged_text: bool = True
