@@ -49,7 +49,8 @@ def write_if_newer(
         shard.update(qe.UpdateOperation.overwrite_payload_by_filter(condition, payload))
     for older in prune:
         # One operation per document, whose filter starts from the indexed mongo_id: it reads that document's
-        # points only.
+        # points only. One operation for the batch (a `should` of these filters) measured slower: 12.3 ms against
+        # 10.7 for 100 documents over 20,000 points (5.7 without pruning), medians of 20 side by side.
         shard.update(qe.UpdateOperation.delete_points_by_filter(_older_points_of(older)))
 
 
