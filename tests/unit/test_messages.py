@@ -62,3 +62,41 @@ def test_versions_sort_like_stream_ids() -> None:
     assert parse_version("10-10") > parse_version("10-2")
     with pytest.raises(InvalidEntry):
         parse_version("10")
+
+
+def test_a_document_of_several_chunks_round_trips_with_its_vectors_in_place() -> None:
+    from vecsync.messages import EmbeddedChunk
+
+    chunks = (
+        EmbeddedChunk(0, 5, "first", [0.5, 0.25]),
+        EmbeddedChunk(4, 9, "t kept", None),
+        EmbeddedChunk(9, 12, "end", [1.0, 0.0]),
+    )
+    doc = EmbeddedDocument("upsert", "s", "m", 2.0, "5-1", payload={"owner": "Ann"}, chunks=chunks)
+    fields = doc.to_fields()
+    assert "vector" not in fields and "vectors" in fields
+    assert EmbeddedDocument.from_fields(fields) == doc
+    assert EmbeddedDocument.from_fields(fields).vectors() == [[0.5, 0.25], [1.0, 0.0]]
+    kept = EmbeddedDocument(
+        "payload", "s", "m", 2.0, "5-1", payload={}, chunks=tuple(EmbeddedChunk(c.start, c.end, c.text) for c in chunks)
+    )
+    assert "vectors" not in kept.to_fields() and EmbeddedDocument.from_fields(kept.to_fields()) == kept
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"chunks": "[not json"}, "not valid JSON"),
+        ({"chunks": '[[0, 3, "one", 1]]'}, "two or more"),
+        ({"chunks": '[[0, 3, "one", 1], [3, 1, "bad", 1]]'}, "not \\[start, end, text, 0 or 1\\]"),
+        ({"chunks": '[[0, 3, "one", 0], [3, 5, "two", 0]]'}, "must carry chunks that are embedded"),
+        ({"vectors": pack_vector([1.0, 2.0, 3.0])}, "not 2 vectors of one size"),
+    ],
+)
+def test_a_garbled_document_of_chunks_is_an_invalid_entry(change: dict[str, str], message: str) -> None:
+    from vecsync.messages import EmbeddedChunk
+
+    chunks = (EmbeddedChunk(0, 3, "one", [1.0, 0.0]), EmbeddedChunk(3, 5, "two", [0.0, 1.0]))
+    fields = EmbeddedDocument("upsert", "s", "m", 2.0, "5-1", payload={}, chunks=chunks).to_fields() | change
+    with pytest.raises(InvalidEntry, match=message):
+        EmbeddedDocument.from_fields(fields)
