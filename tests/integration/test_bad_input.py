@@ -183,3 +183,11 @@ def test_a_collection_of_the_wrong_size_stops_the_upserter_with_both_sizes(tmp_p
 
 def test_point_ids_are_stable_for_every_id_type() -> None:
     assert point_id("app.documents", '{"$numberInt": "7"}') != point_id("app.documents", "7")
+
+
+def test_a_word_longer_than_the_api_takes_is_dead_lettered_with_its_reason(pipeline: Pipeline) -> None:
+    # The hash backend splits by words, so one word of 200,000 characters is one chunk, past MAX_CHARS_PER_TEXT.
+    points = insert_then_canary(pipeline, {"_id": "one-word", "subject": "x" * 200_000})
+    [letter] = letters(pipeline, STAGE1)
+    assert "one-word" not in points
+    assert "MAX_CHARS_PER_TEXT" in letter["error"]
