@@ -16,6 +16,13 @@ back to stage 1 to be embedded, keeping its version, or, once retention has
 trimmed that change, its document is read from MongoDB again and published
 to stage 1 as `vecsync dlq replay` does. See docs/design.md.
 
+A document of several chunks is one entry, and its lock, tombstone and version
+are its first chunk's point's: every chunk is written at the entry's version,
+then the document's points of older versions are removed (the prune), so a
+search finds the old chunks or the new ones, never neither ("Long documents"
+in docs/design.md). A redelivery of the version the first chunk already holds
+is applied again, completing a write that a crash cut short.
+
 This module runs each batch through those steps under the points' locks and
 keeps the skip-unchanged hint; the steps have modules of their own:
 upserter.write_plan decides what each entry needs, upserter.embed_again sends a
