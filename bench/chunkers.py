@@ -9,9 +9,9 @@ documents into chunks that fit the model's window:
 - langchain-text-splitters (``RecursiveCharacterTextSplitter`` with a token-counting length function).
 
 chonkie and langchain-text-splitters are NOT dependencies of vecsync: to rerun this comparison, install them into a
-scratch virtual environment (``python -m venv /tmp/chunkbench && /tmp/chunkbench/bin/pip install chonkie
-langchain-text-splitters``) and put its site-packages after this repository's environment on PYTHONPATH, e.g.
-``PYTHONPATH=$(ls -d /tmp/chunkbench/lib/python3*/site-packages):$PYTHONPATH python bench/chunkers.py``. A library
+scratch virtual environment (``scratch=$(mktemp -d) && python -m venv "$scratch" && "$scratch/bin/pip" install
+chonkie langchain-text-splitters``) and put its site-packages after this repository's environment on PYTHONPATH, e.g.
+``PYTHONPATH=$(ls -d "$scratch"/lib/python3*/site-packages):$PYTHONPATH .venv/bin/python bench/chunkers.py``. A library
 that does not import is reported as missing and left out.
 
 Every library counts with the model's own tokenizer (all-MiniLM-L6-v2's tokenizer.json, truncation and padding off)
