@@ -43,6 +43,11 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _empty_is_unset(value: object) -> object:
+    """An empty value as unset: Compose passes a variable that .env leaves unset as an empty string (${NAME:-})."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def require_scheme(*schemes: str) -> Callable[[str], str]:
     """A validator for a URL setting that must use one of ``schemes``, e.g. ``require_scheme("http", "https")``.
 
@@ -120,11 +125,8 @@ class CommonSettings(BaseSettings):
         """(stream, group) of every partition of stage 2."""
         return [(stream, self.stage2_group) for stream in self.partitions.names(self.stage2_stream)]
 
-    @field_validator("vecsync_config", mode="before")
-    @classmethod
-    def _empty_config_is_unset(cls, value: object) -> object:
-        # Compose passes VECSYNC_CONFIG empty when .env sets no VECSYNC_CONFIG_FILE (${VECSYNC_CONFIG_FILE:+...}).
-        return None if isinstance(value, str) and not value.strip() else value
+    # Compose passes VECSYNC_CONFIG empty when .env sets no VECSYNC_CONFIG_FILE (${VECSYNC_CONFIG_FILE:+...}).
+    _empty_config_is_unset = field_validator("vecsync_config", mode="before")(_empty_is_unset)
 
     @field_validator("log_level")
     @classmethod
@@ -272,11 +274,8 @@ class QdrantSettings(BaseSettings):
     qdrant_prefer_grpc: bool = False
     qdrant_grpc_port: int = Field(default=6334, ge=1, le=65535)
 
-    @field_validator(*QDRANT_DISTRIBUTION_ARGUMENTS, mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # Compose passes a variable that .env leaves unset as an empty string (${QDRANT_SHARDS:-}).
-        return None if isinstance(value, str) and not value.strip() else value
+    # ${QDRANT_SHARDS:-} and its like in compose.yaml: empty means Qdrant's own default.
+    _empty_distribution_is_unset = field_validator(*QDRANT_DISTRIBUTION_ARGUMENTS, mode="before")(_empty_is_unset)
 
     @model_validator(mode="after")
     def _url_or_path(self) -> QdrantSettings:
@@ -333,11 +332,8 @@ class TextSettings(BaseSettings):
 
     _split_text_fields = field_validator("text_fields", "payload_fields", mode="before")(_split_commas)
 
-    @field_validator("chunk_tokens", mode="before")
-    @classmethod
-    def _empty_chunk_tokens_is_unset(cls, value: object) -> object:
-        # Compose passes CHUNK_TOKENS empty when .env leaves it unset (${CHUNK_TOKENS:-}): the model's window.
-        return None if isinstance(value, str) and not value.strip() else value
+    # ${CHUNK_TOKENS:-} in compose.yaml: empty means the model's window.
+    _empty_chunk_tokens_is_unset = field_validator("chunk_tokens", mode="before")(_empty_is_unset)
 
     @model_validator(mode="after")
     def _overlap_within_chunk(self) -> TextSettings:
