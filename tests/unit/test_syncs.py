@@ -238,3 +238,35 @@ def test_a_definition_sync_payload_names_the_sync(monkeypatch: pytest.MonkeyPatc
     assert payload["meta"] == {"priority": 5} and payload["sync"] == "tickets" and payload["source"] == "app.tickets"
     default = sync_of(settings_module.load(EmbedderSettings))
     assert "sync" not in payload_of({"subject": "S"}, default, mongo_id="1", text="S", version="v", model="m")
+
+
+def test_chunking_is_set_per_sync_and_defaults_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CHUNK_OVERLAP_TOKENS", "16")
+    monkeypatch.setenv("MAX_DOCUMENT_CHARS", "90000")
+    text = EXAMPLE.replace("qdrant_collection: tickets", "qdrant_collection: tickets\n    chunk_tokens: 128")
+    text = text.replace("qdrant_collection: kb_articles", "qdrant_collection: kb_articles\n    chunk_tokens: 0")
+    tickets, articles = load_from(monkeypatch, write(tmp_path, text))
+    assert (tickets.chunk_tokens, tickets.chunk_overlap_tokens, tickets.max_document_chars) == (128, 16, 90_000)
+    assert tickets.chunking and tickets.text_bound == 90_000
+    assert articles.chunk_tokens == 0 and not articles.chunking and articles.text_bound == 8192
+    worker = settings_for(settings_module.load(EmbedderSettings), tickets)
+    assert (worker.chunk_tokens, worker.chunk_overlap_tokens, worker.max_document_chars) == (128, 16, 90_000)
+    assert sync_of(worker) == tickets
+
+
+def test_chunking_keys_are_checked_with_the_rest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    text = EXAMPLE.replace("qdrant_collection: tickets", "qdrant_collection: tickets\n    chunk_tokens: 20\n"
+                           "    chunk_overlap_tokens: 20")  # fmt: skip
+    text = text.replace("qdrant_collection: kb_articles", "qdrant_collection: kb_articles\n    max_document_chars: -1")
+    problems = problems_of(monkeypatch, tmp_path, text)
+    assert "sync 'tickets' (syncs[0]): key 'chunk_overlap_tokens' (20) must be below chunk_tokens (20)" in problems
+    assert "sync 'articles' (syncs[1]): key 'max_document_chars' must be a whole number, 1 or more" in problems
+
+
+def test_an_overlap_that_leaves_a_chunk_no_room_is_refused_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUNK_TOKENS", "32")
+    monkeypatch.setenv("CHUNK_OVERLAP_TOKENS", "32")
+    with pytest.raises(ConfigurationError, match="CHUNK_OVERLAP_TOKENS=32 must be below CHUNK_TOKENS=32"):
+        settings_module.load(EmbedderSettings)

@@ -25,7 +25,7 @@ from vecsync import constants
 from vecsync.errors import ConfigurationError
 from vecsync.partitions import Partitions, base_name
 from vecsync.redaction import redact, redact_url, remember_secret, remember_url_secrets
-from vecsync.sync import Sync
+from vecsync.sync import Sync, overlap_too_large
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -337,7 +337,7 @@ class TextSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _overlap_within_chunk(self) -> TextSettings:
-        if self.chunk_tokens and self.chunk_overlap_tokens >= self.chunk_tokens:
+        if overlap_too_large(self.chunk_tokens, self.chunk_overlap_tokens):
             raise ValueError(
                 f"CHUNK_OVERLAP_TOKENS={self.chunk_overlap_tokens} must be below CHUNK_TOKENS={self.chunk_tokens}: "
                 "consecutive chunks share the overlap, so each must hold more than it"

@@ -38,6 +38,12 @@ OWN_PAYLOAD_KEYS = {
 INDEX_TYPES = ("keyword", "integer", "float", "bool", "datetime", "text", "uuid")
 
 
+def overlap_too_large(chunk_tokens: int | None, overlap_tokens: int) -> bool:
+    """Whether chunks of ``chunk_tokens`` cannot share ``overlap_tokens``: consecutive chunks share the overlap, so
+    each must hold more than it (None, the model's window, is checked by the embedding-api, which knows it)."""
+    return bool(chunk_tokens) and overlap_tokens >= (chunk_tokens or 0)
+
+
 @dataclass(frozen=True)
 class Sync:
     """Everything one sync decides. ``structured`` says how documents are mapped: True for a definition file's syncs

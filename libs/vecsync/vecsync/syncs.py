@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from vecsync.constants import DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_OVERLAP_TOKENS
 from vecsync.errors import ConfigurationError
 from vecsync.settings import CommonSettings
-from vecsync.sync import DEFAULT_SYNC, INDEX_TYPES, OWN_PAYLOAD_KEYS, Sync
+from vecsync.sync import DEFAULT_SYNC, INDEX_TYPES, OWN_PAYLOAD_KEYS, Sync, overlap_too_large
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A Qdrant collection is also a folder of the embedded store: no separators, no leading dot.
@@ -237,7 +237,7 @@ def _definition_chunking(
             problems.add(f"{where}: key {key!r} must be a whole number, {lowest[key]} or more (got {value!r})")
             return {}
     tokens, overlap = chunking["chunk_tokens"], chunking["chunk_overlap_tokens"]
-    if tokens and overlap >= tokens:
+    if overlap_too_large(tokens, overlap):
         problems.add(
             f"{where}: key 'chunk_overlap_tokens' ({overlap}) must be below chunk_tokens ({tokens}): consecutive "
             "chunks share the overlap, so each must hold more than it"
