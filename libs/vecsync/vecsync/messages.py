@@ -28,6 +28,7 @@ raises InvalidEntry, and the consumer loop dead-letters that entry.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import struct
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vecsync.constants import SCHEMA_VERSION
+from vecsync.documents import text_sha256
 from vecsync.errors import InvalidEntry
 
 Operation = Literal["upsert", "delete", "payload"]
@@ -88,6 +90,11 @@ class EmbeddedChunk:
     end: int
     text: str
     vector: list[float] | None = None
+
+    @functools.cached_property
+    def text_sha256(self) -> str:
+        """The hash of the chunk's text, as its point records it: the upserter compares, writes and hints it."""
+        return text_sha256(self.text)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ from upserter.write_plan import (
 )
 from vecsync.batch import Batch, Entry
 from vecsync.constants import tombstones_key
-from vecsync.documents import point_id, text_fingerprint, text_sha256
+from vecsync.documents import point_id, text_fingerprint
 from vecsync.errors import ConfigurationError, InvalidEntry
 from vecsync.messages import EmbeddedDocument, parse_version
 from vecsync.metrics import END_TO_END_LATENCY
@@ -339,7 +339,7 @@ class Upserter:
             model = payload.get("model")
             if doc.chunks:
                 for chunk_id, chunk in zip(chunk_ids(pid, len(doc.chunks)), doc.chunks, strict=True):
-                    fields[chunk_id] = text_fingerprint(text_sha256(chunk.text), model)
+                    fields[chunk_id] = text_fingerprint(chunk.text_sha256, model)
                 continue
             sha = payload.get("text_sha256")
             fields[pid] = text_fingerprint(sha, model) if isinstance(sha, str) else None

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vecsync.chunking import chunk_point_id
-from vecsync.documents import text_sha256
 from vecsync.messages import EmbeddedChunk, EmbeddedDocument, parse_version
 from vecsync.vectorstore import OlderPoints, Point, version_of
 
@@ -106,7 +105,7 @@ def _holds_unchanged_texts(pid: str, doc: EmbeddedDocument, current: dict[str, d
 
 
 def _chunk_text(chunk: EmbeddedChunk, model: Any) -> dict[str, Any]:
-    return {"text_sha256": text_sha256(chunk.text), "model": model}
+    return {"text_sha256": chunk.text_sha256, "model": model}
 
 
 def _same_text_and_model(point: dict[str, Any], payload: dict[str, Any]) -> bool:
@@ -129,12 +128,12 @@ def with_vector_of_same_text(document: EmbeddedDocument, upserts: list[EmbeddedD
             at_hand[str((upsert.payload or {}).get("text_sha256"))] = upsert.vector
         for chunk in upsert.chunks:
             if chunk.vector is not None:
-                at_hand[text_sha256(chunk.text)] = chunk.vector
+                at_hand[chunk.text_sha256] = chunk.vector
     if not document.chunks:
         vector = at_hand.get(str((document.payload or {}).get("text_sha256")))
         return document if vector is None else replace(document, op="upsert", vector=vector)
     chunks = tuple(
-        chunk if chunk.vector is not None else replace(chunk, vector=at_hand.get(text_sha256(chunk.text)))
+        chunk if chunk.vector is not None else replace(chunk, vector=at_hand.get(chunk.text_sha256))
         for chunk in document.chunks
     )
     embedded = any(chunk.vector is not None for chunk in chunks)
@@ -162,7 +161,7 @@ def point_writes(pid: str, doc: EmbeddedDocument) -> tuple[list[Point], dict[str
                 chunk_point_id(pid, index),
                 chunk.vector,
                 shared
-                | {"text": chunk.text, "text_sha256": text_sha256(chunk.text)}
+                | {"text": chunk.text, "text_sha256": chunk.text_sha256}
                 | _place(index, count, chunk.start, chunk.end),
             )
             for index, chunk in enumerate(doc.chunks)
