@@ -130,9 +130,9 @@ class TestGroupingWithoutAnEngineGroupBy:
             asked: list[int] = []
             search = store.search
 
-            def counted(vector: list[float], *, limit: int, match: Any = None) -> list[Hit]:
+            def counted(vector: list[float], *, limit: int, match: Any = None, text: str | None = None) -> list[Hit]:
                 asked.append(limit)
-                return search(vector, limit=limit, match=match)
+                return search(vector, limit=limit, match=match, text=text)
 
             monkeypatch.setattr(store, "search", counted)
             assert documents(store.search_documents(QUERY, limit=3)) == ["long", "d0", "d1"]

@@ -119,3 +119,8 @@ DEFAULT_MAX_DOCUMENT_CHARS = 500_000
 # Tokens that consecutive chunks of a document share (CHUNK_OVERLAP_TOKENS), so that a sentence cut by a chunk's
 # end is read whole by the next chunk.
 DEFAULT_OVERLAP_TOKENS = 32
+
+# The sparse models a collection's points may carry beside their dense vector (SPARSE_MODEL, or a sync's
+# sparse_model): each is a named sparse vector of that name, computed from a point's text by the store that writes
+# it (docs/design.md, "Hybrid search"). bm25 is Qdrant's BM25, with Qdrant's IDF modifier.
+SPARSE_MODELS = ("bm25",)

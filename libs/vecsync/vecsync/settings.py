@@ -330,10 +330,24 @@ class TextSettings(BaseSettings):
     # With chunking on, a document's whole text is chunked up to this many characters; past it, text is left out.
     max_document_chars: int = Field(default=constants.DEFAULT_MAX_DOCUMENT_CHARS, ge=1)
 
+    # A sparse vector beside the dense one in each point, for keyword and hybrid search (constants.SPARSE_MODELS).
+    # Unset: dense vectors only. It shapes a collection when one is created; an existing collection keeps its own.
+    sparse_model: str | None = None
+
     _split_text_fields = field_validator("text_fields", "payload_fields", mode="before")(_split_commas)
 
-    # ${CHUNK_TOKENS:-} in compose.yaml: empty means the model's window.
-    _empty_chunk_tokens_is_unset = field_validator("chunk_tokens", mode="before")(_empty_is_unset)
+    # ${CHUNK_TOKENS:-} and ${SPARSE_MODEL:-} in compose.yaml: empty means unset.
+    _empty_values_are_unset = field_validator("chunk_tokens", "sparse_model", mode="before")(_empty_is_unset)
+
+    @field_validator("sparse_model")
+    @classmethod
+    def _known_sparse_model(cls, value: str | None) -> str | None:
+        if value is not None and value not in constants.SPARSE_MODELS:
+            raise ValueError(
+                f"SPARSE_MODEL is {value!r}; it must be one of {', '.join(constants.SPARSE_MODELS)}, or empty for "
+                "dense vectors only"
+            )
+        return value
 
     @model_validator(mode="after")
     def _overlap_within_chunk(self) -> TextSettings:

@@ -67,6 +67,8 @@ class Sync:
     chunk_tokens: int | None = None
     chunk_overlap_tokens: int = DEFAULT_OVERLAP_TOKENS
     max_document_chars: int = DEFAULT_MAX_DOCUMENT_CHARS
+    # The sparse vector its collection is created with beside the dense one (constants.SPARSE_MODELS); None: none.
+    sparse_model: str | None = None
 
     @property
     def source(self) -> str:

@@ -20,7 +20,7 @@ import yaml
 from bson import json_util
 from pydantic import BaseModel
 
-from vecsync.constants import DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_OVERLAP_TOKENS
+from vecsync.constants import DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_OVERLAP_TOKENS, SPARSE_MODELS
 from vecsync.errors import ConfigurationError
 from vecsync.settings import CommonSettings
 from vecsync.sync import DEFAULT_SYNC, INDEX_TYPES, OWN_PAYLOAD_KEYS, Sync, overlap_too_large
@@ -43,6 +43,7 @@ DEFINITION_KEYS = {
     "chunk_tokens": False,
     "chunk_overlap_tokens": False,
     "max_document_chars": False,
+    "sparse_model": False,
 }
 
 # The operators a query document may hold at its top, beside field names, and those a field's condition may hold.
@@ -77,6 +78,7 @@ def default_sync(settings: BaseModel) -> Sync:
         max_text_chars=values.get("max_text_chars", 8192),
         stage1_stream=values["stage1_stream"],
         stage2_stream=values["stage2_stream"],
+        sparse_model=values.get("sparse_model"),
         **_chunking(values),
     )
     problems = _Problems("the environment")
@@ -107,6 +109,7 @@ def settings_for(settings: SettingsT, sync: Sync) -> SettingsT:
         "chunk_tokens": sync.chunk_tokens,
         "chunk_overlap_tokens": sync.chunk_overlap_tokens,
         "max_document_chars": sync.max_document_chars,
+        "sparse_model": sync.sparse_model,
         "stage1_stream": sync.stage1_stream,
         "stage2_stream": sync.stage2_stream,
     }
@@ -190,6 +193,14 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
         problems.add(f"{where}: key 'max_text_chars' must be a whole number, 1 or more (got {max_chars!r})")
     chunking = _definition_chunking(definition, values, where, problems)
+    sparse_model = definition.get("sparse_model", values.get("sparse_model"))
+    if sparse_model == "":
+        sparse_model = None
+    if sparse_model is not None and sparse_model not in SPARSE_MODELS:
+        problems.add(
+            f"{where}: key 'sparse_model' must be one of {', '.join(SPARSE_MODELS)}, or empty for dense vectors only "
+            f"(got {sparse_model!r})"
+        )
     query = _filter(definition.get("filter"), where, problems)
     if len(problems) > found or name is None or collection is None:
         return None
@@ -207,6 +218,7 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
         filter=query,
         payload_indexes=indexes,
         structured=True,
+        sparse_model=sparse_model,
         **chunking,
     )
 
@@ -247,10 +259,19 @@ def _definition_chunking(
 
 
 def _check_together(syncs: list[Sync], problems: _Problems) -> None:
-    """What no valid sync shows alone: two syncs writing one point, an index typed two ways."""
+    """What no valid sync shows alone: two syncs writing one point, an index typed two ways, a collection with and
+    without sparse vectors."""
     by_target: dict[tuple[str, str], Sync] = {}
     index_types: dict[tuple[str, str], tuple[str, Sync]] = {}
+    by_collection: dict[str, Sync] = {}
     for sync in syncs:
+        first = by_collection.setdefault(sync.qdrant_collection, sync)
+        if first.sparse_model != sync.sparse_model:
+            problems.add(
+                f"syncs {first.name!r} and {sync.name!r} share Qdrant collection {sync.qdrant_collection!r} but give "
+                f"it sparse_model {first.sparse_model or 'none'} and {sync.sparse_model or 'none'}; a collection's "
+                "points all have the same vectors, so give both syncs the same sparse_model"
+            )
         other = by_target.setdefault((sync.source, sync.qdrant_collection), sync)
         if other is not sync:
             problems.add(

@@ -16,6 +16,10 @@ older than it, so the collection itself is the version fence (see docs/design.md
 A long document is several points, one per chunk, all with the document's `mongo_id`. ``search`` finds
 chunks; ``search_documents`` finds documents, each as its nearest chunk: a Qdrant server groups them itself, the
 embedded engine has no grouped query, so the base class reads enough chunks and groups them here.
+
+A collection made with a sparse model (SPARSE_MODEL) also holds each point's BM25 vector (vecsync.store.sparse),
+which the store computes from the point's text as it writes it. A search is then dense (the query's vector),
+sparse (the query's text) or hybrid (both, fused by reciprocal rank fusion in the engine; see ``SearchMode``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,15 @@ CHUNKS_PER_DOCUMENT = 4
 # to fewer documents; then fewer come back, still the nearest ones, in order.
 MAX_CHUNK_HITS = 10_000
 
+# Hybrid search fuses two searches of the same filter, the nearest points by the dense vector and by BM25, with
+# reciprocal rank fusion: each point scores the sum over the two lists of weight / (RRF_K + its rank). Each list
+# holds at least HYBRID_PREFETCH points, and as many as the search's limit. Measured on 200 tickets naming one
+# order number each, with the real model (bench/fusion.py, bench/results/fusion.md): see docs/design.md, "Hybrid
+# search", for why these values.
+HYBRID_PREFETCH = 20
+RRF_K = 2
+RRF_WEIGHTS = (1.0, 1.0)  # dense, sparse
+
 # The file under DATA_DIR where an upserter holding an embedded store keeps the key of its store routes.
 STORE_KEY_FILE = "upserter-api-key"
 
@@ -60,12 +74,64 @@ def store_key_file(data_dir: Path) -> Path:
     return data_dir / STORE_KEY_FILE
 
 
+class SearchMode(StrEnum):
+    """What a search compares: the query's dense vector, its BM25 terms, or both fused."""
+
+    DENSE = "dense"
+    SPARSE = "sparse"
+    HYBRID = "hybrid"
+
+    @classmethod
+    def of(cls, vector: list[float] | None, text: str | None) -> SearchMode:
+        """The mode of a search given ``vector`` (dense), ``text`` (sparse) or both (hybrid)."""
+        if vector is not None and text is not None:
+            return cls.HYBRID
+        if vector is not None:
+            return cls.DENSE
+        if text is not None:
+            return cls.SPARSE
+        raise ValueError("a search needs a query vector, a query text, or both")
+
+
+def choose_search_mode(asked: object, *, vector: bool, text: bool, sparse: bool) -> tuple[SearchMode, str | None]:
+    """The mode to search in, for a search that asks for ``asked`` (a SearchMode's value, or None for the default)
+    with a query ``vector`` and a query ``text`` at hand or not, of a collection with ``sparse`` vectors or not;
+    and a note where the mode is not the one asked for. PermanentError where no search can be made of that.
+
+    The default is hybrid where the collection has sparse vectors and both are at hand, else what is at hand. A
+    collection without sparse vectors is searched dense, with the note, where sparse or hybrid is asked for.
+    """
+    if asked is None:
+        mode = SearchMode.HYBRID if vector and text and sparse else SearchMode.DENSE if vector else SearchMode.SPARSE
+    elif isinstance(asked, str) and asked in {mode.value for mode in SearchMode}:
+        mode = SearchMode(asked)
+    else:
+        raise PermanentError(f"The search mode must be one of {', '.join(SearchMode)}, not {asked!r}.")
+    note = None
+    if mode is not SearchMode.DENSE and not sparse:
+        note = "the collection has no sparse vectors, so this search is dense only"
+        mode = SearchMode.DENSE
+    if (mode is not SearchMode.SPARSE and not vector) or (mode is not SearchMode.DENSE and not text):
+        needs = {SearchMode.DENSE: "a query vector", SearchMode.SPARSE: "a query text", SearchMode.HYBRID: "both"}
+        raise PermanentError(f"A {mode} search needs {needs[mode]}{f' ({note})' if note else ''}.")
+    return mode, note
+
+
+def prefetch_limit(limit: int) -> int:
+    """How many points each of hybrid search's two lists holds for a search of ``limit`` points."""
+    return max(limit, HYBRID_PREFETCH)
+
+
 class CollectionMissing(TransientError):
     """Raised when the collection does not exist (deleted by hand or by a rebuild); create it and try again."""
 
 
 class StoreInUse(ConfigurationError):
     """Raised when another process has the embedded store open; only one process may."""
+
+
+class NoSparseVectors(PermanentError):
+    """Raised by a sparse or hybrid search of a collection that holds no sparse vectors."""
 
 
 def version_of(payload: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -168,13 +234,39 @@ class VectorStore(ABC):
         """Delete points unconditionally, past the version fence: for tools and tests, never the pipeline."""
 
     @abstractmethod
-    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
-        """The ``limit`` points nearest ``vector`` (cosine), among those whose payload meets every condition of
-        ``match`` (see ``match_conditions``)."""
+    def sparse_vector(self) -> str | None:
+        """The name of the collection's sparse vector (a name of constants.SPARSE_MODELS), or None where it has
+        none: a collection made without SPARSE_MODEL, or made before it existed. Qdrant cannot add a vector to an
+        existing collection, so this stays as the collection was made until it is made again (`vecsync rebuild`)."""
 
-    def search_documents(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
-        """The ``limit`` documents nearest ``vector``, nearest first, each as the hit of its nearest chunk (that
-        chunk's point id, score and payload), among the points that meet ``match``.
+    @abstractmethod
+    def search(
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]:
+        """The ``limit`` points nearest the query, among those whose payload meets every condition of ``match``
+        (see ``match_conditions``).
+
+        The query is ``vector`` (dense: cosine), ``text`` (sparse: BM25 over the collection's sparse vectors), or
+        both (hybrid: the two fused, RRF_K and RRF_WEIGHTS over prefetch_limit(limit) points of each, both under
+        ``match``); see SearchMode.of. Scores of the three modes are not comparable. NoSparseVectors where
+        ``text`` is given and the collection has no sparse vector.
+        """
+
+    def search_documents(
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]:
+        """The ``limit`` documents nearest the query (as for ``search``), nearest first, each as the hit of its
+        nearest chunk (that chunk's point id, score and payload), among the points that meet ``match``.
 
         A document is the points that share a `mongo_id`. This engine-neutral version asks ``search`` for
         ``CHUNKS_PER_DOCUMENT`` chunks per document wanted and groups them, asking again for that many times more
@@ -187,7 +279,7 @@ class VectorStore(ABC):
         most = max(MAX_CHUNK_HITS, limit)
         asked = min(limit * CHUNKS_PER_DOCUMENT, most)
         while True:
-            hits = self.search(vector, limit=asked, match=match)
+            hits = self.search(vector, limit=asked, match=match, text=text)
             documents = nearest_chunk_per_document(hits)
             if len(documents) >= limit or len(hits) < asked:
                 return documents[:limit]
@@ -230,6 +322,26 @@ class VectorStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the connection or the embedded store; an embedded store writes everything to disk first."""
+
+
+def sparse_vector_missing(collection: str, sparse_model: str) -> str:
+    """What to do where SPARSE_MODEL asks for sparse vectors that the existing ``collection`` was made without."""
+    return (
+        f"Qdrant collection {collection!r} was made without {sparse_model} sparse vectors, and Qdrant cannot add "
+        f"them to an existing collection: its points are written and searched with dense vectors only, as before "
+        f"SPARSE_MODEL={sparse_model}. To give every point its {sparse_model} vector, make the collection again: "
+        "`vecsync rebuild` recreates it and refills it from stage 2, embedding nothing again that stage 2 still "
+        "holds (search finds less until the rebuild ends); or sync into a new collection (another "
+        "QDRANT_COLLECTION) and switch searches to it once it has caught up."
+    )
+
+
+def dense_part(vector: Any) -> list[float] | None:
+    """The dense vector of a point as an engine gives it back: the vector itself, or the unnamed one among the
+    named vectors of a collection that also holds sparse vectors."""
+    if isinstance(vector, Mapping):
+        vector = vector.get("")
+    return [float(x) for x in vector] if isinstance(vector, list) else None
 
 
 def nearest_chunk_per_document(hits: Iterable[Hit]) -> list[Hit]:

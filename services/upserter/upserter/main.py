@@ -40,6 +40,7 @@ def main() -> None:
         settings,
         settings.data_dir,
         collection_indexes(syncs),
+        sparse_models={sync.qdrant_collection: sync.sparse_model for sync in syncs},
         flush_interval_s=settings.qdrant_flush_interval_ms / 1000,
     )
     # Connected only when first used: a change to embed again that was trimmed from stage 1 is read from MongoDB.

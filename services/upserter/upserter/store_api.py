@@ -11,7 +11,12 @@ user may read, where a CLI on the same host finds it. /metrics and /healthz
 stay open.
 
 `/search` answers documents, each as its nearest chunk (VectorStore.search_documents), unless the request says
-`"chunks": true`: then the nearest chunks themselves. Either way the reply is {"hits": [{id, score, payload}]}.
+`"chunks": true`: then the nearest chunks themselves. Its "mode" is that of `vecsync search --mode`: "dense" needs
+"vector" (the query's embedding), "sparse" needs "text" (the query, for its BM25 terms), "hybrid" needs both; left
+out, it is hybrid where the collection has sparse vectors and both are given, else the one that is given. A
+collection without sparse vectors is searched dense where "vector" is given, and the reply says so in "note". The
+reply is {"hits": [{id, score, payload}], "mode": the mode searched}. `/collection` answers
+{"collection", "sparse_vector"}: the name of the collection's sparse vector, or null.
 
 An upserter serving several Qdrant collections (the syncs of VECSYNC_CONFIG) answers for each: a request names
 its collection in "collection"; one without names the first (the only one, in a deployment of one collection).
@@ -27,9 +32,12 @@ from typing import Any
 
 from vecsync.authenticated_routes import PostRoute
 from vecsync.errors import PermanentError
-from vecsync.vectorstore import VectorStore, store_key_file
+from vecsync.vectorstore import SearchMode, VectorStore, choose_search_mode, store_key_file
 
-SEARCH_FIELDS = "'vector' (a list of numbers), 'limit', 'match' and optional 'chunks'"
+SEARCH_FIELDS = (
+    "'vector' (the query's embedding, a list of numbers) or 'text' (the query) or both, 'limit', 'match', and "
+    "optional 'mode' (dense, sparse or hybrid) and 'chunks'"
+)
 
 
 def write_store_key(data_dir: Path) -> str:
@@ -71,14 +79,26 @@ def store_routes(stores: Mapping[str, VectorStore] | VectorStore) -> dict[str, P
         return handle
 
     def search(store: VectorStore, body: dict[str, Any]) -> tuple[int, Any]:
-        if not isinstance(body.get("vector"), list):
+        vector, text = body.get("vector"), body.get("text")
+        if not (isinstance(vector, list) or vector is None) or not (isinstance(text, str) or text is None):
             return 400, {"detail": f"Send a JSON object with {SEARCH_FIELDS}."}
         chunks = body.get("chunks", False)
         if not isinstance(chunks, bool):
             return 400, {"detail": f"'chunks' must be true (chunk hits) or false (documents), not {chunks!r}."}
+        mode, note = choose_search_mode(
+            body.get("mode"), vector=vector is not None, text=text is not None, sparse=store.sparse_vector() is not None
+        )
         find = store.search if chunks else store.search_documents
-        hits = find(body["vector"], limit=int(body.get("limit", 10)), match=body.get("match") or None)
-        return 200, {"hits": [hit.__dict__ for hit in hits]}
+        hits = find(
+            vector if mode is not SearchMode.SPARSE else None,
+            limit=int(body.get("limit", 10)),
+            match=body.get("match") or None,
+            text=text if mode is not SearchMode.DENSE else None,
+        )
+        return 200, {"hits": [hit.__dict__ for hit in hits], "mode": mode.value} | ({"note": note} if note else {})
+
+    def collection(store: VectorStore, _body: dict[str, Any]) -> tuple[int, Any]:
+        return 200, {"collection": store.collection, "sparse_vector": store.sparse_vector()}
 
     def count(store: VectorStore, _body: dict[str, Any]) -> tuple[int, Any]:
         return 200, {"count": store.count()}
@@ -100,6 +120,7 @@ def store_routes(stores: Mapping[str, VectorStore] | VectorStore) -> dict[str, P
     return {
         "/search": route(search, SEARCH_FIELDS),
         "/count": route(count, "no field"),
+        "/collection": route(collection, "no field"),
         "/payloads": route(payloads, "'ids' (a list of point ids) and optional 'fields'"),
         "/scroll": route(scroll, "'limit', 'offset' and optional 'fields'"),
         "/recreate": route(recreate, "no field"),

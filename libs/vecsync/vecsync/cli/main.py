@@ -37,6 +37,7 @@ from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.partitions import check_count
 from vecsync.redaction import redact
 from vecsync.syncs import settings_for
+from vecsync.vectorstore import SearchMode
 
 
 def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
@@ -91,8 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     one_sync = argparse.ArgumentParser(add_help=False)
     one_sync.add_argument("--sync", metavar="NAME", help="only this sync of VECSYNC_CONFIG (default: every sync)")
 
-    search = commands.add_parser("search", help="semantic search over the Qdrant collection")
+    search = commands.add_parser("search", help="semantic, keyword or hybrid search over the Qdrant collection")
     search.add_argument("text", help="what to search for")
+    search.add_argument(
+        "--mode",
+        choices=[mode.value for mode in SearchMode],
+        help="dense (by meaning), sparse (by BM25 keywords) or hybrid (both, fused); default hybrid where the "
+        "collection has sparse vectors (SPARSE_MODEL), else dense",
+    )
     search.add_argument("--limit", type=int, default=5, help="number of documents, or of chunks (default 5)")
     search.add_argument(
         "--chunks", action="store_true", help="show the nearest chunks, several of a document among them, not documents"

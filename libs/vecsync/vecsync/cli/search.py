@@ -1,7 +1,11 @@
-"""`vecsync search`: semantic search over one sync's Qdrant collection, with --filter conditions on its payload.
+"""`vecsync search`: semantic, keyword or hybrid search over one sync's Qdrant collection, with --filter conditions
+on its payload.
 
 It finds documents, each shown by its nearest chunk (VectorStore.search_documents); --chunks finds the nearest
 chunks themselves, several of one document among them. --json prints either as a list of {id, score, payload}.
+--mode picks what is compared: dense (the query's embedding), sparse (its BM25 terms) or hybrid (both fused), the
+default where the collection has sparse vectors (SPARSE_MODEL); a collection without them is searched dense, with
+a one-line note on stderr where they were asked for or are configured.
 
 A --filter is ``FIELD=VALUE`` (the payload field equals the value) or ``FIELD>=VALUE``, ``FIELD>VALUE``,
 ``FIELD<=VALUE``, ``FIELD<VALUE`` (a range, on a field with an integer, float or datetime payload index). Values
@@ -24,7 +28,7 @@ from vecsync.cli.context import EXIT_OK, Context
 from vecsync.cli.store import embed_query
 from vecsync.errors import ConfigurationError
 from vecsync.sync import Sync
-from vecsync.vectorstore import Hit
+from vecsync.vectorstore import Hit, SearchMode, choose_search_mode
 
 # Where a chunk lies in its document, in every chunk's payload (see docs/design.md, "Long documents").
 CHUNK_PAYLOAD = ("chunk_index", "chunk_count", "chunk_span", "truncated")
@@ -61,9 +65,28 @@ def search_command(ctx: Context, args: argparse.Namespace) -> int:
     match = parse_filters(args.filter, sync)
     if args.limit < 1:
         raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
-    vector = embed_query(one.settings, args.text)
+    # Every mode but sparse needs the query's embedding: asked for first, as the embedding-api is what a search
+    # most often cannot reach.
+    vector = embed_query(one.settings, args.text) if args.mode != SearchMode.SPARSE else None
+    sparse = one.store.sparse_vector()
+    mode, note = choose_search_mode(args.mode, vector=True, text=True, sparse=sparse is not None)
+    if note is None and sparse is None and sync.sparse_model:
+        note = f"SPARSE_MODEL is {sync.sparse_model}, but the collection has no sparse vectors: search is dense only"
+    if note is not None:
+        print(
+            f"note: Qdrant collection {one.store.collection!r}: {note}; `vecsync rebuild` makes it again with them "
+            '(docs/operations.md, "Hybrid search").',
+            file=sys.stderr,
+        )
+    if mode is not SearchMode.SPARSE and vector is None:  # sparse was asked for, of a collection without
+        vector = embed_query(one.settings, args.text)
     find = one.store.search if args.chunks else one.store.search_documents
-    hits = find(vector, limit=args.limit, match=match or None)
+    hits = find(
+        vector if mode is not SearchMode.SPARSE else None,
+        limit=args.limit,
+        match=match or None,
+        text=args.text if mode is not SearchMode.DENSE else None,
+    )
     if args.json:
         print(json.dumps([hit.__dict__ for hit in hits], indent=2, ensure_ascii=False))
         return EXIT_OK

@@ -18,7 +18,7 @@ from vecsync.errors import CheckNotRun, ConfigurationError, PermanentError, Tran
 from vecsync.redaction import redact_url
 from vecsync.store import open_vector_store
 from vecsync.syncs import sync_of
-from vecsync.vectorstore import Hit, StoreInUse, store_key_file
+from vecsync.vectorstore import Hit, NoSparseVectors, SearchMode, StoreInUse, store_key_file
 
 
 class Store(Protocol):
@@ -26,10 +26,24 @@ class Store(Protocol):
 
     collection: str
 
-    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]: ...
+    def sparse_vector(self) -> str | None: ...
+
+    def search(
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]: ...
 
     def search_documents(
-        self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
     ) -> list[Hit]: ...
 
     def count(self) -> int: ...
@@ -68,15 +82,38 @@ class UpserterStore:
         self.api_key = api_key
         self.key_file = key_file
 
-    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
-        return self._search(vector, limit=limit, match=match, chunks=True)
+    def sparse_vector(self) -> str | None:
+        name = self._post("/collection", {}).get("sparse_vector")
+        return name if isinstance(name, str) else None
 
-    def search_documents(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
-        return self._search(vector, limit=limit, match=match, chunks=False)
+    def search(
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]:
+        return self._search(vector, text, limit=limit, match=match, chunks=True)
 
-    def _search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None, chunks: bool) -> list[Hit]:
-        request = {"vector": vector, "limit": limit, "match": dict(match or {}), "chunks": chunks}
-        body = self._post("/search", request)
+    def search_documents(
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]:
+        return self._search(vector, text, limit=limit, match=match, chunks=False)
+
+    def _search(
+        self, vector: list[float] | None, text: str | None, *, limit: int, match: Mapping[str, Any] | None, chunks: bool
+    ) -> list[Hit]:
+        mode = SearchMode.of(vector, text)
+        request = {"mode": mode.value, "vector": vector, "text": text, "limit": limit, "match": dict(match or {})}
+        body = self._post("/search", request | {"chunks": chunks})
+        if body.get("mode", mode.value) != mode.value:  # searched dense instead: the collection has no sparse vectors
+            raise NoSparseVectors(f"Qdrant collection {self.collection!r}: {body.get('note', 'no sparse vectors')}.")
         return [Hit(hit["id"], hit["score"], hit["payload"]) for hit in body["hits"]]
 
     def count(self) -> int:
@@ -134,9 +171,12 @@ class UpserterStore:
 
 def open_store(settings: CliSettings) -> Store:
     """A server's collection directly; an embedded one through its upserter, or directly when none runs."""
-    payload_indexes = sync_of(settings).indexed_payload()
+    sync = sync_of(settings)
+    payload_indexes, sparse_model = sync.indexed_payload(), sync.sparse_model
     if settings.qdrant_url:
-        return open_vector_store(settings, settings.data_dir, payload_indexes=payload_indexes)
+        return open_vector_store(
+            settings, settings.data_dir, payload_indexes=payload_indexes, sparse_model=sparse_model
+        )
     remote = UpserterStore(
         settings.upserter_url,
         settings.qdrant_collection,
@@ -150,7 +190,9 @@ def open_store(settings: CliSettings) -> Store:
     except TransientError:
         pass
     try:
-        store = open_vector_store(settings, settings.data_dir, payload_indexes=payload_indexes)
+        store = open_vector_store(
+            settings, settings.data_dir, payload_indexes=payload_indexes, sparse_model=sparse_model
+        )
     except StoreInUse as exc:
         raise ConfigurationError(
             f"{exc} No upserter answered at UPSERTER_URL={redact_url(settings.upserter_url)} either: point "

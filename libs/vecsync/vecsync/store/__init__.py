@@ -19,17 +19,25 @@ def open_vector_store(
     data_dir: Path,
     *,
     payload_indexes: PayloadIndexes = (),
+    sparse_model: str | None = None,
     flush_interval_s: float = 1.0,
 ) -> VectorStore:
     """The collection the settings name (QDRANT_COLLECTION): on the Qdrant server at QDRANT_URL, else in the
     embedded store.
 
     ``payload_indexes`` maps the payload fields to index (filtered searches on them stay fast) to their index types
-    (vecsync.sync.INDEX_TYPES); a plain list of fields gets a keyword index on each. ``flush_interval_s`` applies to
-    the embedded store only (see vecsync.store.embedded).
+    (vecsync.sync.INDEX_TYPES); a plain list of fields gets a keyword index on each. ``sparse_model`` is the sparse
+    vector a collection gets when this store creates it (constants.SPARSE_MODELS; None: dense vectors only).
+    ``flush_interval_s`` applies to the embedded store only (see vecsync.store.embedded).
     """
     collection = settings.qdrant_collection
-    stores = open_vector_stores(settings, data_dir, {collection: payload_indexes}, flush_interval_s=flush_interval_s)
+    stores = open_vector_stores(
+        settings,
+        data_dir,
+        {collection: payload_indexes},
+        sparse_models={collection: sparse_model},
+        flush_interval_s=flush_interval_s,
+    )
     return stores[collection]
 
 
@@ -38,21 +46,28 @@ def open_vector_stores(
     data_dir: Path,
     collections: Mapping[str, PayloadIndexes],
     *,
+    sparse_models: Mapping[str, str | None] | None = None,
     flush_interval_s: float = 1.0,
 ) -> dict[str, VectorStore]:
     """A store of each Qdrant collection of ``collections`` (name -> its payload indexes, as for open_vector_store),
-    on the server at QDRANT_URL, else in the embedded store, by name.
+    on the server at QDRANT_URL, else in the embedded store, by name. ``sparse_models`` gives a collection's sparse
+    model, as for open_vector_store (a collection it leaves out has none).
 
     The embedded stores of one process share one lock of QDRANT_PATH (vecsync.store.folder.FolderLock): another
     process is refused, and the folder is released once every store is closed.
     """
     # Imported here, so that a process loads only the client library of the store it opens.
     path = settings.embedded_path(data_dir)
+    sparse_of = dict(sparse_models or {})
     if path is None:
         from vecsync.store.server import ServerStore
 
         return {
-            name: ServerStore.connect(settings.model_copy(update={"qdrant_collection": name}), payload_indexes=indexes)
+            name: ServerStore.connect(
+                settings.model_copy(update={"qdrant_collection": name}),
+                payload_indexes=indexes,
+                sparse_model=sparse_of.get(name),
+            )
             for name, indexes in collections.items()
         }
     from vecsync.store.embedded import EmbeddedStore
@@ -67,6 +82,7 @@ def open_vector_stores(
                 name,
                 settings.embedding_dim,
                 payload_indexes=indexes,
+                sparse_model=sparse_of.get(name),
                 flush_interval_s=flush_interval_s,
                 folder_lock=lock.share(),
             )

@@ -16,6 +16,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from vecsync.messages import parse_version
+from vecsync.store import sparse
 from vecsync.vectorstore import MONGO_ID, VERSION_MS, VERSION_SEQ, OlderPoints, Point, with_version_numbers
 
 # A stored version that the numbers do not give fully (version_ms without version_seq): left to a point's own write.
@@ -29,14 +30,16 @@ def write_if_newer(
     payloads: Mapping[str, dict[str, Any]],
     deletes: Mapping[str, str],
     prune: Sequence[OlderPoints] = (),
+    sparse_vector: str | None = None,
 ) -> None:
-    """Apply the writes of VectorStore.write_if_newer to ``shard``, each only over an older point.
+    """Apply the writes of VectorStore.write_if_newer to ``shard``, each only over an older point; each upserted
+    point gets its text's sparse vector of that name, where the shard has one (``sparse_vector``).
 
     The caller keeps every other writer of the shard out until this returns (see ``_upsert_if_newer``).
     """
     for pid, version in deletes.items():
         shard.update(qe.UpdateOperation.delete_points_by_filter(_this_point_if_older(pid, version)))
-    _upsert_if_newer(shard, upserts)
+    _upsert_if_newer(shard, upserts, sparse_vector)
     for pid, raw in payloads.items():
         payload = with_version_numbers(raw)
         condition = qe.Filter(
@@ -54,7 +57,16 @@ def write_if_newer(
         shard.update(qe.UpdateOperation.delete_points_by_filter(_older_points_of(older)))
 
 
-def _upsert_if_newer(shard: qe.EdgeShard, upserts: Sequence[Point]) -> None:
+def vectors_of(point: Point, sparse_vector: str | None) -> Any:
+    """A point's vectors for the engine: its dense vector, with its text's BM25 vector beside it where the shard
+    holds sparse vectors (a text without terms gets none, which the engine allows)."""
+    if sparse_vector is None:
+        return point.vector
+    terms = sparse.document_vector(point.payload.get("text"))
+    return {"": point.vector, sparse_vector: terms} if terms is not None else {"": point.vector}
+
+
+def _upsert_if_newer(shard: qe.EdgeShard, upserts: Sequence[Point], sparse_vector: str | None) -> None:
     """Write each point only over an older one, in as few of the engine's operations as the versions allow.
 
     Every write stays conditional in the engine, and the store's lock keeps every other writer out between the
@@ -78,7 +90,7 @@ def _upsert_if_newer(shard: qe.EdgeShard, upserts: Sequence[Point]) -> None:
     for point in upserts:
         payload = with_version_numbers(point.payload)
         version = (payload[VERSION_MS], payload[VERSION_SEQ])
-        engine_point = qe.Point(point.id, point.vector, payload)
+        engine_point = qe.Point(point.id, vectors_of(point, sparse_vector), payload)
         key = _canonical(point.id)
         if key in fresh or key in existing:
             one_by_one.append((engine_point, version))

@@ -47,20 +47,28 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from vecsync.constants import SPARSE_MODELS
 from vecsync.errors import ConfigurationError, PermanentError, TransientError, VecsyncError
-from vecsync.store import edge_fence, local_mode
+from vecsync.store import edge_fence, local_mode, sparse
 from vecsync.store.folder import FolderLock, shard_config, shard_path
 from vecsync.vectorstore import (
+    RRF_K,
+    RRF_WEIGHTS,
     CollectionMissing,
     Hit,
+    NoSparseVectors,
     OlderPoints,
     PayloadIndexes,
     Point,
     Record,
+    SearchMode,
     VectorStore,
+    dense_part,
     index_types,
     is_date_range,
     match_conditions,
+    prefetch_limit,
+    sparse_vector_missing,
 )
 
 log = logging.getLogger(__name__)
@@ -94,16 +102,21 @@ class EmbeddedStore(VectorStore):
         dim: int,
         *,
         payload_indexes: PayloadIndexes = (),
+        sparse_model: str | None = None,
         flush_interval_s: float = 1.0,
         folder_lock: FolderLock | None = None,
     ) -> None:
-        """``folder_lock``: a share of the folder's lock (FolderLock.share), which this store releases on close;
-        without one, the store takes the folder's lock itself."""
+        """``sparse_model``: the sparse vector a new collection gets (constants.SPARSE_MODELS); ``folder_lock``: a
+        share of the folder's lock (FolderLock.share), which this store releases on close; without one, the store
+        takes the folder's lock itself."""
         self.folder = folder
         self.collection = collection
         self.dim = dim
         self.path = shard_path(folder, collection)
         self.indexed = index_types(payload_indexes)
+        self.sparse_model = sparse_model
+        # The sparse vector the shard holds, as read from its configuration when it is loaded or created.
+        self._sparse: str | None = None
         self.flush_interval_s = flush_interval_s
         self._lock = threading.RLock()
         self._shard: qe.EdgeShard | None = None
@@ -139,6 +152,7 @@ class EmbeddedStore(VectorStore):
         if leftovers.is_dir() and any(leftovers.iterdir()):
             log.warning("Removing %s, left by an optimisation that was interrupted", leftovers)
             shutil.rmtree(leftovers)
+        self._sparse = _configured_sparse_vector(self.path)
         with _engine_errors("open the embedded Qdrant store"):
             return qe.EdgeShard.load(str(self.path), shard_config(self.dim))
 
@@ -146,13 +160,17 @@ class EmbeddedStore(VectorStore):
         with self._lock, _engine_errors("create the collection"):
             self._require_open()
             if self._shard is None:
-                self._shard = qe.EdgeShard.create(str(self.path), shard_config(self.dim))
+                self._shard = qe.EdgeShard.create(str(self.path), shard_config(self.dim, self.sparse_model))
+                self._sparse = self.sparse_model
                 log.info(
-                    "Created the embedded Qdrant collection %r at %s (%d dimensions, cosine)",
+                    "Created the embedded Qdrant collection %r at %s (%d dimensions, cosine%s)",
                     self.collection,
                     self.path,
                     self.dim,
+                    f", and {self.sparse_model} sparse vectors" if self.sparse_model else "",
                 )
+            elif self.sparse_model and self._sparse != self.sparse_model:
+                log.warning(sparse_vector_missing(self.collection, self.sparse_model))
             existing = set(self._shard.info().payload_schema)
             for name, kind in self.indexed.items():
                 if name not in existing:
@@ -162,6 +180,10 @@ class EmbeddedStore(VectorStore):
     def require_conditional_writes(self) -> None:
         """The engine is pinned (qdrant-edge-py), and applies conditional upserts, deletes and payload writes."""
 
+    def sparse_vector(self) -> str | None:
+        with self._lock:
+            return self._sparse
+
     def drop(self) -> None:
         with self._lock:
             self._require_open()
@@ -169,6 +191,7 @@ class EmbeddedStore(VectorStore):
                 with _engine_errors("close the collection"):
                     self._shard.close()
                 self._shard = None
+            self._sparse = None
             self._unflushed = False
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -194,8 +217,9 @@ class EmbeddedStore(VectorStore):
     def upsert(self, points: list[Point]) -> None:
         if not points:
             return
-        operation = qe.UpdateOperation.upsert_points([qe.Point(p.id, p.vector, p.payload) for p in points])
-        self._write([operation], "upsert points")
+        with self._lock:
+            engine_points = [qe.Point(p.id, edge_fence.vectors_of(p, self._sparse), p.payload) for p in points]
+        self._write([qe.UpdateOperation.upsert_points(engine_points)], "upsert points")
 
     def write_if_newer(
         self,
@@ -210,7 +234,9 @@ class EmbeddedStore(VectorStore):
             return
         with self._lock, _engine_errors("write points"):
             shard = self._open_shard()
-            edge_fence.write_if_newer(shard, upserts=upserts, payloads=payloads, deletes=deletes, prune=prune)
+            edge_fence.write_if_newer(
+                shard, upserts=upserts, payloads=payloads, deletes=deletes, prune=prune, sparse_vector=self._sparse
+            )
             self._written(shard, deletes=len(deletes) + len(prune))
 
     def delete(self, point_ids: list[str]) -> None:
@@ -234,11 +260,38 @@ class EmbeddedStore(VectorStore):
 
     # Reads ----------------------------------------------------------------------
 
-    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
+    def search(
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]:
+        mode = SearchMode.of(vector, text)
         query_filter = qe.Filter(must=[_condition(*parts) for parts in match_conditions(match)]) if match else None
-        request = qe.QueryRequest(query=qe.Query.Nearest(vector), limit=limit, filter=query_filter, with_payload=True)
         with self._lock, _engine_errors("search"):
-            points = self._open_shard().query(request)
+            shard = self._open_shard()
+            if mode is not SearchMode.DENSE and self._sparse is None:
+                raise NoSparseVectors(f"The embedded Qdrant collection {self.collection!r} holds no sparse vectors.")
+            dense = qe.Query.Nearest(vector) if vector is not None else None
+            terms = qe.Query.Nearest(sparse.query_vector(text), using=self._sparse) if text is not None else None
+            if mode is SearchMode.HYBRID:
+                each = prefetch_limit(limit)
+                request = qe.QueryRequest(
+                    prefetches=[
+                        qe.Prefetch(limit=each, query=dense, filter=query_filter),
+                        qe.Prefetch(limit=each, query=terms, filter=query_filter),
+                    ],
+                    # The stub types a fusion as Fusion, whose inner class Rrf the engine takes.
+                    query=qe.Fusion.Rrf(k=RRF_K, weights=list(RRF_WEIGHTS)),  # type: ignore[arg-type]
+                    limit=limit,
+                    with_payload=True,
+                )
+            else:
+                query = dense if dense is not None else terms
+                request = qe.QueryRequest(query=query, limit=limit, filter=query_filter, with_payload=True)
+            points = shard.query(request)
         return [Hit(str(point.id), point.score, dict(point.payload or {})) for point in points]
 
     def count(self) -> int:
@@ -250,7 +303,9 @@ class EmbeddedStore(VectorStore):
             return []
         with self._lock, _engine_errors("retrieve points"):
             records = self._open_shard().retrieve(list(point_ids), True, with_vectors)
-        return [Record(str(r.id), dict(r.payload or {}), _dense(r.vector) if with_vectors else None) for r in records]
+        return [
+            Record(str(r.id), dict(r.payload or {}), dense_part(r.vector) if with_vectors else None) for r in records
+        ]
 
     def payloads(self, point_ids: list[str], fields: list[str] | None = None) -> dict[str, dict[str, Any]]:
         if not point_ids:
@@ -308,16 +363,22 @@ def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> qe.FieldC
     return qe.FieldCondition(key=key, range=qe.RangeFloat(**bounds))
 
 
-def _dense(vector: Any) -> list[float] | None:
-    return [float(x) for x in vector] if isinstance(vector, list) else None
-
-
 def _configured_size(path: Path) -> int | None:
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
         return int(config["vectors"][""]["size"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # the engine checks the size itself as it loads
+
+
+def _configured_sparse_vector(path: Path) -> str | None:
+    """The sparse vector the shard at ``path`` was created with, or None (a shard of dense vectors only)."""
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+        names = set(config.get("sparse_vectors") or {})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return next((name for name in SPARSE_MODELS if name in names), None)
 
 
 # The engine raises bare exceptions; their messages tell a bad input from a full disk.

@@ -27,10 +27,16 @@ def shard_path(folder: Path, collection: str) -> Path:
     return folder / collection
 
 
-def shard_config(dim: int) -> qe.EdgeConfig:
-    """The engine's configuration of a vecsync shard: cosine vectors of ``dim`` dimensions, exact search."""
+def shard_config(dim: int, sparse_vector: str | None = None) -> qe.EdgeConfig:
+    """The engine's configuration of a vecsync shard: cosine vectors of ``dim`` dimensions, exact search, and a
+    sparse vector of that name with the IDF modifier where one is given.
+
+    Without ``sparse_vector``, a shard that exists keeps the sparse vectors it was created with (the engine takes
+    what a configuration leaves unset from the shard); it cannot gain one."""
+    sparse = {sparse_vector: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if sparse_vector else None
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        sparse_vectors=sparse,
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
     )
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import grpc
@@ -24,23 +25,32 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from vecsync.constants import SPARSE_MODELS
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.messages import parse_version
 from vecsync.settings import QdrantSettings
+from vecsync.store import sparse
 from vecsync.vectorstore import (
     MONGO_ID,
+    RRF_K,
+    RRF_WEIGHTS,
     VERSION_MS,
     VERSION_SEQ,
     CollectionMissing,
     Hit,
+    NoSparseVectors,
     OlderPoints,
     PayloadIndexes,
     Point,
     Record,
+    SearchMode,
     VectorStore,
+    dense_part,
     index_types,
     is_date_range,
     match_conditions,
+    prefetch_limit,
+    sparse_vector_missing,
     with_version_numbers,
 )
 
@@ -55,6 +65,9 @@ CONDITIONAL_WRITES_SINCE = (1, 16)
 # on a replica that sees it first, whatever the write consistency factor. Strong ordering sends every write of a shard
 # through its one permanent leader, so every replica applies them in one order and the conditions agree.
 FENCE_ORDERING = models.WriteOrdering.STRONG
+
+# How Qdrant words its refusal of a point with a vector name the collection lacks.
+NO_SUCH_VECTOR = "Not existing vector name"
 
 # Qdrant's payload index type of each index type a sync's definition may name (vecsync.sync.INDEX_TYPES).
 SCHEMA_TYPES = {
@@ -110,16 +123,24 @@ class ServerStore(VectorStore):
         *,
         payload_indexes: PayloadIndexes = (),
         distribution: Mapping[str, int] | None = None,
+        sparse_model: str | None = None,
     ) -> None:
         self.client = client
         self.collection = collection
         self.dim = dim
         self.indexed = index_types(payload_indexes)
+        self.sparse_model = sparse_model
+        # The collection's sparse vector as last read from the server (None also for a dense-only collection), and
+        # whether it was read: a store that only searches never calls ensure_collection.
+        self._sparse: str | None = None
+        self._sparse_known = False
         # create_collection's shard_number, replication_factor and write_consistency_factor, where set.
         self.distribution = dict(distribution or {})
 
     @classmethod
-    def connect(cls, settings: QdrantSettings, *, payload_indexes: PayloadIndexes = ()) -> ServerStore:
+    def connect(
+        cls, settings: QdrantSettings, *, payload_indexes: PayloadIndexes = (), sparse_model: str | None = None
+    ) -> ServerStore:
         client = QdrantClient(
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key,
@@ -134,6 +155,7 @@ class ServerStore(VectorStore):
             settings.embedding_dim,
             payload_indexes=payload_indexes,
             distribution=settings.collection_distribution(),
+            sparse_model=sparse_model,
         )
 
     def ensure_collection(self) -> None:
@@ -148,17 +170,28 @@ class ServerStore(VectorStore):
                     )
                 existing = set(info.payload_schema or {})
                 self._warn_of_other_distribution(info.config.params)
+                self._sparse, self._sparse_known = _sparse_vector_of(info), True
+                if self.sparse_model and self._sparse != self.sparse_model:
+                    log.warning(sparse_vector_missing(self.collection, self.sparse_model))
             else:
                 distribution: dict[str, Any] = dict(self.distribution)  # only those set: the server's defaults apply
+                sparse_config = (
+                    {self.sparse_model: models.SparseVectorParams(modifier=models.Modifier.IDF)}
+                    if self.sparse_model
+                    else None
+                )
                 self.client.create_collection(
                     self.collection,
                     vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+                    sparse_vectors_config=sparse_config,
                     **distribution,
                 )
+                self._sparse, self._sparse_known = self.sparse_model, True
                 log.info(
-                    "Created Qdrant collection %r (%d dimensions, cosine%s)",
+                    "Created Qdrant collection %r (%d dimensions, cosine%s%s)",
                     self.collection,
                     self.dim,
+                    f", and {self.sparse_model} sparse vectors" if self.sparse_model else "",
                     "".join(f", {name} {value}" for name, value in self.distribution.items()),
                 )
                 existing = set()
@@ -218,11 +251,35 @@ class ServerStore(VectorStore):
             return
         log.warning("Qdrant reports version %r; assuming it applies conditional upserts (since 1.16)", version)
 
+    def sparse_vector(self) -> str | None:
+        if not self._sparse_known:
+            with _mapped_errors("read the collection"):
+                self._sparse = _sparse_vector_of(self.client.get_collection(self.collection))
+            self._sparse_known = True
+        return self._sparse
+
+    def _sparse_vector_to_write(self) -> str | None:
+        """The sparse vector to give the points written now: the collection's, as ensure_collection read it (a
+        store without a sparse model that did not read it writes dense vectors, with no request more).
+
+        Another process may make the collection again (`vecsync rebuild`) while this one writes. Where SPARSE_MODEL
+        asks for a sparse vector that the collection lacked, it is read again before each write, so the points
+        written after a rebuild that added it get theirs (this costs a request per batch only while the collection
+        lacks the vector, which the upserter warns of at start). The other way round, a write that names a vector
+        the collection no longer has fails, and ``_vectors_written`` has it read again for the retry.
+        """
+        if self.sparse_model and self._sparse != self.sparse_model:
+            self._sparse_known = False
+        if not self._sparse_known and not self.sparse_model:
+            return None
+        return self.sparse_vector()
+
     def upsert(self, points: list[Point]) -> None:
         if not points:
             return
-        structs = [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points]
-        with _mapped_errors("upsert points"):
+        named = self._sparse_vector_to_write()
+        structs = [models.PointStruct(id=p.id, vector=_vectors_of(p, named), payload=p.payload) for p in points]
+        with self._vectors_written("upsert points"):
             self.client.upsert(self.collection, points=structs, wait=True, ordering=FENCE_ORDERING)
 
     def write_if_newer(
@@ -234,6 +291,7 @@ class ServerStore(VectorStore):
         prune: Sequence[OlderPoints] = (),
     ) -> None:
         operations: list[models.UpdateOperation] = []
+        named = self._sparse_vector_to_write() if upserts else None
         for pid, version in (deletes or {}).items():
             selector = models.FilterSelector(
                 filter=models.Filter(must=_this_point_if_older(pid, parse_version(version)))
@@ -241,7 +299,7 @@ class ServerStore(VectorStore):
             operations.append(models.DeleteOperation(delete=selector))
         for point in upserts:
             payload = with_version_numbers(point.payload)
-            struct = models.PointStruct(id=point.id, vector=point.vector, payload=payload)
+            struct = models.PointStruct(id=point.id, vector=_vectors_of(point, named), payload=payload)
             update_filter = older_than((payload[VERSION_MS], payload[VERSION_SEQ]))
             operations.append(
                 models.UpsertOperation(upsert=models.PointsList(points=[struct], update_filter=update_filter))
@@ -258,10 +316,26 @@ class ServerStore(VectorStore):
             operations.append(models.DeleteOperation(delete=models.FilterSelector(filter=older)))
         if not operations:
             return
-        with _mapped_errors("write points"):
+        with self._vectors_written("write points"):
             self.client.batch_update_points(
                 self.collection, update_operations=operations, wait=True, ordering=FENCE_ORDERING
             )
+
+    @contextmanager
+    def _vectors_written(self, action: str) -> Iterator[None]:
+        """_mapped_errors for a write of vectors, where a vector the collection lacks (it was made again without
+        it) is a TransientError: the collection is read again, and the retry writes the vectors it has."""
+        try:
+            with _mapped_errors(action):
+                yield
+        except PermanentError as exc:
+            if NO_SUCH_VECTOR not in str(exc):
+                raise
+            self._sparse_known = False
+            raise TransientError(
+                f"Qdrant collection {self.collection!r} has no vector of a name this write gave (made again since it "
+                f"was read?); reading it again for the retry: {exc}"
+            ) from exc
 
     def delete(self, point_ids: list[str]) -> None:
         if not point_ids:
@@ -274,23 +348,60 @@ class ServerStore(VectorStore):
                 ordering=FENCE_ORDERING,  # in one order with the fence's writes to the same points
             )
 
-    def search(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
+    def search(
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]:
+        query = self._query(vector, text, limit, _filter(match))
         with _mapped_errors("search"):
-            result = self.client.query_points(
-                self.collection, query=vector, limit=limit, query_filter=_filter(match), with_payload=True
-            )
+            result = self.client.query_points(self.collection, limit=limit, with_payload=True, **query)
         return [Hit(str(point.id), point.score, point.payload or {}) for point in result.points]
 
-    def search_documents(self, vector: list[float], *, limit: int, match: Mapping[str, Any] | None = None) -> list[Hit]:
+    def search_documents(
+        self,
+        vector: list[float] | None,
+        *,
+        limit: int,
+        match: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]:
         """Qdrant's grouped query: one group per `mongo_id`, each of its one nearest chunk, groups nearest first."""
         if limit < 1:
             return []
+        query = self._query(vector, text, limit, _filter(match))
         with _mapped_errors("search documents"):
-            result = self.client.query_points_groups(
-                self.collection, MONGO_ID, query=vector, limit=limit, group_size=1, query_filter=_filter(match)
-            )
+            result = self.client.query_points_groups(self.collection, MONGO_ID, limit=limit, group_size=1, **query)
         nearest = [group.hits[0] for group in result.groups if group.hits]
         return [Hit(str(point.id), point.score, point.payload or {}) for point in nearest]
+
+    def _query(
+        self, vector: list[float] | None, text: str | None, limit: int, query_filter: models.Filter | None
+    ) -> dict[str, Any]:
+        """The query arguments of query_points (and of its grouped form) for a search of the mode SearchMode.of
+        gives: the nearest by ``vector`` or by ``text``'s BM25 terms, or the two fused by RRF, each branch under the
+        filter (a prefetch does not take the outer query's filter)."""
+        mode = SearchMode.of(vector, text)
+        named = self.sparse_vector() if mode is not SearchMode.DENSE else None
+        if mode is not SearchMode.DENSE and named is None:
+            raise NoSparseVectors(f"Qdrant collection {self.collection!r} holds no sparse vectors.")
+        if mode is SearchMode.DENSE:
+            return {"query": vector, "query_filter": query_filter}
+        terms = sparse.query_vector(text or "")
+        sparse_query = models.SparseVector(indices=list(terms.indices), values=list(terms.values))
+        if mode is SearchMode.SPARSE:
+            return {"query": sparse_query, "using": named, "query_filter": query_filter}
+        each = prefetch_limit(limit)
+        return {
+            "prefetch": [
+                models.Prefetch(query=vector, limit=each, filter=query_filter),
+                models.Prefetch(query=sparse_query, using=named, limit=each, filter=query_filter),
+            ],
+            "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(RRF_WEIGHTS))),
+        }
 
     def count(self) -> int:
         with _mapped_errors("count points"):
@@ -299,7 +410,7 @@ class ServerStore(VectorStore):
     def retrieve(self, point_ids: list[str], *, with_vectors: bool = False) -> list[Record]:
         with _mapped_errors("retrieve points"):
             records = self.client.retrieve(self.collection, ids=point_ids, with_payload=True, with_vectors=with_vectors)
-        return [Record(str(r.id), r.payload or {}, _dense(r.vector) if with_vectors else None) for r in records]
+        return [Record(str(r.id), r.payload or {}, dense_part(r.vector) if with_vectors else None) for r in records]
 
     def payloads(self, point_ids: list[str], fields: list[str] | None = None) -> dict[str, dict[str, Any]]:
         if not point_ids:
@@ -321,6 +432,7 @@ class ServerStore(VectorStore):
     def drop(self) -> None:
         with _mapped_errors("delete the collection"):
             self.client.delete_collection(self.collection)
+        self._sparse_known = False
 
     def close(self) -> None:
         self.client.close()
@@ -346,8 +458,21 @@ def _equals(key: str, value: Any) -> models.Condition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
-def _dense(vector: Any) -> list[float] | None:
-    return [float(x) for x in vector] if isinstance(vector, list) else None
+def _vectors_of(point: Point, sparse_vector: str | None) -> Any:
+    """A point's vectors for Qdrant: its dense vector, with its text's BM25 vector beside it where the collection
+    holds sparse vectors (a text without terms gets none, which Qdrant allows)."""
+    if sparse_vector is None:
+        return point.vector
+    terms = sparse.document_vector(point.payload.get("text"))
+    if terms is None:
+        return {"": point.vector}
+    return {"": point.vector, sparse_vector: models.SparseVector(indices=terms.indices, values=terms.values)}
+
+
+def _sparse_vector_of(info: models.CollectionInfo) -> str | None:
+    """The collection's sparse vector that vecsync writes (a name of constants.SPARSE_MODELS), or None."""
+    names = set(info.config.params.sparse_vectors or {})
+    return next((name for name in SPARSE_MODELS if name in names), None)
 
 
 def _vector_size(info: models.CollectionInfo) -> int | None:
