@@ -25,6 +25,7 @@ sparse (the query's text) or hybrid (both, fused by reciprocal rank fusion in th
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,13 +58,21 @@ CHUNKS_PER_DOCUMENT = 4
 MAX_CHUNK_HITS = 10_000
 
 # Hybrid search fuses two searches of the same filter, the nearest points by the dense vector and by BM25, with
-# reciprocal rank fusion: each point scores the sum over the two lists of weight / (RRF_K + its rank). Each list
-# holds at least HYBRID_PREFETCH points, and as many as the search's limit. Measured on 200 tickets naming one
-# order number each, with the real model (bench/fusion.py, bench/results/fusion.md): see docs/design.md, "Hybrid
-# search", for why these values.
-HYBRID_PREFETCH = 20
-RRF_K = 2
-RRF_WEIGHTS = (1.0, 1.0)  # dense, sparse
+# reciprocal rank fusion: each point scores the sum over the two lists of weight / (RRF_K + its rank), ranks from
+# 0. Each list holds at least HYBRID_PREFETCH points, and as many as the search's limit. The weights follow the
+# query's shape (``rrf_weights``). Measured with the real model on 200 tickets naming one order number each
+# (bench/fusion.py, bench/results/fusion.md): no fixed weights and k of 1,260 tried find both the ticket of an order
+# number and that of a paraphrase first (RRF sees only ranks, and the dense list ranks identifiers nearly at
+# random, the BM25 list paraphrases); these find 20 of 20 of each. See docs/design.md, "Hybrid search".
+HYBRID_PREFETCH = 50
+RRF_K = 1
+# (dense, sparse). With k = 1, 3 against 1 puts the leading list's first hit first (3 beats at most 1 + 3/2), so
+# no first place is a tie; the other list reorders the hits after it.
+IDENTIFIER_WEIGHTS = (1.0, 3.0)
+PROSE_WEIGHTS = (3.0, 1.0)
+# A token of letters and digits joined by hyphens, holding a digit: an order number (ORD-48213-KX), an error code
+# (SYNC-409), a part or invoice number (INV-2025-98060).
+IDENTIFIER = re.compile(r"\b(?=[A-Za-z0-9-]*\d)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+\b")
 
 # The file under DATA_DIR where an upserter holding an embedded store keeps the key of its store routes.
 STORE_KEY_FILE = "upserter-api-key"
@@ -115,6 +124,13 @@ def choose_search_mode(asked: object, *, vector: bool, text: bool, sparse: bool)
         needs = {SearchMode.DENSE: "a query vector", SearchMode.SPARSE: "a query text", SearchMode.HYBRID: "both"}
         raise PermanentError(f"A {mode} search needs {needs[mode]}{f' ({note})' if note else ''}.")
     return mode, note
+
+
+def rrf_weights(text: str) -> tuple[float, float]:
+    """The weights (dense, sparse) of hybrid search's fusion for the query ``text``: the BM25 list leads where the
+    query holds an identifier, which only exact terms find; the dense list leads otherwise, where meaning decides
+    and BM25 matches incidental words. An identifier without a hyphen (2FA, error 500) counts as prose."""
+    return IDENTIFIER_WEIGHTS if IDENTIFIER.search(text) else PROSE_WEIGHTS
 
 
 def prefetch_limit(limit: int) -> int:
@@ -252,8 +268,8 @@ class VectorStore(ABC):
         (see ``match_conditions``).
 
         The query is ``vector`` (dense: cosine), ``text`` (sparse: BM25 over the collection's sparse vectors), or
-        both (hybrid: the two fused, RRF_K and RRF_WEIGHTS over prefetch_limit(limit) points of each, both under
-        ``match``); see SearchMode.of. Scores of the three modes are not comparable. NoSparseVectors where
+        both (hybrid: the two fused by RRF, RRF_K and rrf_weights(text) over prefetch_limit(limit) points of each,
+        both under ``match``); see SearchMode.of. Scores of the three modes are not comparable. NoSparseVectors where
         ``text`` is given and the collection has no sparse vector.
         """
 

@@ -53,7 +53,6 @@ from vecsync.store import edge_fence, local_mode, sparse
 from vecsync.store.folder import FolderLock, shard_config, shard_path
 from vecsync.vectorstore import (
     RRF_K,
-    RRF_WEIGHTS,
     CollectionMissing,
     Hit,
     NoSparseVectors,
@@ -68,6 +67,7 @@ from vecsync.vectorstore import (
     is_date_range,
     match_conditions,
     prefetch_limit,
+    rrf_weights,
     sparse_vector_missing,
 )
 
@@ -284,7 +284,7 @@ class EmbeddedStore(VectorStore):
                         qe.Prefetch(limit=each, query=terms, filter=query_filter),
                     ],
                     # The stub types a fusion as Fusion, whose inner class Rrf the engine takes.
-                    query=qe.Fusion.Rrf(k=RRF_K, weights=list(RRF_WEIGHTS)),  # type: ignore[arg-type]
+                    query=qe.Fusion.Rrf(k=RRF_K, weights=list(rrf_weights(text or ""))),  # type: ignore[arg-type]
                     limit=limit,
                     with_payload=True,
                 )

@@ -33,7 +33,6 @@ from vecsync.store import sparse
 from vecsync.vectorstore import (
     MONGO_ID,
     RRF_K,
-    RRF_WEIGHTS,
     VERSION_MS,
     VERSION_SEQ,
     CollectionMissing,
@@ -50,6 +49,7 @@ from vecsync.vectorstore import (
     is_date_range,
     match_conditions,
     prefetch_limit,
+    rrf_weights,
     sparse_vector_missing,
     with_version_numbers,
 )
@@ -400,7 +400,7 @@ class ServerStore(VectorStore):
                 models.Prefetch(query=vector, limit=each, filter=query_filter),
                 models.Prefetch(query=sparse_query, using=named, limit=each, filter=query_filter),
             ],
-            "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(RRF_WEIGHTS))),
+            "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(rrf_weights(text or "")))),
         }
 
     def count(self) -> int:
