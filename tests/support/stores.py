@@ -20,13 +20,21 @@ from vecsync.vectorstore import VectorStore
 KINDS = ("server", "embedded")
 
 
-def make_store(kind: str, folder: Path, *, dim: int = 384, collection: str = "documents") -> VectorStore:
-    """A store of ``kind`` with its collection created; the embedded one keeps its files under ``folder``."""
+def make_store(
+    kind: str,
+    folder: Path,
+    *,
+    dim: int = 384,
+    collection: str = "documents",
+    sparse_model: str | None = None,
+) -> VectorStore:
+    """A store of ``kind`` with its collection created; the embedded one keeps its files under ``folder``.
+    ``sparse_model`` is the sparse vector the collection gets (SPARSE_MODEL: "bm25", or None for dense only)."""
     store: VectorStore
     if kind == "server":
-        store = ServerStore(QdrantClient(":memory:"), collection, dim)
+        store = ServerStore(QdrantClient(":memory:"), collection, dim, sparse_model=sparse_model)
     elif kind == "embedded":
-        store = EmbeddedStore(folder / "qdrant", collection, dim)
+        store = EmbeddedStore(folder / "qdrant", collection, dim, sparse_model=sparse_model)
     else:
         raise ValueError(f"no store of kind {kind!r}; use one of {KINDS}")
     store.ensure_collection()
