@@ -34,7 +34,7 @@ from tests.integration.test_hybrid_store import (
 )
 from vecsync.errors import PermanentError, TransientError
 from vecsync.store.server import ServerStore
-from vecsync.vectorstore import HYBRID_PREFETCH, RRF_K, RRF_WEIGHTS, prefetch_limit
+from vecsync.vectorstore import HYBRID_PREFETCH, IDENTIFIER_WEIGHTS, RRF_K, prefetch_limit, rrf_weights
 
 BM25 = qe.Bm25()  # the model the stores use: what the requests must carry
 
@@ -126,7 +126,8 @@ def test_a_hybrid_search_sends_two_filtered_prefetches_fused_by_rrf(
         models.Prefetch(query=DENSE_QUERY, limit=each, filter=QUILL_FILTER),
         models.Prefetch(query=sparse_query(RARE), using="bm25", limit=each, filter=QUILL_FILTER),
     ]
-    assert call["query"] == models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(RRF_WEIGHTS)))
+    assert call["query"] == models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(IDENTIFIER_WEIGHTS)))
+    assert rrf_weights(RARE) == IDENTIFIER_WEIGHTS, "an order number: the BM25 list leads"
     assert call["limit"] == limit
     assert call.get("using") is None and call.get("query_filter") is None, "the branches hold the filter"
 
@@ -163,7 +164,7 @@ def test_a_search_by_document_sends_the_same_query_grouped_by_mongo_id(spied: tu
         models.Prefetch(query=DENSE_QUERY, limit=HYBRID_PREFETCH, filter=ledger),
         models.Prefetch(query=sparse_query(MANUAL_ORDER), using="bm25", limit=HYBRID_PREFETCH, filter=ledger),
     ]
-    assert hybrid["query"] == models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(RRF_WEIGHTS)))
+    assert hybrid["query"] == models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(rrf_weights(MANUAL_ORDER))))
     assert (sparse["query"], sparse["using"]) == (sparse_query(MANUAL_ORDER), "bm25")
     assert dense["query"] == DENSE_QUERY and dense.get("using") is None
 
