@@ -69,6 +69,7 @@ from vecsync.vectorstore import (
     match_conditions,
     prefetch_limit,
     sparse_vector_missing,
+    text_words,
 )
 
 log = logging.getLogger(__name__)
@@ -358,6 +359,9 @@ def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> qe.FieldC
     """One condition of VectorStore.search's ``match`` in the engine's terms."""
     if bounds is None:
         return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+    words = text_words(bounds)
+    if words is not None:
+        return qe.FieldCondition(key=key, match=qe.MatchText(words))
     if is_date_range(bounds):
         return qe.FieldCondition(key=key, range=qe.RangeDateTime(**bounds))
     return qe.FieldCondition(key=key, range=qe.RangeFloat(**bounds))

@@ -51,6 +51,7 @@ from vecsync.vectorstore import (
     match_conditions,
     prefetch_limit,
     sparse_vector_missing,
+    text_words,
     with_version_numbers,
 )
 
@@ -447,6 +448,9 @@ def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> models.Co
     """One condition of VectorStore.search's ``match`` in Qdrant's terms."""
     if bounds is None:
         return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+    words = text_words(bounds)
+    if words is not None:
+        return models.FieldCondition(key=key, match=models.MatchText(text=words))
     if is_date_range(bounds):
         return models.FieldCondition(key=key, range=models.DatetimeRange(**bounds))
     return models.FieldCondition(key=key, range=models.Range(**bounds))
