@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qdrant_client import models
+from qdrant_client import QdrantClient, models
 
 from tests.support.pipeline import Pipeline
-from tests.support.stores import KINDS, make_store
+from tests.support.stores import KINDS, index_types, make_store
 from vecsync.cli.context import EXIT_OK, EXIT_USAGE, Context
 from vecsync.cli.main import main
 from vecsync.cli.settings import CliSettings
 from vecsync.documents import point_id
 from vecsync.errors import PermanentError
-from vecsync.store.server import _filter
+from vecsync.store.embedded import EmbeddedStore
+from vecsync.store.server import ServerStore, _filter
 from vecsync.vectorstore import Point, VectorStore
 
 TEXTS = {
@@ -180,3 +181,74 @@ def test_a_text_filter_that_cannot_hold_exits_2_and_says_why(
         argv += ["--filter", item]
     assert cli(pipeline, *argv) == EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+# The full-text index of the collections made for keyword search ------------------------------------------------
+
+
+def open_store(kind: str, tmp_path: Path, client: QdrantClient, *, sparse_model: str | None) -> VectorStore:
+    """A store of ``kind`` on the tickets collection (the server store on ``client``, which keeps it between
+    stores), created or found by ensure_collection."""
+    store: VectorStore
+    if kind == "server":
+        store = ServerStore(client, "tickets", 4, sparse_model=sparse_model)
+    else:
+        store = EmbeddedStore(tmp_path / "qdrant", "tickets", 4, sparse_model=sparse_model)
+    store.ensure_collection()
+    return store
+
+
+def recorded_indexes(client: QdrantClient) -> dict[str, str]:
+    """The payload indexes created through ``client`` from now on, path -> type: the in-memory client keeps none."""
+    created: dict[str, str] = {}
+    record = client.create_payload_index
+
+    def create_payload_index(collection: str, field: str, schema: Any, **extra: Any) -> Any:
+        created[field] = schema.value
+        return record(collection, field, schema, **extra)
+
+    client.create_payload_index = create_payload_index  # type: ignore[method-assign]
+    return created
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_collection_for_keyword_search_gets_a_text_index_and_matches_as_without(kind: str, tmp_path: Path) -> None:
+    client = QdrantClient(":memory:")
+    created = recorded_indexes(client)
+    store = open_store(kind, tmp_path, client, sparse_model="bm25")
+    try:
+        types = created if kind == "server" else index_types(store)
+        assert types == {"mongo_id": "keyword", "text": "text"}
+        store.upsert(ticket_points())
+        assert found(store, {"text": {"words": "refund"}}) == ["t1", "t2", "t6"]
+        assert found(store, {"text": {"words": "late refund"}}) == ["t1", "t6"]
+        assert found(store, {"text": {"words": "refund"}, "product": "Ledger"}) == ["t1", "t2"]
+        assert found(store, {"text": {"words": "refunds"}}) == ["t3"]
+        # A keyword filter, whatever ranks what it keeps: here BM25 and the dense vector fused.
+        hybrid = store.search([1.0, 2.0, 0.5, 0.1], limit=10, match={"text": {"words": "late"}}, text="refund")
+        assert sorted(hit.payload["mongo_id"] for hit in hybrid) == ["t1", "t4", "t5", "t6"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_existing_collection_gets_the_text_index_when_sparse_model_is_set(kind: str, tmp_path: Path) -> None:
+    client = QdrantClient(":memory:")
+    created = recorded_indexes(client)
+    dense = open_store(kind, tmp_path, client, sparse_model=None)
+    try:
+        assert (created if kind == "server" else index_types(dense)) == {"mongo_id": "keyword"}
+        dense.upsert(ticket_points())
+    finally:
+        if kind == "embedded":
+            dense.close()  # the folder's one process; the server store's client keeps the collection
+    created.clear()
+    store = open_store(kind, tmp_path, client, sparse_model="bm25")
+    try:
+        assert store.sparse_vector() is None, "Qdrant adds no sparse vector to an existing collection"
+        # The in-memory client keeps no payload schema, so the server store creates each index again there.
+        types = created if kind == "server" else index_types(store)
+        assert types == {"mongo_id": "keyword", "text": "text"}
+        assert found(store, {"text": {"words": "late refund"}}) == ["t1", "t6"]
+    finally:
+        store.close()

@@ -45,6 +45,8 @@ VERSION_SEQ = "version_seq"
 
 # Every collection has a keyword index on this field, whatever else is indexed.
 MONGO_ID = "mongo_id"
+# The chunk's text in every point's payload, which a collection for keyword search indexes (with_text_index).
+TEXT = "text"
 
 # Where a store's engine has no grouped query, search_documents first asks it for this many chunks per document
 # wanted, and for this many times more in each further round that found too few documents.
@@ -378,6 +380,26 @@ def index_types(payload_indexes: PayloadIndexes) -> dict[str, str]:
     """
     given = payload_indexes if isinstance(payload_indexes, Mapping) else dict.fromkeys(payload_indexes, "keyword")
     return {MONGO_ID: "keyword", **{path: kind for path, kind in given.items() if path != MONGO_ID}}
+
+
+def with_text_index(indexed: Mapping[str, str], sparse_model: str | None) -> dict[str, str]:
+    """The payload indexes of a collection: ``indexed`` (see ``index_types``), and a full-text index on `text`
+    where the collection is one made for keyword search (``sparse_model``, SPARSE_MODEL, is set), new or existing.
+
+    The full-text index makes a text match on `text` (``{"text": {"words": ...}}``, `vecsync search --filter
+    text~WORDS`) fast, and changes no result: without it the engine reads and splits the text of every point the
+    rest of the filter leaves, and it splits and compares them as the index does (checked on both stores, and so
+    does a Qdrant server since 1.19.1; an older one matches a substring, with case, where there is no index).
+    Measured on the embedded store, 20,000 points of 384 dimensions and 1 KB texts, 2 shared cores: a search
+    filtered by one word took 440-525 ms without the index and 0.1-1.1 ms with it; building it over those points
+    took 1.1-1.5 s and about 36 MB of disk; each point written then costs 0.04-0.07 ms more CPU. That is 18% more
+    on the writes of a collection with BM25 vectors (4.5 against 5.3 CPU seconds for the 20,000), but 95% more on
+    dense-only writes (1.6 against 3.0), so a dense-only collection goes without: its text matches still hold,
+    read point by point, and are fast beside an indexed condition such as an equality (0.1 ms).
+    """
+    if not sparse_model or TEXT in indexed:
+        return dict(indexed)
+    return {**indexed, TEXT: "text"}
 
 
 def match_conditions(match: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any] | None]]:

@@ -70,6 +70,7 @@ from vecsync.vectorstore import (
     prefetch_limit,
     sparse_vector_missing,
     text_words,
+    with_text_index,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class EmbeddedStore(VectorStore):
             elif self.sparse_model and self._sparse != self.sparse_model:
                 log.warning(sparse_vector_missing(self.collection, self.sparse_model))
             existing = set(self._shard.info().payload_schema)
-            for name, kind in self.indexed.items():
+            for name, kind in with_text_index(self.indexed, self.sparse_model).items():
                 if name not in existing:
                     self._shard.update(qe.UpdateOperation.create_field_index(name, SCHEMA_TYPES[kind]))
                     self._unflushed = True

@@ -52,6 +52,7 @@ from vecsync.vectorstore import (
     prefetch_limit,
     sparse_vector_missing,
     text_words,
+    with_text_index,
     with_version_numbers,
 )
 
@@ -196,7 +197,7 @@ class ServerStore(VectorStore):
                     "".join(f", {name} {value}" for name, value in self.distribution.items()),
                 )
                 existing = set()
-            for name, kind in self.indexed.items():
+            for name, kind in with_text_index(self.indexed, self.sparse_model).items():
                 if name not in existing:
                     self.client.create_payload_index(self.collection, name, SCHEMA_TYPES[kind])
 
