@@ -45,6 +45,8 @@ VERSION_SEQ = "version_seq"
 
 # Every collection has a keyword index on this field, whatever else is indexed.
 MONGO_ID = "mongo_id"
+# The chunk's text in every point's payload, which a collection for keyword search indexes (with_text_index).
+TEXT = "text"
 
 # Where a store's engine has no grouped query, search_documents first asks it for this many chunks per document
 # wanted, and for this many times more in each further round that found too few documents.
@@ -380,6 +382,10 @@ PayloadIndexes = Mapping[str, str] | Sequence[str]
 
 # The bounds a range condition of ``match`` may hold, as Qdrant's Range names them.
 RANGE_BOUNDS = ("gt", "gte", "lt", "lte")
+# The key of a text match's mapping in ``match``: the words that the field's text must all hold.
+TEXT_WORDS = "words"
+# What a word of a text match is made of: Qdrant's word tokenizer splits at every other character.
+WORD_CHARACTER = re.compile(r"[^\W_]")
 
 
 def index_types(payload_indexes: PayloadIndexes) -> dict[str, str]:
@@ -391,27 +397,82 @@ def index_types(payload_indexes: PayloadIndexes) -> dict[str, str]:
     return {MONGO_ID: "keyword", **{path: kind for path, kind in given.items() if path != MONGO_ID}}
 
 
+def with_text_index(indexed: Mapping[str, str], sparse_model: str | None) -> dict[str, str]:
+    """The payload indexes of a collection: ``indexed`` (see ``index_types``), and a full-text index on `text`
+    where the collection is one made for keyword search (``sparse_model``, SPARSE_MODEL, is set), new or existing.
+
+    The full-text index makes a text match on `text` (``{"text": {"words": ...}}``, `vecsync search --filter
+    text~WORDS`) fast, and changes no result: without it the engine reads and splits the text of every point the
+    rest of the filter leaves, and it splits and compares them as the index does (checked on both stores, and so
+    does a Qdrant server since 1.19.1; an older one matches a substring, with case, where there is no index).
+    Measured on the embedded store, 20,000 points of 384 dimensions and 1 KB texts, 2 shared cores: a search
+    filtered by one word took 440-525 ms without the index and 0.1-1.1 ms with it; building it over those points
+    took 1.1-1.5 s and about 36 MB of disk; each point written then costs 0.04-0.07 ms more CPU. That is 18% more
+    on the writes of a collection with BM25 vectors (4.5 against 5.3 CPU seconds for the 20,000), but 95% more on
+    dense-only writes (1.6 against 3.0), so a dense-only collection goes without: its text matches still hold,
+    read point by point, and are fast beside an indexed condition such as an equality (0.1 ms).
+    """
+    if not sparse_model or TEXT in indexed:
+        return dict(indexed)
+    return {**indexed, TEXT: "text"}
+
+
 def match_conditions(match: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any] | None]]:
-    """``match`` as conditions, (key, value, None) for "equals value" or (key, None, bounds) for a range.
+    """``match`` as conditions: (key, value, None) for "equals value", (key, None, bounds) for a range, and
+    (key, None, {"words": text}) for a text match (see ``text_words``).
 
     A value that is a mapping of RANGE_BOUNDS (``{"gte": 2, "lt": 5}``) is a range on the key: numbers compare
-    as numbers (an integer or float index), strings as RFC 3339 dates (a datetime index). Any other value must
-    equal the payload's. A nested field is named by its dotted path (``meta.priority``). Both stores build their
-    engine's filter from these, so they read ``match`` alike.
+    as numbers (an integer or float index), strings as RFC 3339 dates (a datetime index). A mapping of TEXT_WORDS
+    alone (``{"words": "refund late"}``) is a text match: the key's text holds every one of those words (Qdrant's
+    MatchText: the texts are split into words at every character that is no letter or digit, and compared
+    without case; a word matches a whole word only, never a part of one or another form of it). Any other value
+    must equal the payload's. A nested field is named by its dotted path (``meta.priority``). Both stores build
+    their engine's filter from these, so they read ``match`` alike.
     """
     conditions: list[tuple[str, Any, dict[str, Any] | None]] = []
     for key, value in match.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and TEXT_WORDS in value:
+            conditions.append((key, None, {TEXT_WORDS: _words(key, value)}))
+        elif isinstance(value, Mapping):
             unknown = sorted(set(value) - set(RANGE_BOUNDS))
             if unknown or not value:
                 raise PermanentError(
                     f"The condition on {key!r} is a mapping, so it must be a range with one or more of "
-                    f"{', '.join(RANGE_BOUNDS)}, not {', '.join(map(repr, unknown)) or 'nothing'}."
+                    f"{', '.join(RANGE_BOUNDS)}, or a text match {{{TEXT_WORDS!r}: WORDS}}, not "
+                    f"{', '.join(map(repr, unknown)) or 'nothing'}."
                 )
             conditions.append((key, None, dict(value)))
         else:
             conditions.append((key, value, None))
     return conditions
+
+
+def _words(key: str, condition: Mapping[str, Any]) -> str:
+    """The words of a text match on ``key``: PermanentError for a condition that is not one, or that holds no word
+    (Qdrant would match nothing, silently)."""
+    if len(condition) > 1:
+        others = ", ".join(repr(name) for name in condition if name != TEXT_WORDS)
+        raise PermanentError(
+            f"The condition on {key!r} is a text match ({TEXT_WORDS!r}), so it can hold nothing else, not {others}; "
+            "a text field takes no range. Give the range to another field, or the words alone."
+        )
+    words = condition[TEXT_WORDS]
+    if not isinstance(words, str) or not has_words(words):
+        raise PermanentError(
+            f"The text match on {key!r} needs one or more words (letters or digits) as a string, got {words!r}."
+        )
+    return words
+
+
+def has_words(text: str) -> bool:
+    """Whether ``text`` holds a word as a text match reads one: a letter or a digit."""
+    return WORD_CHARACTER.search(text) is not None
+
+
+def text_words(condition: Mapping[str, Any]) -> str | None:
+    """The words of a condition's mapping that is a text match (as ``match_conditions`` gives it), else None."""
+    words = condition.get(TEXT_WORDS)
+    return words if isinstance(words, str) else None
 
 
 def is_date_range(bounds: Mapping[str, Any]) -> bool:

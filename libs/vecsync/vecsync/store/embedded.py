@@ -69,6 +69,8 @@ from vecsync.vectorstore import (
     prefetch_limit,
     rrf_weights,
     sparse_vector_missing,
+    text_words,
+    with_text_index,
 )
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ class EmbeddedStore(VectorStore):
             elif self.sparse_model and self._sparse != self.sparse_model:
                 log.warning(sparse_vector_missing(self.collection, self.sparse_model))
             existing = set(self._shard.info().payload_schema)
-            for name, kind in self.indexed.items():
+            for name, kind in with_text_index(self.indexed, self.sparse_model).items():
                 if name not in existing:
                     self._shard.update(qe.UpdateOperation.create_field_index(name, SCHEMA_TYPES[kind]))
                     self._unflushed = True
@@ -358,6 +360,9 @@ def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> qe.FieldC
     """One condition of VectorStore.search's ``match`` in the engine's terms."""
     if bounds is None:
         return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+    words = text_words(bounds)
+    if words is not None:
+        return qe.FieldCondition(key=key, match=qe.MatchText(words))
     if is_date_range(bounds):
         return qe.FieldCondition(key=key, range=qe.RangeDateTime(**bounds))
     return qe.FieldCondition(key=key, range=qe.RangeFloat(**bounds))

@@ -51,6 +51,8 @@ from vecsync.vectorstore import (
     prefetch_limit,
     rrf_weights,
     sparse_vector_missing,
+    text_words,
+    with_text_index,
     with_version_numbers,
 )
 
@@ -195,7 +197,7 @@ class ServerStore(VectorStore):
                     "".join(f", {name} {value}" for name, value in self.distribution.items()),
                 )
                 existing = set()
-            for name, kind in self.indexed.items():
+            for name, kind in with_text_index(self.indexed, self.sparse_model).items():
                 if name not in existing:
                     self.client.create_payload_index(self.collection, name, SCHEMA_TYPES[kind])
 
@@ -447,6 +449,9 @@ def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> models.Co
     """One condition of VectorStore.search's ``match`` in Qdrant's terms."""
     if bounds is None:
         return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+    words = text_words(bounds)
+    if words is not None:
+        return models.FieldCondition(key=key, match=models.MatchText(text=words))
     if is_date_range(bounds):
         return models.FieldCondition(key=key, range=models.DatetimeRange(**bounds))
     return models.FieldCondition(key=key, range=models.Range(**bounds))
