@@ -18,6 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,14 @@ import pytest
 import qdrant_edge as qe
 
 from tests.support.stores import KINDS, make_store
+from upserter.main import MissingSparseVectors
 from vecsync.chunking import chunk_point_id
+from vecsync.cli.settings import CliSettings
 from vecsync.documents import point_id, text_sha256
 from vecsync.errors import PermanentError
 from vecsync.store.embedded import CONFIG_FILE, EmbeddedStore
 from vecsync.store.server import ServerStore
+from vecsync.syncs import default_sync
 from vecsync.vectorstore import (
     RRF_K,
     Hit,
@@ -413,10 +417,16 @@ def test_a_dense_only_collection_opened_with_bm25_keeps_working_dense_with_one_w
     try:
         with caplog.at_level(logging.WARNING):
             store.ensure_collection()
+        assert caplog.records == [], "the store says nothing: the CLI opens it too (the upserter warns)"
+        assert store.sparse_vector() is None
+        sync = replace(default_sync(CliSettings()), sparse_model="bm25")
+        warnings = MissingSparseVectors()
+        with caplog.at_level(logging.WARNING):
+            for _lane in range(3):  # a lane per partition: one warning
+                warnings.warn_once(sync, store)
         [warning] = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
         assert "`vecsync rebuild`" in warning and "bm25" in warning and "'documents'" in warning
         assert "\n" not in warning, "one line"
-        assert store.sparse_vector() is None
 
         caplog.clear()
         with caplog.at_level(logging.WARNING):

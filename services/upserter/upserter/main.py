@@ -27,7 +27,7 @@ from vecsync.runtime import Lane, run_main, serve_consumer, setup_logging
 from vecsync.store import open_vector_stores
 from vecsync.sync import Sync
 from vecsync.syncs import load_syncs, settings_for
-from vecsync.vectorstore import VectorStore, store_key_file
+from vecsync.vectorstore import VectorStore, sparse_vector_missing, store_key_file
 
 log = logging.getLogger("vecsync.upserter")
 
@@ -93,6 +93,8 @@ def _serve(
             )
         routes = AuthenticatedRoutes(store_routes(stores), key)
 
+    missing_sparse = MissingSparseVectors()
+
     def lane(sync: Sync) -> Lane:
         sync_settings = settings_for(settings, sync)
         store = stores[sync.qdrant_collection]
@@ -103,6 +105,7 @@ def _serve(
         def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
             if not _wait_for_collection(store, settings, stopping):
                 return None
+            missing_sparse.warn_once(sync, store)
             if sync is syncs[0]:
                 _warn_of_unused_hash(client)
             return Upserter(sync_settings, client, store, collection, sharing=sharing).handle
@@ -117,6 +120,26 @@ def _serve(
         lanes=lanes,
         post_routes=routes,
     )
+
+
+class MissingSparseVectors:
+    """Warns once per collection where a sync's SPARSE_MODEL asks for sparse vectors that its existing collection
+    was made without: the store then writes dense vectors only (writes never fail for it), and the warning says how
+    to make the collection again. Said here, at the upserter's start, rather than by the store, which the CLI opens
+    too: there `vecsync search` says it in one line of its own."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def warn_once(self, sync: Sync, store: VectorStore) -> None:
+        if not sync.sparse_model or store.sparse_vector() == sync.sparse_model:
+            return
+        with self._lock:
+            if store.collection in self._warned:
+                return
+            self._warned.add(store.collection)
+        log.warning(sparse_vector_missing(store.collection, sync.sparse_model))
 
 
 def _warn_of_unused_hash(client: redis.Redis) -> None:

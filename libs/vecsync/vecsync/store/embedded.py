@@ -68,7 +68,6 @@ from vecsync.vectorstore import (
     match_conditions,
     prefetch_limit,
     rrf_weights,
-    sparse_vector_missing,
     text_words,
     with_text_index,
 )
@@ -171,8 +170,6 @@ class EmbeddedStore(VectorStore):
                     self.dim,
                     f", and {self.sparse_model} sparse vectors" if self.sparse_model else "",
                 )
-            elif self.sparse_model and self._sparse != self.sparse_model:
-                log.warning(sparse_vector_missing(self.collection, self.sparse_model))
             existing = set(self._shard.info().payload_schema)
             for name, kind in with_text_index(self.indexed, self.sparse_model).items():
                 if name not in existing:

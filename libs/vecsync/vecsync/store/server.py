@@ -50,7 +50,6 @@ from vecsync.vectorstore import (
     match_conditions,
     prefetch_limit,
     rrf_weights,
-    sparse_vector_missing,
     text_words,
     with_text_index,
     with_version_numbers,
@@ -173,8 +172,6 @@ class ServerStore(VectorStore):
                 existing = set(info.payload_schema or {})
                 self._warn_of_other_distribution(info.config.params)
                 self._sparse, self._sparse_known = _sparse_vector_of(info), True
-                if self.sparse_model and self._sparse != self.sparse_model:
-                    log.warning(sparse_vector_missing(self.collection, self.sparse_model))
             else:
                 distribution: dict[str, Any] = dict(self.distribution)  # only those set: the server's defaults apply
                 sparse_config = (
