@@ -26,9 +26,10 @@ from vecsync.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from vecsync.cli.main import main
 from vecsync.cli.settings import CliSettings
 from vecsync.documents import payload_of, point_id, text_of, text_sha256
+from vecsync.search_modes import RRF_K, prefetch_limit, rrf_weights
 from vecsync.store.embedded import EmbeddedStore
 from vecsync.syncs import default_sync
-from vecsync.vectorstore import RRF_K, Point, prefetch_limit, rrf_weights
+from vecsync.vectorstore import Point
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "support_tickets.jsonl"
 TICKETS = 30

@@ -33,8 +33,8 @@ from tests.integration.test_hybrid_store import (
     tickets,
 )
 from vecsync.errors import PermanentError, TransientError
+from vecsync.search_modes import HYBRID_PREFETCH, IDENTIFIER_WEIGHTS, RRF_K, prefetch_limit, rrf_weights
 from vecsync.store.server import ServerStore
-from vecsync.vectorstore import HYBRID_PREFETCH, IDENTIFIER_WEIGHTS, RRF_K, prefetch_limit, rrf_weights
 
 BM25 = qe.Bm25()  # the model the stores use: what the requests must carry
 

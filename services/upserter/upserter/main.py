@@ -24,10 +24,11 @@ from vecsync.errors import TransientError
 from vecsync.mongo_reads import open_collection
 from vecsync.redaction import redact_url
 from vecsync.runtime import Lane, run_main, serve_consumer, setup_logging
+from vecsync.search_modes import sparse_vector_missing
 from vecsync.store import open_vector_stores
 from vecsync.sync import Sync
 from vecsync.syncs import load_syncs, settings_for
-from vecsync.vectorstore import VectorStore, sparse_vector_missing, store_key_file
+from vecsync.vectorstore import VectorStore, store_key_file
 
 log = logging.getLogger("vecsync.upserter")
 

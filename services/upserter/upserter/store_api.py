@@ -32,7 +32,8 @@ from typing import Any
 
 from vecsync.authenticated_routes import PostRoute
 from vecsync.errors import PermanentError
-from vecsync.vectorstore import SearchMode, VectorStore, choose_search_mode, store_key_file
+from vecsync.search_modes import SearchMode, choose_search_mode
+from vecsync.vectorstore import VectorStore, store_key_file
 
 SEARCH_FIELDS = (
     "'vector' (the query's embedding, a list of numbers) or 'text' (the query) or both, 'limit', 'match', and "

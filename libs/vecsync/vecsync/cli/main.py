@@ -36,8 +36,8 @@ from vecsync.cli.status import print_status, status_report
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.partitions import check_count
 from vecsync.redaction import redact
+from vecsync.search_modes import SearchMode
 from vecsync.syncs import settings_for
-from vecsync.vectorstore import SearchMode
 
 
 def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:

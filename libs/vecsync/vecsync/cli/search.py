@@ -40,8 +40,9 @@ from typing import Any
 from vecsync.cli.context import EXIT_OK, Context
 from vecsync.cli.store import embed_query
 from vecsync.errors import ConfigurationError
+from vecsync.search_modes import SearchMode, choose_search_mode
 from vecsync.sync import Sync
-from vecsync.vectorstore import TEXT_WORDS, Hit, SearchMode, choose_search_mode, has_words
+from vecsync.vectorstore import TEXT_WORDS, Hit, has_words
 
 # Where a chunk lies in its document, in every chunk's payload (see docs/design.md, "Long documents").
 CHUNK_PAYLOAD = ("chunk_index", "chunk_count", "chunk_span", "truncated")

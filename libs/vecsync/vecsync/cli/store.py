@@ -16,9 +16,10 @@ import requests
 from vecsync.cli.settings import CliSettings
 from vecsync.errors import CheckNotRun, ConfigurationError, PermanentError, TransientError
 from vecsync.redaction import redact_url
+from vecsync.search_modes import SearchMode
 from vecsync.store import open_vector_store
 from vecsync.syncs import sync_of
-from vecsync.vectorstore import Hit, NoSparseVectors, SearchMode, StoreInUse, store_key_file
+from vecsync.vectorstore import Hit, NoSparseVectors, StoreInUse, store_key_file
 
 
 class Store(Protocol):

@@ -49,10 +49,10 @@ import qdrant_edge as qe
 
 from vecsync.constants import SPARSE_MODELS
 from vecsync.errors import ConfigurationError, PermanentError, TransientError, VecsyncError
+from vecsync.search_modes import RRF_K, SearchMode, prefetch_limit, rrf_weights
 from vecsync.store import edge_fence, local_mode, sparse
 from vecsync.store.folder import FolderLock, shard_config, shard_path
 from vecsync.vectorstore import (
-    RRF_K,
     CollectionMissing,
     Hit,
     NoSparseVectors,
@@ -60,14 +60,11 @@ from vecsync.vectorstore import (
     PayloadIndexes,
     Point,
     Record,
-    SearchMode,
     VectorStore,
     dense_part,
     index_types,
     is_date_range,
     match_conditions,
-    prefetch_limit,
-    rrf_weights,
     text_words,
     with_text_index,
 )

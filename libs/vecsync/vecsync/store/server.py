@@ -28,11 +28,11 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from vecsync.constants import SPARSE_MODELS
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.messages import parse_version
+from vecsync.search_modes import RRF_K, SearchMode, prefetch_limit, rrf_weights
 from vecsync.settings import QdrantSettings
 from vecsync.store import sparse
 from vecsync.vectorstore import (
     MONGO_ID,
-    RRF_K,
     VERSION_MS,
     VERSION_SEQ,
     CollectionMissing,
@@ -42,14 +42,11 @@ from vecsync.vectorstore import (
     PayloadIndexes,
     Point,
     Record,
-    SearchMode,
     VectorStore,
     dense_part,
     index_types,
     is_date_range,
     match_conditions,
-    prefetch_limit,
-    rrf_weights,
     text_words,
     with_text_index,
     with_version_numbers,
