@@ -170,7 +170,7 @@ def test_the_cli_filters_on_words_of_the_text(pipeline: Pipeline, capsys: pytest
         (["chunk_index~1"], "'chunk_index' has an integer index, so it holds no text whose words ~ could match"),
         (["text~refund", "text=a ticket"], "gives 'text' both a value and words"),
         (["text=a ticket", "text~refund"], "gives 'text' both a value and words"),
-        (["~refund"], "--filter takes FIELD=VALUE, a range such as FIELD>=VALUE, or FIELD~WORDS"),
+        (["~refund"], "--filter takes FIELD=VALUE or a range such as FIELD>=VALUE, or FIELD~WORDS"),
     ],
 )
 def test_a_text_filter_that_cannot_hold_exits_2_and_says_why(

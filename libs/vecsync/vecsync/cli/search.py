@@ -160,8 +160,8 @@ def parse_filters(filters: list[str], sync: Sync) -> dict[str, Any]:
         found = CONDITION.match(item)
         if found is None or not found["field"].strip():
             raise ConfigurationError(
-                f"--filter takes FIELD=VALUE, a range such as FIELD>=VALUE, or FIELD~WORDS, got {item!r} "
-                "(see `vecsync search --help`)."
+                f"--filter takes FIELD=VALUE or a range such as FIELD>=VALUE, or FIELD~WORDS (a text match), got "
+                f"{item!r} (see `vecsync search --help`)."
             )
         field, operator, text = found["field"].strip(), found["operator"], found["value"]
         kind = indexes.get(field, IDENTITY_KINDS.get(field, "keyword"))
