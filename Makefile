@@ -12,7 +12,8 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 LOCK := constraints.txt
 
 .PHONY: venv lock wheelhouse run test test-unit test-rules lint typecheck chaos chaos-cluster big-sync clean up up-gpu down logs \
-	scale config compose-smoke bench-embed bench bench-chunks bench-snapshot bench-partitions bench-syncs bench-hybrid soak
+	scale config compose-smoke bench-embed bench bench-chunks bench-snapshot bench-partitions bench-syncs \
+	bench-hybrid soak
 
 venv: $(STAMP)
 
