@@ -14,11 +14,11 @@ W  write throughput through the upserter's write path, ``EmbeddedStore.write_if_
            the parent of the commit that added vecsync/store/sparse.py), taken with `git archive` into a temporary
            folder that is removed afterwards;
    each a fresh process of its own (PYTHONPATH on that code's libs/vecsync) writing into its own new folder, the
-   three in lockstep: one batch each, then the next batch each, in a rotating order, so that a shared machine's
-   noise falls on all three alike, moment by moment. Only the write calls are timed (building the points is not):
-   their wall and CPU seconds, and every thread's CPU from the first write to the store closed (the background
-   flushes too, which run while a writer waits for its turn). BENCH_ROUNDS (6) rounds; the ratios are per round,
-   then their median. dense / before is the issue's rule: the dense path must not lose more than 5%;
+   three in lockstep: one batch each, then the next batch each, through every order of the three, so that a shared
+   machine's noise falls on all three alike, moment by moment. Only the write calls are timed (building the points
+   is not): their wall and CPU seconds, and every thread's CPU from the first write to the store closed (the
+   background flushes too, which run while a writer waits for its turn). BENCH_ROUNDS (6) rounds; the ratios are per
+   round, then their median. dense / before is the issue's rule: the dense path must not lose more than 5%;
 BM  ``vecsync.store.sparse.document_vector`` alone (Qdrant's BM25 in qdrant-edge-py): µs per text, terms per text;
 S  search latency, p50 and p95 over BENCH_QUERIES (200) queries each, in-process, of ``search_documents(limit=10)``
    on the last round's collections of BENCH_POINTS points: dense on both, sparse and hybrid on the bm25 one, with an
@@ -35,6 +35,7 @@ Results go to bench/results/hybrid.{json,md}. Sizes come from the environment: B
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -84,6 +85,7 @@ ORDER_SENTENCES = (
     "See order {order} for the details.",
 )
 WRITES = ("dense", "before", "bm25")
+ORDERS = list(itertools.permutations(WRITES))
 # The write rates: of the write calls' wall and CPU seconds, and of every thread's CPU from the first write to closed.
 RATES = ("points_per_s", "cpu_points_per_s", "process_cpu_points_per_s")
 WARM_UP_QUERIES = 20
@@ -320,10 +322,10 @@ def writes(base: Path, before: Path) -> tuple[dict[str, Any], dict[str, Path]]:
         for writer in writers.values():
             writer.ready()
         for batch in range(batches):
-            # One batch each, then the next: the three share the machine's every moment alike. Each batch starts
-            # with another one, so none always follows the same one.
-            turn = batch % len(WRITES)
-            for name in WRITES[turn:] + WRITES[:turn]:
+            # One batch each, then the next: the three share the machine's every moment alike. The batches go
+            # through every order of the three in turn, so each writer comes first, and follows each other one
+            # (whose background flush or dirty pages it may meet), equally often.
+            for name in ORDERS[batch % len(ORDERS)]:
                 writers[name].write()
         measured: dict[str, Any] = {}
         for name, writer in writers.items():
@@ -582,10 +584,10 @@ def markdown(results: dict[str, Any]) -> str:
             "## Writes",
             "",
             f"`write_if_newer(upserts=...)` in batches of {results['batch']}, {results['points']:,} new points into a "
-            "new collection by each of three fresh processes in lockstep (one batch each, then the next, in a "
-            f"rotating order), {results['rounds']} rounds. *Wall* and *CPU*: of the write calls alone; *process "
-            "CPU*: every thread from the first write to the store closed, its background flushes included. Medians "
-            "of the rounds:",
+            "new collection by each of three fresh processes in lockstep (one batch each, then the next, through "
+            f"every order of the three), {results['rounds']} rounds. *Wall* and *CPU*: of the write calls alone; "
+            "*process CPU*: every thread from the first write to the store closed, its background flushes included. "
+            "Medians of the rounds:",
             "",
             "| collection | points/s (wall) | points per CPU second | per process CPU second | µs per point | "
             "last flush on close |",
