@@ -663,7 +663,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{bm['document_vector_us']} µs of it computing the BM25 vector of a {bm['mean_chars']:,}-character text "
             "in the upserter, "
             + (
-                f"about {engine_us:.0f} µs the engine storing it, its inverted index and the full-text index on `text` that such a collection also gets. "
+                f"about {engine_us:.0f} µs the engine storing it, its inverted index and the full-text index on "
+                "`text` that such a collection also gets. "
                 if engine_us > 0
                 else "the engine's own share lost in the noise. "
             )
