@@ -30,16 +30,17 @@ def write_if_newer(
     payloads: Mapping[str, dict[str, Any]],
     deletes: Mapping[str, str],
     prune: Sequence[OlderPoints] = (),
-    sparse_vector: str | None = None,
+    vectors: Sequence[Any] | None = None,
 ) -> None:
     """Apply the writes of VectorStore.write_if_newer to ``shard``, each only over an older point; each upserted
-    point gets its text's sparse vector of that name, where the shard has one (``sparse_vector``).
+    point with its engine vectors of ``vectors``, in order (``vectors_of``: the caller computes them, BM25 terms
+    included, before it takes its lock), or its dense vector alone where none are given.
 
     The caller keeps every other writer of the shard out until this returns (see ``_upsert_if_newer``).
     """
     for pid, version in deletes.items():
         shard.update(qe.UpdateOperation.delete_points_by_filter(_this_point_if_older(pid, version)))
-    _upsert_if_newer(shard, upserts, sparse_vector)
+    _upsert_if_newer(shard, upserts, [point.vector for point in upserts] if vectors is None else vectors)
     for pid, raw in payloads.items():
         payload = with_version_numbers(raw)
         condition = qe.Filter(
@@ -66,7 +67,7 @@ def vectors_of(point: Point, sparse_vector: str | None) -> Any:
     return {"": point.vector, sparse_vector: terms} if terms is not None else {"": point.vector}
 
 
-def _upsert_if_newer(shard: qe.EdgeShard, upserts: Sequence[Point], sparse_vector: str | None) -> None:
+def _upsert_if_newer(shard: qe.EdgeShard, upserts: Sequence[Point], vectors: Sequence[Any]) -> None:
     """Write each point only over an older one, in as few of the engine's operations as the versions allow.
 
     Every write stays conditional in the engine, and the store's lock keeps every other writer out between the
@@ -87,10 +88,10 @@ def _upsert_if_newer(shard: qe.EdgeShard, upserts: Sequence[Point], sparse_vecto
     fresh: dict[str, qe.Point] = {}
     existing: dict[str, tuple[qe.Point, tuple[int, int]]] = {}
     one_by_one: list[tuple[qe.Point, tuple[int, int]]] = []
-    for point in upserts:
+    for point, point_vectors in zip(upserts, vectors, strict=True):
         payload = with_version_numbers(point.payload)
         version = (payload[VERSION_MS], payload[VERSION_SEQ])
-        engine_point = qe.Point(point.id, vectors_of(point, sparse_vector), payload)
+        engine_point = qe.Point(point.id, point_vectors, payload)
         key = _canonical(point.id)
         if key in fresh or key in existing:
             one_by_one.append((engine_point, version))

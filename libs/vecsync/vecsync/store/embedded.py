@@ -228,10 +228,16 @@ class EmbeddedStore(VectorStore):
         deletes, payloads = deletes or {}, payloads or {}
         if not (upserts or payloads or deletes or prune):
             return
+        # The BM25 terms are computed before the lock is taken, so that searches do not wait for them (some 5 ms a
+        # batch of 64); again under it in the rare case that the collection was made again meanwhile.
+        sparse_vector = self.sparse_vector()
+        vectors = [edge_fence.vectors_of(point, sparse_vector) for point in upserts]
         with self._lock, _engine_errors("write points"):
             shard = self._open_shard()
+            if self._sparse != sparse_vector:
+                vectors = [edge_fence.vectors_of(point, self._sparse) for point in upserts]
             edge_fence.write_if_newer(
-                shard, upserts=upserts, payloads=payloads, deletes=deletes, prune=prune, sparse_vector=self._sparse
+                shard, upserts=upserts, vectors=vectors, payloads=payloads, deletes=deletes, prune=prune
             )
             self._written(shard, deletes=len(deletes) + len(prune))
 
