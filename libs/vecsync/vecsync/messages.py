@@ -5,6 +5,7 @@ Stage 1 (``raw_document_changes``) carries one document change::
     v=1  op=upsert|delete  source=<db>.<collection>  mongo_id=<id>
     changed_at=<unix seconds>  doc=<the document as plain JSON, upserts only>
     version=<stage 1 id of the original change>  force=1   (only on a change queued again for embedding)
+    build=<physical collection>   (only on a model change's snapshot: embed for that collection alone)
 
 Stage 2 (``embedded_documents``) carries what the upserter writes::
 
@@ -12,6 +13,8 @@ Stage 2 (``embedded_documents``) carries what the upserter writes::
     version=<the stage 1 entry id, which orders changes of one document>
     vector=<base64 of little-endian float32>   (upserts only)
     payload=<JSON object>                       (upserts, and payload: a change that left the text as it was)
+    collection=<physical collection>            (the one it is for, as the worker found it: see vecsync.reindex;
+                                                 absent on entries of earlier releases: the one the name serves)
 
 A document of several chunks (docs/design.md, "Long documents") is still one
 stage 2 entry, so that the upserter writes all its chunks under one version::
@@ -58,6 +61,9 @@ class DocumentChange:
     # order of changes, and must be embedded even if its text looks unchanged.
     version: str | None = None
     force_embed: bool = False
+    # Set on the entries of a model change's snapshot (vecsync.reindex): the physical collection being built, the
+    # one collection this change is embedded for. Live changes have none: they go to every collection kept current.
+    build: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         fields = _common_fields(self.op, self.source, self.mongo_id, self.changed_at)
@@ -67,6 +73,8 @@ class DocumentChange:
             fields["version"] = self.version
         if self.force_embed:
             fields["force"] = "1"
+        if self.build is not None:
+            fields["build"] = self.build
         return fields
 
     @classmethod
@@ -78,7 +86,8 @@ class DocumentChange:
         version = fields.get("version") or None
         if version is not None:
             parse_version(version)
-        return cls(op, source, mongo_id, changed_at, document, version, fields.get("force") == "1")
+        build = fields.get("build") or None
+        return cls(op, source, mongo_id, changed_at, document, version, fields.get("force") == "1", build)
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,8 @@ class EmbeddedDocument:
     vector: list[float] | None = None
     payload: dict[str, Any] | None = None
     chunks: tuple[EmbeddedChunk, ...] = ()
+    # The physical collection the entry is for (vecsync.reindex); None: the one its Qdrant collection's name serves.
+    collection: str | None = None
 
     def vectors(self) -> list[list[float]]:
         """Every vector the entry carries: its one point's, or those of its embedded chunks."""
@@ -135,6 +146,8 @@ class EmbeddedDocument:
         if self.op in ("upsert", "payload"):
             assert self.payload is not None
             fields["payload"] = json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
+        if self.collection is not None:
+            fields["collection"] = self.collection
         return fields
 
     @classmethod
@@ -142,18 +155,19 @@ class EmbeddedDocument:
         op, source, mongo_id, changed_at = _read_common_fields(fields, EMBEDDED_OPERATIONS)
         version = _required(fields, "version")
         parse_version(version)
+        collection = fields.get("collection") or None
         if op == "delete":
-            return cls(op=op, source=source, mongo_id=mongo_id, changed_at=changed_at, version=version)
+            return cls(op, source, mongo_id, changed_at, version, collection=collection)
         payload = _json_object(fields, "payload")
         if "chunks" in fields:
             chunks = _read_chunks(fields, op)
-            return cls(op, source, mongo_id, changed_at, version, None, payload, chunks)
+            return cls(op, source, mongo_id, changed_at, version, None, payload, chunks, collection)
         if op == "payload":
             if not isinstance(payload.get("text_sha256"), str):
                 raise InvalidEntry("a payload-only entry must carry the text_sha256 of its unchanged text")
-            return cls(op, source, mongo_id, changed_at, version, None, payload)
+            return cls(op, source, mongo_id, changed_at, version, None, payload, collection=collection)
         vector = unpack_vector(_required(fields, "vector"))
-        return cls(op, source, mongo_id, changed_at, version, vector, payload)
+        return cls(op, source, mongo_id, changed_at, version, vector, payload, collection=collection)
 
 
 def _read_chunks(fields: dict[str, str], op: str) -> tuple[EmbeddedChunk, ...]:

@@ -333,11 +333,17 @@ class TextSettings(BaseSettings):
     # A sparse vector beside the dense one in each point, for keyword and hybrid search (constants.SPARSE_MODELS).
     # Unset: dense vectors only. It shapes a collection when one is created; an existing collection keeps its own.
     sparse_model: str | None = None
+    # The model the collection is built with (docs/operations.md, "Switch the embedding model"). Unset: the
+    # embedding-api's default model. Set to another model than the collection's, the pipeline builds a collection
+    # of that model beside it and switches the collection's name (an alias) to it once built (vecsync.reindex).
+    embedding_model: str | None = None
 
     _split_text_fields = field_validator("text_fields", "payload_fields", mode="before")(_split_commas)
 
     # ${CHUNK_TOKENS:-} and ${SPARSE_MODEL:-} in compose.yaml: empty means unset.
-    _empty_values_are_unset = field_validator("chunk_tokens", "sparse_model", mode="before")(_empty_is_unset)
+    _empty_values_are_unset = field_validator("chunk_tokens", "sparse_model", "embedding_model", mode="before")(
+        _empty_is_unset
+    )
 
     @field_validator("sparse_model")
     @classmethod

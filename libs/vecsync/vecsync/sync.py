@@ -69,6 +69,9 @@ class Sync:
     max_document_chars: int = DEFAULT_MAX_DOCUMENT_CHARS
     # The sparse vector its collection is created with beside the dense one (constants.SPARSE_MODELS); None: none.
     sparse_model: str | None = None
+    # The model its collection is built with (EMBEDDING_MODEL); None: the embedding-api's default model, and no
+    # model change is ever started for it (vecsync.reindex).
+    embedding_model: str | None = None
 
     @property
     def source(self) -> str:

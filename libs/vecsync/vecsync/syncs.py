@@ -44,6 +44,7 @@ DEFINITION_KEYS = {
     "chunk_overlap_tokens": False,
     "max_document_chars": False,
     "sparse_model": False,
+    "embedding_model": False,
 }
 
 # The operators a query document may hold at its top, beside field names, and those a field's condition may hold.
@@ -79,6 +80,7 @@ def default_sync(settings: BaseModel) -> Sync:
         stage1_stream=values["stage1_stream"],
         stage2_stream=values["stage2_stream"],
         sparse_model=values.get("sparse_model"),
+        embedding_model=values.get("embedding_model"),
         **_chunking(values),
     )
     problems = _Problems("the environment")
@@ -110,6 +112,7 @@ def settings_for(settings: SettingsT, sync: Sync) -> SettingsT:
         "chunk_overlap_tokens": sync.chunk_overlap_tokens,
         "max_document_chars": sync.max_document_chars,
         "sparse_model": sync.sparse_model,
+        "embedding_model": sync.embedding_model,
         "stage1_stream": sync.stage1_stream,
         "stage2_stream": sync.stage2_stream,
     }
@@ -201,6 +204,10 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
             f"{where}: key 'sparse_model' must be one of {', '.join(SPARSE_MODELS)}, or empty for dense vectors only "
             f"(got {sparse_model!r})"
         )
+    embedding_model = definition.get("embedding_model", values.get("embedding_model")) or None
+    if embedding_model is not None and not isinstance(embedding_model, str):
+        problems.add(f"{where}: key 'embedding_model' must be a model's name, or empty for the embedding-api's default")
+        embedding_model = None
     query = _filter(definition.get("filter"), where, problems)
     if len(problems) > found or name is None or collection is None:
         return None
@@ -219,6 +226,7 @@ def _parse_definition(definition: Any, index: int, settings: CommonSettings, pro
         payload_indexes=indexes,
         structured=True,
         sparse_model=sparse_model,
+        embedding_model=embedding_model,
         **chunking,
     )
 
@@ -271,6 +279,13 @@ def _check_together(syncs: list[Sync], problems: _Problems) -> None:
                 f"syncs {first.name!r} and {sync.name!r} share Qdrant collection {sync.qdrant_collection!r} but give "
                 f"it sparse_model {first.sparse_model or 'none'} and {sync.sparse_model or 'none'}; a collection's "
                 "points all have the same vectors, so give both syncs the same sparse_model"
+            )
+        if first.embedding_model != sync.embedding_model:
+            problems.add(
+                f"syncs {first.name!r} and {sync.name!r} share Qdrant collection {sync.qdrant_collection!r} but give "
+                f"it embedding_model {first.embedding_model or '(the default)'} and "
+                f"{sync.embedding_model or '(the default)'}; a collection's points are all made by one model, so give "
+                "both syncs the same embedding_model"
             )
         other = by_target.setdefault((sync.source, sync.qdrant_collection), sync)
         if other is not sync:
