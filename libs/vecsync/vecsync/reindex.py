@@ -146,7 +146,7 @@ def read_state(client: redis.Redis, alias: str) -> tuple[Serving | None, Reindex
 
 def write_serving(client: redis.Redis | redis.client.Pipeline, serving: Serving) -> None:
     mapping = {"collection": serving.collection, "model": serving.model or "", "dim": serving.dim or ""}
-    client.hset(serving_key(serving.alias), mapping=mapping)  # type: ignore[arg-type]
+    client.hset(serving_key(serving.alias), mapping=mapping)
 
 
 def start(client: redis.Redis, alias: str, *, model: str, dim: int, serving: Serving) -> Reindex:
