@@ -6,12 +6,14 @@
 import logging
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 from pymongo.collection import Collection
 
+from upserter.model_change import ModelChange
+from upserter.named_collections import CollectionSpec, NamedCollections
 from upserter.service import Upserter
 from upserter.settings import UpserterSettings
 from upserter.store_api import store_routes, write_store_key
@@ -23,9 +25,11 @@ from vecsync.constants import APPLIED_VERSIONS_KEY
 from vecsync.errors import TransientError
 from vecsync.mongo_reads import open_collection
 from vecsync.redaction import redact_url
+from vecsync.redis_client import connect
+from vecsync.reindex_metrics import register_reindex_stats
 from vecsync.runtime import Lane, run_main, serve_consumer, setup_logging
 from vecsync.search_modes import sparse_vector_missing
-from vecsync.store import open_vector_stores
+from vecsync.store import open_catalog
 from vecsync.sync import Sync
 from vecsync.syncs import load_syncs, settings_for
 from vecsync.vectorstore import VectorStore, store_key_file
@@ -37,20 +41,19 @@ def main() -> None:
     settings = settings_module.load(UpserterSettings)
     setup_logging(settings.log_level)
     syncs = load_syncs(settings)  # an invalid definition file stops the upserter before it opens anything
-    stores = open_vector_stores(
-        settings,
-        settings.data_dir,
-        collection_indexes(syncs),
-        sparse_models={sync.qdrant_collection: sync.sparse_model for sync in syncs},
-        flush_interval_s=settings.qdrant_flush_interval_ms / 1000,
+    catalog = open_catalog(settings, settings.data_dir, flush_interval_s=settings.qdrant_flush_interval_ms / 1000)
+    sparse = {sync.qdrant_collection: sync.sparse_model for sync in syncs}
+    names = NamedCollections(
+        catalog,
+        {name: CollectionSpec(indexes, sparse[name]) for name, indexes in collection_indexes(syncs).items()},
+        settings.embedding_dim,
     )
     # Connected only when first used: a change to embed again that was trimmed from stage 1 is read from MongoDB.
     mongo = open_collection(settings, "vecsync-upserter", connect=False)
     try:
-        _serve(settings, syncs, stores, mongo)
+        _serve(settings, syncs, names, mongo)
     finally:
-        for store in stores.values():
-            store.close()  # the embedded store writes everything to disk and releases its folder
+        names.close()  # the embedded store writes everything to disk and releases its folder
         mongo.database.client.close()
 
 
@@ -66,7 +69,7 @@ def collection_indexes(syncs: Sequence[Sync]) -> dict[str, dict[str, str]]:
 def _serve(
     settings: UpserterSettings,
     syncs: Sequence[Sync],
-    stores: Mapping[str, VectorStore],
+    names: NamedCollections,
     mongo: Collection[dict[str, Any]],
 ) -> None:
     embedded = settings.embedded_path(settings.data_dir)
@@ -74,9 +77,9 @@ def _serve(
         "Upserter %s: %s -> Qdrant %s at %s, Redis %s",
         settings.consumer_name,
         ", ".join(sync.stage2_stream for sync in syncs),
-        "collections " + ", ".join(repr(name) for name in stores)
-        if len(stores) > 1
-        else f"collection {next(iter(stores))!r}",
+        "collections " + ", ".join(repr(name) for name in names.names)
+        if len(names.names) > 1
+        else f"collection {names.names[0]!r}",
         embedded or redact_url(settings.qdrant_url or ""),
         redact_url(settings.redis_url),
     )
@@ -92,35 +95,90 @@ def _serve(
                 settings.metrics_port,
                 store_key_file(settings.data_dir),
             )
-        routes = AuthenticatedRoutes(store_routes(stores), key)
+        routes = AuthenticatedRoutes(store_routes(names), key)
 
     missing_sparse = MissingSparseVectors()
+    started = _ModelChangeThread(settings, syncs, names)
 
     def lane(sync: Sync) -> Lane:
         sync_settings = settings_for(settings, sync)
-        store = stores[sync.qdrant_collection]
         sharing = [other for other in syncs if other.qdrant_collection == sync.qdrant_collection and other != sync]
         # One MongoDB client for every sync: each re-reads its own collection.
         collection = mongo.database.client[sync.mongo_database][sync.mongo_collection]
 
         def build_handler(client: redis.Redis, stopping: threading.Event) -> Handler | None:
+            if not started.wait_for_start(client, stopping):
+                return None
+            store = names.store(sync.qdrant_collection, names.serving_collection(sync.qdrant_collection))
             if not _wait_for_collection(store, settings, stopping):
                 return None
             missing_sparse.warn_once(sync, store)
             if sync is syncs[0]:
                 _warn_of_unused_hash(client)
-            return Upserter(sync_settings, client, store, collection, sharing=sharing).handle
+            return Upserter(sync_settings, client, store, collection, sharing=sharing, names=names).handle
 
         return Lane(sync, sync.stage2_stream, build_handler)
 
     lanes = [lane(sync) for sync in syncs]
-    serve_consumer(
-        settings,
-        stage="upserter",
-        group=settings.stage2_group,
-        lanes=lanes,
-        post_routes=routes,
-    )
+    register_reindex_stats(connect(settings.redis_url, cluster=settings.redis_cluster), names.names)
+    try:
+        serve_consumer(
+            settings,
+            stage="upserter",
+            group=settings.stage2_group,
+            lanes=lanes,
+            post_routes=routes,
+        )
+    finally:
+        started.stop()
+
+
+class _ModelChangeThread:
+    """Runs the model-change checks (upserter.model_change) on a thread of their own, once the first lane has
+    recorded what each name serves: the other lanes wait for that before they apply anything."""
+
+    def __init__(self, settings: UpserterSettings, syncs: Sequence[Sync], names: NamedCollections) -> None:
+        self.settings, self.syncs, self.names = settings, syncs, names
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wait_for_start(self, client: redis.Redis, stopping: threading.Event) -> bool:
+        """Record what each name serves and start the checks (the first caller does), waiting out outages; False
+        if asked to stop meanwhile."""
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        while not stopping.is_set():
+            with self._lock:
+                if self._ready.is_set():
+                    return True
+                try:
+                    change = ModelChange(
+                        self.names,
+                        self.syncs,
+                        client,
+                        self.settings.partitions,
+                        stage1_group=self.settings.stage1_group,
+                        stage2_group=self.settings.stage2_group,
+                        holder=self.settings.consumer_name,
+                    )
+                    change.record_serving()
+                except (redis.RedisError, TransientError) as exc:
+                    log.warning("Cannot read what the collections serve yet: %s; retrying", exc)
+                else:
+                    self._thread = threading.Thread(
+                        target=change.run, args=(self._stopping,), name="model-change", daemon=True
+                    )
+                    self._thread.start()
+                    self._ready.set()
+                    return True
+            backoff.wait(stopping)
+        return False
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(10)
 
 
 class MissingSparseVectors:

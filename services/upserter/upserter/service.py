@@ -33,6 +33,11 @@ that mixes models.
 One Upserter serves one sync (its settings are the sync's, vecsync.syncs.settings_for) and writes that sync's
 Qdrant collection, which other syncs may share: their points never collide (ids derive from the source and _id),
 the tombstones are the collection's, and their sweep reads the streams of every sync that writes it.
+
+Given the upserter's NamedCollections, it writes each entry into the physical collection the entry names (the one
+the name serves, or the one a model change builds: upserter.named_collections), one after the other under each
+one's own locks; the tombstones stay the name's, since they record MongoDB's order of changes, which both share.
+Only writes to the served collection update the skip-unchanged hint, which the embedder-workers read for it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from pymongo.collection import Collection
 
 from upserter.embed_again import EmbedAgain
 from upserter.model_check import ModelCheck
+from upserter.named_collections import NamedCollections
 from upserter.point_locks import HeldLocks, PointLocks
 from upserter.settings import UpserterSettings
 from upserter.tombstones import Tombstones, TombstoneSweep
@@ -79,6 +85,16 @@ POINTS_WRITTEN = Counter("vecsync_upserter_points_total", "Points written to Qdr
 SUPERSEDED = Counter(
     "vecsync_upserter_superseded_total", "Entries skipped because a newer change of their document was already applied."
 )
+RETIRED = Counter(
+    "vecsync_upserter_retired_entries_total",
+    "Entries for a physical collection that is no longer written (an aborted model change's, or the one served "
+    "before a switch): acknowledged without a write, as their changes reach the collection served now otherwise.",
+)
+OTHER_MODEL = Counter(
+    "vecsync_upserter_other_model_entries_total",
+    "Entries naming no collection whose vectors are of another model than the collection served now: sent back "
+    "to be embedded by its model.",
+)
 
 # How many of the newest stage 2 entries a paused upserter reads to see whether newer vectors fit the collection.
 NEWEST_SAMPLE = 100
@@ -105,33 +121,24 @@ class Upserter:
         mongo: Collection[dict[str, Any]],
         *,
         sharing: Sequence[Sync] = (),
+        names: NamedCollections | None = None,
     ) -> None:
         """``mongo`` is the sync's MongoDB collection; ``sharing``, the other syncs that write ``store``'s
-        collection (their streams keep its tombstones alive too)."""
+        collection (their streams keep its tombstones alive too). With ``names``, each entry goes to the physical
+        collection it names (see the module's docstring); without, every entry goes to ``store``."""
         self.settings = settings
         self.sync = sync_of(settings)
         self.client = client
         self.store = store
+        self.names = names
         self.partitions = settings.partitions
-        # A definition's sync locks its points under its Qdrant collection: two syncs of one MongoDB collection into
-        # two Qdrant collections have the same point ids, and must not hold one another's locks.
-        lock_scope = f":{store.collection}" if self.sync.structured else ""
-        # Each partition's locks, tombstones and hints share its hash slot (vecsync.partitions).
-        self.locks = [
-            PointLocks(
-                client,
-                holder=settings.consumer_name,
-                ttl_ms=settings.point_lock_ttl_ms,
-                wait_ms=settings.point_lock_wait_ms,
-                key_suffix=lock_scope + self.partitions.name("", partition),
-            )
-            for partition in self.partitions.indexes()
-        ]
+        self._locks: dict[str, list[PointLocks]] = {}
+        self._model_checks: dict[str, ModelCheck] = {}
+        tombstones_of = self.sync.qdrant_collection if names is not None else store.collection
         self.tombstones = [
-            Tombstones(client, self.partitions.name(tombstones_key(store.collection), partition))
+            Tombstones(client, self.partitions.name(tombstones_key(tombstones_of), partition))
             for partition in self.partitions.indexes()
         ]
-        self.models = ModelCheck(store)
         self.embed_again = EmbedAgain(settings, client, mongo)
         self._hint_upkeep = client.register_script(_HINT_UPKEEP)
         self.tombstone_sweep = TombstoneSweep(
@@ -143,20 +150,68 @@ class Upserter:
         )
 
     def handle(self, batch: Batch) -> None:
-        newest = self._newest_per_point(batch)
+        for store, entries in self._by_collection(batch).items():
+            self._handle_for(store, Batch(entries, batch.tx, batch.rejected, batch.partition))
+        self.tombstone_sweep.run_if_due(batch.partition)
+
+    def _by_collection(self, batch: Batch) -> dict[VectorStore, list[Entry]]:
+        """The batch's entries by the store each is written to; those of retired collections are left out."""
+        if self.names is None:
+            return {self.store: batch.entries}
+        alias = self.sync.qdrant_collection
+        self.names.refresh(self.client, alias)
+        by_store: dict[VectorStore, list[Entry]] = {}
+        for entry in batch.entries:
+            store = self.names.target(alias, entry.fields.get("collection") or None)
+            if store is None:
+                RETIRED.inc()
+                continue
+            by_store.setdefault(store, []).append(entry)
+        return by_store
+
+    def _handle_for(self, store: VectorStore, batch: Batch) -> None:
+        newest = self._newest_per_point(store, batch)
         if not newest:
             return
         try:
-            self._apply(newest, batch)
+            self._apply(store, newest, batch)
         except CollectionMissing:
             # Deleted by hand or by a rebuild: create it empty; the consumer loop retries the batch, which the
             # points' own versions then fence as in any other collection.
-            log.warning("Qdrant collection %r is missing; creating it", self.store.collection)
-            self.store.ensure_collection()
+            log.warning("Qdrant collection %r is missing; creating it", store.collection)
+            store.ensure_collection()
             raise
-        self.tombstone_sweep.run_if_due(batch.partition)
 
-    def _newest_per_point(self, batch: Batch) -> dict[str, EmbeddedDocument]:
+    def _serves(self, store: VectorStore) -> bool:
+        """Whether ``store`` is the collection the sync's name serves (always, without NamedCollections)."""
+        return self.names is None or self.names.is_serving(self.sync.qdrant_collection, store)
+
+    def _locks_of(self, store: VectorStore) -> list[PointLocks]:
+        """Each partition's point locks for writes to ``store`` (they share its hash slot: vecsync.partitions)."""
+        locks = self._locks.get(store.collection)
+        if locks is None:
+            # A definition's sync locks its points under its Qdrant collection: two syncs of one MongoDB collection
+            # into two Qdrant collections have the same point ids, and must not hold one another's locks. So does a
+            # collection that a model change builds, beside the one served.
+            scoped = self.sync.structured or store.collection != self.sync.qdrant_collection
+            lock_scope = f":{store.collection}" if scoped else ""
+            locks = [
+                PointLocks(
+                    self.client,
+                    holder=self.settings.consumer_name,
+                    ttl_ms=self.settings.point_lock_ttl_ms,
+                    wait_ms=self.settings.point_lock_wait_ms,
+                    key_suffix=lock_scope + self.partitions.name("", partition),
+                )
+                for partition in self.partitions.indexes()
+            ]
+            self._locks[store.collection] = locks
+        return locks
+
+    def _model_check(self, store: VectorStore) -> ModelCheck:
+        return self._model_checks.setdefault(store.collection, ModelCheck(store))
+
+    def _newest_per_point(self, store: VectorStore, batch: Batch) -> dict[str, EmbeddedDocument]:
         newest: dict[str, EmbeddedDocument] = {}
         upserts: dict[str, list[EmbeddedDocument]] = collections.defaultdict(list)
         documents: list[tuple[Entry, EmbeddedDocument]] = []
@@ -165,7 +220,8 @@ class Upserter:
                 documents.append((entry, EmbeddedDocument.from_fields(entry.fields)))
             except InvalidEntry as exc:
                 batch.reject(entry, str(exc))
-        for _entry, document in self._fitting(documents, batch):
+        documents = self._of_served_model(store, documents, batch)
+        for _entry, document in self._fitting(store, documents, batch):
             pid = point_id(document.source, document.mongo_id)
             if document.op == "upsert":
                 upserts[pid].append(document)
@@ -177,8 +233,28 @@ class Upserter:
                 newest[pid] = with_vector_of_same_text(document, upserts[pid])
         return newest
 
+    def _of_served_model(
+        self, store: VectorStore, documents: list[tuple[Entry, EmbeddedDocument]], batch: Batch
+    ) -> list[tuple[Entry, EmbeddedDocument]]:
+        """The documents to write to ``store``; an upsert that names no collection and was embedded by another model
+        than the one the name serves (made before a switch, applied after it) goes back to be embedded."""
+        if self.names is None:
+            return documents
+        serving, _change = self.names.state(self.sync.qdrant_collection)
+        if serving is None or serving.model is None or store.collection != serving.collection:
+            return documents
+        kept = []
+        for entry, doc in documents:
+            model = (doc.payload or {}).get("model")
+            if doc.collection is None and doc.op == "upsert" and model is not None and model != serving.model:
+                OTHER_MODEL.inc()
+                self.embed_again.send(doc, batch)
+                continue
+            kept.append((entry, doc))
+        return kept
+
     def _fitting(
-        self, documents: list[tuple[Entry, EmbeddedDocument]], batch: Batch
+        self, store: VectorStore, documents: list[tuple[Entry, EmbeddedDocument]], batch: Batch
     ) -> list[tuple[Entry, EmbeddedDocument]]:
         """The batch's documents whose vector (if any) fits the collection; the others are rejected, or pause.
 
@@ -188,7 +264,7 @@ class Upserter:
         (ConfigurationError) until the newest entries of the stream fit again. Then the entries made before the
         fix are stale and go to the dead-letter stream, to be replayed (embedded again).
         """
-        dim = self.store.dim
+        dim = store.dim
         # Each entry with a vector of another size (the chunks of one document are embedded by one model).
         misfits: dict[str, int] = {}
         for entry, doc in documents:
@@ -199,9 +275,9 @@ class Upserter:
             return documents
         fitting = any(doc.vectors() and entry.id not in misfits for entry, doc in documents)
         sizes = ", ".join(str(size) for size in sorted(set(misfits.values())))
-        if not fitting and not self._newest_vector_fits(batch.partition):
+        if not fitting and not self._newest_vector_fits(store, batch.partition):
             raise ConfigurationError(
-                f"Every vector of this batch has {sizes} dimensions, but collection {self.store.collection!r} holds "
+                f"Every vector of this batch has {sizes} dimensions, but collection {store.collection!r} holds "
                 f"{dim} (the upserters' EMBEDDING_DIM): the embedder-workers' EMBEDDING_DIM and model make vectors "
                 "of another size. Set them alike: either the embedder-workers' model and EMBEDDING_DIM back to "
                 f"{dim}, or EMBEDDING_DIM={sizes} on the upserters with the collection rebuilt at that size."
@@ -210,13 +286,13 @@ class Upserter:
             if entry.id in misfits:
                 batch.reject(
                     entry,
-                    f"vector has {misfits[entry.id]} dimensions; collection {self.store.collection!r} holds {dim} "
+                    f"vector has {misfits[entry.id]} dimensions; collection {store.collection!r} holds {dim} "
                     "(EMBEDDING_DIM): it was embedded at another size than the entries that fit now; replay it to "
                     "embed it again",
                 )
         return [(entry, doc) for entry, doc in documents if entry.id not in misfits]
 
-    def _newest_vector_fits(self, partition: int) -> bool:
+    def _newest_vector_fits(self, store: VectorStore, partition: int) -> bool:
         """Whether the newest entry with a vector in this partition's stage 2 stream fits the collection."""
         stream = self.partitions.name(self.settings.stage2_stream, partition)
         for _id, fields in self.client.xrevrange(stream, count=NEWEST_SAMPLE):
@@ -225,19 +301,19 @@ class Upserter:
             except InvalidEntry:
                 continue
             if vectors:
-                return len(vectors[0]) == self.store.dim
+                return len(vectors[0]) == store.dim
         return False
 
-    def _apply(self, newest: dict[str, EmbeddedDocument], batch: Batch) -> None:
+    def _apply(self, store: VectorStore, newest: dict[str, EmbeddedDocument], batch: Batch) -> None:
         ids, fence = list(newest), self.tombstones[batch.partition]
-        with self.locks[batch.partition].hold(ids) as held:
+        with self._locks_of(store)[batch.partition].hold(ids) as held:
             tombstones = fence.get(ids)
             # Recorded before the points go, so that an upsert racing with this delete finds it when it re-checks.
             fence.record({pid: doc.version for pid, doc in newest.items() if doc.op == "delete"})
             held.confirm()
-            current = self.store.payloads(states_to_read(newest), fields=STATE_FIELDS)
+            current = store.payloads(states_to_read(newest), fields=STATE_FIELDS)
             plan = plan_writes(newest, tombstones, current)
-            self.models.check(list(plan.written().values()))
+            self._model_check(store).check(list(plan.written().values()))
             held.confirm()
             upserts: list[Point] = []
             payloads: dict[str, dict[str, Any]] = {}
@@ -249,15 +325,18 @@ class Upserter:
                 kept_by |= dict.fromkeys(kept, pid)
             # After the new chunks are in, each document's points of older versions go: chunks its new version no
             # longer has, or all of them after a delete. A search meanwhile finds the old or the new version.
-            self.store.write_if_newer(
+            store.write_if_newer(
                 upserts=upserts,
                 payloads=payloads,
                 prune=[older_points(doc, doc.version) for doc in plan.written().values()]
                 + [older_points(newest[pid], version) for pid, version in plan.deletes.items()],
             )
-            self._bury_overtaken(plan, fence, newest)
-            self._embed_lost_texts_again(plan, payloads, kept_by)
-            self._record_texts(held, plan, current, batch.partition)
+            self._bury_overtaken(store, plan, fence, newest)
+            self._embed_lost_texts_again(store, plan, payloads, kept_by)
+            if self._serves(store):
+                self._record_texts(held, plan, current, batch.partition)
+            else:
+                held.confirm()
         for pid in plan.needs_vector:
             self.embed_again.send(newest[pid], batch)
         SUPERSEDED.inc(plan.superseded)
@@ -269,7 +348,7 @@ class Upserter:
             END_TO_END_LATENCY.labels("upserter").observe(max(0.0, now - doc.changed_at))
 
     def _embed_lost_texts_again(
-        self, plan: WritePlan, payloads: dict[str, dict[str, Any]], kept_by: dict[str, str]
+        self, store: VectorStore, plan: WritePlan, payloads: dict[str, dict[str, Any]], kept_by: dict[str, str]
     ) -> None:
         """Send back to be embedded each document a payload write of which did not apply.
 
@@ -280,7 +359,7 @@ class Upserter:
         """
         if not payloads:
             return
-        held = self.store.payloads(list(payloads), fields=["version"])
+        held = store.payloads(list(payloads), fields=["version"])
         lost = {
             kept_by[point]
             for point, payload in payloads.items()
@@ -294,7 +373,9 @@ class Upserter:
             plan.needs_vector.append(pid)
             plan.gone.add(pid)
 
-    def _bury_overtaken(self, plan: WritePlan, fence: Tombstones, newest: dict[str, EmbeddedDocument]) -> None:
+    def _bury_overtaken(
+        self, store: VectorStore, plan: WritePlan, fence: Tombstones, newest: dict[str, EmbeddedDocument]
+    ) -> None:
         """Delete what this batch wrote where a newer delete landed meanwhile.
 
         Possible only once this upserter's locks lapsed mid-write: the other upserter's delete may have run before
@@ -314,7 +395,7 @@ class Upserter:
         if not overtaken:
             return
         log.warning("%d points written by this batch were deleted meanwhile; deleting them again", len(overtaken))
-        self.store.write_if_newer(prune=[older_points(newest[pid], version) for pid, version in overtaken.items()])
+        store.write_if_newer(prune=[older_points(newest[pid], version) for pid, version in overtaken.items()])
         for pid in overtaken:
             plan.upserts.pop(pid, None)
             plan.payloads.pop(pid, None)

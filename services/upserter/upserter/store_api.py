@@ -16,10 +16,14 @@ stay open.
 out, it is hybrid where the collection has sparse vectors and both are given, else the one that is given. A
 collection without sparse vectors is searched dense where "vector" is given, and the reply says so in "note". The
 reply is {"hits": [{id, score, payload}], "mode": the mode searched}. `/collection` answers
-{"collection", "sparse_vector"}: the name of the collection's sparse vector, or null.
+{"collection", "sparse_vector", "physical", "model", "dim"}: the name of the collection's sparse vector, or null,
+and the physical collection the name serves now with its model and size.
 
 An upserter serving several Qdrant collections (the syncs of VECSYNC_CONFIG) answers for each: a request names
 its collection in "collection"; one without names the first (the only one, in a deployment of one collection).
+A request may also name a physical collection of that name in "physical" (`vecsync search` does, as it embeds
+the query with that collection's model): it is answered from that collection while it exists, even once the name
+has switched to another one, and with 409 once it is gone, so that the caller asks again what the name serves.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from upserter.named_collections import NamedCollections
 from vecsync.authenticated_routes import PostRoute
 from vecsync.errors import PermanentError
 from vecsync.search_modes import SearchMode, choose_search_mode
@@ -55,22 +60,43 @@ def write_store_key(data_dir: Path) -> str:
     return key
 
 
-def store_routes(stores: Mapping[str, VectorStore] | VectorStore) -> dict[str, PostRoute]:
-    """The routes over ``stores`` (by Qdrant collection; or one store), each answering for the collection that its
+def store_routes(stores: Mapping[str, VectorStore] | VectorStore | NamedCollections) -> dict[str, PostRoute]:
+    """The routes over ``stores`` (by Qdrant collection name; or one store; or the upserter's NamedCollections,
+    which follow each name to the physical collection it serves), each answering for the collection that its
     request names."""
-    served = {stores.collection: stores} if isinstance(stores, VectorStore) else dict(stores)
-    default = next(iter(served))
+    names = stores if isinstance(stores, NamedCollections) else None
+    served: dict[str, VectorStore] = {}
+    if isinstance(stores, VectorStore):
+        served = {stores.collection: stores}
+    elif not isinstance(stores, NamedCollections):
+        served = dict(stores)
+    known = names.names if names is not None else list(served)
+    default = known[0]
+
+    def lookup(name: str, physical: object) -> tuple[VectorStore | None, tuple[int, Any] | None]:
+        if names is None:
+            return served.get(name), None
+        if name not in known:
+            return None, None
+        if physical is None:
+            return names.store(name, names.serving_collection(name)), None
+        if isinstance(physical, str) and physical in names.catalog.collections():
+            return names.store(name, physical), None
+        serving = names.serving_collection(name)
+        return None, (409, {"detail": f"Qdrant collection {physical!r} is gone; {name!r} serves {serving!r} now."})
 
     def route(answer: Callable[[VectorStore, dict[str, Any]], tuple[int, Any]], usage: str) -> PostRoute:
         def handle(body: Any) -> tuple[int, Any]:
             if not isinstance(body, dict):
                 return 400, {"detail": f"Send a JSON object with {usage}, and optional 'collection'."}
             name = body.get("collection") or default
-            store = served.get(name) if isinstance(name, str) else None
+            store, refusal = lookup(name, body.get("physical")) if isinstance(name, str) else (None, None)
+            if refusal is not None:
+                return refusal
             if store is None:
                 return 404, {
                     "detail": f"This upserter holds no Qdrant collection {name!r}; it holds "
-                    f"{', '.join(map(repr, served))}. Check QDRANT_COLLECTION (or the sync's qdrant_collection)."
+                    f"{', '.join(map(repr, known))}. Check QDRANT_COLLECTION (or the sync's qdrant_collection)."
                 }
             try:
                 return answer(store, body)
@@ -98,8 +124,16 @@ def store_routes(stores: Mapping[str, VectorStore] | VectorStore) -> dict[str, P
         )
         return 200, {"hits": [hit.__dict__ for hit in hits], "mode": mode.value} | ({"note": note} if note else {})
 
-    def collection(store: VectorStore, _body: dict[str, Any]) -> tuple[int, Any]:
-        return 200, {"collection": store.collection, "sparse_vector": store.sparse_vector()}
+    def collection(store: VectorStore, body: dict[str, Any]) -> tuple[int, Any]:
+        name = body.get("collection") or default
+        serving = names.state(name)[0] if names is not None else None
+        return 200, {
+            "collection": name if names is not None else store.collection,
+            "sparse_vector": store.sparse_vector(),
+            "physical": store.collection,
+            "model": serving.model if serving is not None and serving.collection == store.collection else None,
+            "dim": store.dim,
+        }
 
     def count(store: VectorStore, _body: dict[str, Any]) -> tuple[int, Any]:
         return 200, {"count": store.count()}

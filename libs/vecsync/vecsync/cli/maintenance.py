@@ -22,7 +22,7 @@ from bson import json_util
 from vecsync.bson_codec import ejson_id, id_candidates, mongo_id_of
 from vecsync.cli.chunk_check import ID_ONLY, PLACE_FIELDS, check_documents, check_points
 from vecsync.cli.context import EXIT_DRIFT, EXIT_OK, Context, count, progress
-from vecsync.cli.store import wait_for_model
+from vecsync.cli.store import served_model, wait_for_model
 from vecsync.constants import (
     RESYNC_PROGRESS_PREFIX,
     VERIFY_PROGRESS_PREFIX,
@@ -257,6 +257,10 @@ def _verify(
         ctx.redis.delete(*_run_keys(key)[1:])  # left by a run that stopped before it saved its progress
         if skip_model_check:
             print("--skip-model-check: points are not checked for vectors of another model.")
+        elif (built_with := served_model(ctx)) is not None:
+            # The collection the name serves records the model it is built with (vecsync.reindex): its points
+            # must all be of that one, whichever model the embedding-api serves by default.
+            state.model = built_with
         else:
             # Before anything is saved: a verify that cannot learn the model fails and leaves nothing to resume.
             state.model = wait_for_model(ctx.settings, ready_timeout_s, on_wait=_note)

@@ -11,11 +11,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import redis
 import requests
 
+from vecsync import reindex
 from vecsync.cli.settings import CliSettings
 from vecsync.errors import CheckNotRun, ConfigurationError, PermanentError, TransientError
 from vecsync.redaction import redact_url
+from vecsync.reindex import Serving
 from vecsync.search_modes import SearchMode
 from vecsync.store import open_vector_store
 from vecsync.syncs import sync_of
@@ -203,11 +206,35 @@ def open_store(settings: CliSettings) -> Store:
     return store
 
 
-def embed_query(settings: CliSettings, text: str) -> list[float]:
+def served(ctx_redis: redis.Redis, settings: CliSettings) -> Serving | None:
+    """What the sync's collection name serves now, as the upserter recorded it (vecsync.reindex); None where nothing
+    is recorded (an upserter of an earlier release) or Redis cannot say."""
+    try:
+        return reindex.read_serving(ctx_redis, settings.qdrant_collection)
+    except redis.RedisError:
+        return None
+
+
+def served_model(ctx: HasRedis) -> str | None:
+    """The model of the collection the sync's name serves, where recorded."""
+    serving = served(ctx.redis, ctx.settings)
+    return serving.model if serving is not None else None
+
+
+class HasRedis(Protocol):
+    settings: CliSettings
+
+    @property
+    def redis(self) -> redis.Redis: ...
+
+
+def embed_query(settings: CliSettings, text: str, model: str | None = None) -> list[float]:
+    """The query's embedding by ``model`` (the embedding-api's default when None)."""
     url = settings.embedding_url.rstrip("/") + "/encode"
     try:
         headers = {"Authorization": f"Bearer {settings.embedding_api_key}"} if settings.embedding_api_key else {}
-        response = requests.post(url, json={"text": text}, headers=headers, timeout=settings.http_timeout_s)
+        body = {"text": text} | ({"model": model} if model else {})
+        response = requests.post(url, json=body, headers=headers, timeout=settings.http_timeout_s)
     except requests.RequestException as exc:
         where = redact_url(settings.embedding_url)
         raise TransientError(f"could not reach the embedding-api at {where}: {exc}") from exc
