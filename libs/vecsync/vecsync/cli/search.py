@@ -38,7 +38,7 @@ import sys
 from typing import Any
 
 from vecsync.cli.context import EXIT_OK, Context
-from vecsync.cli.store import embed_query
+from vecsync.cli.store import CollectionSwitched, embed_query, served, store_of_physical
 from vecsync.errors import ConfigurationError
 from vecsync.search_modes import SearchMode, choose_search_mode
 from vecsync.sync import Sync
@@ -83,10 +83,22 @@ def search_command(ctx: Context, args: argparse.Namespace) -> int:
     match = parse_filters(args.filter, sync)
     if args.limit < 1:
         raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
+    try:
+        return _search(one, sync, args, match)
+    except CollectionSwitched:  # the collection the query was embedded for went meanwhile: embed it for the new one
+        return _search(one, sync, args, match)
+
+
+def _search(one: Context, sync: Sync, args: argparse.Namespace, match: dict[str, Any]) -> int:
+    # The query is embedded with the model of the collection the name serves now, and searched in that collection,
+    # which stays readable for the search even if the name switches to another one meanwhile (vecsync.reindex).
+    serving = served(one.redis, one.settings)
+    store = store_of_physical(one.store, one.settings, serving.collection) if serving else one.store
+    model = serving.model if serving else None
     # Every mode but sparse needs the query's embedding: asked for first, as the embedding-api is what a search
     # most often cannot reach.
-    vector = embed_query(one.settings, args.text) if args.mode != SearchMode.SPARSE else None
-    sparse = one.store.sparse_vector()
+    vector = embed_query(one.settings, args.text, model) if args.mode != SearchMode.SPARSE else None
+    sparse = store.sparse_vector()
     mode, note = choose_search_mode(args.mode, vector=True, text=True, sparse=sparse is not None)
     if note is None and sparse is None and sync.sparse_model:
         note = f"SPARSE_MODEL is {sync.sparse_model}, but the collection has no sparse vectors: search is dense only"
@@ -97,8 +109,8 @@ def search_command(ctx: Context, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if mode is not SearchMode.SPARSE and vector is None:  # sparse was asked for, of a collection without
-        vector = embed_query(one.settings, args.text)
-    find = one.store.search if args.chunks else one.store.search_documents
+        vector = embed_query(one.settings, args.text, model)
+    find = store.search if args.chunks else store.search_documents
     hits = find(
         vector if mode is not SearchMode.SPARSE else None,
         limit=args.limit,

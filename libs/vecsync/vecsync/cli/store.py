@@ -79,12 +79,27 @@ class UpserterStore:
         *,
         api_key: str | None = None,
         key_file: Path | None = None,
+        physical: str | None = None,
     ) -> None:
+        """``physical``: a physical collection of the name ``collection`` to answer from (see upserter.store_api);
+        None: the one the name serves."""
         self.base_url = base_url.rstrip("/")
         self.collection = collection
         self.timeout_s = timeout_s
         self.api_key = api_key
         self.key_file = key_file
+        self.physical = physical
+
+    def of_physical(self, physical: str) -> UpserterStore:
+        """This store, answering from the physical collection ``physical`` of its name."""
+        return UpserterStore(
+            self.base_url,
+            self.collection,
+            self.timeout_s,
+            api_key=self.api_key,
+            key_file=self.key_file,
+            physical=physical,
+        )
 
     def sparse_vector(self) -> str | None:
         name = self._post("/collection", {}).get("sparse_vector")
@@ -156,6 +171,8 @@ class UpserterStore:
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         if self.collection:
             body = {**body, "collection": self.collection}
+        if self.physical:
+            body = {**body, "physical": self.physical}
         key = self._key()
         try:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -168,6 +185,8 @@ class UpserterStore:
                 f"The upserter at {redact_url(self.base_url)} refused the CLI's key{where}. Set UPSERTER_API_KEY to "
                 "the upserter's key, or run the CLI with the upserter's DATA_DIR, where it writes its key."
             )
+        if response.status_code == 409:
+            raise CollectionSwitched(f"the upserter answered 409 to {path}: {response.text[:300]}")
         if response.status_code != 200:
             raise PermanentError(f"the upserter answered {response.status_code} to {path}: {response.text[:300]}")
         return response.json()
@@ -204,6 +223,26 @@ def open_store(settings: CliSettings) -> Store:
         ) from None
     store.ensure_collection()
     return store
+
+
+class CollectionSwitched(TransientError):
+    """Raised when the physical collection a search embedded its query for is gone: the name serves another."""
+
+
+def store_of_physical(store: Store, settings: CliSettings, physical: str) -> Store:
+    """A store of the physical collection ``physical`` of the name ``store`` is for: ``store`` itself where it is
+    that collection; else through the same upserter, or opened on the server directly."""
+    if isinstance(store, UpserterStore):
+        return store.of_physical(physical)
+    if store.collection == physical:
+        return store
+    sync = sync_of(settings)
+    return open_vector_store(
+        settings.model_copy(update={"qdrant_collection": physical}),
+        settings.data_dir,
+        payload_indexes=sync.indexed_payload(),
+        sparse_model=sync.sparse_model,
+    )
 
 
 def served(ctx_redis: redis.Redis, settings: CliSettings) -> Serving | None:
