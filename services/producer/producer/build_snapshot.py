@@ -120,6 +120,8 @@ class BuildSnapshot:
         return self._publish(change)
 
     def _publish(self, change: reindex.Reindex) -> bool:
+        """Count the sync's documents once, publish them after the recorded position, then record the watermark;
+        False when stopped, or when ``change`` ended or was replaced meanwhile."""
         name = self.sync.name
         query = self.sync.query()  # only the documents of the sync's filter have points
         total_field = f"total:{name}"
@@ -128,6 +130,7 @@ class BuildSnapshot:
         else:
             total = self.collection.count_documents(query)
             if not self._record(change, {total_field: total}):
+                self._still_building(change)  # logs why
                 return False
         last_id, published = change.snapshot_position(name)
         if last_id is None:
