@@ -397,6 +397,7 @@ def publish_current_states(
     *,
     projection: dict[str, int] | None,
     force_embed: bool = False,
+    build: str | None = None,
     also: Callable[[redis.client.Pipeline], None] | None = None,
 ) -> None:
     """Read the documents named by ``mongo_ids`` from MongoDB and publish their current states to stage 1 beside the
@@ -405,7 +406,8 @@ def publish_current_states(
     The one way every recovery puts a document back into the pipeline (`vecsync resync`, `verify --repair`,
     `dlq replay`, and the upserter when a change it must embed again was trimmed from stage 1): the read happens
     inside publish_no_older_than_producer, after the producer's guards are read, so it is never older than a state
-    the producer published. With ``force_embed`` the entries are embedded even where their text looks unchanged.
+    the producer published. With ``force_embed`` the entries are embedded even where their text looks unchanged;
+    with ``build`` (a model change's snapshot, vecsync.reindex) each is marked for that physical collection alone.
     ``also`` is as for publish_no_older_than_producer. A document outside the filter of the sync ``settings`` are
     for (vecsync.syncs.sync_of) is published as a delete: it has no point.
     """
@@ -413,7 +415,9 @@ def publish_current_states(
 
     def read() -> list[DocumentChange]:
         changes = changes_for_ids(collection, source, mongo_ids, projection=projection, sync_filter=sync_filter)
-        return [replace(change, force_embed=True) for change in changes] if force_embed else changes
+        if not force_embed and build is None:
+            return changes
+        return [replace(change, force_embed=force_embed, build=build) for change in changes]
 
     publish_no_older_than_producer(client, settings, source, read, also=also)
 

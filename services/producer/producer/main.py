@@ -1,8 +1,11 @@
-"""``vecsync-producer``: follow every sync's MongoDB collection into its stage 1 stream, one thread per sync."""
+"""``vecsync-producer``: follow every sync's MongoDB collection into its stage 1 stream, one thread per sync, and
+beside each the thread that publishes the sync's snapshot for a model change of its collection (build_snapshot)."""
 
 import logging
 import threading
+from collections.abc import Sequence
 
+from producer.build_snapshot import BuildSnapshot
 from producer.service import Producer
 from producer.settings import ProducerSettings
 from vecsync import settings as settings_module
@@ -12,7 +15,7 @@ from vecsync.mongo_reads import open_client
 from vecsync.partitions import check_count
 from vecsync.redaction import redact_url
 from vecsync.redis_client import connect
-from vecsync.runtime import MetricsServer, run_all, run_main, setup_logging, stop_on_signals, wait_for_redis
+from vecsync.runtime import Loop, MetricsServer, run_all, run_main, setup_logging, stop_on_signals, wait_for_redis
 from vecsync.syncs import load_syncs, settings_for, sync_of
 
 log = logging.getLogger("vecsync.producer")
@@ -55,16 +58,23 @@ def main() -> None:
         producers.extend(
             Producer(each, client, mongo[each.mongo_database][each.mongo_collection], stopping) for each in per_sync
         )
-        run_producers(producers, stopping)
+        snapshots = [BuildSnapshot(each.settings, client, each.collection, stopping) for each in producers]
+        run_producers(producers, stopping, snapshots)
     finally:
         server.close()
         if mongo is not None:
             mongo.close()
 
 
-def run_producers(producers: list[Producer], stopping: threading.Event) -> None:
-    """Run each sync's producer on its own thread until stopped; one that raises stops the others (runtime.run_all)."""
-    run_all(producers, stopping, [f"producer-{producer.sync.name}" for producer in producers])
+def run_producers(
+    producers: list[Producer], stopping: threading.Event, snapshots: Sequence[BuildSnapshot] = ()
+) -> None:
+    """Run each sync's producer, and each of ``snapshots``, on its own thread until stopped; one that raises stops
+    the others (runtime.run_all)."""
+    loops: list[Loop] = [*producers, *snapshots]
+    names = [f"producer-{producer.sync.name}" for producer in producers]
+    names += [f"build-snapshot-{snapshot.sync.name}" for snapshot in snapshots]
+    run_all(loops, stopping, names)
 
 
 def cli() -> None:
