@@ -83,7 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     options.add_argument("--yes", "-y", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = _Commands(parser.add_subparsers(required=True, metavar="COMMAND"), options)
 
-    status = commands.add_parser("status", help="each stage's backlog, lag, pending entries, consumers, dead letters")
+    status = commands.add_parser(
+        "status",
+        help="each stage's backlog, lag, pending entries, consumers, dead letters; each sync's model change",
+        description="With --json, each sync's report (under syncs) includes its model: serving {collection, model, "
+        "dim} (what its collection name serves), embedding_model (the configured one; null: the embedding-api's "
+        "default), model_change_due (a change to it is due, not started), and model_change, the newest change "
+        "(null before the first): {number, phase (building, switched, aborted, failed), model, from_model, "
+        "collection, from_collection, embedded, total, rate_per_s, eta_s, started_at, finished_at, "
+        "progress_age_s, error, dropped, dropped_old}.",
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")

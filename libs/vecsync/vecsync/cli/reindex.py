@@ -37,6 +37,8 @@ PROGRESS_EVERY_S = 5.0
 # How long --abort and --drop-old wait for the upserter to drop what they asked for, unless --timeout says.
 DROP_TIMEOUT_S = 60.0
 ABORTED_BY_OPERATOR = "Aborted with `vecsync reindex --abort`."
+# How the newest change ended, in a sentence that says there is nothing building to abort.
+_ENDED = {Phase.SWITCHED: "switched", Phase.ABORTED: "was aborted", Phase.FAILED: "failed", Phase.BUILDING: "builds"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,11 @@ def change_summary(report: Mapping[str, Any]) -> str:
     models = f"{model_text(report['from_model'])} -> {model_text(report['model'])}"
     collections = f"{report['from_collection']} -> {report['collection']}"
     total = report["total"]
-    embedded = f"{report['embedded']} of {'?' if total is None else total} documents embedded"
+    embedded = (
+        f"{report['embedded']} documents embedded (the total not counted yet)"
+        if total is None
+        else f"{report['embedded']} of {total} documents embedded"
+    )
     phase = report["phase"]
     if phase == Phase.BUILDING.value:
         eta = report["eta_s"]
@@ -149,9 +155,7 @@ def change_summary(report: Mapping[str, Any]) -> str:
         )
         return f"switched ({models}, {collections}), {embedded}; {kept}"
     dropped = report["dropped"]
-    dropped_text = (
-        f"dropped {', '.join(dropped)}" if dropped else f"{report['collection']} not dropped yet by the upserter"
-    )
+    dropped_text = f"dropped {', '.join(dropped)}" if dropped else f"{report['collection']} not dropped"
     error = report["error"] or "no reason recorded"
     return f"{phase} ({models}, {collections}) at {embedded}: {error} ({dropped_text})"
 
@@ -268,7 +272,9 @@ def _abort(ctx: Context, state: ModelState, timeout_s: float) -> int:
     change = state.change
     if change is None or not change.building:
         newest = (
-            "it has had no model change" if change is None else f"its newest, change {change.number}, is {change.phase}"
+            "it has had no model change"
+            if change is None
+            else f"its newest, change {change.number}, {_ENDED[change.phase]}"
         )
         print(f"{state.name}: no model change is building ({newest}), so there is nothing to abort.", file=sys.stderr)
         return EXIT_FAILED
