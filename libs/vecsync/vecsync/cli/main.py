@@ -20,6 +20,7 @@ import redis
 from vecsync import settings as settings_module
 from vecsync.cli import dlq, maintenance
 from vecsync.cli import rebuild as rebuild_module
+from vecsync.cli import reindex as reindex_module
 from vecsync.cli import repartition as repartition_module
 from vecsync.cli.context import (
     EXIT_BROKEN_PIPE,
@@ -82,7 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     options.add_argument("--yes", "-y", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = _Commands(parser.add_subparsers(required=True, metavar="COMMAND"), options)
 
-    status = commands.add_parser("status", help="each stage's backlog, lag, pending entries, consumers, dead letters")
+    status = commands.add_parser(
+        "status",
+        help="each stage's backlog, lag, pending entries, consumers, dead letters; each sync's model change",
+        description="With --json, each sync's report (under syncs) includes its model: serving {collection, model, "
+        "dim} (what its collection name serves), embedding_model (the configured one; null: the embedding-api's "
+        "default), model_change_due (a change to it is due, not started), and model_change, the newest change "
+        "(null before the first): {number, phase (building, switched, aborted, failed), model, from_model, "
+        "collection, from_collection, embedded, total, rate_per_s, eta_s, started_at, finished_at, "
+        "progress_age_s, error, dropped, dropped_old}.",
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
@@ -176,6 +186,45 @@ def _parser() -> argparse.ArgumentParser:
     rebuild.set_defaults(
         command=lambda ctx, a: rebuild_module.rebuild_command(ctx, a.from_mongo, a.batch_size, sync_name=a.sync)
     )
+
+    reindex = commands.add_parser(
+        "reindex",
+        parents=[one_sync],
+        help="show, wait for, abort or clean up the change of a collection to the model EMBEDDING_MODEL names",
+        description="Without an option: what each collection name serves, the configured EMBEDDING_MODEL and the "
+        "model change (phase, documents embedded of total, rate, time left). The upserter starts a change when the "
+        "configured model differs from the served one and switches the name once the new collection caught up.",
+    )
+    action = reindex.add_mutually_exclusive_group()
+    action.add_argument(
+        "--wait",
+        action="store_true",
+        help="return once the name serves a collection of the configured model: exit 0 on the switch (or at once "
+        "when it already does), 1 when the change is aborted or fails, or on --timeout; a change that is due but "
+        "not yet started counts as running",
+    )
+    action.add_argument(
+        "--abort",
+        action="store_true",
+        help="end the change that is building: the upserter drops the new collection; the served one is untouched",
+    )
+    action.add_argument(
+        "--drop-old", action="store_true", help="have the upserter drop the collections the name no longer serves"
+    )
+    action.add_argument(
+        "--retry",
+        action="store_true",
+        help="after the change to the configured model was aborted or failed, have the upserter start a new one",
+    )
+    reindex.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait: --wait without it waits for as long as it takes; --abort and --drop-old wait "
+        f"{reindex_module.DROP_TIMEOUT_S:g} s for the upserter by default",
+    )
+    # It reads and writes only the records of vecsync.reindex, no stream: no partition check.
+    reindex.set_defaults(command=reindex_module.reindex_command, checks_partitions=False)
 
     trim = commands.add_parser("trim", help="remove acknowledged entries outside the retention window")
     trim.set_defaults(command=lambda ctx, a: maintenance.trim_command(ctx))

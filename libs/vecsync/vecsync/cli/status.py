@@ -4,6 +4,23 @@ each sync's own.
 The top-level figures (``stage1``, ``stage2``, ``drained``, ``producer``, ``pipeline``) are those of the whole
 pipeline: with the environment's one sync exactly what they always were, with a definition file the totals over
 every sync's streams. ``syncs`` gives each sync's: its streams' backlog, its snapshot in progress and its points.
+
+Each sync's model (vecsync.reindex; the same for the syncs that share a collection):
+
+- ``serving``: ``{"collection", "model", "dim"}``, the physical collection its collection name serves now, or None
+  before the upserter recorded one;
+- ``embedding_model``: the model configured for it (EMBEDDING_MODEL, a definition's ``embedding_model``), None for
+  the embedding-api's default (then no change is ever started);
+- ``model_change_due``: True while the configured model differs from the served one and no change to it is
+  building or has ended without a switch: the upserter starts one when it next looks;
+- ``model_change``: the newest model change, or None before the first: ``{"number", "phase"
+  (building|switched|aborted|failed), "model", "from_model", "collection", "from_collection" (the physical
+  collections built and built beside), "embedded" (snapshot documents embedded for the new collection), "total"
+  (the snapshots' documents, None until counted), "rate_per_s" (documents embedded per second since the change
+  started, until it ended), "eta_s" (seconds left at that rate while building, else None), "started_at",
+  "finished_at" (Unix times; finished_at None while building), "progress_age_s" (since the last document was
+  embedded for it), "error", "dropped" (what the upserter dropped after an abort or failure), "dropped_old" (what
+  `vecsync reindex --drop-old` had it drop)}``.
 """
 
 from __future__ import annotations
@@ -15,6 +32,7 @@ from typing import Any
 import requests
 
 from vecsync.cli.context import Context, count
+from vecsync.cli.reindex import ModelState, change_summary, model_text, read_model_state
 from vecsync.errors import VecsyncError
 from vecsync.flow import RedisMemory
 from vecsync.producer_state import ProducerKeys, stored_snapshot
@@ -58,6 +76,7 @@ def _sync_report(one: Context, now: float) -> dict[str, Any]:
     updated = one.redis.get(keys.token_updated)
     snapshot = stored_snapshot(one.redis, keys.snapshot)
     points, points_error = _points(one)
+    model = read_model_state(one.redis, sync.qdrant_collection, sync.embedding_model)
     return {
         "source": sync.source,
         "qdrant_collection": sync.qdrant_collection,
@@ -88,6 +107,19 @@ def _sync_report(one: Context, now: float) -> dict[str, Any]:
         },
         "points": points,
         "points_error": points_error,
+        **_model_report(model),
+    }
+
+
+def _model_report(model: ModelState) -> dict[str, Any]:
+    serving = model.serving
+    return {
+        "serving": None
+        if serving is None
+        else {"collection": serving.collection, "model": serving.model, "dim": serving.dim},
+        "embedding_model": model.configured,
+        "model_change_due": model.due,
+        "model_change": model.change_report(),
     }
 
 
@@ -175,6 +207,18 @@ def _print_sync(name: str, sync: dict[str, Any]) -> None:
     )
     if sync["snapshot"] is not None:
         print(f"  snapshot: {_snapshot_text(sync['snapshot'])}")
+    serving, change = sync["serving"], sync["model_change"]
+    if serving is not None or sync["embedding_model"] is not None or change is not None:
+        served = (
+            "nothing recorded yet" if serving is None else f"{serving['collection']} ({model_text(serving['model'])})"
+        )
+        print(f"  model: serves {served}; configured {model_text(sync['embedding_model'])}")
+    if sync["model_change_due"]:
+        print(
+            f"  model change to {model_text(sync['embedding_model'])}: due, the upserter starts it when it next looks"
+        )
+    if change is not None:
+        print(f"  model change {change['number']}: {change_summary(change)}")
 
 
 def _snapshot_text(snapshot: dict[str, Any]) -> str:
