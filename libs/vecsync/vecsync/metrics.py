@@ -2,7 +2,8 @@
 
 Names follow Prometheus conventions: the ``vecsync_`` prefix, ``_total`` on
 counters, ``_seconds`` on durations. Labels are ``stage``, ``stream``,
-``group``, ``sync`` and ``partition`` only; a document id is never a label.
+``group``, ``sync`` and ``partition`` only, and a model change's ``collection``
+(a Qdrant collection name: vecsync.reindex_metrics); a document id is never a label.
 ``stream`` names the stage's stream as configured (STAGE1_STREAM,
 STAGE2_STREAM) for every sync, and ``sync`` the sync (vecsync.sync), so that
 the alert thresholds, which name the stage's stream, hold for each sync.

@@ -74,6 +74,9 @@ class ModelChange:
         self.partitions = partitions
         self.stage1_group, self.stage2_group = stage1_group, stage2_group
         self.holder = holder
+        # The consumer groups' positions at the last check of each name's build: while they move, a build whose
+        # snapshot is embedded but not yet caught up still makes progress (VecsyncReindexStalled must not fire).
+        self._positions: dict[str, list[str]] = {}
         self.syncs_of: dict[str, list[Sync]] = {}
         for sync in syncs:
             self.syncs_of.setdefault(sync.qdrant_collection, []).append(sync)
@@ -189,16 +192,23 @@ class ModelChange:
     # Step 3 --------------------------------------------------------------------------------------------------------
 
     def _switch_if_caught_up(self, change: Reindex, serving: Serving) -> None:
-        for sync in self.syncs_of[change.alias]:
-            watermark = change.watermark(sync.name)
-            if watermark is None or not self._handled(watermark, self.stage1_group):
-                return
-            stage2 = change.stage2_watermark(sync.name)
-            if stage2 is None:
-                stage2 = self._last_ids(self.partitions.names(sync.stage2_stream))
-                reindex.record_fields(self.client, change.alias, {f"stage2_watermark:{sync.name}": json.dumps(stage2)})
-            if not self._handled(stage2, self.stage2_group):
-                return
+        positions: list[str] = []
+        try:
+            for sync in self.syncs_of[change.alias]:
+                watermark = change.watermark(sync.name)
+                if watermark is None or not self._handled(watermark, self.stage1_group, positions):
+                    return
+                stage2 = change.stage2_watermark(sync.name)
+                if stage2 is None:
+                    stage2 = self._last_ids(self.partitions.names(sync.stage2_stream))
+                    fields = {f"stage2_watermark:{sync.name}": json.dumps(stage2)}
+                    reindex.record_fields(self.client, change.alias, fields)
+                if not self._handled(stage2, self.stage2_group, positions):
+                    return
+        finally:
+            if positions and self._positions.get(change.alias, positions) != positions:
+                reindex.record_progress(self.client, change.alias, 0)
+            self._positions[change.alias] = positions
         self.names.catalog.switch(change.alias, change.collection)
         self._write_serving(change.alias, change.collection, change.model, change.dim)
         reindex.end(self.client, change.alias, change.number, Phase.SWITCHED)
@@ -221,8 +231,9 @@ class ModelChange:
                 ids[stream] = "0-0"
         return ids
 
-    def _handled(self, watermark: Mapping[str, str], group: str) -> bool:
-        """Whether ``group`` has read and acknowledged every entry up to each stream's watermark."""
+    def _handled(self, watermark: Mapping[str, str], group: str, positions: list[str]) -> bool:
+        """Whether ``group`` has read and acknowledged every entry up to each stream's watermark; the group's
+        positions it read are added to ``positions``."""
         for stream, last in watermark.items():
             if parse_version(last) == (0, 0):
                 continue
@@ -231,6 +242,7 @@ class ModelChange:
             except redis.ResponseError:
                 return False
             info = groups.get(group)
+            positions.append(f"{stream}:{info and info['last-delivered-id']}")
             if info is None or parse_version(str(info["last-delivered-id"])) < parse_version(last):
                 return False
             pending = self.client.xpending(stream, group)
