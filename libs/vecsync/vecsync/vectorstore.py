@@ -295,6 +295,46 @@ def nearest_chunk_per_document(hits: Iterable[Hit]) -> list[Hit]:
 # A payload index's type, as a sync's definition names it (vecsync.sync.INDEX_TYPES).
 PayloadIndexes = Mapping[str, str] | Sequence[str]
 
+
+class Catalog(ABC):
+    """The physical collections of one Qdrant (a server, or the embedded store's folder) and the names that serve
+    them: each name a user queries (QDRANT_COLLECTION) is an alias of one physical collection, switched atomically
+    (docs/design.md, "Changing the embedding model"). A collection made before aliases, under the name itself, is
+    served by that name as long as no alias takes it."""
+
+    @abstractmethod
+    def resolve(self, name: str) -> str | None:
+        """The physical collection ``name`` serves: its alias's target, else ``name`` itself where such a collection
+        exists, else None."""
+
+    @abstractmethod
+    def open(
+        self, physical: str, *, dim: int | None, payload_indexes: PayloadIndexes = (), sparse_model: str | None = None
+    ) -> VectorStore:
+        """A store of ``physical``, created with ``dim`` dimensions where it does not exist; None takes an existing
+        collection's own size. One process opens a collection once: a second call returns the same store."""
+
+    @abstractmethod
+    def switch(self, name: str, physical: str) -> None:
+        """Make ``name`` serve ``physical`` in one atomic step."""
+
+    @abstractmethod
+    def drop(self, physical: str) -> None:
+        """Delete ``physical``; PermanentError where an alias serves it."""
+
+    @abstractmethod
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the physical collection it serves."""
+
+    @abstractmethod
+    def collections(self) -> list[str]:
+        """Every physical collection."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every store this catalog opened, and release what it holds."""
+
+
 # The bounds a range condition of ``match`` may hold, as Qdrant's Range names them.
 RANGE_BOUNDS = ("gt", "gte", "lt", "lte")
 # The key of a text match's mapping in ``match``: the words that the field's text must all hold.

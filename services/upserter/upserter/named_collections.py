@@ -42,7 +42,6 @@ class NamedCollections:
         self.catalog = catalog
         self.specs = dict(specs)
         self.dim = dim  # EMBEDDING_DIM: the size of a collection this upserter creates
-        self._stores: dict[str, VectorStore] = {}
         self._states: dict[str, tuple[Serving | None, Reindex | None]] = {}
         self._lock = threading.RLock()
 
@@ -87,35 +86,18 @@ class NamedCollections:
         return store.collection == self.serving_collection(alias)
 
     def store(self, alias: str, physical: str, *, dim: int | None = None) -> VectorStore:
-        """The open store of ``physical``, a collection of ``alias``: opened (created, with ``dim`` or else
-        EMBEDDING_DIM, where it does not exist) on first use."""
-        with self._lock:
-            store = self._stores.get(physical)
-            if store is None:
-                spec = self.specs[alias]
-                exists = physical in self.catalog.collections()
-                store = self.catalog.open(
-                    physical,
-                    dim=None if exists else (dim or self.dim),
-                    payload_indexes=spec.payload_indexes,
-                    sparse_model=spec.sparse_model,
-                )
-                self._stores[physical] = store
-            return store
+        """The store of ``physical``, a collection of ``alias``: opened (created, with ``dim`` or else EMBEDDING_DIM,
+        where it does not exist) on first use; the catalog keeps it open."""
+        spec = self.specs[alias]
+        return self.catalog.open(
+            physical, dim=dim or self.dim, payload_indexes=spec.payload_indexes, sparse_model=spec.sparse_model
+        )
 
     def drop(self, physical: str) -> None:
-        """Close this process's store of ``physical`` and delete the collection."""
-        with self._lock:
-            store = self._stores.pop(physical, None)
-            if store is not None:
-                store.close()
-            if physical in self.catalog.collections():
-                self.catalog.drop(physical)
-                log.info("Dropped Qdrant collection %r", physical)
+        """Delete the collection ``physical`` (closing this process's store of it)."""
+        if physical in self.catalog.collections():
+            self.catalog.drop(physical)
+            log.info("Dropped Qdrant collection %r", physical)
 
     def close(self) -> None:
-        with self._lock:
-            for store in self._stores.values():
-                store.close()
-            self._stores.clear()
         self.catalog.close()

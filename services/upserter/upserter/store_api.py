@@ -16,8 +16,8 @@ stay open.
 out, it is hybrid where the collection has sparse vectors and both are given, else the one that is given. A
 collection without sparse vectors is searched dense where "vector" is given, and the reply says so in "note". The
 reply is {"hits": [{id, score, payload}], "mode": the mode searched}. `/collection` answers
-{"collection", "sparse_vector", "physical", "model", "dim"}: the name of the collection's sparse vector, or null,
-and the physical collection the name serves now with its model and size.
+{"collection", "sparse_vector"}: the name of the collection's sparse vector, or null; and, from an upserter that
+follows names to their physical collections, "physical", "model" and "dim": the one the name serves now.
 
 An upserter serving several Qdrant collections (the syncs of VECSYNC_CONFIG) answers for each: a request names
 its collection in "collection"; one without names the first (the only one, in a deployment of one collection).
@@ -125,10 +125,12 @@ def store_routes(stores: Mapping[str, VectorStore] | VectorStore | NamedCollecti
         return 200, {"hits": [hit.__dict__ for hit in hits], "mode": mode.value} | ({"note": note} if note else {})
 
     def collection(store: VectorStore, body: dict[str, Any]) -> tuple[int, Any]:
+        if names is None:
+            return 200, {"collection": store.collection, "sparse_vector": store.sparse_vector()}
         name = body.get("collection") or default
-        serving = names.state(name)[0] if names is not None else None
+        serving = names.state(name)[0]
         return 200, {
-            "collection": name if names is not None else store.collection,
+            "collection": name,
             "sparse_vector": store.sparse_vector(),
             "physical": store.collection,
             "model": serving.model if serving is not None and serving.collection == store.collection else None,

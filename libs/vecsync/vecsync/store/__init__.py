@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vecsync.settings import QdrantSettings
-from vecsync.vectorstore import PayloadIndexes, VectorStore
+from vecsync.vectorstore import Catalog, PayloadIndexes, VectorStore
 
 
 def open_vector_store(
@@ -61,35 +61,55 @@ def open_vector_stores(
     sparse_of = dict(sparse_models or {})
     if path is None:
         from vecsync.store.server import ServerStore
+        from vecsync.store.server_catalog import follow_alias
 
-        return {
-            name: ServerStore.connect(
+        servers: dict[str, VectorStore] = {}
+        for name, indexes in collections.items():
+            store = ServerStore.connect(
                 settings.model_copy(update={"qdrant_collection": name}),
                 payload_indexes=indexes,
                 sparse_model=sparse_of.get(name),
             )
-            for name, indexes in collections.items()
-        }
-    from vecsync.store.embedded import EmbeddedStore
-    from vecsync.store.folder import FolderLock
+            follow_alias(store)  # a name that is an alias opens the collection it serves
+            servers[name] = store
+        return servers
+    from vecsync.store.embedded import EmbeddedStore, configured_size
+    from vecsync.store.embedded_catalog import resolve_in
+    from vecsync.store.folder import FolderLock, shard_path
 
     lock = FolderLock(path)
     stores: dict[str, VectorStore] = {}
     try:
         for name, indexes in collections.items():
+            physical = resolve_in(path, name) or name
             stores[name] = EmbeddedStore(
                 path,
-                name,
-                settings.embedding_dim,
+                physical,
+                # An alias's collection may be of another model, with its own size (vecsync.reindex).
+                (configured_size(shard_path(path, physical)) if physical != name else None) or settings.embedding_dim,
                 payload_indexes=indexes,
                 sparse_model=sparse_of.get(name),
                 flush_interval_s=flush_interval_s,
                 folder_lock=lock.share(),
             )
     except BaseException:
-        for store in stores.values():
-            store.close()
+        for opened in stores.values():
+            opened.close()
         raise
     finally:
         lock.release()  # this function's own hold: the stores hold theirs
     return stores
+
+
+def open_catalog(settings: QdrantSettings, data_dir: Path, *, flush_interval_s: float = 1.0) -> Catalog:
+    """The names and physical collections of the Qdrant the settings name: the server at QDRANT_URL, else the
+    embedded store (whose folder lock the catalog holds until closed)."""
+    path = settings.embedded_path(data_dir)
+    if path is None:
+        from vecsync.store.server import server_client
+        from vecsync.store.server_catalog import ServerCatalog
+
+        return ServerCatalog(server_client(settings), distribution=settings.collection_distribution())
+    from vecsync.store.embedded_catalog import EmbeddedCatalog
+
+    return EmbeddedCatalog(path, flush_interval_s=flush_interval_s)

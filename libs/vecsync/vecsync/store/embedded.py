@@ -139,7 +139,7 @@ class EmbeddedStore(VectorStore):
     # The collection -----------------------------------------------------------
 
     def _load(self) -> qe.EdgeShard:
-        size = _configured_size(self.path)
+        size = configured_size(self.path)
         if size is not None and size != self.dim:
             raise ConfigurationError(
                 f"The embedded Qdrant collection {self.collection!r} at {self.path} holds vectors of {size} "
@@ -368,7 +368,7 @@ def _condition(key: str, value: Any, bounds: dict[str, Any] | None) -> qe.FieldC
     return qe.FieldCondition(key=key, range=qe.RangeFloat(**bounds))
 
 
-def _configured_size(path: Path) -> int | None:
+def configured_size(path: Path) -> int | None:
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
         return int(config["vectors"][""]["size"])

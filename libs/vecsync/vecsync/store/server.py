@@ -139,16 +139,8 @@ class ServerStore(VectorStore):
     def connect(
         cls, settings: QdrantSettings, *, payload_indexes: PayloadIndexes = (), sparse_model: str | None = None
     ) -> ServerStore:
-        client = QdrantClient(
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key,
-            # The client takes whole seconds; rounding down would turn a timeout under 1 s into none at all.
-            timeout=math.ceil(settings.qdrant_timeout_s),
-            prefer_grpc=settings.qdrant_prefer_grpc,
-            grpc_port=settings.qdrant_grpc_port,
-        )
         return cls(
-            client,
+            server_client(settings),
             settings.qdrant_collection,
             settings.embedding_dim,
             payload_indexes=payload_indexes,
@@ -466,6 +458,18 @@ def _vectors_of(point: Point, sparse_vector: str | None) -> Any:
     if terms is None:
         return {"": point.vector}
     return {"": point.vector, sparse_vector: models.SparseVector(indices=terms.indices, values=terms.values)}
+
+
+def server_client(settings: QdrantSettings) -> QdrantClient:
+    """A client of the Qdrant server at QDRANT_URL, as the settings configure it."""
+    return QdrantClient(
+        url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key,
+        # The client takes whole seconds; rounding down would turn a timeout under 1 s into none at all.
+        timeout=math.ceil(settings.qdrant_timeout_s),
+        prefer_grpc=settings.qdrant_prefer_grpc,
+        grpc_port=settings.qdrant_grpc_port,
+    )
 
 
 def _sparse_vector_of(info: models.CollectionInfo) -> str | None:
