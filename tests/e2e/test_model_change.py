@@ -27,6 +27,7 @@ import requests
 from tests.support.servers import wait_for
 from tests.support.stack import drained, running_stack, stack_settings
 from vecsync import reindex
+from vecsync.bson_codec import mongo_id_of
 from vecsync.documents import point_id
 from vecsync.redis_client import connect
 from vecsync.reindex import Phase
@@ -188,7 +189,9 @@ def assert_every_point_is_the_new_models(stack: LocalStack, collection: Any) -> 
     finally:
         store.close()
     source = f"{settings.mongo_database}.{settings.mongo_collection}"
-    expected = {point_id(source, str(doc["_id"])) for doc in collection.find() if doc.get("subject") or doc.get("content")}
+    expected = {
+        point_id(source, str(doc["_id"])) for doc in collection.find() if doc.get("subject") or doc.get("content")
+    }
     assert set(points) == expected
     records = list(points.values())
     fresh = embed(settings, [record.payload["text"] for record in records], NEW_MODEL)
