@@ -189,9 +189,8 @@ def assert_every_point_is_the_new_models(stack: LocalStack, collection: Any) -> 
     finally:
         store.close()
     source = f"{settings.mongo_database}.{settings.mongo_collection}"
-    expected = {
-        point_id(source, str(doc["_id"])) for doc in collection.find() if doc.get("subject") or doc.get("content")
-    }
+    with_text = [doc for doc in collection.find() if doc.get("subject") or doc.get("content")]
+    expected = {point_id(source, mongo_id_of(doc["_id"])) for doc in with_text}
     assert set(points) == expected
     records = list(points.values())
     fresh = embed(settings, [record.payload["text"] for record in records], NEW_MODEL)
