@@ -139,8 +139,9 @@ class ModelChange:
         recorded, change = self.names.refresh(self.client, alias)
         resolved = self.names.catalog.resolve(alias)
         if recorded is not None and (resolved is None or resolved == recorded.collection):
-            if recorded.model is None:
-                return self._write_serving(alias, recorded.collection, self._points_model(alias, recorded.collection))
+            learned = None if recorded.model is not None else self._points_model(alias, recorded.collection)
+            if learned is not None:  # an empty collection's first points name its model
+                return self._write_serving(alias, recorded.collection, learned)
             return recorded
         if resolved is None:  # a first start: the collection is created under the name, as before aliases
             resolved = alias
