@@ -10,9 +10,9 @@ its own; chonkie is about four times faster but has no overlap, langchain's offs
 The hash backend has no tokenizer: its texts are split by whitespace word count (``vecsync.chunking.word_spans``),
 with the two stand-in special tokens its encoder counts.
 
-Each served model (EMBEDDING_MODELS) has its own chunker, counting in its own tokens. The chunker needs only the
-model folder's tokenizer.json, read in the API's own process (never from the model
-workers), so it answers while the model still loads.
+Each served model (EMBEDDING_MODELS) has its own chunker, counting in its own tokens. A chunker needs only the model
+folder's tokenizer.json, read in the API's own process (never from the model workers), so it answers while the model
+still loads.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from embedding_api.model_folder import default_model_path, folder_identity, model_folder_and_identity
 from embedding_api.settings import HASH_MODEL_NAME, PACKAGED_MODEL_NAME, EmbeddingApiSettings
-from vecsync.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class ModelSource:
 
 
 def served_models(settings: EmbeddingApiSettings) -> list[ModelSource]:
-    """The models to serve, the default first. Raises ConfigurationError when two entries are one model."""
+    """The models to serve, the default first (the settings checked that the entries are known and distinct)."""
     if not settings.embedding_models:
         if settings.embedding_backend == "hash":
             return [ModelSource(f"hash-{settings.embedding_dim}", "hash", hash_dim=settings.embedding_dim)]
@@ -30,17 +29,7 @@ def served_models(settings: EmbeddingApiSettings) -> list[ModelSource]:
         return [ModelSource(identity, settings.embedding_backend, folder)]
     # A model is loaded on EMBEDDING_BACKEND; "hash" there cannot load one, so the models of a list run on torch.
     model_backend = "torch" if settings.embedding_backend == "hash" else settings.embedding_backend
-    sources: list[ModelSource] = []
-    for entry in settings.embedding_models:
-        source = _source_of(entry, model_backend)
-        twin = next((known for known in sources if known.identity == source.identity), None)
-        if twin is not None:
-            raise ConfigurationError(
-                f"EMBEDDING_MODELS names the model {source.identity} twice ({twin.folder} and {source.folder} hold "
-                "the same files); name each model once."
-            )
-        sources.append(source)
-    return sources
+    return [_source_of(entry, model_backend) for entry in settings.embedding_models]
 
 
 def _source_of(entry: str, model_backend: str) -> ModelSource:

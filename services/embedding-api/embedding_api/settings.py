@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from embedding_api.model_digest import model_folder_digest
+
 Backend = Literal["torch", "onnx", "onnx-int8", "hash"]
 
 # The packaged model's name in EMBEDDING_MODELS, and the identity the API reports for it.
@@ -87,6 +89,7 @@ class EmbeddingApiSettings(BaseSettings):
     @classmethod
     def _known_models(cls, entries: list[str]) -> list[str]:
         seen: set[str] = set()
+        folders: list[Path] = []
         for entry in entries:
             if entry in seen:
                 raise ValueError(f"EMBEDDING_MODELS names {entry} twice; name each model once")
@@ -98,6 +101,8 @@ class EmbeddingApiSettings(BaseSettings):
                     f"EMBEDDING_MODELS names {entry!r}, which is neither {PACKAGED_MODEL_NAME}, hash-<dim> (such as "
                     "hash-384) nor the path of a model folder (no folder is there); fix the entry or remove it"
                 )
+            folders.append(Path(entry))
+        _no_model_twice(folders)
         return entries
 
     @model_validator(mode="after")
@@ -119,3 +124,22 @@ class EmbeddingApiSettings(BaseSettings):
     @property
     def onnx_cache(self) -> Path:
         return self.onnx_cache_dir or self.data_dir / "onnx-cache"
+
+
+def _no_model_twice(folders: list[Path]) -> None:
+    """Raise when two folders hold one model: they would get one identity (model_folder.folder_identity), which is
+    "<folder name>@<digest>", so only folders of one name need their digests compared."""
+    by_name: dict[str, list[Path]] = {}
+    for folder in folders:
+        by_name.setdefault(folder.name, []).append(folder)
+    for same_name in by_name.values():
+        if len(same_name) < 2:
+            continue
+        first_of_digest: dict[str, Path] = {}
+        for folder in same_name:
+            twin = first_of_digest.setdefault(model_folder_digest(folder)[:12], folder)
+            if twin != folder:
+                raise ValueError(
+                    f"EMBEDDING_MODELS names one model twice: {twin} and {folder} hold the same files, so both "
+                    "would be served under one identity; name each model once"
+                )
