@@ -72,8 +72,8 @@ def report_memory(encoder: Encoder, copies: int, resident_growth: int | None = N
     each, measured = weight_bytes(encoder)
     MODEL_MEMORY.labels(model=encoder.name).set(each * copies)
     grown = (
-        f"; the process's resident memory grew by {mebibytes(resident_growth)} while it loaded (the first model's "
-        "load includes the libraries it imported)"
+        f"; the process's resident memory grew by {mebibytes(resident_growth)} while it loaded (a load that imports "
+        "its backend's libraries first, torch or onnxruntime, counts them too)"
         if resident_growth is not None
         else ""
     )
