@@ -1,9 +1,9 @@
-"""The embedding-api's HTTP interface: vecsync's own endpoints and an OpenAI-compatible one."""
+"""The embedding-api's HTTP interface: vecsync's own endpoints and an OpenAI-compatible one, over every model it
+serves (EMBEDDING_MODELS): each request names its model in ``model``, or gets the default one."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -23,11 +23,14 @@ from embedding_api.metrics import (
     QUEUE_TEXTS,
     REGISTRY,
     TEXTS,
+    forget_models,
     observe_model_call,
     publish_model_info,
 )
+from embedding_api.model_pool import ServedModel, models_of_settings, report_memory
 from embedding_api.replies import describe_validation_error, error_response, json_response, vectors_in_format
 from embedding_api.request_guard import GuardAndMeasure
+from embedding_api.served_models import served_models
 from embedding_api.settings import EmbeddingApiSettings
 from embedding_api.worker_layout import model_workers
 
@@ -39,15 +42,19 @@ EncodingFormat = Literal["float", "base64"]
 class EncodeRequest(BaseModel):
     text: str
     encoding_format: EncodingFormat = "float"
+    # One of the models served (GET /v1/models); absent: the default, the first of EMBEDDING_MODELS.
+    model: str | None = None
 
 
 class EncodeBatchRequest(BaseModel):
     texts: list[str]
     encoding_format: EncodingFormat = "float"
+    model: str | None = None
 
 
 class ChunkRequest(BaseModel):
     texts: list[str]
+    model: str | None = None
     # Tokens per chunk, the model's special tokens included; null: the model's window.
     tokens: int | None = None
     overlap: int = Field(default=0, ge=0)
@@ -69,43 +76,87 @@ def create_app(
     on_load_failure: Callable[[BaseException], None] | None = None,
     chunker: TextChunker | None = None,
 ) -> FastAPI:
-    """The app over ``encoder`` (ready at once), or over what ``load`` returns (loaded in the background).
+    """The app over ``encoder`` (ready at once), over what ``load`` returns (loaded in the background), or, given
+    neither, over every model the settings name (EMBEDDING_MODELS, each loaded in the background).
 
-    POST /chunk splits with ``chunker``, or with the chunker of the model the settings name, read at its first
-    request (it needs only the tokenizer, so it answers while the model loads).
+    POST /chunk splits with ``chunker`` (for the default model), or with the chunker of the model a request names,
+    read at its first request (it needs only the tokenizer, so it answers while the model loads).
     """
-    if (encoder is None) == (load is None):
-        raise ValueError("pass either an encoder or a load function")
+    if encoder is not None and load is not None:
+        raise ValueError("pass an encoder or a load function, not both")
     app = FastAPI(title="vecsync embedding-api")
-    batcher = Batcher(
-        load or (lambda: encoder),  # type: ignore[arg-type, return-value]
-        workers=model_workers(settings) if load is not None else 1,
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
-        max_wait_s=settings.max_wait_ms / 1000.0,
-        max_queue_texts=settings.max_queue_texts,
-        warm_up=load is not None,
-        background_load=load is not None,
-        on_batch=observe_model_call,
-        on_ready=publish_model_info,
-        on_load_failure=on_load_failure,
-        on_failed_texts=FAILED_TEXTS.inc,
-    )
-    app.state.batcher = batcher
-    QUEUE_TEXTS.set_function(lambda: batcher.queued_texts)
-    app.router.add_event_handler("shutdown", batcher.close)
+    forget_models()
+    batcher_options: dict[str, Any] = {
+        "max_batch_size": settings.max_batch_size,
+        "max_batch_tokens": settings.max_batch_tokens,
+        "max_wait_s": settings.max_wait_ms / 1000.0,
+        "max_queue_texts": settings.max_queue_texts,
+        "on_batch": observe_model_call,
+        "on_load_failure": on_load_failure,
+        "on_failed_texts": FAILED_TEXTS.inc,
+    }
+    models: list[ServedModel]
+    if encoder is None and load is None:
+        models = models_of_settings(settings, served_models(settings), batcher_options, chunker)
+    else:
+        workers = model_workers(settings) if load is not None else 1
 
-    @functools.cache
-    def text_chunker() -> TextChunker:
-        # Not cached when it raises: a later request tries again.
-        return chunker or load_chunker(settings)
+        def on_ready(loaded: Encoder) -> None:
+            publish_model_info(loaded)
+            report_memory(loaded, workers)
 
-    def loaded_encoder() -> Encoder:
-        assert batcher.encoder is not None
-        return batcher.encoder
+        batcher = Batcher(
+            load or (lambda: encoder),  # type: ignore[arg-type, return-value]
+            workers=workers,
+            warm_up=load is not None,
+            background_load=load is not None,
+            on_ready=on_ready,
+            **batcher_options,
+        )
+        given_chunker = chunker
+        models = [ServedModel(batcher, lambda: given_chunker or load_chunker(settings), None)]
+    default = models[0]
+    # The default model's batcher, as before; every model's, in the order served.
+    app.state.batcher = default.batcher
+    app.state.models = models
+    QUEUE_TEXTS.set_function(lambda: sum(model.batcher.queued_texts for model in models))
+    for model in models:
+        app.router.add_event_handler("shutdown", model.batcher.close)
 
-    async def embed(texts: list[str]) -> Encoded:
+    def served(name: str | None, *, any_name_for_a_lone_model: bool = False) -> ServedModel:
+        """The model a request names, the default when it names none; 404 naming the served ones otherwise.
+
+        ``any_name_for_a_lone_model``: OpenAI clients must send a model name, and before EMBEDDING_MODELS any name
+        got the one model; with EMBEDDING_MODELS unset, /v1/embeddings keeps answering so."""
+        if name is None:
+            return default
+        for model in models:
+            if model.name == name:
+                return model
+        if any_name_for_a_lone_model and len(models) == 1 and not settings.embedding_models:
+            return default
+        if default.name is None:
+            return default  # an encoder handed in is still loading: answered 503 like any request meanwhile
+        names = ", ".join(str(model.name) for model in models)
+        raise HTTPException(
+            404,
+            f"Model {name!r} is not served here; this embedding-api serves {names} (EMBEDDING_MODELS lists the "
+            "models it serves). Name one of them, or leave model out for the first.",
+        )
+
+    def all_ready() -> bool:
+        return all(model.batcher.ready for model in models)
+
+    def load_error() -> BaseException | None:
+        return next((model.batcher.load_error for model in models if model.batcher.load_error is not None), None)
+
+    def loaded_encoder(model: ServedModel) -> Encoder:
+        assert model.batcher.encoder is not None
+        return model.batcher.encoder
+
+    async def embed(model: ServedModel, texts: list[str]) -> Encoded:
         _check_request_limits(texts, settings)
+        batcher = model.batcher
         try:
             future = batcher.submit(texts)
         except QueueFull as exc:
@@ -154,14 +205,17 @@ def create_app(
 
     @app.post("/encode")
     async def encode_one(request: EncodeRequest) -> Response:
-        encoded = await embed([request.text])
+        model = served(request.model)
+        encoded = await embed(model, [request.text])
         vector = vectors_in_format(encoded.vectors, request.encoding_format)[0]
-        return json_response({"embedding": vector, "model": loaded_encoder().name, "truncated": encoded.truncated[0]})
+        name = loaded_encoder(model).name
+        return json_response({"embedding": vector, "model": name, "truncated": encoded.truncated[0]})
 
     @app.post("/encode_batch")
     async def encode_batch(request: EncodeBatchRequest) -> Response:
-        encoded = await embed(request.texts)
-        encoder = loaded_encoder()
+        model = served(request.model)
+        encoded = await embed(model, request.texts)
+        encoder = loaded_encoder(model)
         vectors = vectors_in_format(encoded.vectors, request.encoding_format)
         return json_response(
             {"embeddings": vectors, "model": encoder.name, "dim": encoder.dim, "truncated": encoded.truncated}
@@ -169,6 +223,7 @@ def create_app(
 
     @app.post("/chunk")
     async def chunk(request: ChunkRequest) -> Response:
+        model = served(request.model)
         _check_text_count(request.texts, settings)
         characters = sum(len(text) for text in request.texts)
         if characters > settings.max_chunk_request_chars:
@@ -178,7 +233,7 @@ def create_app(
                 f"MAX_CHUNK_REQUEST_CHARS={settings.max_chunk_request_chars}. Send fewer texts per request.",
             )
         try:
-            chunker = await asyncio.to_thread(text_chunker)
+            chunker = await asyncio.to_thread(model.chunker)
         except Exception as exc:  # noqa: BLE001 - a model folder without a usable tokenizer: say so, stay up
             raise HTTPException(503, f"The chunker could not be loaded: {exc}") from None
         tokens = chunker.max_tokens if request.tokens is None else request.tokens
@@ -192,9 +247,10 @@ def create_app(
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: OpenAIEmbeddingsRequest) -> Response:
+        model = served(request.model, any_name_for_a_lone_model=True)
         texts = _openai_texts(request.input)
-        encoded = await embed(texts)
-        encoder = loaded_encoder()
+        encoded = await embed(model, texts)
+        encoder = loaded_encoder(model)
         if request.dimensions is not None and request.dimensions != encoder.dim:
             raise HTTPException(422, f"dimensions={request.dimensions} is not available; this model has {encoder.dim}.")
         vectors = vectors_in_format(encoded.vectors, request.encoding_format)
@@ -211,9 +267,15 @@ def create_app(
 
     @app.get("/v1/models")
     async def openai_models() -> dict[str, Any]:
-        if not batcher.ready:
+        # Empty until every model is loaded, as /readyz: a client taking the first as the default never takes
+        # another one that happened to load first.
+        if not all_ready():
             return {"object": "list", "data": []}
-        return {"object": "list", "data": [{"id": loaded_encoder().name, "object": "model", "owned_by": "vecsync"}]}
+        data = []
+        for model in models:
+            encoder = loaded_encoder(model)
+            data.append({"id": encoder.name, "object": "model", "owned_by": "vecsync", "dim": encoder.dim})
+        return {"object": "list", "data": data}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -221,13 +283,16 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if batcher.load_error is not None:
-            return json_response({"status": "failed", "detail": str(batcher.load_error)}, 503)
-        if not batcher.ready:
+        failure = load_error()
+        if failure is not None:
+            return json_response({"status": "failed", "detail": str(failure)}, 503)
+        if not all_ready():
             return json_response({"status": "loading"}, 503)
-        encoder = loaded_encoder()
-        body = {"status": "ready", "model": encoder.name, "backend": encoder.backend, "dim": encoder.dim}
-        return json_response(body | {"device": encoder.device, "max_tokens": encoder.max_tokens})
+        # The default model's fields at the top, as with one model; every model's under "models", the default first.
+        described = [_described(loaded_encoder(model)) for model in models]
+        first = described[0]
+        body = {"status": "ready", "model": first["id"], "backend": first["backend"], "dim": first["dim"]}
+        return json_response(body | {"device": first["device"], "max_tokens": first["max_tokens"], "models": described})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -236,6 +301,16 @@ def create_app(
     known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(GuardAndMeasure, settings=settings, known_paths=known_paths)
     return app
+
+
+def _described(encoder: Encoder) -> dict[str, Any]:
+    return {
+        "id": encoder.name,
+        "backend": encoder.backend,
+        "dim": encoder.dim,
+        "device": encoder.device,
+        "max_tokens": encoder.max_tokens,
+    }
 
 
 def _openai_texts(value: str | list[Any]) -> list[str]:

@@ -1,5 +1,5 @@
-"""Encoders, what turns texts into unit-length vectors: one per backend, and ``load_encoder``, which builds the one
-the settings name."""
+"""Encoders, what turns texts into unit-length vectors: one per backend, and ``load_model``, which builds a served
+model's (``load_encoder``: the default model's)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from embedding_api.model_folder import model_folder_and_identity
 from embedding_api.onnx_export import ensure_onnx_model
 from embedding_api.quiet_loading import load_without_progress_bar
+from embedding_api.served_models import ModelSource, served_models
 from embedding_api.settings import EmbeddingApiSettings
 from embedding_api.worker_layout import cpu_threads_per_worker
 
@@ -177,6 +177,7 @@ class OnnxEncoder:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(onnx_file), options, providers=providers)
+        self.onnx_file = onnx_file
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.inputs = {item.name for item in self.session.get_inputs()}
         self.backend = backend
@@ -232,26 +233,36 @@ def max_seq_length(model_path: Path) -> int:
 
 
 def load_encoder(settings: EmbeddingApiSettings) -> Encoder:
-    """A copy of the model the settings name, on the backend and device they name, using this worker's CPU share."""
-    if settings.embedding_backend == "hash":
-        log.warning("EMBEDDING_BACKEND=hash: vectors are deterministic but carry no meaning (load tests only)")
-        return HashEncoder(settings.embedding_dim)
-    path, name = model_folder_and_identity(settings)
-    threads = cpu_threads_per_worker(settings)
+    """A copy of the default model the settings name (the first of EMBEDDING_MODELS, or the one model of
+    EMBEDDING_BACKEND)."""
+    return load_model(served_models(settings)[0], settings)
+
+
+def load_model(source: ModelSource, settings: EmbeddingApiSettings) -> Encoder:
+    """A copy of the served model ``source``, on its backend and the device the settings name, using this worker's
+    CPU share."""
+    if source.backend == "hash" or source.folder is None:
+        log.warning(
+            "%s is the hash encoder: its vectors are deterministic but carry no meaning (load tests only)",
+            source.identity,
+        )
+        return HashEncoder(source.hash_dim)
+    path, name = source.folder, source.identity
+    threads = cpu_threads_per_worker(settings, source.backend)
     encoder: Encoder
-    if settings.embedding_backend == "torch":
+    if source.backend == "torch":
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         encoder = TorchEncoder(str(path), name, settings.device, settings.encode_batch_size)
     else:
-        onnx_file = ensure_onnx_model(path, settings.onnx_cache, quantized=settings.embedding_backend == "onnx-int8")
+        onnx_file = ensure_onnx_model(path, settings.onnx_cache, quantized=source.backend == "onnx-int8")
         encoder = OnnxEncoder(
             onnx_file,
             path,
             name=name,
-            backend=settings.embedding_backend,
+            backend=source.backend,
             device=settings.device,
             batch_size=settings.encode_batch_size,
             threads=settings.onnx_threads or threads,

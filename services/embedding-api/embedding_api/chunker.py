@@ -10,8 +10,9 @@ its own; chonkie is about four times faster but has no overlap, langchain's offs
 The hash backend has no tokenizer: its texts are split by whitespace word count (``vecsync.chunking.word_spans``),
 with the two stand-in special tokens its encoder counts.
 
-The chunker needs only the model folder's tokenizer.json, read in the API's own process (never from the model
-workers), so it answers while the model still loads.
+Each served model (EMBEDDING_MODELS) has its own chunker, counting in its own tokens. A chunker needs only the model
+folder's tokenizer.json, read in the API's own process (never from the model workers), so it answers while the model
+still loads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from embedding_api.backends import HashEncoder, max_seq_length
-from embedding_api.model_folder import model_folder_and_identity
+from embedding_api.served_models import ModelSource, served_models
 from embedding_api.settings import EmbeddingApiSettings
 from vecsync.chunking import word_spans
 
@@ -113,10 +114,13 @@ class WordChunker:
 
 
 def load_chunker(settings: EmbeddingApiSettings) -> TextChunker:
-    """The chunker of the model the settings name: its tokenizer.json (MODEL_PATH or the packaged model), or the
-    word split for EMBEDDING_BACKEND=hash."""
-    if settings.embedding_backend == "hash":
-        encoder = HashEncoder(settings.embedding_dim)
+    """The chunker of the default model the settings name."""
+    return chunker_for(served_models(settings)[0])
+
+
+def chunker_for(source: ModelSource) -> TextChunker:
+    """The chunker of a served model: its folder's tokenizer.json, or the word split for a hash encoder."""
+    if source.folder is None:
+        encoder = HashEncoder(source.hash_dim)
         return WordChunker(encoder.name, encoder.max_tokens)
-    path, name = model_folder_and_identity(settings)
-    return TokenizerChunker(path / "tokenizer.json", name, max_seq_length(path))
+    return TokenizerChunker(source.folder / "tokenizer.json", source.identity, max_seq_length(source.folder))

@@ -1,4 +1,5 @@
-"""``vecsync-embedding-api``: serve the embedding model over HTTP."""
+"""``vecsync-embedding-api``: serve the embedding models (EMBEDDING_MODELS, or the one of EMBEDDING_BACKEND) over
+HTTP."""
 
 import logging
 import sys
@@ -6,7 +7,6 @@ import sys
 import uvicorn
 
 from embedding_api.app import create_app
-from embedding_api.backends import load_encoder
 from embedding_api.settings import EmbeddingApiSettings
 from vecsync import settings as settings_module
 from vecsync.runtime import run_main, setup_logging
@@ -23,9 +23,9 @@ def main() -> None:
         failed.append(exc)
         server.should_exit = True
 
-    # The port opens at once, so /healthz answers while the model loads and warms up;
-    # /readyz turns ready (and the encode endpoints answer) only after the warm-up.
-    app = create_app(settings, load=lambda: load_encoder(settings), on_load_failure=stop)
+    # The port opens at once, so /healthz answers while the models load and warm up;
+    # /readyz turns ready only after every model's warm-up (each model answers requests once its own is done).
+    app = create_app(settings, on_load_failure=stop)
     config = uvicorn.Config(
         app,
         host=settings.host,

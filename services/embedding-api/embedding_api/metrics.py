@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -10,8 +13,9 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
 )
+from prometheus_client.core import InfoMetricFamily
+from prometheus_client.registry import Collector
 
 from embedding_api.backends import Encoder
 from embedding_api.batching import BatchStats
@@ -70,7 +74,42 @@ CHUNKS = Counter(
     registry=REGISTRY,
 )
 QUEUE_TEXTS = Gauge("vecsync_embedding_queue_texts", "Texts accepted and not yet encoded.", registry=REGISTRY)
-MODEL_INFO = Info("vecsync_embedding_model", "The model and backend in use.", registry=REGISTRY)
+MODEL_MEMORY = Gauge(
+    "vecsync_embedding_model_memory_bytes",
+    "Memory the weights of a served model take, all its copies together: torch's parameters and buffers, the ONNX "
+    "file's size for the onnx backends, 0 for the hash encoder.",
+    ["model"],
+    registry=REGISTRY,
+)
+
+
+class ModelInfo(Collector):
+    """vecsync_embedding_model_info: one series per served model, naming it, its backend, device and dimension.
+
+    An Info metric holds one series without labels of its own; the API serves several models, each its series."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def publish(self, labels: dict[str, str]) -> None:
+        with self._lock:
+            self._models[labels["model"]] = labels
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+    def collect(self) -> Iterator[InfoMetricFamily]:
+        family = InfoMetricFamily("vecsync_embedding_model", "The models served, each with its backend and device.")
+        with self._lock:
+            for labels in self._models.values():
+                family.add_metric([], labels)
+        yield family
+
+
+MODEL_INFO = ModelInfo()
+REGISTRY.register(MODEL_INFO)
 
 
 def observe_model_call(stats: BatchStats) -> None:
@@ -83,7 +122,13 @@ def observe_model_call(stats: BatchStats) -> None:
 
 
 def publish_model_info(encoder: Encoder) -> None:
-    """Name the loaded model, its backend, device and dimension in vecsync_embedding_model_info."""
-    MODEL_INFO.info(
+    """Name a loaded model, its backend, device and dimension in vecsync_embedding_model_info."""
+    MODEL_INFO.publish(
         {"model": encoder.name, "backend": encoder.backend, "device": encoder.device, "dim": str(encoder.dim)}
     )
+
+
+def forget_models() -> None:
+    """Drop the series of the models served so far: a new app (in tests, one process builds many) names its own."""
+    MODEL_INFO.clear()
+    MODEL_MEMORY.clear()

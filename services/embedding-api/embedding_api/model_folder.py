@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from embedding_api.model_digest import model_folder_digest
-from embedding_api.settings import EmbeddingApiSettings
+from embedding_api.settings import PACKAGED_MODEL_NAME, EmbeddingApiSettings
 
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_NAME = PACKAGED_MODEL_NAME
 
 
 def default_model_path() -> str:
@@ -26,5 +26,10 @@ def model_folder_and_identity(settings: EmbeddingApiSettings) -> tuple[Path, str
     folder of the same name) gets another identity.
     """
     if settings.model_path:
-        return settings.model_path, f"{settings.model_path.name}@{model_folder_digest(settings.model_path)[:12]}"
+        return settings.model_path, folder_identity(settings.model_path)
     return Path(default_model_path()), DEFAULT_MODEL_NAME
+
+
+def folder_identity(folder: Path) -> str:
+    """The identity of the model in ``folder``: "<folder name>@<first 12 hex digits of its digest>"."""
+    return f"{folder.name}@{model_folder_digest(folder)[:12]}"

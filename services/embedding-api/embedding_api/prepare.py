@@ -1,9 +1,10 @@
-"""``python -m embedding_api.prepare``: build the ONNX cache for EMBEDDING_BACKEND ahead of time (e.g. in an image)."""
+"""``python -m embedding_api.prepare``: build the ONNX cache for EMBEDDING_BACKEND ahead of time (e.g. in an image),
+for every model served (EMBEDDING_MODELS)."""
 
 import logging
 
-from embedding_api.model_folder import model_folder_and_identity
 from embedding_api.onnx_export import ensure_onnx_model
+from embedding_api.served_models import served_models
 from embedding_api.settings import EmbeddingApiSettings
 from vecsync import settings as settings_module
 from vecsync.runtime import run_main, setup_logging
@@ -17,9 +18,11 @@ def main() -> None:
     if settings.embedding_backend not in ("onnx", "onnx-int8"):
         log.info("EMBEDDING_BACKEND=%s needs no preparation", settings.embedding_backend)
         return
-    path, _identity = model_folder_and_identity(settings)
-    onnx_file = ensure_onnx_model(path, settings.onnx_cache, quantized=settings.embedding_backend == "onnx-int8")
-    log.info("Ready: %s", onnx_file)
+    for source in served_models(settings):
+        if source.folder is None:
+            continue  # a hash encoder has no model to export
+        quantized = source.backend == "onnx-int8"
+        log.info("Ready: %s", ensure_onnx_model(source.folder, settings.onnx_cache, quantized=quantized))
 
 
 if __name__ == "__main__":

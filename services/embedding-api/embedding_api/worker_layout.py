@@ -13,17 +13,20 @@ from embedding_api.settings import EmbeddingApiSettings
 CPU_MODEL_WORKERS = {"onnx-int8": 2}
 
 
-def model_workers(settings: EmbeddingApiSettings) -> int:
-    """MODEL_WORKERS, or when unset the measured best: one copy, except for onnx-int8 (which runs on a CPU only)."""
+def model_workers(settings: EmbeddingApiSettings, backend: str | None = None) -> int:
+    """MODEL_WORKERS, or when unset the measured best: one copy, except for onnx-int8 (which runs on a CPU only).
+
+    ``backend`` is the served model's (one of EMBEDDING_MODELS); EMBEDDING_BACKEND when not given. Each served model
+    gets this many copies of its own."""
     if settings.model_workers is not None:
         return settings.model_workers
-    return min(CPU_MODEL_WORKERS.get(settings.embedding_backend, 1), _usable_cores())
+    return min(CPU_MODEL_WORKERS.get(backend or settings.embedding_backend, 1), _usable_cores())
 
 
-def cpu_threads_per_worker(settings: EmbeddingApiSettings) -> int:
+def cpu_threads_per_worker(settings: EmbeddingApiSettings, backend: str | None = None) -> int:
     """The CPU threads one model copy may use: its share of the cores this process may run on; 0 (every core, the
     backend's own default) when it is the only copy."""
-    workers = model_workers(settings)
+    workers = model_workers(settings, backend)
     return max(1, _usable_cores() // workers) if workers > 1 else 0
 
 
