@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -83,7 +84,7 @@ class EmbeddingClient:
         dim: int,
         timeout_s: float,
         style: Literal["vecsync", "openai"] = "vecsync",
-        configured_model: str = "all-MiniLM-L6-v2",
+        configured_model: str = OPENAI_DEFAULT_MODEL,
         api_key: str | None = None,
         request_texts: int = 256,
     ) -> None:
@@ -99,6 +100,8 @@ class EmbeddingClient:
         self.style = style
         self.configured_model = configured_model
         self.model: str | None = None
+        # The model the last reply on each thread named (embed_with_model): the loops of every sync share a client.
+        self._replies = threading.local()
         self.dim = dim
         self.timeout_s = timeout_s
         self.request_texts = request_texts
@@ -250,13 +253,6 @@ class EmbeddingClient:
     def embed(self, texts: Sequence[str], *, model: str | None = None, dim: int | None = None) -> list[list[float]]:
         """The vectors of ``texts`` by ``model`` (None: the server's default; OpenAI-style requests name
         ``configured_model`` then), each checked to be of ``dim`` values (None: EMBEDDING_DIM)."""
-        return self.embed_with_model(texts, model=model, dim=dim)[0]
-
-    def embed_with_model(
-        self, texts: Sequence[str], *, model: str | None = None, dim: int | None = None
-    ) -> tuple[list[list[float]], str]:
-        """embed()'s vectors, and the model the reply names as their maker (else the one asked for): what their
-        payloads record. Returned, not read from ``model`` afterwards, as the loops of every sync share one client."""
         # Vectors come back as base64 of little-endian float32, the form stage 2 carries: a third of the bytes of
         # JSON numbers, exact, and no float text to format or parse. A server that ignores the request and sends
         # numbers is understood too.
@@ -290,7 +286,25 @@ class EmbeddingClient:
         made_by = named if isinstance(named, str) and named else model or self.configured_model
         if model is None:
             self.model = made_by
-        return vectors, made_by
+        self._replies.model = made_by
+        return vectors
+
+    def embed_with_model(
+        self, texts: Sequence[str], *, model: str | None = None, dim: int | None = None
+    ) -> tuple[list[list[float]], str]:
+        """embed()'s vectors, and the model the reply names as their maker (else the one asked for): what their
+        payloads record. Returned, not read from ``model`` afterwards, as the loops of every sync share one client.
+
+        A call of embed() that names neither a model nor a size when none is given, as before model changes.
+        """
+        options: dict[str, Any] = {}
+        if model is not None:
+            options["model"] = model
+        if dim is not None:
+            options["dim"] = dim
+        self._replies.model = None
+        vectors = self.embed(texts, **options)
+        return vectors, getattr(self._replies, "model", None) or model or self.model or self.configured_model
 
     def _raise_if_misconfigured(self, response: requests.Response, model: str | None) -> None:
         """ConfigurationError when the answer says a setting is wrong, not a text: a refused key, no such endpoint, an
