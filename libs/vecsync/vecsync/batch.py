@@ -25,6 +25,9 @@ class Batch:
     # The partition the entries come from (vecsync.partitions): whatever the handler queues on ``tx`` must use this
     # partition's keys, so that the transaction stays in one hash slot of a Redis Cluster.
     partition: int = 0
+    # Called once the transaction has committed, in order: work on keys of other hash slots than the batch's (a
+    # model change's progress count, vecsync.reindex), done only for a batch whose output is in stage 2.
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def reject(self, entry: Entry, reason: str) -> None:
         """Send ``entry`` to the dead-letter stream with ``reason`` instead of processing it."""

@@ -292,6 +292,8 @@ class StreamConsumer:
                 self.dead_letters.queue(tx, entry, batch.rejected[entry.id])
         tx.xack(self.stream, self.group, *(entry.id for entry in entries))
         tx.execute()
+        for callback in batch.after_commit:
+            callback()
         elapsed = time.perf_counter() - started
         if batch.rejected:
             for reason in batch.rejected.values():

@@ -10,13 +10,14 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import requests
 
-from embedder_worker.settings import EmbedderSettings
+from embedder_worker.settings import OPENAI_DEFAULT_MODEL, EmbedderSettings
 from vecsync.chunking import word_spans
 from vecsync.errors import ConfigurationError, InvalidEntry, PermanentError, TransientError
 from vecsync.messages import unpack_vector
@@ -65,8 +66,15 @@ class TextsRejected(PermanentError):
 class EmbeddingClient:
     """Calls POST /encode_batch (style ``vecsync``) or POST /v1/embeddings (style ``openai``) and checks the answer.
 
-    ``model`` is the identity of the model that made the vectors of the last reply: what the server names, or
-    ``configured_model`` (EMBEDDING_MODEL, also sent in OpenAI-style requests) for a server that names none.
+    ``model`` is the identity of the default model (the one that answers requests naming none): what the last such
+    reply named, or ``configured_model`` (EMBEDDING_MODEL, else OPENAI_DEFAULT_MODEL: what OpenAI-style requests
+    name when the caller names no model) for a server that names none. The model a reply to a request naming one
+    names is returned by embed_with_model and leaves ``model`` as it was.
+
+    A caller names a model (``model=``) where a collection records the model it is built with (vecsync.reindex):
+    vecsync-style requests then carry it too, and the vectors must be of that collection's size (``dim=``).
+    Without one, requests are as before model changes: vecsync-style ones name no model (the embedding-api's
+    default answers), and vectors must be of ``dim`` (EMBEDDING_DIM).
     """
 
     def __init__(
@@ -76,7 +84,7 @@ class EmbeddingClient:
         dim: int,
         timeout_s: float,
         style: Literal["vecsync", "openai"] = "vecsync",
-        configured_model: str = "all-MiniLM-L6-v2",
+        configured_model: str = OPENAI_DEFAULT_MODEL,
         api_key: str | None = None,
         request_texts: int = 256,
     ) -> None:
@@ -92,6 +100,8 @@ class EmbeddingClient:
         self.style = style
         self.configured_model = configured_model
         self.model: str | None = None
+        # The model the last reply on each thread named (embed_with_model): the loops of every sync share a client.
+        self._replies = threading.local()
         self.dim = dim
         self.timeout_s = timeout_s
         self.request_texts = request_texts
@@ -109,7 +119,7 @@ class EmbeddingClient:
             dim=settings.embedding_dim,
             timeout_s=settings.embedding_timeout_s,
             style=settings.embedding_api_style,
-            configured_model=settings.embedding_model,
+            configured_model=settings.embedding_model or OPENAI_DEFAULT_MODEL,
             api_key=settings.embedding_api_key,
             request_texts=settings.embedding_request_texts,
         )
@@ -158,10 +168,12 @@ class EmbeddingClient:
         """
         self.embed([PROBE_TEXT])
 
-    def chunk(self, texts: Sequence[str], *, tokens: int | None, overlap: int) -> list[list[tuple[int, int]]]:
+    def chunk(
+        self, texts: Sequence[str], *, tokens: int | None, overlap: int, model: str | None = None
+    ) -> list[list[tuple[int, int]]]:
         """Each text's chunks as character spans: chunks of at most ``tokens`` tokens of the model (its window when
         None), sharing ``overlap`` tokens, split where the text's paragraphs and sentences end; a text that fits is
-        one span, the whole text.
+        one span, the whole text. ``model``: the model whose tokenizer splits them (None: the server's default).
 
         The embedding-api splits them, as it holds the model's tokenizer. A server without POST /chunk (an
         OpenAI-compatible one) leaves it to a split by words, WORDS_PER_TOKEN per token.
@@ -176,19 +188,23 @@ class EmbeddingClient:
             ):
                 size += len(texts[end])
                 end += 1
-            spans += self._chunk_request(texts[start:end], tokens, overlap)
+            spans += self._chunk_request(texts[start:end], tokens, overlap, model)
             start = end
         return spans
 
-    def _chunk_request(self, texts: Sequence[str], tokens: int | None, overlap: int) -> list[list[tuple[int, int]]]:
+    def _chunk_request(
+        self, texts: Sequence[str], tokens: int | None, overlap: int, model: str | None
+    ) -> list[list[tuple[int, int]]]:
         if not self.chunks_by_words:
-            body = {"texts": list(texts), "tokens": tokens, "overlap": overlap}
+            body: dict[str, Any] = {"texts": list(texts), "tokens": tokens, "overlap": overlap}
+            if model is not None:
+                body["model"] = model
             try:
                 response = self.session.post(self.chunk_url, json=body, timeout=self.timeout_s)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError(f"embedding-api unreachable at {redact_url(self.chunk_url)}: {exc}") from exc
             if response.status_code not in ENDPOINT_STATUSES and not _answers_without_spans(response):
-                return self._chunk_reply(response, texts)
+                return self._chunk_reply(response, texts, model)
             log.warning(
                 "The embedding server at %s has no POST /chunk (it answered %d%s): long documents are split by "
                 "words from now on, %.2f words per token of the chunk size, not by its model's tokenizer.",
@@ -201,8 +217,10 @@ class EmbeddingClient:
         words = max(1, int((tokens or FALLBACK_CHUNK_TOKENS) * WORDS_PER_TOKEN))
         return [word_spans(text, words, min(int(overlap * WORDS_PER_TOKEN), words - 1)) for text in texts]
 
-    def _chunk_reply(self, response: requests.Response, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
-        self._raise_if_misconfigured(response)
+    def _chunk_reply(
+        self, response: requests.Response, texts: Sequence[str], model: str | None
+    ) -> list[list[tuple[int, int]]]:
+        self._raise_if_misconfigured(response, model)
         if response.status_code in RETRY_STATUSES:
             raise TransientError(
                 f"embedding-api answered {response.status_code} to POST /chunk: {response.text[:200]}",
@@ -232,20 +250,24 @@ class EmbeddingClient:
             raise TransientError("embedding-api sent chunks that do not fit the texts sent to POST /chunk")
         return spans
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def embed(self, texts: Sequence[str], *, model: str | None = None, dim: int | None = None) -> list[list[float]]:
+        """The vectors of ``texts`` by ``model`` (None: the server's default; OpenAI-style requests name
+        ``configured_model`` then), each checked to be of ``dim`` values (None: EMBEDDING_DIM)."""
         # Vectors come back as base64 of little-endian float32, the form stage 2 carries: a third of the bytes of
         # JSON numbers, exact, and no float text to format or parse. A server that ignores the request and sends
         # numbers is understood too.
         body: dict[str, Any] = (
-            {"input": list(texts), "model": self.configured_model, "encoding_format": "base64"}
+            {"input": list(texts), "model": model or self.configured_model, "encoding_format": "base64"}
             if self.style == "openai"
             else {"texts": list(texts), "encoding_format": "base64"}
         )
+        if model is not None and self.style == "vecsync":
+            body["model"] = model
         try:
             response = self.session.post(self.url, json=body, timeout=self.timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"embedding-api unreachable at {redact_url(self.url)}: {exc}") from exc
-        self._raise_if_misconfigured(response)
+        self._raise_if_misconfigured(response, model)
         if response.status_code in RETRY_STATUSES:
             raise TransientError(
                 f"embedding-api answered {response.status_code}: {response.text[:200]}",
@@ -255,18 +277,41 @@ class EmbeddingClient:
             message = f"embedding-api rejected the texts with {response.status_code}: {response.text[:500]}"
             reasons = _texts_the_model_failed_on(response, len(texts))
             raise TextsRejected(message, reasons) if reasons else PermanentError(message)
-        embeddings, model = self._vectors_and_model(response)
+        embeddings, named = self._vectors_and_model(response)
         if not isinstance(embeddings, list) or len(embeddings) != len(texts):
             count = len(embeddings) if isinstance(embeddings, list) else type(embeddings).__name__
             raise TransientError(f"embedding-api returned {count} vectors for {len(texts)} texts")
-        vectors = [self._checked_vector(item) for item in embeddings]
-        self.model = model if isinstance(model, str) and model else self.configured_model
+        size = dim if dim is not None else self.dim
+        vectors = [self._checked_vector(item, size) for item in embeddings]
+        made_by = named if isinstance(named, str) and named else model or self.configured_model
+        if model is None:
+            self.model = made_by
+        self._replies.model = made_by
         return vectors
 
-    def _raise_if_misconfigured(self, response: requests.Response) -> None:
+    def embed_with_model(
+        self, texts: Sequence[str], *, model: str | None = None, dim: int | None = None
+    ) -> tuple[list[list[float]], str]:
+        """embed()'s vectors, and the model the reply names as their maker (else the one asked for): what their
+        payloads record. Returned, not read from ``model`` afterwards, as the loops of every sync share one client.
+
+        A call of embed() that names neither a model nor a size when none is given, as before model changes.
+        """
+        options: dict[str, Any] = {}
+        if model is not None:
+            options["model"] = model
+        if dim is not None:
+            options["dim"] = dim
+        self._replies.model = None
+        vectors = self.embed(texts, **options)
+        return vectors, getattr(self._replies, "model", None) or model or self.model or self.configured_model
+
+    def _raise_if_misconfigured(self, response: requests.Response, model: str | None) -> None:
         """ConfigurationError when the answer says a setting is wrong, not a text: a refused key, no such endpoint, an
-        unknown model. The consumer loop then pauses with its entries instead of dead-lettering every one of them."""
+        unknown model. The consumer loop then pauses with its entries instead of dead-lettering every one of them.
+        ``model``: the model the request named (None: the server's default, or ``configured_model`` in OpenAI style)."""
         status, said = response.status_code, response.text[:300]
+        named_model = model or self.configured_model
         if status in AUTH_STATUSES:
             raise ConfigurationError(
                 f"The embedding-api at {self.shown_url} refused the API key ({status}: {said}): "
@@ -276,21 +321,27 @@ class EmbeddingClient:
             raise ConfigurationError(
                 f"The embedding-api at {self.shown_url} answered {status} to POST {self.shown_endpoint} ({said}): "
                 f"there is no such endpoint there. Check EMBEDDING_URL, and EMBEDDING_API_STYLE ({self.style}); an "
-                f"OpenAI-compatible server also answers so for a model it does not serve (EMBEDDING_MODEL is "
-                f"{self.configured_model})."
+                f"OpenAI-compatible server also answers so for a model it does not serve (the request named "
+                f"{named_model}: a collection's recorded model, else EMBEDDING_MODEL)."
             )
         # Only an answer that says the model is unknown: one that merely names it (a text too long for the model)
         # is about a text, and must not pause the stage on it.
-        named = self.configured_model in said and any(words in said.lower() for words in UNKNOWN_MODEL_WORDS)
+        named = named_model in said and any(words in said.lower() for words in UNKNOWN_MODEL_WORDS)
         if self.style == "openai" and status in (400, 422) and ("model_not_found" in said or named):
             raise ConfigurationError(
-                f"The embedding-api at {self.shown_url} rejected the request naming model {self.configured_model} "
+                f"The embedding-api at {self.shown_url} rejected the request naming model {named_model} "
                 f"({status}: {said}): set EMBEDDING_MODEL to a model it serves."
             )
 
-    def _wrong_size_error(self, size: int) -> ConfigurationError:
-        # One model makes vectors of one size: a reply of another size than EMBEDDING_DIM is the configuration's
-        # fault, never a text's, and would fail every text alike.
+    def _wrong_size_error(self, size: int, expected: int) -> ConfigurationError:
+        # One model makes vectors of one size: a reply of another size than EMBEDDING_DIM (or the size a collection
+        # records) is the configuration's fault, never a text's, and would fail every text alike.
+        if expected != self.dim:
+            return ConfigurationError(
+                f"The embedding-api at {self.shown_url} returned vectors of {size} dimensions, but the collection "
+                f"they are for records vectors of {expected}: check that the embedding-api serves the model the "
+                "collection records (`vecsync status` shows it), and EMBEDDING_DIM if a model change is building."
+            )
         return ConfigurationError(
             f"The embedding-api at {self.shown_url} returned vectors of {size} dimensions, but EMBEDDING_DIM is "
             f"{self.dim}: set EMBEDDING_DIM to its model's size (the upserters' too, with a collection of that size), "
@@ -309,24 +360,24 @@ class EmbeddingClient:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise TransientError(f"embedding-api sent a malformed reply: {response.text[:200]}") from None
 
-    def _checked_vector(self, item: object) -> list[float]:
-        """One vector of the reply, from base64 float32 or a list of numbers, checked."""
+    def _checked_vector(self, item: object, dim: int) -> list[float]:
+        """One vector of the reply, from base64 float32 or a list of numbers, checked to be of ``dim`` values."""
         if isinstance(item, str):
             try:
                 vector = unpack_vector(item)
             except InvalidEntry as exc:
                 raise PermanentError(f"embedding-api returned an unreadable base64 vector: {exc}") from None
-            if len(vector) != self.dim:
-                raise self._wrong_size_error(len(vector))
+            if len(vector) != dim:
+                raise self._wrong_size_error(len(vector), dim)
             return vector
-        self._check_vector_of_numbers(item)
+        self._check_vector_of_numbers(item, dim)
         return item  # type: ignore[return-value]
 
-    def _check_vector_of_numbers(self, vector: object) -> None:
+    def _check_vector_of_numbers(self, vector: object, dim: int) -> None:
         if not isinstance(vector, list):
             raise PermanentError(f"embedding-api returned a {type(vector).__name__} where a vector was expected")
-        if len(vector) != self.dim:
-            raise self._wrong_size_error(len(vector))
+        if len(vector) != dim:
+            raise self._wrong_size_error(len(vector), dim)
         if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in vector):
             raise PermanentError("embedding-api returned a vector with NaN, infinite or non-numeric values")
 

@@ -1,10 +1,19 @@
-"""The embedder-worker's settings: a consumer's, a document's text, and how to reach the embedding-api."""
+"""The embedder-worker's settings: a consumer's, a document's text, and how to reach the embedding-api.
+
+EMBEDDING_MODEL is TextSettings' (the model a sync's collection is built with; unset, the embedding-api's default).
+OpenAI-style requests must name a model: they name the one of the collection being written, else EMBEDDING_MODEL,
+else OPENAI_DEFAULT_MODEL.
+"""
 
 from typing import Literal
 
 from pydantic import Field
 
 from vecsync.settings import ConsumerSettings, TextSettings
+
+# The model OpenAI-style requests name when neither the collection's record nor EMBEDDING_MODEL names one: the
+# embedding-api's packaged default; servers of one model ignore it.
+OPENAI_DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
 class EmbedderSettings(ConsumerSettings, TextSettings):
@@ -13,8 +22,6 @@ class EmbedderSettings(ConsumerSettings, TextSettings):
     # vecsync: POST /encode_batch of vecsync's embedding-api. openai: POST /v1/embeddings of any
     # OpenAI-compatible server (vecsync's embedding-api too, TEI, Infinity, a hosted API).
     embedding_api_style: Literal["vecsync", "openai"] = "vecsync"
-    # Sent as "model" in OpenAI-style requests; servers of one model ignore it.
-    embedding_model: str = "all-MiniLM-L6-v2"
     # Sent as a bearer token when set (hosted APIs).
     embedding_api_key: str | None = None
     embedding_timeout_s: float = Field(default=60.0, gt=0)
