@@ -1,6 +1,5 @@
-"""The embedder-worker during a model change (vecsync.reindex), against real Redis and an embedding-api stand-in of
-two models: the entries for the served collection and for the one being built, the snapshot's entries, and the
-count of the snapshot's documents embedded."""
+"""The embedder-worker during a model change (vecsync.reindex): which collections each change is embedded for, with
+which model and of which size, against real Redis and an embedding-api stand-in of two models."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from prometheus_client import REGISTRY
 from embedder_worker.embedding_client import EmbeddingClient
 from embedder_worker.service import Embedder
 from embedder_worker.settings import EmbedderSettings
-from tests.support.fake_api import FakeApi
+from tests.support.models_api import ModelsApi, ServedModel
 from vecsync import reindex
 from vecsync.constants import APPLIED_TEXT_KEY
 from vecsync.consumer import StreamConsumer
@@ -26,42 +25,20 @@ from vecsync.stream_stats import stream_stats
 
 STAGE1, STAGE2, GROUP = "raw_document_changes", "embedded_documents", "embedding_processors"
 SOURCE = "app.documents"
-ALIAS = "documents"  # QDRANT_COLLECTION's default
-# The models the stand-in serves, and the size of each one's vectors; its default names itself "default-384".
-DIMS = {"model-a": 384, "model-b": 256}
-DEFAULT_MODEL = "default-384"
-
-
-class TwoModelApi(FakeApi):
-    """Answers POST /encode_batch with vectors of the size of the model the request names (384 when it names none),
-    and GET /v1/models with its default model; keeps every request as FakeApi does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.answer = self._answer
-
-    def _answer(self, method: str, path: str, body: Any) -> tuple[int, object]:
-        if method == "GET":
-            return 200, {"data": [{"id": DEFAULT_MODEL}]}
-        model = body.get("model")
-        if model is not None and model not in DIMS:
-            return 404, {"detail": f"model {model} is not served"}
-        size = DIMS.get(model, 384)
-        vectors = [[float(len(text) % 7 + 1)] * size for text in body["texts"]]
-        return 200, {"embeddings": vectors, "model": model or DEFAULT_MODEL}
-
-    def embedding_requests(self) -> list[dict[str, Any]]:
-        return [body for method, path, body in self.requests if method == "POST" and isinstance(body, dict)]
+NAME = "documents"  # QDRANT_COLLECTION's default: the name the records are about
+SERVED = ServedModel("hash-384", 384, window=256)
+NEW = ServedModel("hash-256", 256, window=16)  # a small window: a text of 20 words is two chunks of it, one of SERVED
+LONG_TEXT = " ".join(f"word{n}" for n in range(20))
 
 
 @pytest.fixture
-def api() -> Iterator[TwoModelApi]:
-    served = TwoModelApi()
+def api() -> Iterator[ModelsApi]:
+    served = ModelsApi(SERVED, NEW)
     yield served
     served.close()
 
 
-def embedder(redis_client: redis.Redis, redis_url: str, api: FakeApi, tmp_path: Path) -> StreamConsumer:
+def embedder(redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path, **extra: Any) -> StreamConsumer:
     settings = EmbedderSettings(
         redis_url=redis_url,
         embedding_url=api.url,
@@ -70,6 +47,7 @@ def embedder(redis_client: redis.Redis, redis_url: str, api: FakeApi, tmp_path: 
         backoff_initial_s=0.01,
         backoff_max_s=0.05,
         block_ms=50,
+        **extra,
     )
     client = EmbeddingClient.from_settings(settings)
     return StreamConsumer(
@@ -83,188 +61,243 @@ def embedder(redis_client: redis.Redis, redis_url: str, api: FakeApi, tmp_path: 
     )
 
 
-def add_change(client: redis.Redis, mongo_id: str, text: str | None, build: str | None = None) -> None:
-    document = {"subject": text} if text is not None else None
-    change = DocumentChange("upsert" if text is not None else "delete", SOURCE, mongo_id, 1.0, document, build=build)
-    client.xadd(STAGE1, change.to_fields())
+def building(client: redis.Redis, *, served_model: str | None = SERVED.name) -> reindex.Reindex:
+    """The records of a name that serves ``documents`` and builds ``documents-v1`` with the new model beside it."""
+    serving = reindex.Serving(NAME, served_model, SERVED.dim if served_model else None, alias=NAME)
+    reindex.write_serving(client, serving)
+    change = reindex.start(client, NAME, model=NEW.name, dim=NEW.dim, serving=serving)
+    assert change.collection == "documents-v1"
+    return change
 
 
-def outputs(client: redis.Redis) -> list[EmbeddedDocument]:
-    return [EmbeddedDocument.from_fields(fields) for _id, fields in client.xrange(STAGE2)]
+def add(client: redis.Redis, mongo_id: str, text: str, *, build: str | None = None, op: str = "upsert") -> str:
+    document = {"subject": text} if op == "upsert" else None
+    change = DocumentChange(op, SOURCE, mongo_id, 1.0, document, build=build)  # type: ignore[arg-type]
+    return str(client.xadd(STAGE1, change.to_fields()))
 
 
-def by_collection(client: redis.Redis) -> dict[str | None, EmbeddedDocument]:
+def outputs(client: redis.Redis) -> list[tuple[dict[str, str], EmbeddedDocument]]:
+    return [(fields, EmbeddedDocument.from_fields(fields)) for _id, fields in client.xrange(STAGE2)]
+
+
+def by_collection(client: redis.Redis) -> dict[tuple[str, str | None], EmbeddedDocument]:
     written = outputs(client)
-    found = {document.collection: document for document in written}
-    assert len(found) == len(written), f"two entries for one collection: {written}"
+    found = {(doc.mongo_id, doc.collection): doc for _fields, doc in written}
+    assert len(found) == len(written), "one entry per document and collection"
     return found
 
 
-def served_and_building(client: redis.Redis) -> reindex.Reindex:
-    """``documents`` serves itself (adopted) with model-a, and a change to model-b (256 dimensions) is building."""
-    serving = reindex.Serving(ALIAS, "model-a", 384, alias=ALIAS)
-    reindex.write_serving(client, serving)
-    return reindex.start(client, ALIAS, model="model-b", dim=256, serving=serving)
-
-
-def dropped_count() -> float:
+def dropped() -> float:
     return REGISTRY.get_sample_value("vecsync_embedder_build_entries_dropped_total") or 0.0
 
 
-def test_without_records_entries_and_requests_are_as_before_model_changes(
-    redis_client: redis.Redis, redis_url: str, api: TwoModelApi, tmp_path: Path
+def test_nothing_recorded_writes_entries_as_before_model_changes(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
 ) -> None:
-    add_change(redis_client, "doc", "a text of the one collection")
-    add_change(redis_client, "gone", None)
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
-    written = {document.mongo_id: document for document in outputs(redis_client)}
-    assert sorted(written) == ["doc", "gone"]
-    assert all(document.collection is None for document in written.values())
-    assert "collection" not in dict(redis_client.xrange(STAGE2)[0][1])
-    doc = written["doc"]
-    assert doc.op == "upsert" and doc.vector is not None and len(doc.vector) == 384
-    assert doc.payload is not None and doc.payload["model"] == DEFAULT_MODEL
-    assert written["gone"].op == "delete"
-    assert [body for body in api.embedding_requests() if "model" in body] == []
-    assert all("model" not in body for body in api.chunk_requests)
-
-
-def test_a_live_change_while_building_makes_an_entry_for_each_collection_with_its_own_model(
-    redis_client: redis.Redis, redis_url: str, api: TwoModelApi, tmp_path: Path
-) -> None:
-    change = served_and_building(redis_client)
-    # The served collection holds this text already: its entry is payload-only, the new collection's is embedded.
-    text = "a text that documents holds already"
-    redis_client.hset(APPLIED_TEXT_KEY, point_id(SOURCE, "doc"), text_fingerprint(text_sha256(text), "model-a"))
-    add_change(redis_client, "doc", text)
-    add_change(redis_client, "new", "a new text")
+    version = add(redis_client, "doc", "a text before any model change")
+    add(redis_client, "gone", "", op="delete")
     embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
 
-    written = outputs(redis_client)
-    assert [(document.mongo_id, document.collection) for document in written] == [
-        ("doc", ALIAS),
-        ("doc", change.collection),
-        ("new", ALIAS),
-        ("new", change.collection),
-    ]
-    served_doc, built_doc, served_new, built_new = written
-    assert served_doc.op == "payload" and served_doc.payload is not None
-    assert served_doc.payload["model"] == "model-a"
-    assert built_doc.op == "upsert" and built_doc.vector is not None and len(built_doc.vector) == 256
-    assert built_doc.payload is not None and built_doc.payload["model"] == "model-b"
-    assert served_new.vector is not None and len(served_new.vector) == 384
-    assert built_new.vector is not None and len(built_new.vector) == 256
-    assert served_doc.version == built_doc.version and served_doc.source == built_doc.source == SOURCE
-    # Each collection's texts were chunked and embedded by its own model; only new's text by model-a.
-    assert [(body["model"], body["texts"]) for body in api.embedding_requests()] == [
-        ("model-a", ["a new text"]),
-        ("model-b", [text, "a new text"]),
-    ]
-    assert sorted(body["model"] for body in api.chunk_requests) == ["model-a", "model-b"]
-    # Live changes are not the snapshot: nothing is counted.
-    current = reindex.read_reindex(redis_client, ALIAS)
-    assert current is not None and current.embedded == 0
+    (fields, doc), (deleted_fields, deleted) = outputs(redis_client)
+    assert sorted(fields) == ["changed_at", "mongo_id", "op", "payload", "source", "v", "vector", "version"]
+    assert doc.op == "upsert" and doc.version == version and doc.collection is None
+    assert doc.vector == api.vector(SERVED.name, "a text before any model change")
+    assert doc.payload is not None and doc.payload["model"] == SERVED.name
+    assert sorted(deleted_fields) == ["changed_at", "mongo_id", "op", "source", "v", "version"]
+    assert deleted.op == "delete" and deleted.mongo_id == "gone"
+    # The requests name no model: the embedding-api's default answers, as before.
+    assert api.bodies("/encode_batch") == [{"texts": ["a text before any model change"], "encoding_format": "base64"}]
+    assert all("model" not in body for body in api.bodies("/chunk"))
 
 
-def test_a_delete_while_building_makes_a_delete_for_each_collection(
-    redis_client: redis.Redis, redis_url: str, api: TwoModelApi, tmp_path: Path
+def test_a_live_change_during_a_build_is_embedded_for_both_collections_each_by_its_model(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
 ) -> None:
-    change = served_and_building(redis_client)
-    add_change(redis_client, "gone", None)
+    building(redis_client)
+    # The served collection holds this text already: payload-only there, but the new collection has no point yet.
+    kept = "a text the served collection holds"
+    redis_client.hset(APPLIED_TEXT_KEY, point_id(SOURCE, "kept"), text_fingerprint(text_sha256(kept), SERVED.name))
+    versions = {"kept": add(redis_client, "kept", kept), "long": add(redis_client, "long", LONG_TEXT)}
     embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+
     written = by_collection(redis_client)
-    assert sorted(written) == sorted([ALIAS, change.collection])
-    assert all(document.op == "delete" and document.mongo_id == "gone" for document in written.values())
-    assert api.embedding_requests() == []
+    assert sorted(written) == [
+        ("kept", "documents"),
+        ("kept", "documents-v1"),
+        ("long", "documents"),
+        ("long", "documents-v1"),
+    ]
+    for (mongo_id, _collection), doc in written.items():
+        assert doc.version == versions[mongo_id] and doc.source == SOURCE
+
+    assert written["kept", "documents"].op == "payload"
+    new_kept = written["kept", "documents-v1"]
+    assert new_kept.op == "upsert" and new_kept.vector == api.vector(NEW.name, kept)
+    assert new_kept.payload is not None and new_kept.payload["model"] == NEW.name
+
+    served_long, new_long = written["long", "documents"], written["long", "documents-v1"]
+    assert served_long.vector == api.vector(SERVED.name, LONG_TEXT) and not served_long.chunks
+    assert served_long.payload is not None and served_long.payload["model"] == SERVED.name
+    # Chunked by the new model's window, each chunk embedded by it, of its size.
+    assert len(new_long.chunks) > 1 and new_long.payload is not None and new_long.payload["model"] == NEW.name
+    assert [chunk.vector for chunk in new_long.chunks] == [api.vector(NEW.name, c.text) for c in new_long.chunks]
+    assert {len(vector) for vector in new_long.vectors()} == {NEW.dim}
+
+    # Each request names its model: the served one for the served collection, the new one for the new collection.
+    embedded = api.bodies("/encode_batch")
+    assert {body["model"] for body in embedded} == {SERVED.name, NEW.name}
+    assert [body["texts"] for body in embedded if body["model"] == SERVED.name] == [[LONG_TEXT]]
+    assert {body["model"] for body in api.bodies("/chunk")} == {SERVED.name, NEW.name}
+    assert stream_stats(redis_client, STAGE1, GROUP).pending == 0
+    # Live changes are not the snapshot: the build's progress counts none of them.
+    change = reindex.read_reindex(redis_client, NAME)
+    assert change is not None and change.embedded == 0
 
 
-def test_a_snapshot_change_is_embedded_for_the_new_collection_alone_and_counted(
-    redis_client: redis.Redis, redis_url: str, api: TwoModelApi, tmp_path: Path
+def test_a_served_collection_without_a_recorded_model_is_embedded_by_the_default_one(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
 ) -> None:
-    change = served_and_building(redis_client)
+    building(redis_client, served_model=None)
+    add(redis_client, "doc", "a text")
+    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+
+    written = by_collection(redis_client)
+    assert written["doc", "documents"].vector == api.vector(SERVED.name, "a text")
+    assert written["doc", "documents-v1"].vector == api.vector(NEW.name, "a text")
+    assert sorted(body.get("model", "(none)") for body in api.bodies("/encode_batch")) == ["(none)", NEW.name]
+
+
+def test_a_delete_during_a_build_deletes_from_both_collections(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
+) -> None:
+    building(redis_client)
+    version = add(redis_client, "gone", "", op="delete")
+    add(redis_client, "emptied", "")  # a document left without text must have no point either
+    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+
+    written = by_collection(redis_client)
+    assert sorted(written) == [
+        ("emptied", "documents"),
+        ("emptied", "documents-v1"),
+        ("gone", "documents"),
+        ("gone", "documents-v1"),
+    ]
+    assert all(doc.op == "delete" for doc in written.values())
+    assert written["gone", "documents-v1"].version == version
+    assert api.bodies("/encode_batch") == []
+
+
+def test_a_snapshot_entry_is_embedded_for_the_collection_it_names_alone_and_counted(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
+) -> None:
+    change = building(redis_client)
     for n in range(3):
-        add_change(redis_client, f"doc-{n}", f"snapshot text {n}", build=change.collection)
-    consumer = embedder(redis_client, redis_url, api, tmp_path)
-    consumer.run(drain=True)
-    written = outputs(redis_client)
-    assert [document.collection for document in written] == [change.collection] * 3
-    assert all(document.vector is not None and len(document.vector) == 256 for document in written)
-    assert {body["model"] for body in api.embedding_requests()} == {"model-b"}
-    counted = reindex.read_reindex(redis_client, ALIAS)
-    assert counted is not None and counted.embedded == 3 and counted.progress_at >= change.progress_at
-
-    add_change(redis_client, "doc-3", "snapshot text 3", build=change.collection)
-    consumer.run(drain=True)
-    counted = reindex.read_reindex(redis_client, ALIAS)
-    assert counted is not None and counted.embedded == 4
-
-
-def test_a_snapshot_change_for_the_served_collection_is_embedded_for_it_alone(
-    redis_client: redis.Redis, redis_url: str, api: TwoModelApi, tmp_path: Path
-) -> None:
-    served_and_building(redis_client)
-    add_change(redis_client, "doc", "a text for the served collection", build=ALIAS)
+        add(redis_client, f"snap-{n}", f"snapshot text {n}", build=change.collection)
+    add(redis_client, "served-snap", "a snapshot of the served collection", build=NAME)
     embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
-    [written] = outputs(redis_client)
-    assert written.collection == ALIAS and written.vector is not None and len(written.vector) == 384
-    counted = reindex.read_reindex(redis_client, ALIAS)
-    assert counted is not None and counted.embedded == 0
+
+    written = by_collection(redis_client)
+    assert sorted(written) == [("served-snap", "documents")] + [(f"snap-{n}", "documents-v1") for n in range(3)]
+    for n in range(3):
+        doc = written[f"snap-{n}", "documents-v1"]
+        assert doc.op == "upsert" and doc.vector == api.vector(NEW.name, f"snapshot text {n}")
+        assert doc.vector is not None and len(doc.vector) == NEW.dim
+    served = written["served-snap", "documents"].vector
+    assert served is not None and len(served) == SERVED.dim
+    after = reindex.read_reindex(redis_client, NAME)
+    assert after is not None and after.embedded == 3, "the snapshot documents embedded for the new collection"
+    assert after.progress_at >= change.progress_at
 
 
-def test_a_snapshot_change_of_an_aborted_change_is_acknowledged_without_output(
-    redis_client: redis.Redis, redis_url: str, api: TwoModelApi, tmp_path: Path
+def test_a_snapshot_entry_older_than_a_live_change_of_its_document_hides_nothing_from_the_served_collection(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
 ) -> None:
-    change = served_and_building(redis_client)
-    assert reindex.end(redis_client, ALIAS, change.number, reindex.Phase.ABORTED)
-    dropped = dropped_count()
-    add_change(redis_client, "old", "a snapshot text of the aborted change", build=change.collection)
-    add_change(redis_client, "live", "a live change")
+    change = building(redis_client)
+    live = add(redis_client, "doc", "the live change")
+    snapshot = add(redis_client, "doc", "the snapshot read after it", build=change.collection)
     embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
-    [written] = outputs(redis_client)
-    assert written.mongo_id == "live" and written.collection == ALIAS
-    assert dropped_count() == dropped + 1
+
+    written = by_collection(redis_client)
+    assert sorted(written) == [("doc", "documents"), ("doc", "documents-v1")]
+    assert written["doc", "documents"].version == live
+    assert written["doc", "documents"].vector == api.vector(SERVED.name, "the live change")
+    assert written["doc", "documents-v1"].version == snapshot, "the newest change of the document for each"
+    after = reindex.read_reindex(redis_client, NAME)
+    assert after is not None and after.embedded == 1
+
+
+@pytest.mark.parametrize("phase", [reindex.Phase.ABORTED, reindex.Phase.FAILED])
+def test_snapshot_entries_of_an_ended_change_are_dropped(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path, phase: reindex.Phase
+) -> None:
+    change = building(redis_client)
+    assert reindex.end(redis_client, NAME, change.number, phase)
+    before = dropped()
+    add(redis_client, "snap", "a snapshot text of the ended change", build=change.collection)
+    add(redis_client, "old", "a snapshot text of a change before it", build="documents-v0")
+    add(redis_client, "live", "a live change")
+    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+
+    written = by_collection(redis_client)
+    assert sorted(written) == [("live", "documents")], "live changes go to the served collection alone"
+    assert dropped() == before + 2
     stats = stream_stats(redis_client, STAGE1, GROUP)
-    assert stats.pending == 0 and stats.lag == 0
+    assert stats.pending == 0 and stats.lag == 0, "dropped entries are acknowledged"
     assert redis_client.xlen(STAGE1 + ":dlq") == 0
-    counted = reindex.read_reindex(redis_client, ALIAS)
-    assert counted is not None and counted.embedded == 0
+    after = reindex.read_reindex(redis_client, NAME)
+    assert after is not None and after.embedded == 0
+    assert {body.get("model") for body in api.bodies("/encode_batch")} == {SERVED.name}
 
 
-def test_after_the_switch_live_changes_go_to_the_new_collection_alone(
-    redis_client: redis.Redis, redis_url: str, api: TwoModelApi, tmp_path: Path
+def test_after_the_switch_changes_are_embedded_for_the_new_collection_alone(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
 ) -> None:
-    change = served_and_building(redis_client)
-    assert reindex.end(redis_client, ALIAS, change.number, reindex.Phase.SWITCHED)
-    reindex.write_serving(redis_client, reindex.Serving(change.collection, "model-b", 256, alias=ALIAS))
-    add_change(redis_client, "doc", "a text after the switch")
+    change = building(redis_client)
+    assert reindex.end(redis_client, NAME, change.number, reindex.Phase.SWITCHED)
+    reindex.write_serving(redis_client, reindex.Serving(change.collection, NEW.name, NEW.dim, alias=NAME))
+    add(redis_client, "late-snap", "a snapshot entry handled after the switch", build=change.collection)
+    add(redis_client, "live", "a live change after the switch")
     embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
-    [written] = outputs(redis_client)
-    assert written.collection == change.collection
-    assert written.vector is not None and len(written.vector) == 256
-    assert written.payload is not None and written.payload["model"] == "model-b"
+
+    written = by_collection(redis_client)
+    assert sorted(written) == [("late-snap", "documents-v1"), ("live", "documents-v1")]
+    assert all(doc.vector is not None and len(doc.vector) == NEW.dim for doc in written.values())
+    assert {body["model"] for body in api.bodies("/encode_batch")} == {NEW.name}
 
 
-def test_vectors_of_another_size_than_the_collection_records_are_a_misconfiguration(api: TwoModelApi) -> None:
+def test_openai_style_requests_name_each_collection_s_model(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
+) -> None:
+    building(redis_client)
+    add(redis_client, "doc", "a text")
+    embedder(redis_client, redis_url, api, tmp_path, embedding_api_style="openai").run(drain=True)
+
+    written = by_collection(redis_client)
+    assert written["doc", "documents"].vector == api.vector(SERVED.name, "a text")
+    assert written["doc", "documents-v1"].vector == api.vector(NEW.name, "a text")
+    assert sorted(body["model"] for body in api.bodies("/v1/embeddings")) == sorted([SERVED.name, NEW.name])
+
+
+def test_openai_style_requests_name_embedding_model_while_nothing_is_recorded(
+    redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path
+) -> None:
+    add(redis_client, "doc", "a text")
+    consumer = embedder(
+        redis_client, redis_url, api, tmp_path, embedding_api_style="openai", embedding_model="hash-384"
+    )
+    consumer.run(drain=True)
+
+    [(fields, doc)] = outputs(redis_client)
+    assert "collection" not in fields and doc.vector == api.vector(SERVED.name, "a text")
+    assert [body["model"] for body in api.bodies("/v1/embeddings")] == [SERVED.name]
+
+
+def test_vectors_of_another_size_than_the_collection_records_are_a_configuration_error(api: ModelsApi) -> None:
     client = EmbeddingClient(api.url, dim=384, timeout_s=5)
-    assert len(client.embed(["a text"], model="model-b", dim=256)[0]) == 256
-    assert client.model == "model-b"
-    with pytest.raises(ConfigurationError, match="vectors of 256 dimensions, but the collection"):
-        client.embed(["a text"], model="model-b", dim=384)
-    with pytest.raises(ConfigurationError, match="EMBEDDING_DIM is 384"):
-        client.embed(["a text"], model="model-b")
-    assert [body.get("model") for body in api.embedding_requests()] == ["model-b"] * 3
-
-
-def test_openai_style_requests_name_the_collections_model_else_the_configured_one() -> None:
-    api = FakeApi()
-    api.answer = lambda _method, _path, body: (200, {"data": [{"index": 0, "embedding": [1.0, 2.0]}]})
-    try:
-        client = EmbeddingClient(api.url, dim=2, timeout_s=5, style="openai", configured_model="configured")
-        client.embed(["a"])
-        client.embed(["a"], model="model-b")
-        assert [body["model"] for _method, _path, body in api.requests] == ["configured", "model-b"]  # type: ignore[index]
-        assert client.model == "model-b"
-    finally:
-        api.close()
-    assert EmbeddingClient.from_settings(EmbedderSettings()).configured_model == "all-MiniLM-L6-v2"
-    assert EmbeddingClient.from_settings(EmbedderSettings(embedding_model="m")).configured_model == "m"
+    assert len(client.embed(["a"], model=NEW.name, dim=NEW.dim)[0]) == NEW.dim
+    with pytest.raises(ConfigurationError, match="records vectors of 300"):
+        client.embed(["a"], model=NEW.name, dim=300)
+    with pytest.raises(ConfigurationError, match="does not serve"):
+        client.embed(["a"], model="no-such-model")
+    # A request naming a model leaves the default model, which the skip-unchanged gate assumes, as it was.
+    assert client.current_model() == SERVED.name

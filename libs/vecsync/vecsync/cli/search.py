@@ -93,11 +93,11 @@ def _search(one: Context, sync: Sync, args: argparse.Namespace, match: dict[str,
     # The query is embedded with the model of the collection the name serves now, and searched in that collection,
     # which stays readable for the search even if the name switches to another one meanwhile (vecsync.reindex).
     serving = served(one.redis, one.settings)
-    store = store_of_physical(one.store, one.settings, serving.collection) if serving else one.store
     model = serving.model if serving else None
     # Every mode but sparse needs the query's embedding: asked for first, as the embedding-api is what a search
     # most often cannot reach.
     vector = embed_query(one.settings, args.text, model) if args.mode != SearchMode.SPARSE else None
+    store = store_of_physical(one.store, one.settings, serving.collection) if serving else one.store
     sparse = store.sparse_vector()
     mode, note = choose_search_mode(args.mode, vector=True, text=True, sparse=sparse is not None)
     if note is None and sparse is None and sync.sparse_model:
