@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
+import pymongo.errors
 import pytest
 import requests
 
@@ -39,6 +40,7 @@ from vecsync_local.supervisor import Child
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "support_tickets.jsonl"
 OLD_MODEL, NEW_MODEL = "hash-384", "all-MiniLM-L6-v2"
+COLLECTION = "documents"  # QDRANT_COLLECTION, as the stack leaves it
 VECSYNC = str(Path(sys.executable).parent / "vecsync")
 QUERIES = ("I was charged twice", "the app crashes on start", "how do I reset my password", "refund my order")
 
@@ -51,6 +53,8 @@ def stack_environment(settings: LocalStackSettings) -> dict[str, str]:
         "MONGO_URI": settings.mongo_uri,
         "EMBEDDING_URL": settings.embedding_url,
         "UPSERTER_URL": settings.upserter_url,
+        # As the stages are configured once they restart: the model the collection is to be built with.
+        "EMBEDDING_MODEL": NEW_MODEL,
         "PATH": "/usr/local/bin:/usr/bin:/bin",
     }
 
@@ -98,17 +102,23 @@ class Changes(threading.Thread):
     def run(self) -> None:
         rng = random.Random(25)
         while not self.done.wait(0.05):
-            choice = rng.random()
-            if choice < 0.6:
-                target = rng.choice(self.ids)
-                self.collection.update_one({"_id": target}, {"$set": {"subject": f"changed {self.made}: refund"}})
-            elif choice < 0.85:
-                new_id = f"new-{self.made}"
-                self.collection.insert_one({"_id": new_id, "subject": f"new ticket {self.made}", "content": "help"})
-                self.ids.append(new_id)
-            else:
-                self.collection.delete_one({"_id": self.ids.pop(rng.randrange(len(self.ids)))})
-            self.made += 1
+            try:
+                self._change(rng)
+            except pymongo.errors.PyMongoError:
+                continue  # the stand-in dropped the connection: the client reconnects with the next change
+
+    def _change(self, rng: random.Random) -> None:
+        choice = rng.random()
+        if choice < 0.6:
+            target = rng.choice(self.ids)
+            self.collection.update_one({"_id": target}, {"$set": {"subject": f"changed {self.made}: refund"}})
+        elif choice < 0.85:
+            new_id = f"new-{self.made}"
+            self.collection.insert_one({"_id": new_id, "subject": f"new ticket {self.made}", "content": "help"})
+            self.ids.append(new_id)
+        else:
+            self.collection.delete_one({"_id": self.ids.pop(rng.randrange(len(self.ids)))})
+        self.made += 1
 
 
 def restart_stages(stack: LocalStack, env: dict[str, str]) -> None:
@@ -145,10 +155,20 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStac
         yield running
 
 
+@pytest.fixture
+def documents(stack: LocalStack) -> Iterator[Any]:
+    """The stack's MongoDB collection."""
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(stack.settings.mongo_uri)
+    try:
+        yield client[stack.settings.mongo_database][stack.settings.mongo_collection]
+    finally:
+        client.close()
+
+
 def served(settings: LocalStackSettings) -> reindex.Serving | None:
     client = connect(settings.redis_url)
     try:
-        return reindex.read_serving(client, settings.qdrant_collection)
+        return reindex.read_serving(client, COLLECTION)
     finally:
         client.close()
 
@@ -156,7 +176,7 @@ def served(settings: LocalStackSettings) -> reindex.Serving | None:
 def change_of(settings: LocalStackSettings) -> reindex.Reindex | None:
     client = connect(settings.redis_url)
     try:
-        return reindex.read_reindex(client, settings.qdrant_collection)
+        return reindex.read_reindex(client, COLLECTION)
     finally:
         client.close()
 
@@ -176,9 +196,9 @@ def assert_every_point_is_the_new_models(stack: LocalStack, collection: Any) -> 
     """Point by point: one point per document with text, each holding the new model's vector of its text."""
     settings = stack.settings
     stack.stop_stages()  # the upserter releases the embedded store
-    store = open_vector_store(QdrantSettings(qdrant_collection=settings.qdrant_collection), settings.data_dir)
+    store = open_vector_store(QdrantSettings(qdrant_collection=COLLECTION), settings.data_dir)
     try:
-        assert store.collection != settings.qdrant_collection, "the name must serve the new physical collection"
+        assert store.collection != COLLECTION, "the name must serve the new physical collection"
         points: dict[str, Any] = {}
         offset = None
         while True:
@@ -207,11 +227,10 @@ def finish_changes(stack: LocalStack, changes: Changes) -> None:
 
 
 @pytest.mark.slow
-def test_a_model_change_under_load_never_empties_search(stack: LocalStack) -> None:
+def test_a_model_change_under_load_never_empties_search(stack: LocalStack, documents: Any) -> None:
     settings = stack.settings
     env = stack_environment(settings)
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
-    collection = client[settings.mongo_database][settings.mongo_collection]
+    collection = documents
     before = served(settings)
     assert before is not None and before.model == OLD_MODEL
     searches = Searches(env)
@@ -242,11 +261,10 @@ def test_a_model_change_under_load_never_empties_search(stack: LocalStack) -> No
 
 
 @pytest.mark.slow
-def test_a_model_change_survives_a_kill_of_each_stage(stack: LocalStack) -> None:
+def test_a_model_change_survives_a_kill_of_each_stage(stack: LocalStack, documents: Any) -> None:
     settings = stack.settings
     env = stack_environment(settings)
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
-    collection = client[settings.mongo_database][settings.mongo_collection]
+    collection = documents
     changes = Changes(collection, [doc["_id"] for doc in collection.find({}, {"_id": 1})])
     changes.start()
     restart_stages(stack, {"EMBEDDING_MODEL": NEW_MODEL})
@@ -276,7 +294,7 @@ def test_an_aborted_model_change_leaves_the_served_collection_untouched(stack: L
     wait_for(lambda: change_of(settings) is not None, timeout=120, what="the model change to start")
     change = change_of(settings)
     assert change is not None
-    aborted = cli(env, "reindex", "--abort")
+    aborted = cli(env, "reindex", "--abort", "--yes")
     assert aborted.returncode == 0, aborted.stdout + aborted.stderr
     assert change.collection in aborted.stdout
     waited = cli(env, "reindex", "--wait")
