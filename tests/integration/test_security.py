@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,25 @@ def acl_users() -> dict[str, str]:
     return {line.split()[2].removeprefix("vecsync-"): line for line in lines}
 
 
+@contextlib.contextmanager
+def least_privilege_clients(redis_client: Any, url: str) -> Iterator[dict[str, Any]]:
+    """A Redis client per service, each logged in as the service's user of docs/security.md; the users are removed
+    afterwards."""
+    from vecsync.redis_client import connect
+
+    users = acl_users()
+    assert set(users) == {"producer", "embedder", "upserter"}
+    clients = {}
+    for name, line in users.items():
+        redis_client.execute_command(*line.replace("PASSWORD", f"pw-{name}").split())
+        clients[name] = connect(url.replace("redis://", f"redis://vecsync-{name}:pw-{name}@"))
+    try:
+        yield clients
+    finally:
+        for name in users:
+            redis_client.execute_command("ACL", "DELUSER", f"vecsync-{name}")
+
+
 def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     pipeline: Any, redis_client: Any, tmp_path: Path
 ) -> None:
@@ -72,17 +92,9 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     from upserter.service import Upserter
     from vecsync.consumer import StreamConsumer
     from vecsync.partitions import check_count
-    from vecsync.redis_client import connect
     from vecsync.retention import trim
 
-    users = acl_users()
-    assert set(users) == {"producer", "embedder", "upserter"}
-    url = pipeline.redis_url
-    clients = {}
-    for name, line in users.items():
-        redis_client.execute_command(*line.replace("PASSWORD", f"pw-{name}").split())
-        clients[name] = connect(url.replace("redis://", f"redis://vecsync-{name}:pw-{name}@"))
-    try:
+    with least_privilege_clients(redis_client, pipeline.redis_url) as clients:
         # The group is created by the operator (or the first consumer); do it as admin here, then drop admin rights.
         embedder_settings = pipeline.embedder_settings(trim_interval_s=0.001)
         embedding = EmbeddingClient.from_settings(embedder_settings)
@@ -141,9 +153,127 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
         assert pipeline.points()["d0"]["owner"] == "Cy"
         for stream in ("raw_document_changes", "embedded_documents"):
             assert redis_client.xlen(stream + ":dlq") == 0, f"a service lacked a permission on {stream}"
+
+
+def test_a_model_change_runs_with_each_services_documented_redis_user(
+    pipeline: Any, redis_client: Any, tmp_path: Path
+) -> None:
+    """A whole model change (vecsync.reindex) with the users of docs/security.md: the upserter records what the name
+    serves, starts the build, switches and drops the old collection; the producer publishes the build's snapshot; the
+    embedder-worker embeds for both collections and counts its progress. A refused command would dead-letter an
+    entry, or leave the change building."""
+    from embedder_worker.embedding_client import EmbeddingClient
+    from embedder_worker.service import Embedder
+    from producer.build_snapshot import BuildSnapshot
+    from producer.service import Producer
+    from tests.support.models_api import ModelsApi, ServedModel
+    from upserter.model_change import ModelChange
+    from upserter.named_collections import CollectionSpec, NamedCollections
+    from upserter.service import Upserter
+    from vecsync import reindex
+    from vecsync.consumer import StreamConsumer
+    from vecsync.reindex import Phase
+    from vecsync.store.embedded_catalog import EmbeddedCatalog
+    from vecsync.syncs import default_sync
+
+    old, new = ServedModel("hash-8", 8, window=256), ServedModel("hash-4", 4, window=256)
+    api = ModelsApi(old, new)
+    folder = tmp_path / "collections"
+
+    def stages(clients: dict[str, Any], model: ServedModel) -> Generator[None, None, None]:
+        """The three stages configured with ``model``, as a restart with EMBEDDING_MODEL set gives them; each
+        ``next()`` runs them once, producer first, the upserter's model-change check last."""
+        producer_settings = pipeline.producer_settings().model_copy(update={"embedding_model": model.name})
+        embedder_settings = pipeline.embedder_settings(
+            embedding_url=api.url, embedding_model=model.name, embedding_dim=model.dim
+        )
+        upserter_settings = pipeline.upserter_settings(embedding_model=model.name, embedding_dim=model.dim)
+        names = NamedCollections(EmbeddedCatalog(folder), {"documents": CollectionSpec((), None)}, model.dim)
+        change = ModelChange(
+            names,
+            [default_sync(upserter_settings)],
+            clients["upserter"],
+            upserter_settings.partitions,
+            stage1_group="embedding_processors",
+            stage2_group="qdrant_upserters",
+            holder="upserter-1",
+        )
+        change.record_serving()
+        snapshot = BuildSnapshot(producer_settings, clients["producer"], pipeline.collection)
+        embedding = EmbeddingClient.from_settings(embedder_settings)
+        try:
+            while True:
+                Producer(producer_settings, clients["producer"], pipeline.collection).run(drain=True)
+                snapshot.publish_if_due()
+                StreamConsumer(
+                    clients["embedder"],
+                    stage="embedder",
+                    stream="raw_document_changes",
+                    group="embedding_processors",
+                    handler=Embedder(embedder_settings, embedding, clients["embedder"]).handle,
+                    settings=embedder_settings,
+                ).run(drain=True)
+                store = names.store("documents", names.serving_collection("documents"))
+                upserter = Upserter(upserter_settings, clients["upserter"], store, pipeline.collection, names=names)
+                StreamConsumer(
+                    clients["upserter"],
+                    stage="upserter",
+                    stream="embedded_documents",
+                    group="qdrant_upserters",
+                    handler=upserter.handle,
+                    settings=upserter_settings,
+                ).run(drain=True)
+                change.check("documents")
+                yield
+        finally:
+            names.close()
+
+    def served() -> Any:
+        return reindex.read_serving(redis_client, "documents")
+
+    def collections_and_payloads(collection: str) -> tuple[list[str], list[dict[str, Any]]]:
+        """The physical collections, and the payloads of ``collection``, read once the stages closed the store."""
+        catalog = EmbeddedCatalog(folder)
+        try:
+            payloads, _next = catalog.open(collection, dim=None).scroll(limit=100, offset=None)
+            return catalog.collections(), list(payloads.values())
+        finally:
+            catalog.close()
+
+    try:
+        with least_privilege_clients(redis_client, pipeline.redis_url) as clients:
+            pipeline.collection.insert_many([{"_id": f"d{i}", "subject": f"s {i}"} for i in range(6)])
+            running = stages(clients, old)
+            next(running)
+            running.close()
+            assert served() == reindex.Serving("documents", old.name, old.dim, "documents")
+
+            running = stages(clients, new)
+            next(running)  # the build starts at the end of the first round
+            change = reindex.read_reindex(redis_client, "documents")
+            assert change is not None and change.phase is Phase.BUILDING, change
+            pipeline.collection.update_one({"_id": "d1"}, {"$set": {"subject": "edited during the build"}})
+            pipeline.collection.delete_one({"_id": "d5"})
+            for _round in range(10):
+                next(running)
+                if served().collection != "documents":
+                    break
+            change = reindex.read_reindex(redis_client, "documents")
+            assert change is not None and change.phase is Phase.SWITCHED, change
+            assert served() == reindex.Serving(change.target.collection, new.name, new.dim, "documents")
+            assert change.embedded >= 5, "the embedder-worker's progress was not counted"
+            reindex.request_drop_old(redis_client, "documents")
+            next(running)
+            running.close()
+            assert not reindex.drop_old_requested(redis_client, "documents"), "the old collection was not dropped"
+        collections, payloads = collections_and_payloads(change.target.collection)
+        assert collections == [change.target.collection]
+        texts = {payload["mongo_id"]: payload["text"] for payload in payloads if payload["model"] == new.name}
+        assert texts == {document["_id"]: document["subject"] for document in pipeline.collection.find()}
+        for stream in ("raw_document_changes", "embedded_documents"):
+            assert redis_client.xlen(stream + ":dlq") == 0, f"a service lacked a permission on {stream}"
     finally:
-        for name in users:
-            redis_client.execute_command("ACL", "DELUSER", f"vecsync-{name}")
+        api.close()
 
 
 def hold_renew_and_hand_back_one_entry(consumer: Any) -> None:

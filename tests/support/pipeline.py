@@ -60,8 +60,8 @@ class Pipeline:
         )
 
     def embedder_settings(self, **extra: Any) -> EmbedderSettings:
-        values = {"consumer_name": "embedder-1", **self._common(), **extra}
-        return EmbedderSettings(embedding_url=self.embedding_url, **values)
+        values = {"consumer_name": "embedder-1", "embedding_url": self.embedding_url, **self._common(), **extra}
+        return EmbedderSettings(**values)
 
     def upserter_settings(self, **extra: Any) -> UpserterSettings:
         return UpserterSettings(
