@@ -4,6 +4,7 @@ a URL or API style that answers 404, a refused key), the stage pauses with its e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import requests
 
 from tests.support.fake_api import FakeApi
 from tests.support.pipeline import Pipeline
+from tests.support.redis_acl import least_privilege_clients
 from tests.support.servers import BIN, free_port, start_embedding_api, wait_for
 from vecsync import metrics
 from vecsync.consumer import StreamConsumer
@@ -171,3 +173,25 @@ def test_vectors_of_another_size_than_the_collection_pause_the_upserter_until_ne
     letters = [fields for _id, fields in pipeline.redis_client.xrange(STAGE2 + ":dlq")]
     assert len(letters) == 5
     assert all("768 dimensions" in letter["error"] and "replay" in letter["error"] for letter in letters)
+
+
+def test_a_command_the_services_redis_user_may_not_run_pauses_the_stage_until_it_may(
+    pipeline: Pipeline, running: Running
+) -> None:
+    """An ACL that lacks a command (one written for an older release, say) refuses it for every entry alike: the
+    stage pauses with its entries rather than move the backlog to the dead-letter stream, names the refusal, and
+    resumes once the user may run it."""
+    with least_privilege_clients(pipeline.redis_client, pipeline.redis_url) as clients:
+        pipeline.redis_client.execute_command("ACL", "SETUSER", "vecsync-embedder", "-hgetall")
+        pipeline.collection.insert_many([{"_id": f"doc-{n}", "subject": f"text {n}"} for n in range(3)])
+        pipeline.run_producer()
+        embedder = running.start(dataclasses.replace(pipeline, redis_client=clients["embedder"]).embedder_consumer())
+        wait_for(lambda: embedder.paused, timeout=10, what="the worker to pause")
+        assert "hgetall" in (embedder.paused or "") and "docs/security.md" in (embedder.paused or "")
+        assert paused(embedder) == 1
+        assert dead_letters(pipeline) == 0
+        pipeline.redis_client.execute_command("ACL", "SETUSER", "vecsync-embedder", "+hgetall")
+        wait_for(lambda: pipeline.redis_client.xlen(STAGE2) == 3, timeout=10, what="the worker to resume")
+        wait_for(lambda: embedder.paused is None, timeout=10, what="the pause to end")
+        running.stop()
+    assert dead_letters(pipeline) == 0

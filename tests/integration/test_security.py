@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.redis_acl import least_privilege_clients
 from tests.support.servers import BIN, Server, free_port, start_redis, wait_for
 
 PASSWORD = "correct-horse-battery"
@@ -55,32 +55,6 @@ def test_the_right_password_works_and_is_never_logged(secured_redis: Server, tmp
     assert process.returncode == 0, output
     assert PASSWORD not in output
     assert "redis://:***@127.0.0.1" in output
-
-
-def acl_users() -> dict[str, str]:
-    """The least-privilege ACL commands of docs/security.md, by service."""
-    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
-    lines = [line for line in text.splitlines() if line.startswith("ACL SETUSER vecsync-")]
-    return {line.split()[2].removeprefix("vecsync-"): line for line in lines}
-
-
-@contextlib.contextmanager
-def least_privilege_clients(redis_client: Any, url: str) -> Iterator[dict[str, Any]]:
-    """A Redis client per service, each logged in as the service's user of docs/security.md; the users are removed
-    afterwards."""
-    from vecsync.redis_client import connect
-
-    users = acl_users()
-    assert set(users) == {"producer", "embedder", "upserter"}
-    clients = {}
-    for name, line in users.items():
-        redis_client.execute_command(*line.replace("PASSWORD", f"pw-{name}").split())
-        clients[name] = connect(url.replace("redis://", f"redis://vecsync-{name}:pw-{name}@"))
-    try:
-        yield clients
-    finally:
-        for name in users:
-            redis_client.execute_command("ACL", "DELUSER", f"vecsync-{name}")
 
 
 def test_each_service_runs_with_its_documented_least_privilege_redis_user(

@@ -6,7 +6,8 @@ that fail:
 * a transient failure (a dependency down, Redis full or read-only) is retried with backoff, forever, unless the
   stage's probe passes: then the dependency serves other inputs, so the batch is split, and an entry that keeps
   failing alone, MAX_DELIVERIES times with the probe passing after each, is dead-lettered;
-* a misconfiguration pauses the consumer with its entries (vecsync.misconfiguration_pause);
+* a misconfiguration, a command the service's Redis user may not run among them, pauses the consumer with its
+  entries (vecsync.misconfiguration_pause);
 * any other failure is isolated entry by entry: bad input is dead-lettered at once, and an entry that failed for an
   unknown reason is left pending for redelivery.
 
@@ -20,6 +21,8 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
+import redis
+
 from vecsync import metrics
 from vecsync.backoff import Backoff
 from vecsync.batch import Entry
@@ -28,7 +31,7 @@ from vecsync.dead_letters import DeadLetters
 from vecsync.errors import ConfigurationError, PermanentError, TransientError
 from vecsync.leases import Leases
 from vecsync.misconfiguration_pause import MisconfigurationPause
-from vecsync.redis_errors import REDIS_REFUSALS, REDIS_UNAVAILABLE
+from vecsync.redis_errors import REDIS_REFUSALS, REDIS_UNAVAILABLE, acl_refusal
 from vecsync.redis_retry import RedisRetry, count_refusal
 
 # The consumer loop's lines, under the logger name they have always had.
@@ -109,6 +112,8 @@ class Isolation:
                 return []
             except ConfigurationError as exc:
                 self.pause.pause(exc, len(entries))
+            except redis.exceptions.NoPermissionError as exc:
+                self.pause.pause(acl_refusal(exc), len(entries))
             except RETRYABLE as exc:
                 count_refusal(context.stage, exc)
                 metrics.MESSAGES_FAILED.labels(**labels, reason="transient").inc(len(entries))
