@@ -295,18 +295,20 @@ def test_a_full_redis_is_waited_out_and_nothing_is_lost(pipeline: Pipeline) -> N
     running.flow.memory.share = lambda: 0.0  # type: ignore[method-assign]
     thread = threading.Thread(target=running.run, daemon=True)
     client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", str(int(client.info("memory")["used_memory"])))  # full from now on
+    # Full from now on, whatever Redis frees meanwhile (a limit at today's use would let writes through again once a
+    # client's buffers are released): with noeviction, every write is refused while the use exceeds the limit.
+    client.config_set("maxmemory", "1")
     try:
-        thread.start()
-        pipeline.collection.insert_many([{"_id": f"d{i}", "subject": f"s {i}"} for i in range(20)])
-        wait_for(lambda: refused("oom") > before, timeout=20, what="the producer to meet the full Redis")
-        assert thread.is_alive() and running.liveness.alive()
-    finally:
-        client.config_set("maxmemory", "0")
-    try:
+        try:
+            thread.start()
+            pipeline.collection.insert_many([{"_id": f"d{i}", "subject": f"s {i}"} for i in range(20)])
+            wait_for(lambda: refused("oom") > before, timeout=20, what="the producer to meet the full Redis")
+            assert thread.is_alive() and running.liveness.alive()
+        finally:
+            client.config_set("maxmemory", "0")
         wait_for(lambda: len(stage1(pipeline)) >= 20, timeout=20, what="the changes to be published")
     finally:
-        running.stopping.set()
+        running.stopping.set()  # also when a wait failed: a producer left running would log into later tests
         thread.join(10)
     assert sorted(mongo_id for mongo_id, _op in stage1(pipeline)) == sorted(f"d{i}" for i in range(20))
 
