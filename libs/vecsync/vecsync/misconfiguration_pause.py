@@ -2,9 +2,9 @@
 
 A vector size other than EMBEDDING_DIM, a URL that answers 404, a refused key or a Redis user without a command it
 needs fail every entry alike; dead-lettering them would move the whole backlog (on a first sync, everything) into a
-dead-letter stream, which nothing trims. The consumer keeps its entries (its loop keeps coming round, so its leases hold) and tries them again
-with backoff (vecsync.isolation), so it resumes by itself once the dependency or the setting is right. Meanwhile it
-says so in its log, in /healthz (``reason``) and in vecsync_consumer_paused.
+dead-letter stream, which nothing trims. The consumer keeps its entries (its loop keeps coming round, so its
+leases hold) and tries them again with backoff (vecsync.isolation), so it resumes by itself once the dependency or
+the setting is right. Meanwhile it says so in its log, in /healthz (``reason``) and in vecsync_consumer_paused.
 """
 
 from __future__ import annotations

@@ -325,6 +325,17 @@ class EmbeddedStore(VectorStore):
         page = {str(record.id): dict(record.payload or {}) for record in records}
         return page, None if next_offset is None else str(next_offset)
 
+    @contextmanager
+    def engine(self, action: str, *, writes: bool = False) -> Iterator[qe.EdgeShard]:
+        """The engine's shard, under this store's lock, for Qdrant's REST API (the upserter serves it): its reads, and
+        with ``writes`` the writes of a collection vecsync does not sync, flushed as the store's own are. The engine's
+        errors are mapped as for the store's own calls."""
+        with self._lock, _engine_errors(action):
+            shard = self._open_shard()
+            yield shard
+            if writes:
+                self._written(shard, deletes=0)
+
     # Keeping it on disk -----------------------------------------------------------
 
     def _maintain(self) -> None:
