@@ -37,6 +37,7 @@ def test_make_run_serves_search_until_ctrl_c(tmp_path: Path) -> None:
         "UPSERTER_URL": settings.upserter_url,
         "PRODUCER_METRICS_PORT": str(settings.producer_metrics_port),
         "EMBEDDER_METRICS_PORT": str(settings.embedder_metrics_port),
+        "QDRANT_REST_PORT": str(settings.qdrant_rest_port),
         "SAMPLE_DATA": str(SAMPLES),
         "PATH": "/usr/local/bin:/usr/bin:/bin",
     }
@@ -88,6 +89,7 @@ class Launch:
             "UPSERTER_URL": settings.upserter_url,
             "PRODUCER_METRICS_PORT": str(settings.producer_metrics_port),
             "EMBEDDER_METRICS_PORT": str(settings.embedder_metrics_port),
+            "QDRANT_REST_PORT": str(settings.qdrant_rest_port),
             "EMBEDDING_BACKEND": "hash",
             "SAMPLE_DATA": str(samples or SAMPLES),
             "PATH": "/usr/local/bin:/usr/bin:/bin",

@@ -23,6 +23,7 @@ def stack_settings(data_dir: Path, **overrides: Any) -> LocalStackSettings:
         "embedding_url": f"http://127.0.0.1:{free_port()}",
         "upserter_url": f"http://127.0.0.1:{free_port()}",
         "producer_metrics_port": free_port(),
+        "qdrant_rest_port": free_port(),
         # Worker i uses this port plus i.
         "embedder_metrics_port": free_port_run(max(8, overrides.get("embedder_workers", 0))),
     }

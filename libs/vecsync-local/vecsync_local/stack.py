@@ -86,8 +86,17 @@ class LocalStackSettings(CommonSettings, MongoSettings):
     # keeps it below REDIS_MEMORY_HIGH_WATER of the cap (docs/design.md, "Flow control").
     redis_maxmemory: str = ""
     embedder_metrics_port: int = Field(default=9103, ge=1, le=65535)
+    # The upserter serves Qdrant's REST API over the embedded collection here, on 127.0.0.1, for curl, qdrant-client
+    # and LangChain (README, "Point an application at the embedded collection"). Empty: not served. Not served
+    # either where QDRANT_URL names a Qdrant server: clients use that server.
+    qdrant_rest_port: int | None = Field(default=6333, ge=1, le=65535)
 
     _http_urls = field_validator("embedding_url", "upserter_url")(require_scheme("http", "https"))
+
+    @field_validator("qdrant_rest_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class LocalStack:
@@ -137,7 +146,17 @@ class LocalStack:
             self.supervisor.start(child)
             self.stages.append(child)
         self._wait_http(self.settings.upserter_url + "/healthz", "the upserter", self.stages[-1:])
+        rest_port = self.rest_port()
+        if rest_port is not None:
+            print(f"Qdrant's REST API over the embedded collection on http://127.0.0.1:{rest_port}", flush=True)
         print(f"All stages running; logs in {self.logs}", flush=True)
+
+    def rest_port(self) -> int | None:
+        """The port of the upserter's Qdrant REST API (QDRANT_REST_PORT); None where it serves none: unset, or
+        QDRANT_URL names a Qdrant server, which clients then use."""
+        if settings_module.load(QdrantSettings).qdrant_url:
+            return None
+        return self.settings.qdrant_rest_port
 
     def listeners(self) -> list[Listener]:
         """Every port the stack will listen on, in the order it starts them, with the setting that chose it."""
@@ -154,6 +173,9 @@ class LocalStack:
             listeners.append(Listener(port, "127.0.0.1", f"embedder-worker {index + 1}'s /metrics", setting))
         upserter = "the upserter's /metrics and collection operations"
         listeners.append(Listener.served(settings.upserter_url, "UPSERTER_URL", upserter))
+        rest_port = self.rest_port()
+        if rest_port is not None:
+            listeners.append(Listener(rest_port, "127.0.0.1", "the upserter's Qdrant REST API", "QDRANT_REST_PORT"))
         return listeners
 
     def _consumer_stages(self) -> list[Child]:
@@ -164,6 +186,9 @@ class LocalStack:
             stages.append(self._stage("embedder-worker", env, label=f"embedder-worker {index + 1}"))
         # The CLI finds the upserter, which holds the embedded Qdrant store, at UPSERTER_URL.
         env = {"METRICS_PORT": str(port_of(self.settings.upserter_url, "UPSERTER_URL")), "CONSUMER_NAME": "upserter-1"}
+        # Bound to this host only, as METRICS_HOST: without QDRANT_API_KEY it serves this host's clients alone.
+        rest_port = self.rest_port()
+        env |= {"QDRANT_REST_PORT": "" if rest_port is None else str(rest_port), "QDRANT_REST_HOST": "127.0.0.1"}
         stages.append(self._stage("upserter", env))
         return stages
 

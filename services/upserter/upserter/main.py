@@ -14,6 +14,8 @@ from pymongo.collection import Collection
 
 from upserter.model_change import ModelChange
 from upserter.named_collections import CollectionSpec, NamedCollections
+from upserter.qdrant_rest.app import RestKeys, create_app
+from upserter.qdrant_rest.server import RestServer
 from upserter.service import Upserter
 from upserter.settings import UpserterSettings
 from upserter.store_api import store_routes, write_store_key
@@ -30,6 +32,7 @@ from vecsync.reindex_metrics import register_reindex_stats
 from vecsync.runtime import Lane, run_main, serve_consumer, setup_logging
 from vecsync.search_modes import sparse_vector_missing
 from vecsync.store import open_catalog
+from vecsync.store.embedded_catalog import EmbeddedCatalog
 from vecsync.sync import Sync
 from vecsync.syncs import load_syncs, settings_for
 from vecsync.vectorstore import VectorStore, store_key_file
@@ -50,11 +53,33 @@ def main() -> None:
     )
     # Connected only when first used: a change to embed again that was trimmed from stage 1 is read from MongoDB.
     mongo = open_collection(settings, "vecsync-upserter", connect=False)
+    rest = None
     try:
+        rest = start_rest_api(settings, names)
         _serve(settings, syncs, names, mongo)
     finally:
+        if rest is not None:
+            rest.close()  # before the store closes: no request reaches a closed store
         names.close()  # the embedded store writes everything to disk and releases its folder
         mongo.database.client.close()
+
+
+def start_rest_api(settings: UpserterSettings, names: NamedCollections) -> RestServer | None:
+    """Serve Qdrant's REST API over the embedded store where QDRANT_REST_PORT asks for it (None: not served)."""
+    if settings.qdrant_rest_port is None:
+        return None
+    catalog = names.catalog
+    if not isinstance(catalog, EmbeddedCatalog):  # QDRANT_URL: refused by the settings already
+        return None
+    keys = RestKeys(read_write=settings.qdrant_api_key, read_only=settings.qdrant_read_only_api_key)
+    if not keys.any and not settings.rest_host_is_loopback():
+        log.warning(
+            "QDRANT_REST_HOST is %s but no QDRANT_API_KEY or QDRANT_READ_ONLY_API_KEY is set: Qdrant's REST API "
+            "then serves only clients on this host. Set a key to serve clients elsewhere.",
+            settings.qdrant_rest_host,
+        )
+    app = create_app(catalog, keys, synced=names.writes, writable=settings.qdrant_rest_writable_collections)
+    return RestServer(app, settings.qdrant_rest_host, settings.qdrant_rest_port).start()
 
 
 def collection_indexes(syncs: Sequence[Sync]) -> dict[str, dict[str, str]]:

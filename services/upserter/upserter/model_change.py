@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 import redis
 from prometheus_client import Counter
 
-from upserter.named_collections import NamedCollections
+from upserter.named_collections import NamedCollections, is_collection_of
 from vecsync import reindex
 from vecsync.backoff import Backoff
 from vecsync.errors import TransientError, VecsyncError
@@ -269,7 +269,7 @@ class ModelChange:
             reindex.clear_drop_old(self.client, alias)
             log.warning("`vecsync reindex --drop-old` for %r ignored: a model change is building", alias)
             return
-        old = [name for name in self.names.catalog.collections() if _is_collection_of(alias, name)]
+        old = [name for name in self.names.catalog.collections() if is_collection_of(alias, name)]
         dropped = [name for name in old if name != serving.collection]
         for name in dropped:
             self.names.drop(name)
@@ -286,9 +286,3 @@ class ModelChange:
             self.client.pexpire(key, COORDINATOR_TTL_MS)
             return True
         return False
-
-
-def _is_collection_of(alias: str, name: str) -> bool:
-    """Whether ``name`` is a physical collection of ``alias``: the name itself (adopted) or ``<alias>-v<n>``."""
-    suffix = name.removeprefix(alias + "-v")
-    return name == alias or (suffix != name and suffix.isdigit())

@@ -49,6 +49,10 @@ class NamedCollections:
     def names(self) -> list[str]:
         return list(self.specs)
 
+    def writes(self, collection: str) -> bool:
+        """Whether the upserter's syncs write ``collection``: one of their names, or a physical collection of one."""
+        return any(is_collection_of(name, collection) for name in self.specs)
+
     def refresh(self, client: redis.Redis, alias: str) -> tuple[Serving | None, Reindex | None]:
         """Read what ``alias`` serves and builds now (one round trip), and keep it for the calls that follow."""
         state = reindex.read_state(client, alias)
@@ -101,3 +105,9 @@ class NamedCollections:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+def is_collection_of(alias: str, name: str) -> bool:
+    """Whether ``name`` is a physical collection of ``alias``: the name itself (adopted) or ``<alias>-v<n>``."""
+    suffix = name.removeprefix(alias + "-v")
+    return name == alias or (suffix != name and suffix.isdigit())
