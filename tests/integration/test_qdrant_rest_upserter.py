@@ -4,11 +4,9 @@ at start, and the seed's rebuild runbook through it on a running pipeline (issue
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import requests
 from fastapi.testclient import TestClient
 
 from tests.support.pipeline import Pipeline
+from tests.support.rest_upserter import Upserter, embed_stage_1, pipeline_environment, points_count, running_upserter
 from tests.support.servers import BIN, Server, free_port, port_open, wait_for
 from tests.support.stack import stack_settings
 from upserter.qdrant_rest.app import RestKeys, create_app
@@ -26,62 +25,6 @@ from vecsync_local.ports import Listener
 
 READ_WRITE = "read-write-key-of-the-test"
 READ_ONLY = "read-only-key-of-the-test"
-
-
-class Upserter:
-    """A vecsync-upserter process holding the embedded store under ``data_dir``, its REST API on a free port."""
-
-    def __init__(self, data_dir: Path, redis_url: str, **env: str) -> None:
-        self.rest_port, self.metrics_port = free_port(), free_port()
-        self.base = f"http://127.0.0.1:{self.rest_port}"
-        self.log = data_dir.parent / f"{data_dir.name}-upserter.log"
-        environment = {
-            **os.environ,
-            "REDIS_URL": redis_url,
-            "DATA_DIR": str(data_dir),
-            "METRICS_HOST": "127.0.0.1",
-            "METRICS_PORT": str(self.metrics_port),
-            "QDRANT_REST_PORT": str(self.rest_port),
-            "EMBEDDING_DIM": "384",
-            "BACKOFF_INITIAL_S": "0.01",
-            "BACKOFF_MAX_S": "0.05",
-            "BLOCK_MS": "50",
-            **env,
-        }
-        with open(self.log, "wb") as output:
-            self.process = subprocess.Popen(
-                [str(BIN / "vecsync-upserter")], env=environment, stdout=output, stderr=subprocess.STDOUT
-            )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait_for_collection(self, headers: dict[str, str] | None = None) -> None:
-        def exists() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the upserter exited with {self.process.returncode}:\n{self.output()}")
-            reply = requests.get(self.base + "/collections/documents/exists", headers=headers, timeout=2)
-            return bool(reply.ok and reply.json()["result"]["exists"])
-
-        wait_for(exists, timeout=60, what=f"the upserter's collection through its REST API:\n{self.output()}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
-
-
-@contextmanager
-def running_upserter(data_dir: Path, redis_url: str, **env: str) -> Iterator[Upserter]:
-    upserter = Upserter(data_dir, redis_url, **env)
-    try:
-        yield upserter
-    finally:
-        upserter.stop()
 
 
 def test_the_upserter_serves_qdrants_rest_api_on_its_port_and_stops_cleanly(redis_url: str, tmp_path: Path) -> None:
@@ -258,44 +201,31 @@ def test_the_settings_read_the_writable_collections_as_a_comma_separated_list() 
 # --- acceptance 3: refused writes change nothing; the rebuild runbook restores every point ------------------------
 
 
-def _points_count(base: str) -> int:
-    return int(requests.get(base + "/collections/documents", timeout=5).json()["result"]["points_count"])
-
-
 def test_an_outside_upsert_is_refused_and_deleting_then_replaying_stage_2_restores_every_point(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     """The producer and the embedder-worker run in this process; the upserter is a process of its own, with its
     store and REST API, as `make run` runs it."""
     settings = pipeline.upserter_settings()
-    env = {
-        "MONGO_URI": pipeline.mongo_uri,
-        "MONGO_DATABASE": pipeline.collection.database.name,
-        "MONGO_COLLECTION": pipeline.collection.name,
-        "STAGE2_STREAM": settings.stage2_stream,
-        "STAGE2_GROUP": settings.stage2_group,
-    }
     documents = [{"_id": f"d{i}", "subject": f"ticket {i}", "content": f"the text of ticket {i}"} for i in range(12)]
     pipeline.collection.insert_many(documents)
-    pipeline.run_producer()
-    for partition in settings.partitions.indexes():
-        pipeline.embedder_consumer(partition).run(drain=True)
+    embed_stage_1(pipeline)
 
     stage2 = [settings.partitions.name(settings.stage2_stream, p) for p in settings.partitions.indexes()]
     assert sum(pipeline.redis_client.xlen(stream) for stream in stage2) == 12, stage2
-    with running_upserter(tmp_path / "upserter", pipeline.redis_url, **env) as upserter:
+    with running_upserter(tmp_path / "upserter", pipeline.redis_url, **pipeline_environment(pipeline)) as upserter:
         upserter.wait_for_collection()
-        wait_for(lambda: _points_count(upserter.base) == 12, timeout=60, what=f"12 points:\n{upserter.output()}")
+        wait_for(lambda: points_count(upserter.base) == 12, timeout=60, what=f"12 points:\n{upserter.output()}")
 
         upsert = {"points": [{"id": 1, "vector": [0.1] * 384, "payload": {"mongo_id": "intruder"}}]}
         refused = requests.put(upserter.base + "/collections/documents/points", json=upsert, timeout=5)
         assert refused.status_code in (403, 501), refused.text  # 501 until the point writes are served at all
         assert refused.json()["status"]["error"]
-        assert _points_count(upserter.base) == 12
+        assert points_count(upserter.base) == 12
 
         deleted = requests.delete(upserter.base + "/collections/documents", timeout=5)
         assert deleted.status_code == 200 and deleted.json()["result"] is True, deleted.text
-        assert _points_count(upserter.base) == 0  # made again at once, empty
+        assert points_count(upserter.base) == 0  # made again at once, empty
 
         # The runbook's XGROUP DESTROY and CREATE ... 0, in one transaction: the running upserter recreates a
         # missing group itself (from 0 too), and must not find it gone between the two.
@@ -306,7 +236,7 @@ def test_an_outside_upsert_is_refused_and_deleting_then_replaying_stage_2_restor
                 transaction.xgroup_destroy(stream, settings.stage2_group)
                 transaction.xgroup_create(stream, settings.stage2_group, id="0")
             transaction.execute()
-        wait_for(lambda: _points_count(upserter.base) == 12, timeout=60, what=f"12 points again:\n{upserter.output()}")
+        wait_for(lambda: points_count(upserter.base) == 12, timeout=60, what=f"12 points again:\n{upserter.output()}")
         code = upserter.stop()
     assert code == 0, upserter.output()
 
