@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from tests.support.pipeline import Pipeline
 from tests.support.rest_upserter import Upserter, embed_stage_1, pipeline_environment, points_count, running_upserter
 from tests.support.servers import BIN, Server, free_port, port_open, wait_for
-from tests.support.stack import stack_settings
+from tests.support.stack import running_stack, stack_settings
 from upserter.qdrant_rest.app import RestKeys, create_app
 from upserter.settings import UpserterSettings
 from vecsync.errors import ConfigurationError
@@ -275,3 +275,15 @@ def test_make_run_refuses_a_rest_port_another_program_holds_before_anything_star
         with pytest.raises(ConfigurationError, match=rf"Port {port}, which the upserter's Qdrant REST API"):
             stack.start()
     assert not stack.servers and not stack.stages
+
+
+def test_make_run_prints_the_rest_api_address_where_the_upserter_serves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = stack_settings(tmp_path / "data", embedding_backend="hash", embedder_workers=1)
+    with running_stack(settings):
+        printed = capsys.readouterr().out
+        address = f"http://127.0.0.1:{settings.qdrant_rest_port}"
+        assert f"Qdrant's REST API over the embedded collection on {address}" in printed, printed
+        reply = requests.get(address + "/collections/documents/exists", timeout=10)
+        assert reply.status_code == 200 and reply.json()["result"] == {"exists": True}, reply.text
