@@ -122,3 +122,16 @@ def test_what_is_not_served_answers_qdrants_error_shape_naming_it(catalog: Embed
     message = error(api.get("/collections/documents/points"), 404)
     assert "points/scroll" in message and "points/count" in message
     assert "not JSON" in error(api.post("/collections/documents/points/scroll", content=b"{oops"), 400)
+
+
+def test_a_collection_the_api_opened_first_still_gets_the_upserters_payload_indexes(tmp_path: Path) -> None:
+    """The API may read a collection before the upserter's consumers open it with the sync's indexes."""
+    catalog = EmbeddedCatalog(tmp_path / "qdrant", flush_interval_s=0)
+    try:
+        catalog.open("documents", dim=4)
+        api = client(catalog)
+        assert "region" not in result(api.get("/collections/documents"))["payload_schema"]
+        catalog.open("documents", dim=4, payload_indexes={"region": "keyword"})
+        assert result(api.get("/collections/documents"))["payload_schema"]["region"]["data_type"] == "keyword"
+    finally:
+        catalog.close()

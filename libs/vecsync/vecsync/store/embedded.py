@@ -173,6 +173,16 @@ class EmbeddedStore(VectorStore):
                     self._shard.update(qe.UpdateOperation.create_field_index(name, SCHEMA_TYPES[kind]))
                     self._unflushed = True
 
+    def index_also(self, payload_indexes: PayloadIndexes) -> None:
+        """Create the payload indexes of ``payload_indexes`` this store was not opened with (a no-op when it has
+        them all, as on every call but the first)."""
+        wanted = index_types(payload_indexes)
+        with self._lock:
+            if wanted.items() <= self.indexed.items():
+                return
+            self.indexed = {**self.indexed, **wanted}
+        self.ensure_collection()
+
     def require_conditional_writes(self) -> None:
         """The engine is pinned (qdrant-edge-py), and applies conditional upserts, deletes and payload writes."""
 
