@@ -406,6 +406,17 @@ def test_a_hybrid_query_fuses_dense_and_sparse_prefetches_as_qdrant_does(hybrid:
     assert set(with_sparse["vector"]["bm25"]) == {"indices", "values"}
 
 
+@pytest.mark.parametrize("strategy", [None, "average_vector", "best_score", "sum_scores"])
+def test_recommend_ranks_as_qdrant_does(dense: Pair, strategy: str | None) -> None:
+    recommend: dict[str, Any] = {"positive": [point_uuid(3), QUERY], "negative": [point_uuid(20)]}
+    if strategy is not None:
+        recommend["strategy"] = strategy
+    body = {"query": {"recommend": recommend}, "limit": 6, "filter": {"must_not": [{"has_id": [point_uuid(5)]}]}}
+    ours, theirs = engine_query(dense, body), client_query(dense, body)
+    assert point_uuid(3) not in {p["id"] for p in ours}, "an example named by id is not its own hit"
+    assert_same_hits(ours, theirs)
+
+
 def test_dbsf_fusion_ranks_as_qdrant_does(hybrid: Pair) -> None:
     body = {
         "prefetch": [{"query": QUERY, "limit": 10}, {"query": [0.1, 0.9, 0.2, 0.3], "limit": 10}],
@@ -444,7 +455,6 @@ def test_records_and_scored_points_have_qdrants_vector_shape(hybrid: Pair, dense
 
 def test_unserved_queries_name_what_is_not_served(dense: Pair) -> None:
     unserved = {
-        "recommend": {"query": {"recommend": {"positive": [point_uuid(1)]}}},
         "discover": {"query": {"discover": {"target": QUERY, "context": []}}},
         "context": {"query": {"context": [{"positive": QUERY, "negative": QUERY}]}},
         "formula": {"query": {"formula": {"sum": ["$score", 1.0]}}},

@@ -59,12 +59,14 @@ class NotServed(Exception):
 
 # Validation --------------------------------------------------------------------------------------------------------
 
-# The parts of a pydantic error location that are field names or list positions, not the names of union branches.
+# The parts of a pydantic error location that are field names or list positions, not the names of union branches
+# (a model's name, "list[...]", or a plain type: "bool", "int", "str"...).
 _FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_BRANCH_TYPES = frozenset({"bool", "int", "float", "str", "uuid", "date", "datetime", "none"})
 
 
 def _validated(model: type[Model], body: Any, what: str) -> Model:
-    """``body`` as qdrant-client's ``model``; BadRequest naming the first wrong field where it is not one."""
+    """``body`` as qdrant-client's ``model``; BadRequest naming the wrong field where it is not one."""
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as exc:
@@ -72,16 +74,31 @@ def _validated(model: type[Model], body: Any, what: str) -> Model:
 
 
 def _validation_message(exc: pydantic.ValidationError, what: str) -> str:
-    """The most specific of pydantic's errors (a union reports one per branch: the deepest is the branch the
-    body meant), as one sentence naming the field."""
-    best_path: list[str] = []
-    best_message = ""
+    """Pydantic's most specific error as one sentence naming the field. A union reports an error for each of its
+    branches: the deepest one about a value the body gave (not a field another branch misses) is the branch the
+    body meant; where several branches fail at that field, none of its forms fits."""
+    ranked: list[tuple[int, bool, str, str]] = []
     for error in exc.errors():
-        path = [str(part) for part in error["loc"] if isinstance(part, int) or _FIELD_NAME.match(str(part))]
-        if not best_message or len(path) > len(best_path):
-            best_path, best_message = path, error["msg"]
-    field = ".".join(best_path) or "the body"
-    return f"the {what} request is not valid at `{field}`: {best_message} (see Qdrant's API reference for its shape)"
+        path = [
+            str(part)
+            for part in error["loc"]
+            if isinstance(part, int) or (_FIELD_NAME.match(part) and part not in _BRANCH_TYPES)
+        ]
+        ranked.append((len(path), error["type"] != "missing", ".".join(path), error["msg"]))
+    depth, given, field, message = max(ranked, key=lambda each: each[:2])
+    alternatives = {each[3] for each in ranked if each[:3] == (depth, given, field)}
+    if len(alternatives) > 1:
+        message = "it is none of the forms this field takes"
+    return (
+        f"the {what} request is not valid at `{field or 'the body'}`: {message} (see Qdrant's API reference for "
+        "the field's forms)"
+    )
+
+
+def _at_least(value: int | None, minimum: int, field: str) -> None:
+    """Qdrant's bounds of a number of points (the engine takes unsigned numbers and fails on others)."""
+    if value is not None and value < minimum:
+        raise BadRequest(f"`{field}` must be at least {minimum}, not {value}")
 
 
 # Filters -----------------------------------------------------------------------------------------------------------
@@ -338,6 +355,8 @@ def query_request(body: dict[str, Any], shard: qe.EdgeShard) -> qe.QueryRequest:
 
 def _query_request(model: models.QueryRequest, shard: qe.EdgeShard | None) -> qe.QueryRequest:
     _refuse_unserved(model)
+    _at_least(model.limit, 1, "limit")
+    _at_least(model.offset, 0, "offset")
     query, mentioned = _scoring_query(model.query, model.using, shard)
     return qe.QueryRequest(
         limit=DEFAULT_LIMIT if model.limit is None else model.limit,
@@ -368,6 +387,7 @@ def _prefetches(prefetch: Any, shard: qe.EdgeShard | None) -> list[qe.Prefetch] 
 
 def _prefetch(stage: models.Prefetch, shard: qe.EdgeShard | None) -> qe.Prefetch:
     _refuse_unserved(stage)
+    _at_least(stage.limit, 1, "prefetch.limit")
     query, mentioned = _scoring_query(stage.query, stage.using, shard)
     return qe.Prefetch(
         limit=DEFAULT_LIMIT if stage.limit is None else stage.limit,
@@ -399,14 +419,60 @@ def _scoring_query(query: Any, using: str | None, shard: qe.EdgeShard | None) ->
         return _order_by(query.order_by), []
     if isinstance(query, models.SampleQuery):
         return qe.Sample.Random, []
+    if isinstance(query, models.RecommendQuery):
+        return _recommend(query.recommend, using, shard)
     if isinstance(query, (models.Document, models.Image, models.InferenceObject)):
         raise NotServed(f"a query by {type(query).__name__.lower()} (this server embeds no model: give a vector)")
     if isinstance(query, pydantic.BaseModel) and not isinstance(query, models.SparseVector):
-        # RecommendQuery, DiscoverQuery, ContextQuery, FormulaQuery, RelevanceFeedbackQuery, TextQuery.
+        # DiscoverQuery, ContextQuery, FormulaQuery, RelevanceFeedbackQuery, TextQuery.
         kind = next(iter(query.model_fields_set), type(query).__name__)
         raise NotServed(f"the query `{kind}`")
     vector, mentioned = _vector_input(query, using, shard)
     return qe.Query.Nearest(vector, using=using), mentioned
+
+
+def _recommend(
+    recommend: models.RecommendInput, using: str | None, shard: qe.EdgeShard | None
+) -> tuple[Any, list[int | str]]:
+    """A recommendation from positive and negative examples (vectors, or points by id, which are left out of the
+    hits). ``best_score`` and ``sum_scores`` are the engine's own; ``average_vector``, Qdrant's default, is the
+    nearest query to ``avg(positive) + avg(positive) - avg(negative)``, as Qdrant computes it."""
+    positives: list[Any] = []
+    negatives: list[Any] = []
+    mentioned: list[int | str] = []
+    for examples, vectors in ((recommend.positive, positives), (recommend.negative, negatives)):
+        for example in examples or []:
+            vector, ids = _vector_input(example, using, shard)
+            vectors.append(vector)
+            mentioned.extend(ids)
+    strategy = recommend.strategy or models.RecommendStrategy.AVERAGE_VECTOR
+    if strategy == models.RecommendStrategy.BEST_SCORE:
+        if not positives and not negatives:
+            raise BadRequest("`recommend` needs at least one positive or negative example")
+        return qe.Query.RecommendBestScore(qe.RecommendQuery(positives, negatives), using=using), mentioned
+    if strategy == models.RecommendStrategy.SUM_SCORES:
+        if not positives and not negatives:
+            raise BadRequest("`recommend` needs at least one positive or negative example")
+        return qe.Query.RecommendSumScores(qe.RecommendQuery(positives, negatives), using=using), mentioned
+    if not positives:
+        raise BadRequest("`recommend` with the average_vector strategy needs at least one positive example")
+    if not all(_is_dense(vector) for vector in positives + negatives):
+        raise NotServed("`recommend` with the average_vector strategy over sparse or multi-vectors")
+    average = _mean(positives)
+    if negatives:
+        average_negative = _mean(negatives)
+        average = [2 * pos - neg for pos, neg in zip(average, average_negative, strict=True)]
+    return qe.Query.Nearest(average, using=using), mentioned
+
+
+def _is_dense(vector: Any) -> bool:
+    return isinstance(vector, list) and all(isinstance(each, (int, float)) for each in vector)
+
+
+def _mean(vectors: list[list[float]]) -> list[float]:
+    if len({len(vector) for vector in vectors}) != 1:
+        raise BadRequest("the examples of `recommend` must be vectors of one size")
+    return [sum(values) / len(vectors) for values in zip(*vectors, strict=True)]
 
 
 def _vector_input(value: Any, using: str | None, shard: qe.EdgeShard | None) -> tuple[Any, list[int | str]]:
@@ -484,6 +550,7 @@ def scroll_request(body: dict[str, Any]) -> qe.ScrollRequest:
     """POST points/scroll: a page from ``offset`` (a point id), in id order or ``order_by`` a payload field; its
     payload comes with it unless ``with_payload`` says otherwise, as in Qdrant."""
     model = _validated(models.ScrollRequest, body, "scroll")
+    _at_least(model.limit, 1, "limit")
     if model.shard_key is not None:
         raise NotServed("`shard_key` (the embedded collection has one shard, without keys)")
     return qe.ScrollRequest(
@@ -519,8 +586,8 @@ def query_groups(body: dict[str, Any], shard: qe.EdgeShard) -> dict[str, Any]:
         raise NotServed("`with_lookup` (groups are answered without looking up another collection)")
     group_size = DEFAULT_GROUP_SIZE if model.group_size is None else model.group_size
     limit = DEFAULT_LIMIT if model.limit is None else model.limit
-    if group_size < 1 or limit < 1:
-        raise BadRequest("`group_size` and `limit` must be at least 1")
+    _at_least(group_size, 1, "group_size")
+    _at_least(limit, 1, "limit")
     query = models.QueryRequest(
         prefetch=model.prefetch,
         query=model.query,
