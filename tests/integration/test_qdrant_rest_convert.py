@@ -417,6 +417,26 @@ def test_recommend_ranks_as_qdrant_does(dense: Pair, strategy: str | None) -> No
     assert_same_hits(ours, theirs)
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"discover": {"target": QUERY, "context": [{"positive": point_uuid(2), "negative": point_uuid(25)}]}},
+        {"discover": {"target": point_uuid(12), "context": {"positive": [0.1, 0.9, 0.2, 0.3], "negative": QUERY}}},
+        {
+            "context": [
+                {"positive": point_uuid(2), "negative": point_uuid(25)},
+                {"positive": QUERY, "negative": point_uuid(14)},
+            ]
+        },
+    ],
+)
+def test_discover_and_context_rank_as_qdrant_does(dense: Pair, query: dict[str, Any]) -> None:
+    body = {"query": query, "limit": 5 if "discover" in query else POINTS}
+    ours, theirs = engine_query(dense, body), client_query(dense, body)
+    assert ours
+    assert_same_hits(ours, theirs)
+
+
 def test_dbsf_fusion_ranks_as_qdrant_does(hybrid: Pair) -> None:
     body = {
         "prefetch": [{"query": QUERY, "limit": 10}, {"query": [0.1, 0.9, 0.2, 0.3], "limit": 10}],
@@ -455,8 +475,6 @@ def test_records_and_scored_points_have_qdrants_vector_shape(hybrid: Pair, dense
 
 def test_unserved_queries_name_what_is_not_served(dense: Pair) -> None:
     unserved = {
-        "discover": {"query": {"discover": {"target": QUERY, "context": []}}},
-        "context": {"query": {"context": [{"positive": QUERY, "negative": QUERY}]}},
         "formula": {"query": {"formula": {"sum": ["$score", 1.0]}}},
         "mmr": {"query": {"nearest": QUERY, "mmr": {"diversity": 0.5}}},
         "lookup_from": {"query": QUERY, "lookup_from": {"collection": "other"}},

@@ -421,10 +421,20 @@ def _scoring_query(query: Any, using: str | None, shard: qe.EdgeShard | None) ->
         return qe.Sample.Random, []
     if isinstance(query, models.RecommendQuery):
         return _recommend(query.recommend, using, shard)
+    if isinstance(query, models.DiscoverQuery):
+        target, mentioned = _vector_input(query.discover.target, using, shard)
+        pairs = _context_pairs(query.discover.context, using, shard, mentioned)
+        return qe.Query.Discover(qe.DiscoverQuery(target, pairs), using=using), mentioned
+    if isinstance(query, models.ContextQuery):
+        mentioned = []
+        pairs = _context_pairs(query.context, using, shard, mentioned)
+        if not pairs:
+            raise BadRequest("`context` needs at least one pair of a positive and a negative example")
+        return qe.Query.Context(qe.ContextQuery(pairs), using=using), mentioned
     if isinstance(query, (models.Document, models.Image, models.InferenceObject)):
         raise NotServed(f"a query by {type(query).__name__.lower()} (this server embeds no model: give a vector)")
     if isinstance(query, pydantic.BaseModel) and not isinstance(query, models.SparseVector):
-        # DiscoverQuery, ContextQuery, FormulaQuery, RelevanceFeedbackQuery, TextQuery.
+        # FormulaQuery, RelevanceFeedbackQuery, TextQuery.
         kind = next(iter(query.model_fields_set), type(query).__name__)
         raise NotServed(f"the query `{kind}`")
     vector, mentioned = _vector_input(query, using, shard)
@@ -463,6 +473,19 @@ def _recommend(
         average_negative = _mean(negatives)
         average = [2 * pos - neg for pos, neg in zip(average, average_negative, strict=True)]
     return qe.Query.Nearest(average, using=using), mentioned
+
+
+def _context_pairs(
+    context: Any, using: str | None, shard: qe.EdgeShard | None, mentioned: list[int | str]
+) -> list[qe.ContextPair]:
+    """The pairs of a discover or context query (one pair or a list), noting the points they name by id."""
+    pairs = []
+    for pair in context if isinstance(context, list) else [] if context is None else [context]:
+        positive, positive_ids = _vector_input(pair.positive, using, shard)
+        negative, negative_ids = _vector_input(pair.negative, using, shard)
+        mentioned.extend(positive_ids + negative_ids)
+        pairs.append(qe.ContextPair(positive, negative))
+    return pairs
 
 
 def _is_dense(vector: Any) -> bool:
