@@ -437,6 +437,14 @@ def test_discover_and_context_rank_as_qdrant_does(dense: Pair, query: dict[str, 
     assert_same_hits(ours, theirs)
 
 
+@pytest.mark.parametrize("mmr", [{}, {"diversity": 0.8, "candidates_limit": 20}, {"diversity": 0.2}])
+def test_mmr_diversifies_as_qdrant_does(dense: Pair, mmr: dict[str, Any]) -> None:
+    body = {"query": {"nearest": QUERY, "mmr": mmr}, "limit": 5, "with_payload": ["count"]}
+    ours, theirs = engine_query(dense, body), client_query(dense, body)
+    assert [p["id"] for p in ours] == [p["id"] for p in theirs]
+    assert [p["score"] for p in ours] == pytest.approx([p["score"] for p in theirs], abs=1e-5)
+
+
 def test_dbsf_fusion_ranks_as_qdrant_does(hybrid: Pair) -> None:
     body = {
         "prefetch": [{"query": QUERY, "limit": 10}, {"query": [0.1, 0.9, 0.2, 0.3], "limit": 10}],
@@ -476,7 +484,6 @@ def test_records_and_scored_points_have_qdrants_vector_shape(hybrid: Pair, dense
 def test_unserved_queries_name_what_is_not_served(dense: Pair) -> None:
     unserved = {
         "formula": {"query": {"formula": {"sum": ["$score", 1.0]}}},
-        "mmr": {"query": {"nearest": QUERY, "mmr": {"diversity": 0.5}}},
         "lookup_from": {"query": QUERY, "lookup_from": {"collection": "other"}},
         "document": {"query": {"text": "hello", "model": "bm25"}},
         "shard_key": {"query": QUERY, "shard_key": "a"},

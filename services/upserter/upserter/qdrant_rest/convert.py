@@ -357,9 +357,10 @@ def _query_request(model: models.QueryRequest, shard: qe.EdgeShard | None) -> qe
     _refuse_unserved(model)
     _at_least(model.limit, 1, "limit")
     _at_least(model.offset, 0, "offset")
-    query, mentioned = _scoring_query(model.query, model.using, shard)
+    limit = DEFAULT_LIMIT if model.limit is None else model.limit
+    query, mentioned = _scoring_query(model.query, model.using, shard, limit)
     return qe.QueryRequest(
-        limit=DEFAULT_LIMIT if model.limit is None else model.limit,
+        limit=limit,
         offset=model.offset,
         query=query,
         prefetches=_prefetches(model.prefetch, shard),
@@ -388,9 +389,10 @@ def _prefetches(prefetch: Any, shard: qe.EdgeShard | None) -> list[qe.Prefetch] 
 def _prefetch(stage: models.Prefetch, shard: qe.EdgeShard | None) -> qe.Prefetch:
     _refuse_unserved(stage)
     _at_least(stage.limit, 1, "prefetch.limit")
-    query, mentioned = _scoring_query(stage.query, stage.using, shard)
+    limit = DEFAULT_LIMIT if stage.limit is None else stage.limit
+    query, mentioned = _scoring_query(stage.query, stage.using, shard, limit)
     return qe.Prefetch(
-        limit=DEFAULT_LIMIT if stage.limit is None else stage.limit,
+        limit=limit,
         query=query,
         prefetches=_prefetches(stage.prefetch, shard),
         params=_params(stage.params),
@@ -399,14 +401,16 @@ def _prefetch(stage: models.Prefetch, shard: qe.EdgeShard | None) -> qe.Prefetch
     )
 
 
-def _scoring_query(query: Any, using: str | None, shard: qe.EdgeShard | None) -> tuple[Any, list[int | str]]:
+def _scoring_query(
+    query: Any, using: str | None, shard: qe.EdgeShard | None, limit: int
+) -> tuple[Any, list[int | str]]:
     """The engine's query of Qdrant's ``query``, and the ids of the points it names (Qdrant leaves those out of
     the hits: a point is not its own neighbour)."""
     if query is None:
         return None, []
     if isinstance(query, models.NearestQuery):
         if query.mmr is not None:
-            raise NotServed("`nearest` with `mmr` (maximal marginal relevance)")
+            return _mmr(query.nearest, query.mmr, using, shard, limit)
         query = query.nearest
     if isinstance(query, models.FusionQuery):
         if query.fusion == models.Fusion.RRF:
@@ -439,6 +443,19 @@ def _scoring_query(query: Any, using: str | None, shard: qe.EdgeShard | None) ->
         raise NotServed(f"the query `{kind}`")
     vector, mentioned = _vector_input(query, using, shard)
     return qe.Query.Nearest(vector, using=using), mentioned
+
+
+def _mmr(
+    nearest: Any, mmr: models.Mmr, using: str | None, shard: qe.EdgeShard | None, limit: int
+) -> tuple[Any, list[int | str]]:
+    """Nearest with maximal marginal relevance: Qdrant's ``diversity`` (0 relevance only, 1 diversity only; 0.5
+    by default) is one minus the engine's ``lambda_``; the candidates are ``limit`` by default, as in Qdrant."""
+    diversity = 0.5 if mmr.diversity is None else mmr.diversity
+    if not 0 <= diversity <= 1:
+        raise BadRequest(f"`mmr.diversity` must be between 0 and 1, not {diversity}")
+    candidates = limit if mmr.candidates_limit is None else mmr.candidates_limit
+    vector, mentioned = _vector_input(nearest, using, shard)
+    return qe.Mmr(vector, lambda_=1 - diversity, candidates_limit=candidates, using=using), mentioned
 
 
 def _recommend(
