@@ -404,6 +404,12 @@ def test_a_hybrid_query_fuses_dense_and_sparse_prefetches_as_qdrant_does(hybrid:
     with_sparse = next(p for p in ours if "shipping" in p["payload"]["text"])
     assert set(with_sparse["vector"]) == {"", "bm25"}
     assert set(with_sparse["vector"]["bm25"]) == {"indices", "values"}
+    only_sparse = {"query": sparse, "using": "bm25", "limit": 3, "with_vector": ["bm25"]}
+    ours = engine_query(hybrid, only_sparse)
+    assert_same_hits(ours, client_query(hybrid, only_sparse))
+    assert all(set(p["vector"]) == {"bm25"} for p in ours)
+    with hybrid.store.engine("query") as shard, pytest.raises(BadRequest, match="using"):
+        convert.query_request({"query": sparse}, shard)
 
 
 @pytest.mark.parametrize("strategy", [None, "average_vector", "best_score", "sum_scores"])
@@ -530,8 +536,9 @@ def test_scroll_orders_by_a_payload_field_and_selects_payload_and_vectors(dense:
         "with_payload": ["count"],
         "with_vector": True,
     }
-    ours, _ = engine_scroll(dense, body)
-    theirs, _ = client_scroll(dense, body)
+    ours, our_next = engine_scroll(dense, body)
+    theirs, their_next = client_scroll(dense, body)
+    assert our_next == their_next  # none: a page ordered by a field goes on with order_by's start_from
     assert [p["id"] for p in ours] == [p["id"] for p in theirs]
     assert [p["payload"] for p in ours] == [{"count": n} for n in range(POINTS - 1, POINTS - 6, -1)]
     for point, other in zip(ours, theirs, strict=True):

@@ -518,6 +518,8 @@ def _mean(vectors: list[list[float]]) -> list[float]:
 def _vector_input(value: Any, using: str | None, shard: qe.EdgeShard | None) -> tuple[Any, list[int | str]]:
     """A query's vector: given (dense, multi-dense or sparse), or the vector ``using`` names of a point given by id."""
     if isinstance(value, models.SparseVector):
+        if not using:
+            raise BadRequest("a sparse query vector needs `using`: the name of the collection's sparse vector")
         return qe.SparseVector(list(value.indices), list(value.values)), []
     if isinstance(value, list):
         return value, []
