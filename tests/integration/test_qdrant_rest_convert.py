@@ -60,6 +60,8 @@ def payload_of(n: int) -> dict[str, Any]:
     }
     if n % 5 == 0:
         payload["optional"] = None
+    if n % 10 == 0:
+        payload["rare"] = f"r{n}"  # on three points only: grouping by it needs more than one round of hits
     return payload
 
 
@@ -575,6 +577,7 @@ def client_groups(pair: Pair, body: dict[str, Any]) -> list[dict[str, Any]]:
         {"query": QUERY, "group_by": "city", "group_size": 2, "limit": 3, "with_payload": True},
         {"query": QUERY, "group_by": "tags", "group_size": 3, "limit": 5},
         {"query": QUERY, "group_by": "nested.level", "limit": 2, "with_payload": ["city"], "with_vector": True},
+        {"query": QUERY, "group_by": "rare", "group_size": 1, "limit": 3, "with_payload": ["rare"]},
         {
             "query": QUERY,
             "group_by": "count",

@@ -30,8 +30,9 @@ DEFAULT_LIMIT = 10
 DEFAULT_RRF_K = 2
 DEFAULT_GROUP_SIZE = 3
 # Grouping (the engine has none): each round asks the engine for this many hits per wanted hit, then twice as many
-# as the round before while groups are missing and hits remain, up to GROUP_HITS_CAP hits. Qdrant's own grouping
-# also works in bounded rounds, so groups of rare values far down the ranking may be missing from both.
+# as the round before while groups are missing and hits remain, up to GROUP_HITS_CAP hits (a bound on the time one
+# request takes; a Qdrant server also groups in a bounded number of rounds), so that groups of values that are rare
+# far down the ranking may be missing or short.
 GROUP_ROUND_FACTOR = 2
 GROUP_HITS_CAP = 10_000
 # The largest point id Qdrant takes: an unsigned 64-bit integer.
