@@ -25,6 +25,7 @@ from qdrant_client.http import models
 
 from upserter.qdrant_rest import convert
 from upserter.qdrant_rest.convert import BadRequest, NotServed
+from vecsync.errors import PermanentError
 from vecsync.store.embedded import EmbeddedStore
 from vecsync.store.sparse import query_vector
 from vecsync.vectorstore import Point
@@ -508,6 +509,21 @@ def test_a_query_by_a_missing_point_or_a_malformed_query_is_a_bad_request(dense:
             convert.query_request({"query": point_uuid(999)}, shard)
         with pytest.raises(BadRequest, match="limit"):
             convert.query_request({"query": QUERY, "limit": "many"}, shard)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": QUERY, "using": "nope"},
+        {"query": [[0.1, 0.2, 0.3, 0.4]]},
+        {"query": {"order_by": "price"}},  # no range index on price
+        {"query": {"fusion": "rrf"}},
+    ],
+)
+def test_a_query_the_engine_refuses_is_a_permanent_error(dense: Pair, body: dict[str, Any]) -> None:
+    # The REST API answers PermanentError with 400, as Qdrant answers these requests; a bare exception would be a 500.
+    with pytest.raises(PermanentError), dense.store.engine("query") as shard:
+        shard.query(convert.query_request(body, shard))
 
 
 # Scroll and count --------------------------------------------------------------------------------------------------
