@@ -813,7 +813,8 @@ def _vector(vector: Any) -> Any:
     if vector is None:
         return None
     if isinstance(vector, dict):
-        return {name: _vector(each) for name, each in vector.items()}
+        # The unnamed vector first, as Qdrant writes it.
+        return {name: _vector(each) for name, each in sorted(vector.items())}
     if isinstance(vector, qe.SparseVector):
         return {"indices": list(vector.indices), "values": [_f32(value) for value in vector.values]}
     return [_vector(each) if isinstance(each, list) else _f32(each) for each in vector]
