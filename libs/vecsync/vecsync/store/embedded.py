@@ -407,8 +407,20 @@ def _configured_sparse_vector(path: Path) -> str | None:
     return next((name for name in SPARSE_MODELS if name in names), None)
 
 
-# The engine raises bare exceptions; their messages tell a bad input from a full disk.
-_PERMANENT = ("Vector dimension error", "Wrong input", "Validation error", "Type error", "Bad request")
+# The engine raises bare exceptions; their messages tell a bad input from a full disk. The last four are requests
+# of Qdrant's REST API the engine refuses (a vector name it lacks, a sparse or multi-vector query of the wrong kind,
+# order_by without a range index, a fusion without prefetches): Qdrant answers them 400.
+_PERMANENT = (
+    "Vector dimension error",
+    "Wrong input",
+    "Validation error",
+    "Type error",
+    "Bad request",
+    "Not existing vector name",
+    "Wrong usage of",
+    "No range index",
+    "Validation failed",
+)
 _TRANSIENT = ("No space left", "Out of memory", "Too many open files", "os error")
 
 
