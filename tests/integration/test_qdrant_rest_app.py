@@ -135,3 +135,20 @@ def test_a_collection_the_api_opened_first_still_gets_the_upserters_payload_inde
         assert result(api.get("/collections/documents"))["payload_schema"]["region"]["data_type"] == "keyword"
     finally:
         catalog.close()
+
+
+def test_scroll_pages_through_uuid_ids_with_a_json_offset(catalog: EmbeddedCatalog) -> None:
+    store = catalog.open(SYNCED, dim=4)
+    store.upsert([Point(f"00000000-0000-0000-0000-00000000000{n}", [0.1, 0.2, 0.3, n], {"n": n}) for n in range(2, 6)])
+    api = client(catalog)
+    seen: list[str] = []
+    offset: Any = None
+    while True:
+        page = models.ScrollResult.model_validate(
+            result(api.post("/collections/documents/points/scroll", json={"limit": 2, "offset": offset}))
+        )
+        seen.extend(str(point.id) for point in page.points)
+        offset = page.next_page_offset
+        if offset is None:
+            break
+    assert len(seen) == 5 and seen == sorted(seen)
