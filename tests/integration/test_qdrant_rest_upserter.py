@@ -14,7 +14,14 @@ import requests
 from fastapi.testclient import TestClient
 
 from tests.support.pipeline import Pipeline
-from tests.support.rest_upserter import Upserter, embed_stage_1, pipeline_environment, points_count, running_upserter
+from tests.support.rest_upserter import (
+    Upserter,
+    embed_stage_1,
+    pipeline_environment,
+    points_count,
+    running_upserter,
+    scrolled_points,
+)
 from tests.support.servers import BIN, Server, free_port, port_open, wait_for
 from tests.support.stack import running_stack, stack_settings
 from upserter.qdrant_rest.app import RestKeys, create_app
@@ -216,12 +223,14 @@ def test_an_outside_upsert_is_refused_and_deleting_then_replaying_stage_2_restor
     with running_upserter(tmp_path / "upserter", pipeline.redis_url, **pipeline_environment(pipeline)) as upserter:
         upserter.wait_for_collection()
         wait_for(lambda: points_count(upserter.base) == 12, timeout=60, what=f"12 points:\n{upserter.output()}")
+        before = scrolled_points(upserter.base)
+        assert sorted(payload["mongo_id"] for payload in before.values()) == sorted(doc["_id"] for doc in documents)
 
         upsert = {"points": [{"id": 1, "vector": [0.1] * 384, "payload": {"mongo_id": "intruder"}}]}
         refused = requests.put(upserter.base + "/collections/documents/points", json=upsert, timeout=5)
         assert refused.status_code in (403, 501), refused.text  # 501 until the point writes are served at all
         assert refused.json()["status"]["error"]
-        assert points_count(upserter.base) == 12
+        assert scrolled_points(upserter.base) == before
 
         deleted = requests.delete(upserter.base + "/collections/documents", timeout=5)
         assert deleted.status_code == 200 and deleted.json()["result"] is True, deleted.text
@@ -237,6 +246,7 @@ def test_an_outside_upsert_is_refused_and_deleting_then_replaying_stage_2_restor
                 transaction.xgroup_create(stream, settings.stage2_group, id="0")
             transaction.execute()
         wait_for(lambda: points_count(upserter.base) == 12, timeout=60, what=f"12 points again:\n{upserter.output()}")
+        assert scrolled_points(upserter.base) == before  # the same points, ids, versions and payloads
         code = upserter.stop()
     assert code == 0, upserter.output()
 

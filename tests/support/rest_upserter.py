@@ -94,3 +94,18 @@ def embed_stage_1(pipeline: Pipeline) -> None:
 def points_count(base: str, headers: dict[str, Any] | None = None) -> int:
     reply = requests.get(base + "/collections/documents", headers=headers, timeout=5)
     return int(reply.json()["result"]["points_count"])
+
+
+def scrolled_points(base: str) -> dict[str, dict[str, Any]]:
+    """Every point of ``documents`` through the REST API's scroll, its payload (vectors left out) by point id."""
+    points: dict[str, dict[str, Any]] = {}
+    offset = None
+    while True:
+        body = {"limit": 64, "with_payload": True, **({"offset": offset} if offset is not None else {})}
+        reply = requests.post(base + "/collections/documents/points/scroll", json=body, timeout=10)
+        assert reply.status_code == 200, reply.text
+        result = reply.json()["result"]
+        points.update({str(point["id"]): point["payload"] for point in result["points"]})
+        offset = result["next_page_offset"]
+        if offset is None:
+            return points
