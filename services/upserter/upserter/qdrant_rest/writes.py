@@ -151,9 +151,8 @@ def register(route: Route, collections: Collections) -> None:
             validated(models.UpdateOperations, body)
             return [batch_operation(raw) for raw in body["operations"]]
 
-        count = len(_object(body).get("operations") or [])
         apply(name, "apply a batch of updates", operations)
-        return [completed() for _ in range(count)]
+        return [completed() for _ in body["operations"]]  # one result per operation, as Qdrant answers
 
 
 # Who may write ----------------------------------------------------------------------------------------------------
