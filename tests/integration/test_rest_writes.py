@@ -116,6 +116,18 @@ class TestAliases:
         )
         assert api.catalog.aliases() == {}
 
+    def test_an_alias_is_renamed(self, api: RestApi, client: QdrantClient) -> None:
+        create(client, "notes-v1")
+        api.catalog.switch("notes", "notes-v1")
+        client.update_collection_aliases(
+            change_aliases_operations=[
+                models.RenameAliasOperation(
+                    rename_alias=models.RenameAlias(old_alias_name="notes", new_alias_name="papers")
+                )
+            ]
+        )
+        assert api.catalog.aliases() == {"papers": "notes-v1"}
+
     def test_a_request_with_an_action_that_fails_changes_no_alias(self, api: RestApi, client: QdrantClient) -> None:
         create(client, "notes-v1")
         with pytest.raises(UnexpectedResponse) as refused:
