@@ -10,9 +10,11 @@ implementation (vecsync.store.server), so that it can run against this API on Qd
 
 Each write runs through ``EmbeddedStore.engine(action, writes=True)``: under the store's lock, flushed as the
 store's own writes are. A batch's operations are translated first and then applied in order, as Qdrant applies
-them (one after another, not as one transaction). Options of a single-node server that change nothing here
-(``wait``, ``ordering``, shards, replication) are accepted and ignored; options that would change what is stored
-or found (named or multi-vectors, another distance, inference objects) answer 501 naming them.
+them (one after another, not as one transaction). Options that change nothing a client can observe here are
+accepted and ignored: those of a distributed server (``wait``, ``ordering``, shards, replication) and the tuning of
+indexes and storage (HNSW, quantization, on-disk, optimizers, WAL: the engine searches exactly, see
+vecsync.store.embedded). Options that would change what is stored or found (named or multi-vectors, another
+distance, a text index's tokenizer, inference objects, shard keys) answer 501 naming them.
 """
 
 from __future__ import annotations
