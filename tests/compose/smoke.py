@@ -208,7 +208,41 @@ def start_engine(workdir: Path) -> Engine:
         ) from None
     runtime = engine.output("info", "--format", "{{.Host.OCIRuntime.Name}}").strip()
     say(f"Engine: podman's Docker-compatible API (no Docker engine answers), OCI runtime {runtime}.")
+    try:
+        check_containers_start(workdir)
+    except MissingPrerequisite:
+        engine.stop()
+        raise
     return engine
+
+
+def check_containers_start(workdir: Path) -> None:
+    """Start one container before anything is built, so that an engine that cannot start any stops the smoke in
+    seconds, naming podman's own answer: otherwise the builds fail on their first RUN, or the services never turn
+    healthy minutes later. The container's root filesystem is this host's `true` with the libraries it links, so no
+    image is needed yet."""
+    true = shutil.which("true")
+    if true is None or shutil.which("ldd") is None:
+        return  # nothing to start a container with; the builds will say what fails
+    rootfs = workdir / "preflight-rootfs"
+    linked = run(["ldd", true], capture_output=True).stdout
+    for path in [true, *(word for word in linked.split() if word.startswith("/"))]:
+        target = rootfs / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    started = run(
+        ["podman", "run", "--rm", "--network", "none", "--rootfs", str(rootfs), "/" + true.lstrip("/")],
+        capture_output=True,
+        timeout=120,
+    )
+    shutil.rmtree(rootfs, ignore_errors=True)
+    if started.returncode != 0:
+        raise MissingPrerequisite(
+            f"podman cannot start a container: {(started.stderr or started.stdout).strip()[-1500:]} "
+            "Where this names an rlimit, set default_ulimits within the hard limit of `ulimit -Hn`; where it names "
+            'cgroups or crun, set runtime = "runc" (both in /etc/containers/containers.conf, as .ci/run writes it).'
+        )
+    say("podman starts containers (a first one ran).")
 
 
 # --- Compose ------------------------------------------------------------------------------------------------------

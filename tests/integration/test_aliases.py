@@ -179,3 +179,16 @@ def test_a_server_drop_refuses_the_served_collection(server: RecordingClient) ->
         catalog.drop("documents-v2")
     catalog.drop("documents-v1")
     assert catalog.collections() == ["documents-v2"]
+
+
+def test_a_rebuilt_server_collection_keeps_the_names_that_serve_it(server: RecordingClient) -> None:
+    """`vecsync rebuild` recreates the physical collection; Qdrant deletes a collection's aliases with it, so the
+    store puts them back, or clients of the name would find nothing after a model change."""
+    catalog = ServerCatalog(server)
+    store = catalog.open("documents-v2", dim=4)
+    store.upsert([point(4)])
+    catalog.switch("documents", "documents-v2")
+    store.recreate()
+    assert store.count() == 0
+    assert catalog.resolve("documents") == "documents-v2"
+    assert catalog.aliases() == {"documents": "documents-v2"}

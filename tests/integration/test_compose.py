@@ -726,3 +726,13 @@ def test_the_bundled_mongodbs_vecsync_user_reads_every_database_a_sync_reads(
     init = config["services"]["mongo-init"]
     assert init["environment"]["MONGO_VECSYNC_DATABASES"] == "app,kb"
     assert "env.MONGO_VECSYNC_DATABASES.split" in " ".join(init["entrypoint"]), "one read role per database"
+
+
+@pytest.mark.parametrize("files", [BASE_FILES, GPU_FILES], ids=["compose.yaml", "compose.yaml+compose.gpu.yaml"])
+def test_every_service_drops_every_capability_and_cannot_gain_privileges(
+    compose: Compose, files: tuple[str, ...]
+) -> None:
+    services = compose.config(_test_env(), files)["services"]
+    for name, service in services.items():
+        assert service.get("cap_drop") == ["ALL"], f"{name} keeps Linux capabilities"
+        assert "no-new-privileges:true" in service.get("security_opt", []), f"{name} may gain privileges"

@@ -61,7 +61,6 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     pipeline: Any, redis_client: Any, tmp_path: Path
 ) -> None:
     from embedder_worker.embedding_client import EmbeddingClient
-    from embedder_worker.service import Embedder
     from producer.service import Producer
     from upserter.service import Upserter
     from vecsync.consumer import StreamConsumer
@@ -79,14 +78,7 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
 
         def run_stages(*, through_an_outage: bool = False, trim_stage1: bool = False) -> None:
             Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)
-            embedder = StreamConsumer(
-                clients["embedder"],
-                stage="embedder",
-                stream="raw_document_changes",
-                group="embedding_processors",
-                handler=Embedder(embedder_settings, embedding, clients["embedder"]).handle,
-                settings=embedder_settings,
-            )
+            embedder = embedder_loop(clients["embedder"], embedder_settings, embedding)
             if through_an_outage:
                 hold_renew_and_hand_back_one_entry(embedder)
             embedder.run(drain=True)
@@ -137,7 +129,6 @@ def test_a_model_change_runs_with_each_services_documented_redis_user(
     embedder-worker embeds for both collections and counts its progress. A refused command would dead-letter an
     entry, or leave the change building."""
     from embedder_worker.embedding_client import EmbeddingClient
-    from embedder_worker.service import Embedder
     from producer.build_snapshot import BuildSnapshot
     from producer.service import Producer
     from tests.support.models_api import ModelsApi, ServedModel
@@ -179,14 +170,7 @@ def test_a_model_change_runs_with_each_services_documented_redis_user(
             while True:
                 Producer(producer_settings, clients["producer"], pipeline.collection).run(drain=True)
                 snapshot.publish_if_due()
-                StreamConsumer(
-                    clients["embedder"],
-                    stage="embedder",
-                    stream="raw_document_changes",
-                    group="embedding_processors",
-                    handler=Embedder(embedder_settings, embedding, clients["embedder"]).handle,
-                    settings=embedder_settings,
-                ).run(drain=True)
+                embedder_loop(clients["embedder"], embedder_settings, embedding).run(drain=True)
                 store = names.store("documents", names.serving_collection("documents"))
                 upserter = Upserter(upserter_settings, clients["upserter"], store, pipeline.collection, names=names)
                 StreamConsumer(
@@ -248,6 +232,21 @@ def test_a_model_change_runs_with_each_services_documented_redis_user(
             assert redis_client.xlen(stream + ":dlq") == 0, f"a service lacked a permission on {stream}"
     finally:
         api.close()
+
+
+def embedder_loop(client: Any, settings: Any, embedding: Any) -> Any:
+    """An embedder-worker's consumer of stage 1, on ``client`` (logged in as its Redis user)."""
+    from embedder_worker.service import Embedder
+    from vecsync.consumer import StreamConsumer
+
+    return StreamConsumer(
+        client,
+        stage="embedder",
+        stream="raw_document_changes",
+        group="embedding_processors",
+        handler=Embedder(settings, embedding, client).handle,
+        settings=settings,
+    )
 
 
 def hold_renew_and_hand_back_one_entry(consumer: Any) -> None:

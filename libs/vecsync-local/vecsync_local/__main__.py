@@ -14,6 +14,7 @@ import signal
 import sys
 
 from vecsync import settings as settings_module
+from vecsync.env_file import tracked_env_file
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.redaction import RedactingFormatter
 from vecsync.runtime import EXIT_CONFIG
@@ -31,6 +32,9 @@ def main() -> None:
     except ConfigurationError as exc:
         console.error(str(exc))
         sys.exit(EXIT_CONFIG)
+    warning = tracked_env_file()
+    if warning is not None:
+        console.warn(warning)
     stack = LocalStack(settings)
     signal.signal(signal.SIGTERM, lambda *_: stack.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stack.stopping.set())

@@ -145,5 +145,10 @@ def error(message: str) -> None:
     print(f"error: {redact(message)}", file=sys.stderr, flush=True)
 
 
+def warn(message: str) -> None:
+    """A warning that does not stop the stack, on stderr, with secrets redacted."""
+    print(f"warning: {redact(message)}", file=sys.stderr, flush=True)
+
+
 def count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"

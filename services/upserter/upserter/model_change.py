@@ -109,7 +109,7 @@ class ModelChange:
         if not self._hold(alias):
             return
         serving = self._serving(alias)
-        _serving, change = self.names.refresh(self.client, alias)
+        _serving, change = self.names.state(alias)  # as _serving read (and wrote) them, in this same check
         if change is not None and change.phase is Phase.ABORTED and "dropped" not in change.fields:
             self._drop_aborted(change, serving)
         if reindex.drop_old_requested(self.client, alias):
@@ -149,6 +149,7 @@ class ModelChange:
             # The switch happened in the store, and the process stopped before recording it: record it now.
             serving = self._write_serving(alias, resolved, change.model, change.dim)
             reindex.end(self.client, alias, change.number, Phase.SWITCHED)
+            self.names.refresh(self.client, alias)
             return serving
         return self._write_serving(alias, resolved, self._points_model(alias, resolved))
 

@@ -34,6 +34,7 @@ from vecsync.cli.context import (
 from vecsync.cli.search import FILTER_HELP, search_command
 from vecsync.cli.settings import CliSettings
 from vecsync.cli.status import print_status, status_report
+from vecsync.env_file import tracked_env_file
 from vecsync.errors import ConfigurationError, VecsyncError
 from vecsync.partitions import check_count
 from vecsync.redaction import redact
@@ -43,6 +44,9 @@ from vecsync.syncs import settings_for
 
 def main(argv: list[str] | None = None, ctx: Context | None = None) -> int:
     args = _parser().parse_args(argv)
+    warning = tracked_env_file()
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         ctx = ctx or Context(settings_module.load(CliSettings))
         ctx.assume_yes = ctx.assume_yes or args.yes

@@ -173,6 +173,16 @@ class EmbeddedStore(VectorStore):
                     self._shard.update(qe.UpdateOperation.create_field_index(name, SCHEMA_TYPES[kind]))
                     self._unflushed = True
 
+    def index_also(self, payload_indexes: PayloadIndexes) -> None:
+        """Create the payload indexes of ``payload_indexes`` this store was not opened with (a no-op when it has
+        them all, as on every call but the first)."""
+        wanted = index_types(payload_indexes)
+        with self._lock:
+            if wanted.items() <= self.indexed.items():
+                return
+            self.indexed = {**self.indexed, **wanted}
+        self.ensure_collection()
+
     def require_conditional_writes(self) -> None:
         """The engine is pinned (qdrant-edge-py), and applies conditional upserts, deletes and payload writes."""
 
@@ -397,8 +407,20 @@ def _configured_sparse_vector(path: Path) -> str | None:
     return next((name for name in SPARSE_MODELS if name in names), None)
 
 
-# The engine raises bare exceptions; their messages tell a bad input from a full disk.
-_PERMANENT = ("Vector dimension error", "Wrong input", "Validation error", "Type error", "Bad request")
+# The engine raises bare exceptions; their messages tell a bad input from a full disk. The last four are requests
+# of Qdrant's REST API the engine refuses (a vector name it lacks, a sparse or multi-vector query of the wrong kind,
+# order_by without a range index, a fusion without prefetches): Qdrant answers them 400.
+_PERMANENT = (
+    "Vector dimension error",
+    "Wrong input",
+    "Validation error",
+    "Type error",
+    "Bad request",
+    "Not existing vector name",
+    "Wrong usage of",
+    "No range index",
+    "Validation failed",
+)
 _TRANSIENT = ("No space left", "Out of memory", "Too many open files", "os error")
 
 

@@ -72,6 +72,8 @@ class EmbeddedCatalog(Catalog):
         with self._lock:
             store = self._stores.get(physical)
             if store is not None:
+                # Opened first without them (by the Qdrant REST API, say): the indexes asked for now are added.
+                store.index_also(payload_indexes)
                 return store
             size = configured_size(shard_path(self.folder, physical)) or dim
             if size is None:

@@ -422,6 +422,28 @@ class ServerStore(VectorStore):
             self.client.delete_collection(self.collection)
         self._sparse_known = False
 
+    def recreate(self) -> None:
+        """Drop the collection and create it empty, with the aliases that served it: Qdrant deletes a collection's
+        aliases with it, and a name a model change switched to this collection must go on serving it."""
+        with _mapped_errors("read the collection's aliases"):
+            served = (
+                [alias.alias_name for alias in self.client.get_collection_aliases(self.collection).aliases]
+                if self.client.collection_exists(self.collection)
+                else []
+            )
+        super().recreate()
+        if served:
+            with _mapped_errors("restore the collection's aliases"):
+                self.client.update_collection_aliases(
+                    [
+                        models.CreateAliasOperation(
+                            create_alias=models.CreateAlias(collection_name=self.collection, alias_name=alias)
+                        )
+                        for alias in served
+                    ]
+                )
+            log.info("Qdrant collection %r made again, serving %s again", self.collection, ", ".join(served))
+
     def close(self) -> None:
         self.client.close()
 

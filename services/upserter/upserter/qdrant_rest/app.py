@@ -243,7 +243,10 @@ def create_app(
         request = convert.scroll_request(_object(body))
         with collections.engine(name, "scroll points") as shard:
             points, next_offset = shard.scroll(request)
-        return {"points": [convert.record(point) for point in points], "next_page_offset": next_offset}
+        return {
+            "points": [convert.record(point) for point in points],
+            "next_page_offset": convert.json_point_id(next_offset),
+        }
 
     @route("/collections/{name}/points/count", ["POST"])
     def count(body: Any, name: str) -> Any:
