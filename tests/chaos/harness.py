@@ -69,6 +69,7 @@ from redis.crc import key_slot
 from tests.chaos import long_documents
 from tests.chaos.chunks import HASH_MAX_TOKENS, ExpectedChunk, chunk_differences, expected_chunks, point_name
 from tests.chaos.long_documents import apply_long_workload
+from tests.support.rest_api import RestApi
 from tests.support.servers import RedisCluster, start_redis_cluster, wait_for
 from tests.support.stack import drained, stack_settings
 from vecsync.cli.store import UpserterStore
@@ -136,6 +137,10 @@ class ChaosConfig:
     syncs: int = 1
     # Documents of 1 to 60 chunks (tests/chaos/long_documents.py) instead of short texts; the environment's sync.
     long_documents: bool = False
+    # The upserter on the server implementation (QDRANT_URL) against the upserter's Qdrant REST API, served over an
+    # embedded store by this process (tests/support/rest_api.py), instead of on the embedded store itself. The
+    # upserter's freeze then stops the writer only: the API, standing in for the server, keeps serving.
+    rest_api: bool = False
 
 
 @dataclass
@@ -503,6 +508,18 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     if config.long_documents and config.syncs > 1:
         raise ValueError("The long-documents mode runs the environment's one sync: leave out --syncs 2 (CHAOS_SYNCS).")
+    if not config.rest_api:
+        return _run_chaos(config, workdir)
+    api = RestApi(workdir / "qdrant-rest").start()
+    try:
+        # The stack's processes, and compare's store, find the API as a Qdrant server.
+        with _environment({"QDRANT_URL": api.url}):
+            return _run_chaos(config, workdir)
+    finally:
+        api.stop()
+
+
+def _run_chaos(config: ChaosConfig, workdir: Path) -> ChaosResult:
     rng = random.Random(config.seed)
     started = time.monotonic()
     cluster = start_redis_cluster(workdir / "redis-cluster") if config.cluster else None

@@ -32,6 +32,28 @@ def test_short_chaos_run_converges(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_short_chaos_run_with_the_server_implementation_against_the_rest_api_converges(tmp_path: Path) -> None:
+    """The upserter on vecsync.store.server over HTTP (QDRANT_URL), against the upserter's Qdrant REST API on
+    Qdrant's engine embedded (upserter.qdrant_rest): the requests a Qdrant server gets, under the same faults."""
+    seed = int(os.environ.get("CHAOS_SEED", "20261129"))
+    config = ChaosConfig(
+        seed=seed,
+        operations=1500,
+        documents=300,
+        duration_s=30,
+        kill_interval_s=3,
+        api_outage_s=8,
+        qdrant_outage_s=5,
+        rest_api=True,
+    )
+    result = run_chaos(config, tmp_path)
+    assert result.passed, (
+        f"seed {seed}: {result.missing} missing, {result.extra} extra, {result.stale} stale, "
+        f"{result.dead_lettered} dead-lettered, {result.versions_backwards} versions backwards; {result.examples}"
+    )
+
+
+@pytest.mark.slow
 def test_short_chaos_run_on_a_redis_cluster_with_partitions_converges(tmp_path: Path) -> None:
     """REDIS_CLUSTER=true, STREAM_PARTITIONS=8, three embedder-workers, kills of every stage, an unplanned failover (a
     master killed with writes its replica missed, the replica taking over) and a CLUSTER FAILOVER of another

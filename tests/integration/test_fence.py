@@ -2,7 +2,8 @@
 
 Real Redis and the upserter's own classes, on both implementations of the store: Qdrant's engine embedded, and
 the implementation for a Qdrant server on qdrant-client's in-memory mode, which stands in for a Qdrant server (no
-server binary runs here). Two upserters are two Upserter objects sharing one Redis and one collection.
+server binary runs here), and on Qdrant's engine over HTTP, against the upserter's Qdrant REST API (``rest``).
+Two upserters are two Upserter objects sharing one Redis and one collection.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from tests.support.pipeline import FAST, Pipeline
-from tests.support.stores import KINDS, make_store
+from tests.support.stores import ALL_KINDS, make_store
 from vecsync.constants import APPLIED_TEXT_KEY, STAGE2_GROUP, STAGE2_STREAM, tombstones_key
 from vecsync.documents import point_id, text_fingerprint, text_sha256
 from vecsync.messages import EmbeddedDocument
@@ -30,7 +31,7 @@ SOURCE = "app.documents"
 WAIT_S = 30.0  # a bound on waiting for another thread, never a timed assertion
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=ALL_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
     store = make_store(request.param, tmp_path)
     yield store

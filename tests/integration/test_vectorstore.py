@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.stores import KINDS, make_store
+from tests.support.stores import ALL_KINDS, KINDS, make_store
 from vecsync.errors import ConfigurationError
 from vecsync.settings import QdrantSettings
 from vecsync.store import open_vector_store
@@ -157,9 +157,9 @@ def sample(n: int) -> Point:
 
 def test_both_implementations_give_the_same_results(tmp_path: Path) -> None:
     """Ids as strings, scores and payloads: identical through either implementation, for every operation."""
-    stores = {kind: make_store(kind, tmp_path / kind, dim=4, collection="same") for kind in KINDS}
+    stores = {kind: make_store(kind, tmp_path / kind, dim=4, collection="same") for kind in ALL_KINDS}
     try:
-        answers: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+        answers: dict[str, list[Any]] = {kind: [] for kind in ALL_KINDS}
         for kind, store in stores.items():
             store.write_if_newer(upserts=[sample(n) for n in range(40)], deletes={pid(3): "999-0"})
             store.write_if_newer(payloads={pid(5): {**sample(5).payload, "owner": "Cy", "version": "999-9"}})
@@ -182,6 +182,7 @@ def test_both_implementations_give_the_same_results(tmp_path: Path) -> None:
                     break
             answer.append(pages)
         assert answers["server"] == answers["embedded"]
+        assert answers["rest"] == answers["server"], "the server implementation over HTTP, on Qdrant's engine"
         assert all(isinstance(hit_id, str) for hit_id, _payload in answers["embedded"][0])
     finally:
         for store in stores.values():

@@ -5,6 +5,9 @@ server, on qdrant-client's in-memory mode: no Qdrant server binary can run
 here, and the in-memory client answers qdrant-client's API as a server would.
 ``embedded`` is vecsync.store.embedded.EmbeddedStore, Qdrant's engine in this
 process, on disk in a temporary folder, as the embedded default runs it.
+``rest`` is ServerStore again, over HTTP against the upserter's Qdrant REST API
+(tests/support/rest_api.py), which serves an embedded store: the server
+implementation's requests, on Qdrant's own engine.
 """
 
 from __future__ import annotations
@@ -13,11 +16,30 @@ from pathlib import Path
 
 from qdrant_client import QdrantClient
 
+from tests.support.rest_api import RestApi
 from vecsync.store.embedded import EmbeddedStore
 from vecsync.store.server import ServerStore
 from vecsync.vectorstore import VectorStore
 
 KINDS = ("server", "embedded")
+# Every kind make_store makes: the server implementation over HTTP too, for the tests that run on it.
+ALL_KINDS = (*KINDS, "rest")
+
+
+class RestStore(ServerStore):
+    """ServerStore against its own REST API (a RestApi over an embedded store), which it stops when closed."""
+
+    def __init__(self, api: RestApi, collection: str, dim: int, *, sparse_model: str | None = None) -> None:
+        # Without the version check qdrant-client runs on a thread of its own, which could outlive the server.
+        client = QdrantClient(url=api.url, check_compatibility=False)
+        super().__init__(client, collection, dim, sparse_model=sparse_model)
+        self.api = api
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.api.stop()
 
 
 def make_store(
@@ -33,11 +55,17 @@ def make_store(
     store: VectorStore
     if kind == "server":
         store = ServerStore(QdrantClient(":memory:"), collection, dim, sparse_model=sparse_model)
+    elif kind == "rest":
+        store = RestStore(RestApi(folder / "qdrant-rest").start(), collection, dim, sparse_model=sparse_model)
     elif kind == "embedded":
         store = EmbeddedStore(folder / "qdrant", collection, dim, sparse_model=sparse_model)
     else:
-        raise ValueError(f"no store of kind {kind!r}; use one of {KINDS}")
-    store.ensure_collection()
+        raise ValueError(f"no store of kind {kind!r}; use one of {ALL_KINDS}")
+    try:
+        store.ensure_collection()
+    except BaseException:
+        store.close()
+        raise
     return store
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vecsync.errors import ConfigurationError, PermanentError
@@ -97,10 +98,20 @@ class EmbeddedCatalog(Catalog):
             return store
 
     def switch(self, name: str, physical: str) -> None:
-        with self._lock:
+        def pointed(aliases: dict[str, str]) -> dict[str, str]:
             if not (shard_path(self.folder, physical) / CONFIG_FILE).exists():
                 raise PermanentError(f"Cannot point {name!r} at {physical!r}: no such embedded Qdrant collection.")
-            aliases = self.aliases() | {name: physical}
+            return aliases | {name: physical}
+
+        self.change_aliases(pointed)
+        log.info("Collection name %r now serves the embedded Qdrant collection %r", name, physical)
+
+    def change_aliases(self, change: Callable[[dict[str, str]], Mapping[str, str]]) -> None:
+        """Replace the aliases with what ``change`` makes of them, atomically: no other change comes between its
+        read and the rename of the file, and an exception from ``change`` leaves the aliases as they were (the
+        REST API's alias actions, applied all or none, as Qdrant applies them)."""
+        with self._lock:
+            aliases = dict(change(self.aliases()))
             partial = self.folder / (ALIASES_FILE + ".partial")
             with open(partial, "w") as file:
                 json.dump(aliases, file, indent=2, sort_keys=True)
@@ -112,7 +123,6 @@ class EmbeddedCatalog(Catalog):
                 os.fsync(directory)
             finally:
                 os.close(directory)
-            log.info("Collection name %r now serves the embedded Qdrant collection %r", name, physical)
 
     def drop(self, physical: str) -> None:
         with self._lock:

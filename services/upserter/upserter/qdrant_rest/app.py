@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from upserter.qdrant_rest import convert
+from upserter.qdrant_rest import convert, writes
 from upserter.qdrant_rest.convert import BadRequest, NotServed
 from vecsync.errors import PermanentError, TransientError
 from vecsync.store.embedded import EmbeddedStore
@@ -288,6 +288,12 @@ def create_app(
     def query_groups(body: Any, name: str) -> Any:
         with collections.engine(name, "query groups") as shard:
             return convert.query_groups(_object(body), shard)
+
+    # Points and collections: writes (upserter.qdrant_rest.writes; only where Collections.may_write allows) -----
+
+    writes.register(route, collections)
+
+    # End of points and collections: writes -------------------------------------------------------------------
 
     # Everything else: Qdrant's error shape, naming what is not served --------------------------------------------
 
