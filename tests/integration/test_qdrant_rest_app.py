@@ -152,3 +152,12 @@ def test_scroll_pages_through_uuid_ids_with_a_json_offset(catalog: EmbeddedCatal
         if offset is None:
             break
     assert len(seen) == 5 and seen == sorted(seen)
+
+
+def test_deleting_a_collection_an_alias_serves_deletes_the_alias_with_it(catalog: EmbeddedCatalog) -> None:
+    """As a Qdrant server does (vecsync's server store then puts the aliases of a rebuilt collection back)."""
+    catalog.switch("notes-name", "notes")
+    api = client(catalog)
+    assert result(api.delete("/collections/notes")) is True
+    assert "notes" not in catalog.collections()
+    assert catalog.aliases() == {}

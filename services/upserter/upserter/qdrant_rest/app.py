@@ -22,20 +22,18 @@ import hmac
 import importlib.metadata
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import qdrant_edge as qe
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from upserter.qdrant_rest import convert, writes
+from upserter.qdrant_rest.collections_view import Collections, Refusal
 from upserter.qdrant_rest.convert import BadRequest, NotServed
 from vecsync.errors import PermanentError, TransientError
-from vecsync.store.embedded import EmbeddedStore
 from vecsync.store.embedded_catalog import EmbeddedCatalog
 
 log = logging.getLogger("vecsync.upserter")
@@ -57,50 +55,10 @@ class RestKeys:
         return self.read_write is not None or self.read_only is not None
 
 
-class Refusal(Exception):
-    """A request answered with Qdrant's error shape and ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def served_version() -> str:
     """The version of Qdrant's API whose request and response models this server follows: qdrant-client's own,
     so that the client finds itself compatible."""
     return importlib.metadata.version("qdrant-client")
-
-
-class Collections:
-    """The embedded store's collections as the REST API sees them: names resolved through aliases, stores opened
-    on first use (the catalog shares them with the upserter)."""
-
-    def __init__(self, catalog: EmbeddedCatalog, *, synced: Callable[[str], bool], writable: frozenset[str]) -> None:
-        self.catalog = catalog
-        self.synced = synced
-        self.writable = writable
-
-    def physical(self, name: str) -> str:
-        """The physical collection ``name`` (an alias or a collection) is; 404 where there is none."""
-        physical = self.catalog.resolve(name)
-        if physical is None or physical not in self.catalog.collections():
-            raise Refusal(404, f"Not found: Collection `{name}` doesn't exist!")
-        return physical
-
-    def store(self, name: str) -> EmbeddedStore:
-        store = self.catalog.open(self.physical(name), dim=None)
-        assert isinstance(store, EmbeddedStore)
-        return store
-
-    @contextmanager
-    def engine(self, name: str, action: str) -> Iterator[qe.EdgeShard]:
-        """The engine's shard of ``name``, under its store's lock, for one read."""
-        with self.store(name).engine(action) as shard:
-            yield shard
-
-    def may_write(self, name: str) -> bool:
-        """Whether points of ``name`` may be written from outside: not synced by vecsync, and allowed by setting."""
-        return not self.synced(name) and (name in self.writable or "*" in self.writable)
 
 
 def create_app(
@@ -192,6 +150,8 @@ def create_app(
             store.recreate()
             log.warning("Qdrant collection %r was deleted through the REST API and made again, empty", physical)
         else:
+            # With the aliases that serve it, as a Qdrant server deletes them.
+            catalog.change_aliases(lambda aliases: {alias: to for alias, to in aliases.items() if to != physical})
             catalog.drop(physical)
             log.warning("Qdrant collection %r was deleted through the REST API", physical)
         return True

@@ -22,19 +22,16 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pydantic
 import qdrant_edge as qe
 from qdrant_client.http import models
 
-from upserter.qdrant_rest import app as served
 from upserter.qdrant_rest import convert
+from upserter.qdrant_rest.collections_view import Collections, Refusal
 from upserter.qdrant_rest.convert import BadRequest, NotServed
 from vecsync.store.embedded import EmbeddedStore
-
-if TYPE_CHECKING:
-    from upserter.qdrant_rest.app import Collections
 
 # The engine's payload index type of each of Qdrant's schema type names.
 SCHEMA_TYPES = {
@@ -95,7 +92,7 @@ def register(route: Route, collections: Collections) -> None:
                 f"collection name {name!r} is not served: use letters, digits, '_', '-' and '.' (not first)"
             )
         if collections.catalog.resolve(name) is not None:
-            raise served.Refusal(409, f"Wrong input: Collection `{name}` already exists!")
+            raise Refusal(409, f"Wrong input: Collection `{name}` already exists!")
         size, sparse_vector = collection_config(validated(models.CreateCollection, body))
         collections.catalog.open(name, dim=size, sparse_model=sparse_vector)
         return True
@@ -166,13 +163,13 @@ def require_writable(collections: Collections, name: str) -> None:
     if collections.may_write(name) and (physical is None or collections.may_write(physical)):
         return
     if collections.synced(name) or (physical is not None and collections.synced(physical)):
-        raise served.Refusal(
+        raise Refusal(
             403,
             f"Forbidden: collection `{name}` is synced by vecsync, which writes its points under its version fence "
             "(each write only over an older point); a write from outside would bypass that fence. Change the "
             "documents in MongoDB instead, or write to a collection vecsync does not sync.",
         )
-    raise served.Refusal(
+    raise Refusal(
         403,
         f"Forbidden: writes to collection `{name}` are not allowed here; the upserter's setting of writable "
         "collections must name it (or '*' for every collection vecsync does not sync).",
@@ -234,20 +231,20 @@ def change_aliases(collections: Collections, actions: list[Any]) -> None:
             if isinstance(action, models.CreateAliasOperation):
                 alias, target = action.create_alias.alias_name, action.create_alias.collection_name
                 if target not in existing:
-                    raise served.Refusal(404, f"Not found: Collection `{target}` doesn't exist!")
+                    raise Refusal(404, f"Not found: Collection `{target}` doesn't exist!")
                 if alias in existing:
-                    raise served.Refusal(
+                    raise Refusal(
                         409, f"Wrong input: Collection `{alias}` already exists; an alias cannot take its name"
                     )
                 aliases[alias] = target
             elif isinstance(action, models.DeleteAliasOperation):
                 alias = action.delete_alias.alias_name
                 if aliases.pop(alias, None) is None:
-                    raise served.Refusal(404, f"Not found: Alias `{alias}` doesn't exist!")
+                    raise Refusal(404, f"Not found: Alias `{alias}` doesn't exist!")
             else:
                 old, new = action.rename_alias.old_alias_name, action.rename_alias.new_alias_name
                 if old not in aliases:
-                    raise served.Refusal(404, f"Not found: Alias `{old}` doesn't exist!")
+                    raise Refusal(404, f"Not found: Alias `{old}` doesn't exist!")
                 aliases[new] = aliases.pop(old)
         return aliases
 
