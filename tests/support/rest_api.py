@@ -3,7 +3,7 @@
 It stands in for a Qdrant server where the server implementation (vecsync.store.server, over qdrant-client's
 REST layer) must run against Qdrant's own engine: the collection is the embedded one, every collection is
 writable (no sync marks one as vecsync's), and the app runs in uvicorn on a thread of this process, on a free
-port of 127.0.0.1 (no key: this host's clients are served).
+port of 127.0.0.1 (no key unless ``keys`` gives them: this host's clients are served).
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ class RestApi:
         *,
         synced: Callable[[str], bool] = lambda name: False,
         writable: frozenset[str] = frozenset({"*"}),
+        keys: RestKeys | None = None,
     ) -> None:
         self.catalog = EmbeddedCatalog(folder)
         self.port = free_port()
-        app = create_app(self.catalog, RestKeys(), synced=synced, writable=writable)
+        app = create_app(self.catalog, keys or RestKeys(), synced=synced, writable=writable)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"rest-api-{self.port}", daemon=True)
