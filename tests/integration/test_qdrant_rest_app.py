@@ -161,3 +161,13 @@ def test_deleting_a_collection_an_alias_serves_deletes_the_alias_with_it(catalog
     assert result(api.delete("/collections/notes")) is True
     assert "notes" not in catalog.collections()
     assert catalog.aliases() == {}
+
+
+def test_an_unexpected_failure_is_answered_in_qdrants_error_shape(
+    catalog: EmbeddedCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("the engine's own failure")
+
+    monkeypatch.setattr(EmbeddedCatalog, "collections", broken)
+    assert "the engine's own failure" in error(client(catalog).get("/collections"), 500)

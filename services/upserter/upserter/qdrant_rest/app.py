@@ -105,6 +105,9 @@ def create_app(
                     return _error(400, f"Bad request: {exc}", started)
                 except TransientError as exc:
                     return _error(503, f"Service unavailable: {exc}", started)
+                except Exception as exc:  # answered in Qdrant's shape, as a server answers its own failures
+                    log.exception("Qdrant REST API: %s %s failed", request.method, request.url.path)
+                    return _error(500, f"Service internal error: {exc}", started)
                 return _reply(result, started)
 
             app.add_api_route(path, endpoint, methods=methods)
