@@ -5,19 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from prometheus_client import REGISTRY
 
 from embedder_worker.embedding_client import EmbeddingClient
-from embedder_worker.service import Embedder
-from embedder_worker.settings import EmbedderSettings
+from tests.support.embedder import embedder
 from tests.support.models_api import ModelsApi, ServedModel
 from vecsync import reindex
 from vecsync.constants import APPLIED_TEXT_KEY
-from vecsync.consumer import StreamConsumer
 from vecsync.documents import point_id, text_fingerprint, text_sha256
 from vecsync.errors import ConfigurationError
 from vecsync.messages import DocumentChange, EmbeddedDocument
@@ -36,29 +33,6 @@ def api() -> Iterator[ModelsApi]:
     served = ModelsApi(SERVED, NEW)
     yield served
     served.close()
-
-
-def embedder(redis_client: redis.Redis, redis_url: str, api: ModelsApi, tmp_path: Path, **extra: Any) -> StreamConsumer:
-    settings = EmbedderSettings(
-        redis_url=redis_url,
-        embedding_url=api.url,
-        consumer_name="embedder-1",
-        data_dir=tmp_path,
-        backoff_initial_s=0.01,
-        backoff_max_s=0.05,
-        block_ms=50,
-        **extra,
-    )
-    client = EmbeddingClient.from_settings(settings)
-    return StreamConsumer(
-        redis_client,
-        stage="embedder",
-        stream=STAGE1,
-        group=GROUP,
-        handler=Embedder(settings, client, redis_client).handle,
-        settings=settings,
-        probe=client.probe,
-    )
 
 
 def building(client: redis.Redis, *, served_model: str | None = SERVED.name) -> reindex.Reindex:
@@ -96,7 +70,7 @@ def test_nothing_recorded_writes_entries_as_before_model_changes(
 ) -> None:
     version = add(redis_client, "doc", "a text before any model change")
     add(redis_client, "gone", "", op="delete")
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     (fields, doc), (deleted_fields, deleted) = outputs(redis_client)
     assert sorted(fields) == ["changed_at", "mongo_id", "op", "payload", "source", "v", "vector", "version"]
@@ -118,7 +92,7 @@ def test_a_live_change_during_a_build_is_embedded_for_both_collections_each_by_i
     kept = "a text the served collection holds"
     redis_client.hset(APPLIED_TEXT_KEY, point_id(SOURCE, "kept"), text_fingerprint(text_sha256(kept), SERVED.name))
     versions = {"kept": add(redis_client, "kept", kept), "long": add(redis_client, "long", LONG_TEXT)}
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     written = by_collection(redis_client)
     assert sorted(written) == [
@@ -159,7 +133,7 @@ def test_a_served_collection_without_a_recorded_model_is_embedded_by_the_default
 ) -> None:
     building(redis_client, served_model=None)
     add(redis_client, "doc", "a text")
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     written = by_collection(redis_client)
     assert written["doc", "documents"].vector == api.vector(SERVED.name, "a text")
@@ -173,7 +147,7 @@ def test_a_delete_during_a_build_deletes_from_both_collections(
     building(redis_client)
     version = add(redis_client, "gone", "", op="delete")
     add(redis_client, "emptied", "")  # a document left without text must have no point either
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     written = by_collection(redis_client)
     assert sorted(written) == [
@@ -194,7 +168,7 @@ def test_a_snapshot_entry_is_embedded_for_the_collection_it_names_alone_and_coun
     for n in range(3):
         add(redis_client, f"snap-{n}", f"snapshot text {n}", build=change.collection)
     add(redis_client, "served-snap", "a snapshot of the served collection", build=NAME)
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     written = by_collection(redis_client)
     assert sorted(written) == [("served-snap", "documents")] + [(f"snap-{n}", "documents-v1") for n in range(3)]
@@ -215,7 +189,7 @@ def test_a_snapshot_entry_older_than_a_live_change_of_its_document_hides_nothing
     change = building(redis_client)
     live = add(redis_client, "doc", "the live change")
     snapshot = add(redis_client, "doc", "the snapshot read after it", build=change.collection)
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     written = by_collection(redis_client)
     assert sorted(written) == [("doc", "documents"), ("doc", "documents-v1")]
@@ -236,7 +210,7 @@ def test_snapshot_entries_of_an_ended_change_are_dropped(
     add(redis_client, "snap", "a snapshot text of the ended change", build=change.collection)
     add(redis_client, "old", "a snapshot text of a change before it", build="documents-v0")
     add(redis_client, "live", "a live change")
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     written = by_collection(redis_client)
     assert sorted(written) == [("live", "documents")], "live changes go to the served collection alone"
@@ -257,7 +231,7 @@ def test_after_the_switch_changes_are_embedded_for_the_new_collection_alone(
     reindex.write_serving(redis_client, reindex.Serving(change.collection, NEW.name, NEW.dim, alias=NAME))
     add(redis_client, "late-snap", "a snapshot entry handled after the switch", build=change.collection)
     add(redis_client, "live", "a live change after the switch")
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     written = by_collection(redis_client)
     assert sorted(written) == [("late-snap", "documents-v1"), ("live", "documents-v1")]
@@ -270,7 +244,7 @@ def test_openai_style_requests_name_each_collection_s_model(
 ) -> None:
     building(redis_client)
     add(redis_client, "doc", "a text")
-    embedder(redis_client, redis_url, api, tmp_path, embedding_api_style="openai").run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path, embedding_api_style="openai").run(drain=True)
 
     written = by_collection(redis_client)
     assert written["doc", "documents"].vector == api.vector(SERVED.name, "a text")
@@ -283,7 +257,7 @@ def test_openai_style_requests_name_embedding_model_while_nothing_is_recorded(
 ) -> None:
     add(redis_client, "doc", "a text")
     consumer = embedder(
-        redis_client, redis_url, api, tmp_path, embedding_api_style="openai", embedding_model="hash-384"
+        redis_client, redis_url, api.url, tmp_path, embedding_api_style="openai", embedding_model="hash-384"
     )
     consumer.run(drain=True)
 

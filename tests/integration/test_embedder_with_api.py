@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,15 +15,14 @@ import redis
 import uvicorn
 
 from embedder_worker.embedding_client import EmbeddingClient
-from embedder_worker.service import Embedder
 from embedder_worker.settings import EmbedderSettings
 from embedding_api.app import create_app
 from embedding_api.backends import HashEncoder
 from embedding_api.settings import EmbeddingApiSettings
+from tests.support.embedder import embedder
 from tests.support.pipeline import Pipeline
 from tests.support.servers import free_port, wait_for
 from vecsync.constants import APPLIED_TEXT_KEY
-from vecsync.consumer import StreamConsumer
 from vecsync.documents import point_id, text_fingerprint, text_sha256
 from vecsync.errors import TransientError
 from vecsync.messages import DocumentChange, EmbeddedDocument
@@ -75,29 +73,6 @@ def api() -> Iterator[ServedApi]:
     thread.join(10)
 
 
-def embedder(redis_client: redis.Redis, redis_url: str, api: ServedApi, tmp_path: Path, **extra: Any) -> StreamConsumer:
-    settings = EmbedderSettings(
-        redis_url=redis_url,
-        embedding_url=api.url,
-        consumer_name="embedder-1",
-        data_dir=tmp_path,
-        backoff_initial_s=0.01,
-        backoff_max_s=0.05,
-        block_ms=50,
-        **extra,
-    )
-    client = EmbeddingClient.from_settings(settings)
-    return StreamConsumer(
-        redis_client,
-        stage="embedder",
-        stream=STAGE1,
-        group=GROUP,
-        handler=Embedder(settings, client, redis_client).handle,
-        settings=settings,
-        probe=client.probe,
-    )
-
-
 def add_change(client: redis.Redis, mongo_id: str, text: str) -> None:
     client.xadd(STAGE1, DocumentChange("upsert", SOURCE, mongo_id, 1.0, {"subject": text}).to_fields())
 
@@ -121,7 +96,7 @@ def test_a_text_the_model_fails_on_is_dead_lettered_and_the_rest_of_its_batch_fl
     for mongo_id, text in list(good.items())[3:]:
         add_change(redis_client, mongo_id, text)
 
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
 
     [letter] = dead_letters(redis_client)
     assert json.loads(letter["fields"])["mongo_id"] == "poisoned"
@@ -146,7 +121,7 @@ def test_a_model_that_fails_on_everything_is_retried_and_dead_letters_nothing(
         EmbeddingClient(api.url, dim=384, timeout_s=10).embed(["a text", "another text"])
     for n in range(3):
         add_change(redis_client, f"doc-{n}", f"text {n}")
-    consumer = embedder(redis_client, redis_url, api, tmp_path)
+    consumer = embedder(redis_client, redis_url, api.url, tmp_path)
     thread = threading.Thread(target=consumer.run, kwargs={"drain": True})
     thread.start()
     calls = len(api.encoder.calls)
@@ -178,7 +153,7 @@ def test_an_unchanged_text_is_skipped_only_when_the_same_model_embedded_it(
     fingerprint = text_fingerprint(text_sha256(text), stored_model)
     redis_client.hset(APPLIED_TEXT_KEY, point_id(SOURCE, "doc"), fingerprint)
     add_change(redis_client, "doc", text)
-    embedder(redis_client, redis_url, api, tmp_path).run(drain=True)
+    embedder(redis_client, redis_url, api.url, tmp_path).run(drain=True)
     written = outputs(redis_client)["doc"]
     assert written.op == expected_op
     assert written.payload is not None and written.payload["model"] == "hash-384"
@@ -188,7 +163,7 @@ def test_a_reply_from_another_model_than_the_gate_assumed_decides_the_batch_agai
     redis_client: redis.Redis, redis_url: str, api: ServedApi, tmp_path: Path
 ) -> None:
     api.encoder.name = "model-a"
-    consumer = embedder(redis_client, redis_url, api, tmp_path, embedding_model="model-a")
+    consumer = embedder(redis_client, redis_url, api.url, tmp_path, embedding_model="model-a")
     redis_client.hset(APPLIED_TEXT_KEY, point_id(SOURCE, "kept"), text_fingerprint(text_sha256("kept text"), "model-a"))
     add_change(redis_client, "first", "a text embedded while model-a served")
     consumer.run(drain=True)
