@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -60,7 +61,6 @@ def test_the_right_password_works_and_is_never_logged(secured_redis: Server, tmp
 def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     pipeline: Any, redis_client: Any, tmp_path: Path
 ) -> None:
-    from embedder_worker.embedding_client import EmbeddingClient
     from producer.service import Producer
     from upserter.service import Upserter
     from vecsync.consumer import StreamConsumer
@@ -70,7 +70,6 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
     with least_privilege_clients(redis_client, pipeline.redis_url) as clients:
         # The group is created by the operator (or the first consumer); do it as admin here, then drop admin rights.
         embedder_settings = pipeline.embedder_settings(trim_interval_s=0.001)
-        embedding = EmbeddingClient.from_settings(embedder_settings)
         upserter_settings = pipeline.upserter_settings(trim_interval_s=0.001, skip_unchanged_hint_points=2)
         # What every process checks at start-up (vecsync.runtime, producer.main): the first stores the number.
         for client in clients.values():
@@ -78,7 +77,9 @@ def test_each_service_runs_with_its_documented_least_privilege_redis_user(
 
         def run_stages(*, through_an_outage: bool = False, trim_stage1: bool = False) -> None:
             Producer(pipeline.producer_settings(), clients["producer"], pipeline.collection).run(drain=True)
-            embedder = embedder_loop(clients["embedder"], embedder_settings, embedding)
+            embedder = dataclasses.replace(pipeline, redis_client=clients["embedder"]).embedder_consumer(
+                trim_interval_s=0.001
+            )
             if through_an_outage:
                 hold_renew_and_hand_back_one_entry(embedder)
             embedder.run(drain=True)
@@ -128,7 +129,6 @@ def test_a_model_change_runs_with_each_services_documented_redis_user(
     serves, starts the build, switches and drops the old collection; the producer publishes the build's snapshot; the
     embedder-worker embeds for both collections and counts its progress. A refused command would dead-letter an
     entry, or leave the change building."""
-    from embedder_worker.embedding_client import EmbeddingClient
     from producer.build_snapshot import BuildSnapshot
     from producer.service import Producer
     from tests.support.models_api import ModelsApi, ServedModel
@@ -149,9 +149,9 @@ def test_a_model_change_runs_with_each_services_documented_redis_user(
         """The three stages configured with ``model``, as a restart with EMBEDDING_MODEL set gives them; each
         ``next()`` runs them once, producer first, the upserter's model-change check last."""
         producer_settings = pipeline.producer_settings().model_copy(update={"embedding_model": model.name})
-        embedder_settings = pipeline.embedder_settings(
-            embedding_url=api.url, embedding_model=model.name, embedding_dim=model.dim
-        )
+        # The embedder-worker's stage, as its Redis user, with the model's settings.
+        embedder_pipeline = dataclasses.replace(pipeline, redis_client=clients["embedder"])
+        embedder_settings = {"embedding_url": api.url, "embedding_model": model.name, "embedding_dim": model.dim}
         upserter_settings = pipeline.upserter_settings(embedding_model=model.name, embedding_dim=model.dim)
         names = NamedCollections(EmbeddedCatalog(folder), {"documents": CollectionSpec((), None)}, model.dim)
         change = ModelChange(
@@ -165,12 +165,11 @@ def test_a_model_change_runs_with_each_services_documented_redis_user(
         )
         change.record_serving()
         snapshot = BuildSnapshot(producer_settings, clients["producer"], pipeline.collection)
-        embedding = EmbeddingClient.from_settings(embedder_settings)
         try:
             while True:
                 Producer(producer_settings, clients["producer"], pipeline.collection).run(drain=True)
                 snapshot.publish_if_due()
-                embedder_loop(clients["embedder"], embedder_settings, embedding).run(drain=True)
+                embedder_pipeline.embedder_consumer(**embedder_settings).run(drain=True)
                 store = names.store("documents", names.serving_collection("documents"))
                 upserter = Upserter(upserter_settings, clients["upserter"], store, pipeline.collection, names=names)
                 StreamConsumer(
@@ -232,21 +231,6 @@ def test_a_model_change_runs_with_each_services_documented_redis_user(
             assert redis_client.xlen(stream + ":dlq") == 0, f"a service lacked a permission on {stream}"
     finally:
         api.close()
-
-
-def embedder_loop(client: Any, settings: Any, embedding: Any) -> Any:
-    """An embedder-worker's consumer of stage 1, on ``client`` (logged in as its Redis user)."""
-    from embedder_worker.service import Embedder
-    from vecsync.consumer import StreamConsumer
-
-    return StreamConsumer(
-        client,
-        stage="embedder",
-        stream="raw_document_changes",
-        group="embedding_processors",
-        handler=Embedder(settings, embedding, client).handle,
-        settings=settings,
-    )
 
 
 def hold_renew_and_hand_back_one_entry(consumer: Any) -> None:
