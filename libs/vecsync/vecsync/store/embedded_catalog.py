@@ -46,7 +46,12 @@ def resolve_in(folder: Path, name: str) -> str | None:
     aliased = read_aliases(folder).get(name)
     if aliased is not None:
         return aliased
-    return name if (shard_path(folder, name) / CONFIG_FILE).exists() else None
+    return name if holds(folder, name) else None
+
+
+def holds(folder: Path, physical: str) -> bool:
+    """Whether the embedded store at ``folder`` holds the collection ``physical`` (its shard was created)."""
+    return (shard_path(folder, physical) / CONFIG_FILE).exists()
 
 
 class EmbeddedCatalog(Catalog):
@@ -62,6 +67,9 @@ class EmbeddedCatalog(Catalog):
 
     def aliases(self) -> dict[str, str]:
         return read_aliases(self.folder)
+
+    def holds(self, physical: str) -> bool:
+        return holds(self.folder, physical)
 
     def collections(self) -> list[str]:
         return sorted(path.name for path in self.folder.iterdir() if (path / CONFIG_FILE).exists())
@@ -99,7 +107,7 @@ class EmbeddedCatalog(Catalog):
 
     def switch(self, name: str, physical: str) -> None:
         def pointed(aliases: dict[str, str]) -> dict[str, str]:
-            if not (shard_path(self.folder, physical) / CONFIG_FILE).exists():
+            if not self.holds(physical):
                 raise PermanentError(f"Cannot point {name!r} at {physical!r}: no such embedded Qdrant collection.")
             return aliases | {name: physical}
 

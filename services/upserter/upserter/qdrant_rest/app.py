@@ -140,12 +140,12 @@ def create_app(
     @route("/collections/{name}/exists", ["GET"])
     def collection_exists(body: Any, name: str) -> Any:
         physical = catalog.resolve(name)
-        return {"exists": physical is not None and physical in catalog.collections()}
+        return {"exists": physical is not None and catalog.holds(physical)}
 
     @route("/collections/{name}", ["DELETE"], write=True)
     def delete_collection(body: Any, name: str) -> Any:
         physical = catalog.resolve(name)
-        if physical is None or physical not in catalog.collections():
+        if physical is None or not catalog.holds(physical):
             return False  # as Qdrant answers the deletion of a collection that does not exist
         store = collections.store(physical)
         if collections.synced(name) or collections.synced(physical):

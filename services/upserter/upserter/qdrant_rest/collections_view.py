@@ -32,7 +32,7 @@ class Collections:
     def physical(self, name: str) -> str:
         """The physical collection ``name`` (an alias or a collection) is; 404 where there is none."""
         physical = self.catalog.resolve(name)
-        if physical is None or physical not in self.catalog.collections():
+        if physical is None or not self.catalog.holds(physical):
             raise Refusal(404, f"Not found: Collection `{name}` doesn't exist!")
         return physical
 
